@@ -1,0 +1,143 @@
+"""Atomic writes, content hashes, library versions and JSON sidecars.
+
+Every artifact the pipeline writes goes through `atomic_write_*`: the bytes land in a temporary
+file in the same folder and are renamed over the target, so an interrupted run never leaves a
+half-written file and never destroys the previous good one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import ArtifactError
+
+SIDECAR_SUFFIX = ".json"
+_LIBRARIES = ("numpy", "torch", "onnx", "onnxruntime", "onnxscript", "onnxslim", "nncf", "tensorrt", "cv2", "PIL")
+
+
+def atomic_write(path: str | os.PathLike, writer: Callable[[Path], None]) -> Path:
+    """Call ``writer(tmp_path)`` then rename the temporary file onto ``path``.
+
+    The temporary file is in the same folder, so the rename is atomic on POSIX. On any error the
+    temporary file is removed and the previous content of ``path`` (if any) is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        writer(tmp_path)
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Atomically write ``data`` to ``path``."""
+    return atomic_write(path, lambda p: p.write_bytes(data))
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Atomically write UTF-8 ``text`` to ``path``."""
+    return atomic_write(path, lambda p: p.write_text(text, encoding="utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Atomically write ``obj`` as indented, key-sorted JSON."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "value") and isinstance(getattr(obj, "value"), str):  # str Enums
+        return obj.value
+    if hasattr(obj, "tolist"):  # numpy scalars and arrays
+        return obj.tolist()
+    raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file, raising `ArtifactError` with the path when it is missing or corrupt."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{path}: not valid JSON ({exc}); delete it and rerun the stage that writes it") from exc
+
+
+def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 20) -> str:
+    """Hex sha256 of a file's content."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of a byte string."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def library_versions() -> dict[str, str | None]:
+    """Versions of the libraries that decide an artifact's content; None for absent ones.
+
+    Only modules already importable are reported; nothing is installed and torch is imported only
+    if it is already loaded (so the torch-free runtime stays torch-free).
+    """
+    import importlib
+    import importlib.metadata as md
+    import sys
+
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    dist_names = {"cv2": "opencv-python-headless", "PIL": "pillow"}
+    for name in _LIBRARIES:
+        if name == "torch" and "torch" not in sys.modules:
+            try:
+                versions[name] = md.version("torch")
+            except md.PackageNotFoundError:
+                versions[name] = None
+            continue
+        try:
+            versions[name] = md.version(dist_names.get(name, name))
+        except md.PackageNotFoundError:
+            try:
+                mod = importlib.import_module(name) if name in sys.modules else None
+                versions[name] = getattr(mod, "__version__", None) if mod else None
+            except ImportError:
+                versions[name] = None
+    return versions
+
+
+def sidecar_path(artifact: str | os.PathLike) -> Path:
+    """``model.onnx`` -> ``model.onnx.json``."""
+    artifact = Path(artifact)
+    return artifact.with_name(artifact.name + SIDECAR_SUFFIX)
+
+
+def write_sidecar(artifact: str | os.PathLike, payload: Mapping[str, Any]) -> Path:
+    """Write ``payload`` (plus the artifact's own sha256 and the library versions) beside it."""
+    artifact = Path(artifact)
+    body = dict(payload)
+    body.setdefault("versions", library_versions())
+    if artifact.is_file():
+        body["artifact_sha256"] = sha256_file(artifact)
+    return atomic_write_json(sidecar_path(artifact), body)
+
+
+def read_sidecar(artifact: str | os.PathLike) -> dict[str, Any]:
+    """Read the JSON sidecar of ``artifact``."""
+    return read_json(sidecar_path(artifact))

@@ -1,0 +1,55 @@
+"""One error hierarchy for the whole pipeline.
+
+Messages say what was received, what was expected and how to fix it. CLIs catch
+`PipelineError`, log its message and exit non-zero; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class PipelineError(Exception):
+    """Base class of every error the pipeline raises on purpose."""
+
+
+class ConfigError(PipelineError):
+    """A configuration file or command-line option is invalid."""
+
+
+class DataError(PipelineError):
+    """A dataset, image or annotation file is missing, corrupt or malformed."""
+
+
+class ModelError(PipelineError):
+    """A model name, input shape or state dict does not fit the architecture."""
+
+
+class CheckpointError(PipelineError):
+    """A checkpoint or its sidecar is missing, corrupt or from an incompatible run."""
+
+
+class ArtifactError(PipelineError):
+    """An artifact (ONNX, engine, report) or its JSON sidecar is missing or inconsistent."""
+
+
+class MissingDependencyError(PipelineError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
+def require(module: str, extra: str):
+    """Import an optional dependency or raise an error that names the extra to install.
+
+    Args:
+        module: Importable module name, e.g. ``"torch"``.
+        extra: The project extra that provides it, e.g. ``"train"``.
+
+    Returns:
+        The imported module.
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:  # pragma: no cover - exercised only where the module is absent
+        raise MissingDependencyError(
+            f"'{module}' is not installed ({exc}). Install it with: pip install '.[{extra}]'"
+        ) from exc

@@ -1,0 +1,16 @@
+"""Datasets in canonical form: the synthetic multi-view set and loaders for the real FER datasets."""
+
+from train.data.base import CANONICAL_CLASSES, DatasetIndex, Record, canonical_classes, load_image, stratified_split
+from train.data.registry import list_datasets, load_dataset, register_dataset
+
+__all__ = [
+    "CANONICAL_CLASSES",
+    "DatasetIndex",
+    "Record",
+    "canonical_classes",
+    "list_datasets",
+    "load_dataset",
+    "load_image",
+    "register_dataset",
+    "stratified_split",
+]
