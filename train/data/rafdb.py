@@ -1,0 +1,74 @@
+"""RAF-DB basic emotions (Li et al., CVPR 2017): a label list plus aligned 100×100 face crops."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import DataError
+from train.data.base import CANONICAL_CLASSES, DatasetIndex, Record, canonical_classes
+from train.data.folder import line_error, parse_int, reject_unknown_options
+from train.data.registry import register_dataset
+
+# RAF-DB label (1-based, as in list_patition_label.txt) -> canonical class.
+RAF_LABELS: dict[int, str] = {
+    1: "surprise",
+    2: "fear",
+    3: "disgust",
+    4: "happy",
+    5: "sad",
+    6: "angry",
+    7: "neutral",
+}
+LABEL_INDEX = {code: CANONICAL_CLASSES.index(name) for code, name in RAF_LABELS.items()}
+
+# File-name prefix -> split. RAF-DB has no validation split.
+RAF_SPLITS: dict[str, str] = {"train_": "train", "test_": "test"}
+LABEL_FILE = Path("EmoLabel/list_patition_label.txt")  # sic: the dataset's own spelling
+IMAGE_DIRS = {"aligned": Path("Image/aligned"), "original": Path("Image/original")}
+
+
+def _image_path(root: Path, name: str, images: str) -> Path:
+    # Aligned crops are stored as train_00001_aligned.jpg; originals keep the listed name.
+    if images == "aligned":
+        name = f"{Path(name).stem}_aligned{Path(name).suffix}"
+    return root / IMAGE_DIRS[images] / name
+
+
+@register_dataset("rafdb")
+def load_rafdb(root: Path, *, images: str = "aligned", **unknown: Any) -> DatasetIndex:
+    """Load RAF-DB basic (7 classes; 12,271 train / 3,068 test in the full set).
+
+    Args:
+        root: The ``basic`` folder holding ``EmoLabel/`` and ``Image/``.
+        images: ``"aligned"`` (``Image/aligned/*_aligned.jpg``) or ``"original"`` (``Image/original/``).
+
+    Raises:
+        DataError: for a malformed label line (naming file and line) or a listed image missing on disk.
+    """
+    reject_unknown_options(load_rafdb, "rafdb", unknown)
+    if images not in IMAGE_DIRS:
+        raise DataError(f"rafdb option images must be one of {', '.join(IMAGE_DIRS)}, got {images!r}")
+    path = root / LABEL_FILE
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read the RAF-DB label list ({exc})") from exc
+    records = []
+    for line_no, line in enumerate(lines, start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) != 2:
+            raise line_error(path, line_no, f"expected '<image name> <label 1..7>', got {line!r}")
+        name, code = fields[0], parse_int(fields[1], path, line_no, "label")
+        if code not in RAF_LABELS:
+            raise line_error(path, line_no, f"label must be 1..7, got {code}")
+        split = next((s for prefix, s in RAF_SPLITS.items() if name.startswith(prefix)), None)
+        if split is None:
+            raise line_error(path, line_no, f"image name {name!r} must start with train_ or test_")
+        image = _image_path(root, name, images)
+        if not image.is_file():
+            raise DataError(f"{image}: image listed in {path} line {line_no} not found")
+        records.append(Record(image.relative_to(root).as_posix(), LABEL_INDEX[code], split, path=image))
+    return DatasetIndex("rafdb", canonical_classes(7), records, info={"images": images})
