@@ -127,7 +127,7 @@ def read_image_file(path: str | os.PathLike | None) -> np.ndarray:
         img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
     elif img.ndim == 3 and img.shape[2] == 3:
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    elif img.ndim == 3 and img.shape[2] == 1:
+    elif img.ndim == 3 and img.shape[2] in (1, 2):  # gray, or gray + alpha
         img = img[:, :, 0]
     return img
 
@@ -150,7 +150,7 @@ def stratified_split(
     moved: set[int] = set()
     for label in sorted(by_class):
         idx = by_class[label]
-        k = int(round(len(idx) * val_fraction))
+        k = int(np.floor(len(idx) * val_fraction + 0.5))  # half up, not Python's half-to-even
         if len(idx) >= 2:
             k = min(max(k, 1), len(idx) - 1)
         else:
@@ -161,4 +161,11 @@ def stratified_split(
 
 def iter_image_files(folder: Path) -> Iterable[Path]:
     """Image files under ``folder`` (recursively), sorted for determinism."""
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(
+        p
+        for p in folder.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_SUFFIXES
+        # skip hidden folders such as .ipynb_checkpoints
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )

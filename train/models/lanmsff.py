@@ -24,8 +24,8 @@ _BN_EPS = 1e-3
 _BN_MOMENTUM = 0.01
 
 
-def _bn(c: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(c, eps=_BN_EPS, momentum=_BN_MOMENTUM)
+def _bn(c: int, momentum: float = _BN_MOMENTUM) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(c, eps=_BN_EPS, momentum=momentum)
 
 
 class SepConv(nn.Module):
@@ -168,6 +168,7 @@ class LANMSFF(nn.Module):
         in_channels: int = 1,
         widths: Sequence[int] = (66, 72, 78, 84),
         dropout: float = 0.4,
+        bn_momentum: float = _BN_MOMENTUM,
     ) -> None:
         super().__init__()
         w1, w2, w3, w4 = widths
@@ -181,6 +182,11 @@ class LANMSFF(nn.Module):
         self.fc = nn.Linear(w1 // 3 + w2 // 3 + w3 // 3 + w4, num_classes)
         self.in_channels = in_channels
         self._init_keras()
+        # Keras' momentum 0.99 suits 100-epoch recipes; a few-minute budget needs faster running
+        # statistics (e.g. 0.1) or evaluation sees stale BN statistics.
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.momentum = bn_momentum
 
     def _init_keras(self) -> None:
         # Keras defaults: Conv/SeparableConv he_uniform, Dense and Conv2DTranspose glorot_uniform,
@@ -219,12 +225,12 @@ _SPEC = PreprocessSpec(input_size=(64, 64), color_mode="gray", scale=1 / 255, me
 
 
 @register_model("lanmsff", family="lanmsff", preprocess=_SPEC, description="LANMSFF, 64×64 gray, 66/72/78/84 channels")
-def lanmsff(num_classes: int = 7, dropout: float = 0.4) -> LANMSFF:
-    return LANMSFF(num_classes=num_classes, dropout=dropout)
+def lanmsff(num_classes: int = 7, dropout: float = 0.4, bn_momentum: float = _BN_MOMENTUM) -> LANMSFF:
+    return LANMSFF(num_classes=num_classes, dropout=dropout, bn_momentum=bn_momentum)
 
 
 @register_model(
     "lanmsff_tiny", family="lanmsff", preprocess=_SPEC, description="LANMSFF topology, 12/12/18/24 channels (tests)"
 )
-def lanmsff_tiny(num_classes: int = 7, dropout: float = 0.4) -> LANMSFF:
-    return LANMSFF(num_classes=num_classes, widths=(12, 12, 18, 24), dropout=dropout)
+def lanmsff_tiny(num_classes: int = 7, dropout: float = 0.4, bn_momentum: float = _BN_MOMENTUM) -> LANMSFF:
+    return LANMSFF(num_classes=num_classes, widths=(12, 12, 18, 24), dropout=dropout, bn_momentum=bn_momentum)

@@ -1,0 +1,100 @@
+"""``python -m train fit|models|data`` — thin CLI over the training library."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from runtime.errors import PipelineError
+
+log = logging.getLogger("train")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m train", description="Train FER models and manage datasets.")
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    f = sub.add_parser("fit", help="train a model from a YAML config")
+    f.add_argument("--config", required=True, type=Path, help="YAML config (configs/demo.yaml, ...)")
+    f.add_argument("--out", type=Path, help="output folder (default: the config's `out`)")
+    f.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    f.add_argument("--epochs", type=int, help="override train.epochs")
+    f.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    m = sub.add_parser("models", help="list models with parameter count and MACs")
+    m.add_argument("--num-classes", type=int, default=7)
+
+    d = sub.add_parser("data", help="dataset tools")
+    dsub = d.add_subparsers(dest="data_verb", required=True)
+    s = dsub.add_parser("synth", help="write the synthetic multi-view FER set as an ImageFolder")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--count", type=int, default=700)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--size", type=int, default=64, help="image side in pixels")
+    s.add_argument("--mode", choices=("gray", "rgb"), default="gray")
+    dsub.add_parser("list", help="list the dataset kinds that have loaders")
+    return p
+
+
+def _models(num_classes: int) -> int:
+    from train.models import create_model, get_model_info, list_models
+    from train.models.profile import count_macs, count_params
+
+    rows = []
+    for name in list_models():
+        info = get_model_info(name)
+        model = create_model(name, num_classes=num_classes)
+        shape = (1, *info.preprocess.input_shape)
+        rows.append((name, info.family, count_params(model), count_macs(model, shape) / 1e6, "×".join(map(str, shape[1:]))))
+    print(f"{'model':<14}{'family':<10}{'params':>14}{'MACs (M)':>12}  input (C×H×W)")
+    for name, fam, params, macs, shape in rows:
+        print(f"{name:<14}{fam:<10}{params:>14,}{macs:>12.1f}  {shape}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.verb == "models":
+            return _models(args.num_classes)
+        if args.verb == "data":
+            from train.data import list_datasets
+
+            if args.data_verb == "list":
+                print("\n".join(list_datasets()))
+                return 0
+            from train.data.synthetic import SynthConfig, write_image_folder
+
+            counts = write_image_folder(
+                SynthConfig(count=args.count, seed=args.seed, size=args.size, mode=args.mode), args.out
+            )
+            log.info("wrote %d images to %s: %s", sum(counts.values()), args.out, counts)
+            return 0
+        from train.config import load_fit_config
+        from train.loop import fit
+
+        overrides = {}
+        cfg = load_fit_config(args.config)
+        if args.epochs is not None:
+            from dataclasses import replace
+
+            cfg = replace(cfg, train=replace(cfg.train, epochs=args.epochs))
+        del overrides
+        result = fit(cfg, out=args.out, resume=args.resume, progress=not args.no_progress)
+        m = result.metrics
+        log.info(
+            "done: %s (val accuracy %.4f, macro-F1 %.4f, %d epochs, %.0f s training)",
+            result.checkpoint, m["val_accuracy"], m["val_macro_f1"], result.epochs_run, result.train_seconds,
+        )
+        log.info("per-view accuracy: %s", ", ".join(f"{k} {v:.3f}" for k, v in m["per_view_accuracy"].items()))
+        return 0
+    except PipelineError as exc:
+        log.error("%s", exc)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
