@@ -22,6 +22,9 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
     t, p = _labels(y_true, "y_true"), _labels(y_pred, "y_pred")
     if t.shape != p.shape:
         raise DataError(f"y_true has {t.shape[0]} labels but y_pred has {p.shape[0]}")
+    for name, y in (("y_true", t), ("y_pred", p)):
+        if y.size and (y.min() < 0 or y.max() >= num_classes):
+            raise DataError(f"{name} holds labels in [{y.min()}, {y.max()}]; expected 0..{num_classes - 1}")
     return np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 

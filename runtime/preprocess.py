@@ -56,11 +56,18 @@ class PreprocessSpec:
     interpolation: str = "linear"
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
-        object.__setattr__(self, "color_mode", ColorMode(self.color_mode))
-        object.__setattr__(self, "resize", ResizePolicy(self.resize))
-        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
-        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        try:
+            object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
+            object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+            object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"input_size, mean and std must be sequences of numbers: {exc}") from None
+        for name, enum_cls in (("color_mode", ColorMode), ("resize", ResizePolicy)):
+            try:
+                object.__setattr__(self, name, enum_cls(getattr(self, name)))
+            except ValueError:
+                valid = [m.value for m in enum_cls]
+                raise ConfigError(f"{name} must be one of {valid}, got {getattr(self, name)!r}") from None
         if len(self.input_size) != 2 or min(self.input_size) <= 0:
             raise ConfigError(f"input_size must be (height, width) > 0, got {self.input_size}")
         for name, vals in (("mean", self.mean), ("std", self.std)):
@@ -107,7 +114,10 @@ class PreprocessSpec:
     def from_metadata(cls, props: Mapping[str, str]) -> PreprocessSpec:
         if "preprocess" not in props:
             raise DataError("model metadata has no 'preprocess' entry; re-export it with `python -m export onnx`")
-        return cls.from_dict(json.loads(props["preprocess"]))
+        try:
+            return cls.from_dict(json.loads(props["preprocess"]))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"model metadata 'preprocess' is not valid JSON ({exc}); re-export the model") from exc
 
 
 def to_color(image: np.ndarray, mode: ColorMode) -> np.ndarray:

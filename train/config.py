@@ -34,6 +34,7 @@ class ModelConfig:
     name: str = "lanmsff"
     num_classes: int = 7
     kwargs: dict[str, Any] = field(default_factory=dict)
+    pretrained: str | None = None  # MA-Net: the MS-Celeb checkpoint (heads replaced)
 
 
 @dataclass(frozen=True)

@@ -190,7 +190,10 @@ def fit(cfg: FitConfig, out: str | Path | None = None, resume: bool = False, pro
     log.info("dataset %s: %d train, %d val, classes %s", index.name, len(train_recs), len(val_recs), ",".join(class_names))
 
     torch.manual_seed(t.seed)
-    model = create_model(cfg.model.name, num_classes=cfg.model.num_classes, **cfg.model.kwargs).to(device)
+    model = create_model(cfg.model.name, num_classes=cfg.model.num_classes, **cfg.model.kwargs)
+    if cfg.model.pretrained and not resume:
+        _load_pretrained(model, info.family, cfg.model.pretrained)
+    model = model.to(device)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     ddp_model: nn.Module = _Heads(model) if hasattr(model, "forward_heads") else model
@@ -333,6 +336,15 @@ def fit(cfg: FitConfig, out: str | Path | None = None, resume: bool = False, pro
         }
         atomic_write_json(out / SIDECAR_FILE, sidecar)
     return FitResult(out, ckpt, metrics, state["epoch"], state["train_seconds"])
+
+
+def _load_pretrained(model: nn.Module, family: str, path: str) -> None:
+    if family != "manet":
+        raise ConfigError(f"model.pretrained is supported for MA-Net (MS-Celeb layout), not for family {family!r}")
+    from train.models.manet import load_msceleb_pretrained
+
+    report = load_msceleb_pretrained(model, path)
+    log.info("loaded pre-trained weights from %s: %s", path, report)
 
 
 def _check_dataset(index: DatasetIndex, cfg: FitConfig, spec: PreprocessSpec) -> None:

@@ -92,22 +92,12 @@ def test_spec_validation(kwargs: dict, fragment: str) -> None:
     assert fragment in str(exc.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="BUG: an invalid color_mode/resize value raises a bare ValueError from the Enum, not ConfigError",
-)
 @pytest.mark.parametrize("d", [{"color_mode": "bgr"}, {"resize": "fit"}])
 def test_from_dict_bad_enum_value_is_config_error(d: dict) -> None:
     with pytest.raises(ConfigError):
         PreprocessSpec.from_dict(d)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=json.JSONDecodeError,
-    reason="BUG: corrupt 'preprocess' metadata JSON raises json.JSONDecodeError, not a PipelineError",
-)
 def test_from_metadata_corrupt_json_is_data_error() -> None:
     with pytest.raises(DataError):
         PreprocessSpec.from_metadata({"preprocess": "{not json"})

@@ -29,13 +29,15 @@ from train.data.registry import register_dataset
 log = logging.getLogger(__name__)
 
 CLASSES = CANONICAL_CLASSES[:7]
-# KDEF's five views, left to right, with their head yaw in degrees.
+# KDEF's five views, left to right, with the head yaw (degrees) they are rendered at. KDEF's full
+# profiles are 90°; this flat cartoon face shows nothing of one side at 90°, so "full" views are
+# rendered at 70° (one eye, one brow, half the mouth, all foreshortened): hard, but learnable.
 VIEWS: tuple[tuple[str, float], ...] = (
-    ("full_left", -90.0),
-    ("half_left", -45.0),
+    ("full_left", -70.0),
+    ("half_left", -40.0),
     ("frontal", 0.0),
-    ("half_right", 45.0),
-    ("full_right", 90.0),
+    ("half_right", 40.0),
+    ("full_right", 70.0),
 )
 
 # Expression parameters relative to neutral: brow tilt (+ = inner ends up), brow raise, eye
@@ -97,10 +99,10 @@ def _identity(seed: int, ident: int) -> dict[str, np.ndarray | float]:
         "face_h": r.uniform(1.0, 1.18),
         "eye_dx": r.uniform(0.30, 0.40),
         "eye_y": r.uniform(-0.22, -0.10),
-        "eye_size": r.uniform(0.08, 0.12),
+        "eye_size": r.uniform(0.10, 0.13),
         "brow_gap": r.uniform(0.10, 0.17),
         "mouth_y": r.uniform(0.40, 0.52),
-        "mouth_w": r.uniform(0.24, 0.34),
+        "mouth_w": r.uniform(0.28, 0.36),
         "nose_len": r.uniform(0.18, 0.30),
         "skin": np.array([skin, skin * r.uniform(0.72, 0.9), skin * r.uniform(0.55, 0.8)]),
         "hair": r.uniform(0.05, 0.45),
@@ -188,8 +190,8 @@ def render(index: int, cfg: SynthConfig) -> tuple[np.ndarray, int, dict]:
         bx = ex + side * es * 1.4 * t
         # Weight 1 at the brow's inner end (towards the nose), 0 from the eye centre outwards.
         inner_w = np.clip((ex - bx) * side / (es * 1.4), 0.0, 1.0)
-        by = ey - idp["brow_gap"] - 0.07 * raise_ - 0.07 * tilt * inner_w
-        poly(bx, by, dark, 5)
+        by = ey - idp["brow_gap"] - 0.10 * raise_ - 0.16 * tilt * (inner_w - 0.5)
+        poly(bx, by, dark, 7)
     # Nose: bridge and tip stand out of the surface, so they are drawn in true 3-D.
     ny = np.linspace(idp["eye_y"] + 0.05, idp["eye_y"] + 0.05 + idp["nose_len"], 6)
     nz = 0.95 + 0.25 * (ny - ny[0]) / (ny[-1] - ny[0])
@@ -199,20 +201,20 @@ def render(index: int, cfg: SynthConfig) -> tuple[np.ndarray, int, dict]:
     if wrinkle > 0.4:  # disgust: wrinkles across the bridge of the nose
         for k in range(3):
             yy = idp["eye_y"] + 0.06 + 0.04 * k
-            poly(np.linspace(-0.09, 0.09, 5), np.full(5, yy), idp["skin"] * 0.45, 2.5)
+            poly(np.linspace(-0.12, 0.12, 5), np.full(5, yy), idp["skin"] * 0.4, 4)
     # Mouth: corners move up with curvature; opening adds a dark lower lip arc.
     mw = idp["mouth_w"] * mwidth
     mx = mw * np.linspace(-1.0, 1.0, 13)
     my0 = idp["mouth_y"]
-    upper = my0 - 0.11 * curve * (mx / mw) ** 2 + 0.05 * curve
-    upper = upper - 0.05 * asym * np.clip(mx / mw, 0, 1)  # disgust raises one side of the upper lip
-    lower = upper + 0.20 * mopen * (1 - (mx / mw) ** 2)
+    upper = my0 - 0.20 * curve * (mx / mw) ** 2 + 0.08 * curve
+    upper = upper - 0.10 * asym * np.clip(mx / mw, 0, 1)  # disgust raises one side of the upper lip
+    lower = upper + 0.28 * mopen * (1 - (mx / mw) ** 2)
     lip = np.array([0.45, 0.12, 0.12]) * 0.6 + idp["skin"] * 0.3
     if mopen > 0.12:
         poly(np.concatenate([mx, mx[::-1]]), np.concatenate([upper, lower[::-1]]), (0.1, 0.03, 0.03), 1, fill=True)
-    poly(mx, upper, lip, 4)
+    poly(mx, upper, lip, 6)
     if mopen > 0.12:
-        poly(mx, lower, lip, 4)
+        poly(mx, lower, lip, 6)
     if curve > 0.5:  # a smile lifts the cheeks
         for side in (-1.0, 1.0):
             cxs = side * (mw + 0.06) + 0.02 * side * t
