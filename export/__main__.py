@@ -1,0 +1,85 @@
+"""``python -m export onnx|check``: thin CLI over `export.onnx.export_onnx` and `export.preflight.preflight`.
+
+    python -m export onnx --checkpoint RUN/checkpoint.pt --out RUN/model.onnx [--opset 17] [--batch dynamic|N]
+    python -m export check RUN/model.onnx [--checkpoint RUN/checkpoint.pt] [--batches 1,32]
+
+Exit codes: 0 success, 1 a pipeline error (logged with what to fix), 2 bad command-line usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from export.config import DEFAULT_OPSET, ExportConfig, Exporter, PreflightConfig
+from runtime.errors import PipelineError
+
+log = logging.getLogger("export")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m export", description="Export FER checkpoints to ONNX and preflight them for TensorRT."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("onnx", help="checkpoint -> model.onnx (dynamic batch, contract in metadata_props) + preflight")
+    p.add_argument("--checkpoint", required=True, help="checkpoint.pt written by python -m train")
+    p.add_argument("--out", required=True, help="target model.onnx (written atomically)")
+    p.add_argument(
+        "--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET}: TensorRT 10.3 and 11 parse it)"
+    )
+    p.add_argument("--batch", default="dynamic", help="'dynamic' (default) or a fixed batch size")
+    p.add_argument("--exporter", default=Exporter.AUTO.value, choices=[e.value for e in Exporter],
+                   help="auto = per model family (see export/onnx.py)")
+    p.add_argument("--no-slim", action="store_true", help="skip the onnxslim graph cleanup")
+    p.add_argument("--parity-batches", default="1,32", help="batch sizes of the parity check (default 1,32)")
+    p.add_argument("--atol", type=float, default=1e-4, help="max abs logit difference allowed vs PyTorch (default 1e-4)")
+    p.add_argument("--force", action="store_true", help="redo the export even if the sidecar says it is up to date")
+
+    c = sub.add_parser("check", help="preflight an ONNX model for TensorRT 10.3/11 (and parity vs PyTorch with --checkpoint)")
+    c.add_argument("model", help="model.onnx")
+    c.add_argument("--checkpoint", default=None, help="checkpoint.pt: enables parity vs PyTorch on validation images")
+    c.add_argument("--batches", default="1,32", help="parity batch sizes (default 1,32)")
+    c.add_argument("--atol", type=float, default=1e-4, help="max abs logit difference allowed (default 1e-4)")
+    c.add_argument("--report", default=None, help="report path (default <model stem>.preflight.json beside the model)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "onnx":
+            from export.onnx import export_onnx
+
+            cfg = ExportConfig(
+                checkpoint=args.checkpoint,
+                out=args.out,
+                opset=args.opset,
+                batch=args.batch,
+                exporter=args.exporter,
+                slim=not args.no_slim,
+                parity_batches=args.parity_batches,
+                parity_atol=args.atol,
+            )
+            result = export_onnx(cfg, force=args.force)
+            log.info("model: %s  report: %s  sidecar: %s", result.model, result.report_path, result.sidecar)
+            return 0
+        from export.preflight import preflight
+
+        cfg = PreflightConfig(
+            model=args.model, checkpoint=args.checkpoint, batches=args.batches, atol=args.atol, report=args.report
+        )
+        report = preflight(cfg)
+        return 0 if report.passed else 1
+    except PipelineError as exc:
+        log.error("%s", exc)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

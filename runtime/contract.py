@@ -1,0 +1,199 @@
+"""The deployment contract stored in an ONNX model's ``metadata_props``, read without torch.
+
+``python -m export onnx`` writes it (`DeploymentContract.to_metadata`); every runtime backend reads
+it back (`read_contract`, or `DeploymentContract.from_metadata` on an ONNX Runtime session's
+``get_modelmeta().custom_metadata_map``), so class order, input size, colour mode, scaling,
+mean/std and resize policy travel with the model instead of being retyped on the device.
+
+Imports: numpy/onnx/OpenCV only (the Jetson side has no torch).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtime.errors import ArtifactError, PipelineError
+from runtime.preprocess import PreprocessSpec
+
+CONTRACT_FORMAT = "ferdeploy-contract/1"
+
+# metadata_props keys (all values are strings; structured values are JSON).
+KEY_FORMAT = "ferdeploy.format"
+KEY_MODEL_NAME = "model_name"
+KEY_CLASS_NAMES = "class_names"  # JSON list, in logit order
+KEY_PREPROCESS = "preprocess"  # PreprocessSpec.to_metadata(): size, colour mode, scale, mean/std, resize
+KEY_INPUT_NAME = "input_name"
+KEY_OUTPUT_NAMES = "output_names"  # JSON list; "logits" is the (fused) prediction
+KEY_DATASET = "dataset"  # JSON: the checkpoint's dataset config (load_dataset(**dataset))
+KEY_CHECKPOINT_SHA256 = "checkpoint_sha256"
+KEY_EXPORTER = "exporter"
+KEY_VERSIONS = "versions"  # JSON: library versions at export time
+
+REQUIRED_KEYS: tuple[str, ...] = (
+    KEY_FORMAT,
+    KEY_MODEL_NAME,
+    KEY_CLASS_NAMES,
+    KEY_PREPROCESS,
+    KEY_INPUT_NAME,
+    KEY_OUTPUT_NAMES,
+    KEY_DATASET,
+    KEY_CHECKPOINT_SHA256,
+    KEY_EXPORTER,
+    KEY_VERSIONS,
+)
+_REEXPORT = "re-export the model with `python -m export onnx --checkpoint RUN/checkpoint.pt --out RUN/model.onnx`"
+
+
+@dataclass(frozen=True)
+class DeploymentContract:
+    """What a deployed model promises about its inputs and outputs.
+
+    Attributes:
+        model_name: Registry name of the architecture (``lanmsff``, ``manet``, ...).
+        class_names: Class names in logit order.
+        preprocess: The input contract; feed `runtime.preprocess.preprocess` with it.
+        dataset: The checkpoint's dataset config (for validation/calibration images).
+        checkpoint_sha256: sha256 of the checkpoint the model was exported from.
+        exporter: How the graph was written (e.g. ``torchscript``, with the torch version).
+        versions: Library versions at export time.
+        input_name: Name of the image input tensor.
+        output_names: Output tensor names; ``logits`` is the (fused) prediction.
+        source: The file the contract was read from ("" when built in memory).
+    """
+
+    model_name: str
+    class_names: tuple[str, ...]
+    preprocess: PreprocessSpec
+    dataset: dict[str, Any] = field(default_factory=dict, hash=False)
+    checkpoint_sha256: str = ""
+    exporter: str = ""
+    versions: dict[str, Any] = field(default_factory=dict, hash=False)
+    input_name: str = "input"
+    output_names: tuple[str, ...] = ("logits",)
+    source: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
+        object.__setattr__(self, "output_names", tuple(str(o) for o in self.output_names))
+        if len(self.class_names) < 2:
+            raise ArtifactError(f"{self._where()}contract needs at least 2 class names, got {list(self.class_names)}")
+        if len(set(self.class_names)) != len(self.class_names):
+            raise ArtifactError(f"{self._where()}contract has duplicate class names {list(self.class_names)}")
+        if not self.model_name:
+            raise ArtifactError(f"{self._where()}contract has an empty model name")
+
+    def _where(self) -> str:
+        return f"{self.source}: " if self.source else ""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of one preprocessed sample."""
+        return self.preprocess.input_shape
+
+    def to_metadata(self) -> dict[str, str]:
+        """String key/values for ONNX ``metadata_props``."""
+        props = {
+            KEY_FORMAT: CONTRACT_FORMAT,
+            KEY_MODEL_NAME: self.model_name,
+            KEY_CLASS_NAMES: json.dumps(list(self.class_names)),
+            KEY_INPUT_NAME: self.input_name,
+            KEY_OUTPUT_NAMES: json.dumps(list(self.output_names)),
+            KEY_DATASET: json.dumps(self.dataset, sort_keys=True, default=str),
+            KEY_CHECKPOINT_SHA256: self.checkpoint_sha256,
+            KEY_EXPORTER: self.exporter,
+            KEY_VERSIONS: json.dumps(self.versions, sort_keys=True, default=str),
+        }
+        props.update(self.preprocess.to_metadata())
+        return props
+
+    @classmethod
+    def from_metadata(cls, props: Mapping[str, str], source: str = "") -> DeploymentContract:
+        """Rebuild the contract from ``metadata_props`` (a key -> string mapping).
+
+        Raises:
+            ArtifactError: naming the missing or malformed keys and how to fix them.
+        """
+        where = f"{source}: " if source else ""
+        missing = [k for k in REQUIRED_KEYS if k not in props]
+        if missing:
+            present = sorted(props) or "none"
+            raise ArtifactError(
+                f"{where}ONNX metadata lacks deployment-contract key(s) {missing} (present: {present}); {_REEXPORT}"
+            )
+        if props[KEY_FORMAT] != CONTRACT_FORMAT:
+            raise ArtifactError(
+                f"{where}deployment contract format {props[KEY_FORMAT]!r} is not {CONTRACT_FORMAT!r}; {_REEXPORT}"
+            )
+
+        def load(key: str, kind: type) -> Any:
+            try:
+                value = json.loads(props[key])
+            except json.JSONDecodeError as exc:
+                raise ArtifactError(f"{where}metadata key {key!r} is not valid JSON ({exc}); {_REEXPORT}") from exc
+            if not isinstance(value, kind):
+                raise ArtifactError(
+                    f"{where}metadata key {key!r} should hold a JSON {kind.__name__}, got {type(value).__name__}; {_REEXPORT}"
+                )
+            return value
+
+        try:
+            spec = PreprocessSpec.from_metadata(props)
+        except (PipelineError, json.JSONDecodeError, TypeError) as exc:
+            raise ArtifactError(f"{where}metadata key 'preprocess' is invalid ({exc}); {_REEXPORT}") from exc
+        return cls(
+            model_name=props[KEY_MODEL_NAME],
+            class_names=tuple(load(KEY_CLASS_NAMES, list)),
+            preprocess=spec,
+            dataset=load(KEY_DATASET, dict),
+            checkpoint_sha256=props[KEY_CHECKPOINT_SHA256],
+            exporter=props[KEY_EXPORTER],
+            versions=load(KEY_VERSIONS, dict),
+            input_name=props[KEY_INPUT_NAME],
+            output_names=tuple(load(KEY_OUTPUT_NAMES, list)),
+            source=source,
+        )
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """``metadata_props`` of an ONNX file as a dict (external weight files are not read).
+
+    Raises:
+        ArtifactError: when the file is missing or is not an ONNX model.
+    """
+    import onnx
+
+    p = Path(path)
+    if not p.is_file():
+        raise ArtifactError(f"{p}: ONNX model not found; export one with `python -m export onnx`")
+    try:
+        model = onnx.load(str(p), load_external_data=False)
+    except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning-like errors, ValueError...
+        raise ArtifactError(f"{p}: not an ONNX model ({type(exc).__name__}: {exc})") from exc
+    # Random bytes sometimes parse as an (empty) protobuf message: require the parts every model has.
+    if model.ir_version <= 0 or not model.opset_import or not model.graph.output:
+        raise ArtifactError(f"{p}: not an ONNX model (no IR version, opset or graph outputs)")
+    return {prop.key: prop.value for prop in model.metadata_props}
+
+
+def read_contract(path: str | os.PathLike) -> DeploymentContract:
+    """Read the deployment contract of an exported ONNX model.
+
+    Args:
+        path: ``model.onnx`` written by ``python -m export onnx``.
+
+    Returns:
+        The frozen `DeploymentContract`.
+
+    Raises:
+        ArtifactError: for a missing file, a non-ONNX file, or missing/malformed contract keys.
+    """
+    return DeploymentContract.from_metadata(read_metadata(path), source=str(path))
