@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import ConfigError, PipelineError
+from runtime.errors import ConfigError
 
 # An opset both TensorRT 10.3 (JetPack 6) and TensorRT 11 parse. onnx-tensorrt documents opset 9-20
 # for TensorRT 10.0 and a wider range for later releases; 17 is also what the TorchScript-based
@@ -24,18 +24,6 @@ MIN_OPSET, MAX_OPSET = 13, 20
 MAX_FIXED_BATCH = 4096
 # Below protobuf's 2 GiB message limit the weights stay inside model.onnx (self-contained file).
 PROTOBUF_LIMIT_BYTES = 2**31 - 1
-
-
-class ExportError(PipelineError):
-    """Export or preflight found a problem; the message names the trap and its fix.
-
-    Attributes:
-        findings: Preflight findings behind the error (possibly empty).
-    """
-
-    def __init__(self, message: str, findings: tuple = ()) -> None:
-        super().__init__(message)
-        self.findings = tuple(findings)
 
 
 class Exporter(str, enum.Enum):

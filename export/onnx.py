@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from export.config import PROTOBUF_LIMIT_BYTES, ExportConfig, ExportError, Exporter
+from export.config import PROTOBUF_LIMIT_BYTES, ExportConfig, Exporter
+from runtime.errors import ExportError
 from export.preflight import (
     ADAPTIVE_POOL_NON_DIVISIBLE,
     OPSET_NOT_DEFAULT,

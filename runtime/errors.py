@@ -31,6 +31,18 @@ class ArtifactError(PipelineError):
     """An artifact (ONNX, engine, report) or its JSON sidecar is missing or inconsistent."""
 
 
+class ExportError(PipelineError):
+    """Export or preflight found a problem; the message names the trap and its fix.
+
+    Attributes:
+        findings: Preflight findings behind the error (possibly empty).
+    """
+
+    def __init__(self, message: str, findings: tuple = ()) -> None:
+        super().__init__(message)
+        self.findings = tuple(findings)
+
+
 class MissingDependencyError(PipelineError):
     """An optional dependency is not installed; the message names the extra to install."""
 

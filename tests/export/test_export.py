@@ -19,7 +19,8 @@ from torch import nn
 
 from export import preflight as pf
 from export.__main__ import main as cli
-from export.config import ConfigError, ExportConfig, ExportError, parse_batch
+from export.config import ExportConfig, parse_batch
+from runtime.errors import ConfigError, ExportError
 from export.onnx import EXPORTER_BY_FAMILY, export_model
 from runtime.artifacts import read_sidecar, sha256_file
 from runtime.preprocess import PreprocessSpec

@@ -77,8 +77,8 @@ class SynthConfig:
     mode: str = "gray"
     identities: int = 48
     occlusion_prob: float = 0.2
-    noise_std: float = 10.0
-    min_intensity: float = 0.5
+    noise_std: float = 8.0
+    min_intensity: float = 0.6
 
     def __post_init__(self) -> None:
         if self.count < 1:
@@ -141,9 +141,9 @@ def render(index: int, cfg: SynthConfig) -> tuple[np.ndarray, int, dict]:
     yaw = yaw + r.uniform(-7.0, 7.0)
 
     S = 2 * cfg.size  # draw at 2× and downsample: cheap anti-aliasing
-    scale = S * r.uniform(0.36, 0.42)
+    scale = S * r.uniform(0.44, 0.50)  # a face crop: the face fills the frame
     cx = S / 2 + r.uniform(-0.04, 0.04) * S
-    cy = S / 2 + r.uniform(-0.03, 0.05) * S
+    cy = S / 2 + r.uniform(0.0, 0.08) * S
     roll = r.uniform(-8.0, 8.0)
 
     bg = r.uniform(0.15, 0.85) * np.array([1.0, r.uniform(0.8, 1.2), r.uniform(0.8, 1.2)])
@@ -226,7 +226,7 @@ def render(index: int, cfg: SynthConfig) -> tuple[np.ndarray, int, dict]:
     gx = np.linspace(-1, 1, S, dtype=np.float32)
     light_dir = r.uniform(0, 2 * np.pi)
     grad = np.cos(light_dir) * gx[None, :] + np.sin(light_dir) * gx[:, None]
-    img = img * (r.uniform(0.65, 1.1) + r.uniform(0.0, 0.3) * grad)[:, :, None]
+    img = img * (r.uniform(0.75, 1.05) + r.uniform(0.0, 0.25) * grad)[:, :, None]
     occluded = bool(r.random() < cfg.occlusion_prob)
     if occluded:
         ow, oh = int(S * r.uniform(0.25, 0.45)), int(S * r.uniform(0.18, 0.35))
