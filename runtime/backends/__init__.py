@@ -27,6 +27,8 @@ __all__ = [
 # name -> "module:Class"; imported lazily so optional libraries are touched only when used.
 _REGISTRY: dict[str, str] = {
     "ort": "runtime.backends.ort:OrtBackend",
+    "ort-cuda": "runtime.backends.ort:OrtCudaBackend",
+    "ort-trt": "runtime.backends.ort:OrtTensorrtBackend",
     "torch": "runtime.backends.torch_ref:TorchBackend",
     "trt": "runtime.backends.trt:TrtBackend",
 }

@@ -147,6 +147,8 @@ class Backend(abc.ABC):
     name: ClassVar[str] = "base"
     #: The project extra that provides this backend's libraries (for error messages).
     extra: ClassVar[str] = ""
+    #: File suffixes this backend runs (a parity/bench sweep pairs files with backends by them).
+    suffixes: ClassVar[tuple[str, ...]] = (".onnx",)
 
     def __init__(self, path: str | os.PathLike, **options: Any) -> None:
         self.path = Path(path)
@@ -169,6 +171,11 @@ class Backend(abc.ABC):
         except Exception as exc:  # a broken install must read as "unavailable", not crash a sweep
             reason = f"probe failed: {type(exc).__name__}: {exc}"
         return reason or ""
+
+    @classmethod
+    def accepts(cls, path: str | os.PathLike) -> bool:
+        """True when this backend can run ``path`` (by suffix; override for finer checks)."""
+        return Path(path).suffix.lower() in cls.suffixes
 
     @classmethod
     def is_available(cls) -> bool:

@@ -1,0 +1,222 @@
+"""``python -m runtime <verb>`` — thin CLIs over the torch-free runtime.
+
+    python -m runtime parity --reference RUN/checkpoint.pt --candidates RUN/model.onnx [...] [--out DIR]
+    python -m runtime bench --models RUN/model.onnx [...] --batch 1,8,32 [--seconds S] [--out DIR]
+
+Verbs live in `VERBS`: verb -> ``"module:function"``, where ``function(argv: list[str]) -> int``
+parses its own arguments (with its own ``build_parser()``) and returns the exit code. Other
+modules add theirs with one line here (``build``, ``selftest``, ``infer``, ``pipeline``) or with
+`register_verb` at import time; the module is imported only when its verb runs, so a missing
+optional dependency (TensorRT) never breaks the other verbs.
+
+Exit codes: 0 success, 1 a pipeline error or a failing parity row (logged with what to fix),
+2 bad command-line usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import shlex
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from runtime.errors import ConfigError, PipelineError
+
+log = logging.getLogger("runtime")
+
+# verb -> "module:function(argv) -> int". Keep the help text in VERB_HELP.
+VERBS: dict[str, str] = {
+    "parity": "runtime.__main__:parity_main",
+    "bench": "runtime.__main__:bench_main",
+}
+VERB_HELP: dict[str, str] = {
+    "parity": "accuracy parity of candidate models × backends against a reference",
+    "bench": "latency of models × backends × batch sizes (CPU perf_counter_ns; CUDA events on GPU backends)",
+}
+
+
+def register_verb(verb: str, target: str, help: str = "") -> None:  # noqa: A002 - argparse's word
+    """Add ``verb`` -> ``"module:function"``; a duplicate raises `ConfigError`."""
+    if verb in VERBS:
+        raise ConfigError(f"verb {verb!r} is already registered as {VERBS[verb]}")
+    VERBS[verb] = target
+    VERB_HELP[verb] = help
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _command(verb: str, argv: Sequence[str]) -> str:
+    return "python -m runtime " + shlex.join([verb, *argv])
+
+
+def _csv(text: str | None) -> tuple[str, ...] | None:
+    return tuple(t.strip() for t in text.split(",") if t.strip()) if text else None
+
+
+# --------------------------------------------------------------------------------------------
+# parity
+# --------------------------------------------------------------------------------------------
+def build_parity_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m runtime parity",
+                                description="Compare candidate models on every available backend with a reference.")
+    p.add_argument("--reference", required=True, help="RUN/checkpoint.pt (PyTorch) or RUN/model.onnx (ORT CPU)")
+    p.add_argument("--candidates", required=True, nargs="+", help="candidate model files (.onnx)")
+    p.add_argument("--data", default=None,
+                   help="ImageFolder directory or dataset YAML (default: the reference's dataset, regenerated)")
+    p.add_argument("--split", default="val", choices=("train", "val", "test"), help="split to score (default val)")
+    p.add_argument("--out", default=None, help="report folder (default: <reference folder>/parity)")
+    p.add_argument("--backends", default=None, help="comma-separated backends (default: every available one)")
+    p.add_argument("--reference-backend", default=None, help="default: torch for .pt, ort for .onnx")
+    p.add_argument("--batch-size", type=int, default=32, help="inference batch (default 32)")
+    p.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (default OMP_NUM_THREADS or 1)")
+    p.add_argument("--limit", type=int, default=None, help="score at most N samples")
+    p.add_argument("--no-plots", action="store_true", help="skip PNG plots")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def parity_main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[2:] if argv is None else argv)
+    args = build_parity_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        from runtime.configs import to_dict
+        from runtime.env import capture_environment
+        from runtime.parity import ParityConfig, run_parity
+        from runtime.report import parity_report, write_report
+
+        cfg = ParityConfig(
+            reference=args.reference, candidates=tuple(args.candidates), data=args.data, split=args.split,
+            backends=_csv(args.backends), reference_backend=args.reference_backend, batch_size=args.batch_size,
+            threads=args.threads, limit=args.limit,
+        )
+        run = run_parity(cfg, progress=not args.no_progress)
+        report = parity_report(run, command=_command("parity", argv), environment=capture_environment(),
+                               config=to_dict(cfg))
+        out = Path(args.out) if args.out else Path(args.reference).parent / "parity"
+        paths = write_report(report, out, plots=not args.no_plots)
+        log.info("report: %s", ", ".join(str(p) for p in paths.values()))
+        if not report.passed:
+            for r in run.failing:
+                why = "; ".join(r.result.reasons) if r.result else r.error
+                log.error("FAIL %s: %s", r.name, why)
+            log.error("%d of %d parity rows failed: %s", len(run.failing), len(run.rows),
+                      ", ".join(r.name for r in run.failing))
+            return 1
+        log.info("all %d parity rows passed", len(run.rows))
+        return 0
+    except PipelineError as exc:
+        log.error("%s", exc)
+        return 1
+
+
+# --------------------------------------------------------------------------------------------
+# bench
+# --------------------------------------------------------------------------------------------
+def build_bench_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m runtime bench",
+                                description="Latency of models × backends × batch sizes (warm-up, then N calls and S seconds).")
+    p.add_argument("--models", required=True, nargs="+", help="model files (.onnx)")
+    p.add_argument("--batch", default="1,8,32", help="comma-separated batch sizes (default 1,8,32)")
+    p.add_argument("--seconds", type=float, default=2.0, help="minimum timed seconds per measurement (default 2)")
+    p.add_argument("--iterations", type=int, default=50, help="minimum timed calls per measurement (default 50)")
+    p.add_argument("--warmup", type=float, default=1.0, help="minimum warm-up seconds (default 1)")
+    p.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (default OMP_NUM_THREADS or 1)")
+    p.add_argument("--backends", default=None, help="comma-separated backends (default: every available one but torch)")
+    p.add_argument("--overhead-batches", default="1", help="batches for the harness-vs-bare check ('' = none)")
+    p.add_argument("--repeat", type=int, default=1, help="back-to-back sweeps; >1 reports run-to-run spread")
+    p.add_argument("--parity", default=None, help="parity report JSON whose accuracy columns join the rows")
+    p.add_argument("--out", default=None, help="report folder (default: <first model folder>/bench)")
+    p.add_argument("--no-plots", action="store_true", help="skip PNG plots")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def bench_main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[2:] if argv is None else argv)
+    args = build_bench_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        from runtime.bench import BenchConfig, parse_batches, run_bench
+        from runtime.configs import to_dict
+        from runtime.env import capture_environment
+        from runtime.report import bench_report, load_report, write_report
+
+        parity = load_report(args.parity) if args.parity else None
+        cfg = BenchConfig(
+            models=tuple(args.models), batches=parse_batches(args.batch), backends=_csv(args.backends),
+            seconds=args.seconds, iterations=args.iterations, warmup_s=args.warmup, threads=args.threads,
+            overhead_batches=parse_batches(args.overhead_batches) if args.overhead_batches.strip() else (),
+            repeat=args.repeat,
+        )
+        run = run_bench(cfg, progress=not args.no_progress)
+        report = bench_report(run, command=_command("bench", argv), environment=capture_environment(),
+                              config=to_dict(cfg), parity=parity)
+        out = Path(args.out) if args.out else Path(args.models[0]).parent / "bench"
+        paths = write_report(report, out, plots=not args.no_plots)
+        log.info("report: %s", ", ".join(str(p) for p in paths.values()))
+        if not report.passed:
+            log.error("%d bench row(s) failed: %s", len(report.failing), "; ".join(report.failing))
+            return 1
+        return 0
+    except PipelineError as exc:
+        log.error("%s", exc)
+        return 1
+
+
+# --------------------------------------------------------------------------------------------
+# dispatch
+# --------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """Top-level parser: lists the verbs; each verb parses its own arguments."""
+    p = argparse.ArgumentParser(
+        prog="python -m runtime",
+        description="Torch-free runtime: parity, latency, (TensorRT build, inference) on the device.",
+        epilog="verbs:\n" + "\n".join(f"  {v:<10} {VERB_HELP.get(v, '')}" for v in VERBS)
+        + "\n\n`python -m runtime VERB --help` shows a verb's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("verb", choices=sorted(VERBS), help="what to do")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="the verb's own options")
+    return p
+
+
+def resolve_verb(verb: str) -> Callable[[list[str]], int]:
+    """Import and return the function registered for ``verb``."""
+    module_name, fn_name = VERBS[verb].split(":")
+    if module_name == "runtime.__main__":  # this file, possibly running as __main__: no second copy
+        return globals()[fn_name]
+    return getattr(importlib.import_module(module_name), fn_name)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        build_parser().print_help()
+        return 0 if argv else 2
+    verb, rest = argv[0], argv[1:]
+    if verb not in VERBS:
+        build_parser().print_usage(sys.stderr)
+        print(f"python -m runtime: error: unknown verb {verb!r}; valid: {', '.join(sorted(VERBS))}", file=sys.stderr)
+        return 2
+    try:
+        fn = resolve_verb(verb)
+    except (ImportError, AttributeError) as exc:
+        _setup_logging(False)
+        log.error("verb %r is registered as %s but cannot be loaded: %s", verb, VERBS[verb], exc)
+        return 1
+    try:
+        return int(fn(rest))
+    except SystemExit as exc:  # argparse usage errors exit 2; keep its code
+        return int(exc.code) if isinstance(exc.code, int) else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
