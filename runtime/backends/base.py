@@ -93,7 +93,6 @@ def check_feeds(feeds: Mapping[str, Any], specs: tuple[TensorSpec, ...], *, wher
     inputs (e.g. every input's ``batch``).
     """
     prefix = f"{where}: " if where else ""
-    expected = [s.describe() for s in specs]
     if not isinstance(feeds, Mapping):
         raise DataError(f"{prefix}feeds must be a dict of input name -> numpy array, got {type(feeds).__name__}")
     names = {s.name for s in specs}
@@ -102,7 +101,7 @@ def check_feeds(feeds: Mapping[str, Any], specs: tuple[TensorSpec, ...], *, wher
     if missing or unexpected:
         raise DataError(
             f"{prefix}feed names do not match the model's inputs: missing {missing}, unexpected {unexpected}; "
-            f"expected {expected}"
+            f"expected {[s.describe() for s in specs]}"
         )
     symbols: dict[str, tuple[str, int]] = {}
     problems: list[str] = []
@@ -129,7 +128,9 @@ def check_feeds(feeds: Mapping[str, Any], specs: tuple[TensorSpec, ...], *, wher
                         f"{spec.name!r} dimension {axis} ({want}) is {got} but {seen[0]!r} has {want}={seen[1]}"
                     )
     if problems:
-        raise DataError(f"{prefix}invalid feeds: " + "; ".join(problems) + f". Expected inputs: {expected}")
+        raise DataError(
+            f"{prefix}invalid feeds: " + "; ".join(problems) + f". Expected inputs: {[s.describe() for s in specs]}"
+        )
 
 
 class Backend(abc.ABC):
@@ -156,6 +157,7 @@ class Backend(abc.ABC):
         self._input_specs: tuple[TensorSpec, ...] = ()
         self._output_names: tuple[str, ...] = ()
         self._loaded = False
+        self._accepted: tuple | None = None  # signature of the last feeds that passed validation
 
     # ---- availability -------------------------------------------------------------------------
     @classmethod
@@ -202,6 +204,7 @@ class Backend(abc.ABC):
         if self._loaded:
             self._close()
         self._loaded = False
+        self._accepted = None
 
     def __enter__(self) -> Backend:
         return self.load()
@@ -231,8 +234,20 @@ class Backend(abc.ABC):
 
     # ---- inference ----------------------------------------------------------------------------
     def check_feeds(self, feeds: Mapping[str, Any]) -> None:
-        """Validate feeds against `input_specs` (raises `DataError`)."""
+        """Validate feeds against `input_specs` (raises `DataError`).
+
+        The (name, dtype, shape) signature of the last accepted feeds is remembered, so a loop
+        feeding same-shaped batches pays one tuple comparison per call instead of a full check:
+        harness overhead must stay far below the model's own latency (measured by ``bench``).
+        """
+        try:
+            sig = tuple((k, v.dtype, v.shape) for k, v in feeds.items())
+        except AttributeError:  # not a mapping of arrays: the full check explains what is wrong
+            sig = None
+        if sig is not None and sig == self._accepted:
+            return
         check_feeds(feeds, self.input_specs, where=f"{self.name} {self.path.name}")
+        self._accepted = sig
 
     def infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one batch. Feeds are validated first; outputs keyed by output name."""

@@ -155,9 +155,10 @@ class OrtBackend(Backend):
         if unknown:
             raise ArtifactError(f"{self.path}: unsupported input type(s) {unknown}")
         self._output_names = tuple(o.name for o in sess.get_outputs())
+        self._run_names = list(self._output_names)  # built once: infer() is on the latency path
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        outs = self.session.run(list(self._output_names), dict(feeds))
+        outs = self.session.run(self._run_names, feeds if type(feeds) is dict else dict(feeds))
         return dict(zip(self._output_names, outs))
 
     def _close(self) -> None:

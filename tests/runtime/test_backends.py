@@ -182,3 +182,17 @@ def test_torch_reference_backend(tmp_path):
         assert be.describe()["torch"]
     with pytest.raises(ArtifactError):
         TorchBackend(tmp_path / "none.pt").load()
+
+
+def test_validation_cache_never_lets_a_changed_feed_through(model):
+    good = {"input": np.zeros((2, 1, 8, 8), np.float32)}
+    with OrtBackend(model) as be:
+        be.infer(good)
+        be.infer(good)  # cached signature: fast path
+        with pytest.raises(DataError, match="dtype"):
+            be.infer({"input": good["input"].astype(np.float64)})
+        with pytest.raises(DataError, match="dimension 2"):
+            be.infer({"input": np.zeros((2, 1, 9, 8), np.float32)})
+        with pytest.raises(DataError, match="unexpected"):
+            be.infer({**good, "extra": good["input"]})
+        assert be.infer({"input": np.zeros((5, 1, 8, 8), np.float32)})["logits"].shape == (5, 7)
