@@ -1,0 +1,417 @@
+"""ONNX -> TensorRT plan, one code path for TensorRT 10.x and 11.x.
+
+    result = build_engine(BuildConfig(onnx="runs/x/model.int8.onnx", precision="int8",
+                                      batch=BatchProfile(1, 8, 32), timing_cache="runs/trt.cache"))
+
+What a build does, in order:
+
+1. Resolve the engine key (`runtime.trt.cache.EngineKey`: ONNX sha256, TensorRT version, GPU name
+   and compute capability, precision, profile, options) and reuse the plan on disk only when its
+   sidecar matches and the plan deserializes; otherwise log why and rebuild.
+2. Parse the ONNX into a strongly typed network (precision comes from the graph: an FP16-cast graph
+   for FP16, Q/DQ for INT8). On TensorRT 10 only, ``Typing.AUTO`` falls back to a weakly typed
+   network with BuilderFlag.FP16/INT8 when the strongly typed build fails or misses the precision;
+   there is never an INT8 calibrator (TensorRT 11 removed them).
+3. Configure: optimization profile for the dynamic batch (min:opt:max), workspace pool limit,
+   builder optimization level, aux streams, DLA core with GPU fallback, version compatibility (for
+   the lean runtime), detailed profiling verbosity (for the inspector), and a timing cache file
+   that is read before and written back after the build.
+4. Build, deserialize, read the engine inspector, and fail when the requested precision covers
+   less than the threshold share of conv/GEMM layers (`runtime.trt.inspect`).
+5. Write the plan atomically, the layer report beside it (``.layers.json``) and the JSON sidecar.
+
+Every TensorRT call goes through `runtime.trt.compat.Trt`; this module has no version branches.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtime.artifacts import atomic_write_bytes, atomic_write_json, sha256_file
+from runtime.compare import Precision, as_precision
+from runtime.errors import ArtifactError, ConfigError
+from runtime.trt.cache import BatchProfile, EngineKey, GpuIdentity, decide, write_engine_sidecar
+from runtime.trt.compat import Trt, TrtError, Typing
+from runtime.trt.inspect import PrecisionCheck, PrecisionNotRealizedError, PrecisionReport, parse_engine_information, require_precision
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BATCH = BatchProfile(1, 8, 32)
+MAX_OPT_LEVEL = 5  # IBuilderConfig.builder_optimization_level accepts 0..5 (3 is TensorRT's default)
+
+
+def default_engine_path(onnx: str | os.PathLike, precision: str | Precision) -> Path:
+    """``model.onnx`` + fp16 -> ``model.fp16.engine``; ``model.int8.onnx`` + int8 -> ``model.int8.engine``."""
+    onnx = Path(onnx)
+    p = as_precision(precision).value
+    stem = onnx.stem if onnx.stem.endswith(f".{p}") else f"{onnx.stem}.{p}"
+    return onnx.with_name(f"{stem}.engine")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything `build_engine` needs; validated on construction (bad values raise `ConfigError`).
+
+    Attributes:
+        onnx: The ONNX model (its precision is the graph's: FP32, FP16-cast or Q/DQ INT8).
+        precision: What the engine must realize: ``fp32``, ``fp16`` or ``int8``.
+        out: Plan path (default `default_engine_path`).
+        batch: Optimization profile of the dynamic batch axis.
+        workspace_mib: Workspace memory-pool limit in MiB (None: TensorRT's default, the device memory).
+        timing_cache: Timing cache file, read if present and written back after the build.
+        opt_level: Builder optimization level 0..5 (None: TensorRT's default, 3).
+        dla_core: DLA core for Jetson AGX/NX (GPU fallback enabled); None: GPU only.
+        typing: `Typing` (AUTO: strongly typed; flags fallback on TensorRT 10 only).
+        version_compatible: Build a version-compatible plan (loadable by the lean runtime).
+        aux_streams: ``max_aux_streams`` (None: TensorRT's heuristic; MA-Net's parallel branches
+            may gain from more, models.md §5).
+        min_precision_share: Threshold of the precision check (None: `DEFAULT_MIN_SHARE`).
+        force: Rebuild even when a matching cached plan exists.
+    """
+
+    onnx: Path
+    precision: Precision
+    out: Path | None = None
+    batch: BatchProfile = DEFAULT_BATCH
+    workspace_mib: int | None = None
+    timing_cache: Path | None = None
+    opt_level: int | None = None
+    dla_core: int | None = None
+    typing: Typing = Typing.AUTO
+    version_compatible: bool = False
+    aux_streams: int | None = None
+    min_precision_share: float | None = None
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "onnx", Path(self.onnx))
+        object.__setattr__(self, "precision", as_precision(self.precision))
+        if isinstance(self.batch, str):
+            object.__setattr__(self, "batch", BatchProfile.parse(self.batch))
+        try:
+            object.__setattr__(self, "typing", Typing(getattr(self.typing, "value", self.typing)))
+        except ValueError:
+            raise ConfigError(f"unknown typing {self.typing!r}; valid: {[t.value for t in Typing]}") from None
+        if self.out is not None:
+            object.__setattr__(self, "out", Path(self.out))
+        if self.timing_cache is not None:
+            object.__setattr__(self, "timing_cache", Path(self.timing_cache))
+        if self.onnx.suffix.lower() != ".onnx":
+            raise ConfigError(f"--onnx must be an .onnx file, got {self.onnx}")
+        if not self.onnx.is_file():
+            raise ConfigError(f"ONNX model not found: {self.onnx}; export it with `python -m export onnx` first")
+        _check_int("workspace_mib", self.workspace_mib, 1)
+        _check_int("opt_level", self.opt_level, 0, MAX_OPT_LEVEL)
+        _check_int("dla_core", self.dla_core, 0)
+        _check_int("aux_streams", self.aux_streams, 0)
+        if self.min_precision_share is not None and not 0.0 <= float(self.min_precision_share) <= 1.0:
+            raise ConfigError(f"min_precision_share must be in [0, 1], got {self.min_precision_share}")
+        if self.out is not None and self.out.resolve() == self.onnx.resolve():
+            raise ConfigError(f"--out {self.out} would overwrite the ONNX model")
+
+    @property
+    def engine_path(self) -> Path:
+        return self.out if self.out is not None else default_engine_path(self.onnx, self.precision)
+
+    def key_options(self) -> dict[str, Any]:
+        """Build options that change the plan (part of the cache key). The timing cache is not:
+        it only speeds tactic selection up."""
+        return {
+            "typing": self.typing.value,
+            "workspace_mib": self.workspace_mib,
+            "opt_level": self.opt_level,
+            "dla_core": self.dla_core,
+            "version_compatible": self.version_compatible,
+            "aux_streams": self.aux_streams,
+        }
+
+
+def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value > high):
+        bound = f"{low}..{high}" if high is not None else f">= {low}"
+        raise ConfigError(f"{name} must be an integer {bound}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What `build_engine` did.
+
+    Attributes:
+        engine: Plan path.
+        key: The engine key.
+        reused: True when a cached plan was reused.
+        reason: Why it was reused or (re)built.
+        build_s: Seconds spent building (0 when reused).
+        typing: Typing mode that produced the plan.
+        flags: Precision builder flags set (10.x weakly typed fallback only).
+        precision_check: The realized-precision check (None when reused: see the sidecar).
+    """
+
+    engine: Path
+    key: EngineKey
+    reused: bool
+    reason: str
+    build_s: float = 0.0
+    typing: str = ""
+    flags: tuple[str, ...] = ()
+    precision_check: PrecisionCheck | None = None
+    attempts: tuple[str, ...] = field(default=())
+
+    def summary(self) -> str:
+        if self.reused:
+            return f"{self.engine}: reused ({self.reason})"
+        check = self.precision_check.summary() if self.precision_check else "precision not checked"
+        return f"{self.engine}: built in {self.build_s:.1f}s, {self.typing} typing; {check}"
+
+
+def current_gpu(cuda: Any = None) -> GpuIdentity:
+    """Name and compute capability of the CUDA device (through `runtime.trt.cuda`)."""
+    from runtime.trt.cuda import get_cuda
+
+    api = cuda or get_cuda()
+    try:
+        dev = api.device()
+    finally:
+        if cuda is None:
+            api.close()
+    return GpuIdentity(dev.name, dev.compute_capability)
+
+
+def engine_key(cfg: BuildConfig, trt: Trt, gpu: GpuIdentity) -> EngineKey:
+    return EngineKey(
+        onnx_sha256=sha256_file(cfg.onnx),
+        tensorrt_version=str(trt.version),
+        gpu_name=gpu.name,
+        compute_capability=gpu.compute_capability,
+        precision=cfg.precision.value,
+        profile=str(cfg.batch),
+        options=cfg.key_options(),
+    )
+
+
+def deserialize(trt: Trt, plan: bytes, *, version_compatible: bool = False, logger: Any = None) -> tuple[Any, Any]:
+    """Deserialize ``plan``; returns ``(ICudaEngine, Runtime)`` (keep the runtime alive as long as the
+    engine) or raises `TrtError` saying why."""
+    runtime = trt.get("Runtime")(logger or trt.logger())
+    if version_compatible:
+        # A version-compatible plan embeds the lean runtime's host code; the full runtime runs it
+        # only when allowed to.
+        trt.write(runtime, "Runtime.engine_host_code_allowed", True)
+    try:
+        engine = trt.call(runtime, "Runtime.deserialize_cuda_engine", plan)
+    except Exception as exc:  # noqa: BLE001 - TensorRT raises plain RuntimeError/TypeError
+        raise TrtError(f"deserialize_cuda_engine raised {type(exc).__name__}: {exc}") from exc
+    if engine is None:
+        raise TrtError("deserialize_cuda_engine returned None (plan from another TensorRT version or GPU, "
+                       "or a truncated file; see the TensorRT log above)")
+    return engine, runtime
+
+
+def build_engine(cfg: BuildConfig, *, trt: Trt | None = None, gpu: GpuIdentity | None = None) -> BuildResult:
+    """Build (or reuse) the plan described by ``cfg``. See the module docstring for the steps.
+
+    Args:
+        cfg: The build configuration.
+        trt: TensorRT wrapper (default: `Trt.load()`).
+        gpu: Device identity for the key (default: the current CUDA device).
+
+    Raises:
+        MissingDependencyError: TensorRT or CUDA Python is missing.
+        ConfigError: options TensorRT cannot honour (DLA core absent, flags typing on 11...).
+        TrtError: parsing or building failed; `PrecisionNotRealizedError` when the engine misses
+            the requested precision (nothing is written at ``cfg.engine_path`` then).
+    """
+    trt = trt or Trt.load()
+    gpu = gpu or current_gpu()
+    out = cfg.engine_path
+    key = engine_key(cfg, trt, gpu)
+    decision = decide(out, key)
+    if decision.reuse and not cfg.force:
+        try:
+            deserialize(trt, out.read_bytes(), version_compatible=cfg.version_compatible)
+        except TrtError as exc:
+            log.warning("rebuilding %s: the cached plan failed to deserialize (%s)", out, exc)
+            reason = f"cached plan failed to deserialize: {exc}"
+        else:
+            log.info("%s: %s", out, decision.reason)
+            return BuildResult(engine=out, key=key, reused=True, reason=decision.reason)
+    else:
+        reason = "forced rebuild" if (decision.reuse and cfg.force) else decision.reason
+    log.info("building %s (TensorRT %s, %s %s): %s", out, trt.version, gpu.name, gpu.compute_capability, reason)
+
+    attempts: list[str] = []
+    typings = trt.typings_to_try(cfg.typing)
+    for i, typing in enumerate(typings):
+        last = i == len(typings) - 1
+        try:
+            plan, report, check, flags, seconds = _build_once(cfg, trt, typing)
+        except (TrtError, PrecisionNotRealizedError) as exc:
+            attempts.append(f"{typing.value}: {exc}")
+            if last:
+                if len(attempts) > 1:
+                    raise type(exc)(*_error_args(exc, attempts)) from exc
+                raise
+            log.warning("strongly typed build did not give %s (%s); TensorRT %s: retrying weakly typed with "
+                        "precision flags", cfg.precision.value, exc, trt.version)
+            continue
+        atomic_write_bytes(out, plan)
+        atomic_write_json(layers_report_path(out), report.to_dict())
+        write_engine_sidecar(
+            out,
+            key,
+            {
+                "onnx": str(cfg.onnx),
+                "tensorrt_branch": trt.branch,
+                "typing_used": typing.value,
+                "precision_flags": flags,
+                "version_compatible": cfg.version_compatible,
+                "build_s": round(seconds, 3),
+                "reason": reason,
+                "precision_check": check.to_dict(),
+                "timing_cache": str(cfg.timing_cache) if cfg.timing_cache else None,
+                "attempts": attempts,
+            },
+        )
+        log.info("%s: %s", out, check.summary())
+        return BuildResult(engine=out, key=key, reused=False, reason=reason, build_s=seconds, typing=typing.value,
+                           flags=tuple(flags), precision_check=check, attempts=tuple(attempts))
+    raise TrtError("no typing mode to try")  # pragma: no cover - typings_to_try is never empty
+
+
+def _error_args(exc: Exception, attempts: list[str]) -> tuple:
+    message = "every typing mode failed: " + " | ".join(attempts)
+    if isinstance(exc, PrecisionNotRealizedError):
+        return (message, exc.check)
+    return (message,)
+
+
+def layers_report_path(plan: str | os.PathLike) -> Path:
+    """``model.int8.engine`` -> ``model.int8.engine.layers.json`` (the inspector's per-layer report)."""
+    plan = Path(plan)
+    return plan.with_name(plan.name + ".layers.json")
+
+
+def _build_once(cfg: BuildConfig, trt: Trt, typing: Typing) -> tuple[bytes, PrecisionReport, PrecisionCheck, list[str], float]:
+    logger = trt.logger()
+    builder = trt.get("Builder")(logger)
+    network = trt.call(builder, "Builder.create_network", trt.network_flags(typing))
+    parser = trt.get("OnnxParser")(network, logger)
+    if not trt.call(parser, "OnnxParser.parse_from_file", str(cfg.onnx)):
+        errors = []
+        for i in range(int(trt.read(parser, "OnnxParser.num_errors"))):
+            err = trt.call(parser, "OnnxParser.get_error", i)
+            errors.append(f"{trt.call(err, 'ParserError.node_name')}: {trt.call(err, 'ParserError.desc')}")
+        raise TrtError(f"TensorRT's ONNX parser rejected {cfg.onnx}: {'; '.join(errors) or 'no detail'}. "
+                       "Run `python -m export check` on it (op support, dynamic shapes, INT64 traps)")
+
+    config = trt.call(builder, "Builder.create_builder_config")
+    if cfg.workspace_mib is not None:
+        trt.call(config, "IBuilderConfig.set_memory_pool_limit", trt.get("MemoryPoolType.WORKSPACE"), cfg.workspace_mib << 20)
+    if cfg.opt_level is not None:
+        trt.write(config, "IBuilderConfig.builder_optimization_level", cfg.opt_level)
+    if cfg.aux_streams is not None:
+        trt.write(config, "IBuilderConfig.max_aux_streams", cfg.aux_streams)
+    trt.write(config, "IBuilderConfig.profiling_verbosity", trt.get("ProfilingVerbosity.DETAILED"))
+    flags = trt.apply_precision_flags(config, cfg.precision.value, typing)
+    if cfg.version_compatible:
+        trt.call(config, "IBuilderConfig.set_flag", trt.get("BuilderFlag.VERSION_COMPATIBLE"))
+    if cfg.dla_core is not None:
+        available = int(trt.read(builder, "Builder.num_DLA_cores"))
+        if cfg.dla_core >= available:
+            raise ConfigError(f"--dla-core {cfg.dla_core} requested but this device has {available} DLA core(s) "
+                              "(Jetson AGX Orin has 2, Orin NX 1 or 2, Orin Nano and desktop GPUs 0)")
+        trt.write(config, "IBuilderConfig.default_device_type", trt.get("DeviceType.DLA"))
+        trt.write(config, "IBuilderConfig.DLA_core", cfg.dla_core)
+        # Layers DLA cannot run (and batch sizes it cannot take) fall back to the GPU instead of failing.
+        trt.call(config, "IBuilderConfig.set_flag", trt.get("BuilderFlag.GPU_FALLBACK"))
+    _add_batch_profile(cfg, trt, builder, network, config)
+    _load_timing_cache(cfg, trt, config)
+
+    start = time.perf_counter()
+    plan = trt.call(builder, "Builder.build_serialized_network", network, config)
+    seconds = time.perf_counter() - start
+    if plan is None:
+        raise TrtError(f"TensorRT could not build an engine from {cfg.onnx} ({typing.value} typing); "
+                       "the TensorRT log above says why")
+    _save_timing_cache(cfg, trt, config)
+    plan_bytes = bytes(memoryview(plan))
+
+    engine, _runtime = deserialize(trt, plan_bytes, version_compatible=cfg.version_compatible, logger=logger)
+    inspector = trt.call(engine, "ICudaEngine.create_engine_inspector")
+    info = trt.call(inspector, "EngineInspector.get_engine_information", trt.get("LayerInformationFormat.JSON"))
+    report = parse_engine_information(info)
+    try:
+        check = require_precision(report, cfg.precision.value, cfg.min_precision_share)
+    except PrecisionNotRealizedError:
+        # Keep the evidence even though no plan is written.
+        atomic_write_json(layers_report_path(cfg.engine_path), report.to_dict())
+        raise
+    return plan_bytes, report, check, flags, seconds
+
+
+def _add_batch_profile(cfg: BuildConfig, trt: Trt, builder: Any, network: Any, config: Any) -> None:
+    profile = trt.call(builder, "Builder.create_optimization_profile")
+    dynamic = False
+    for i in range(int(trt.read(network, "INetworkDefinition.num_inputs"))):
+        tensor = trt.call(network, "INetworkDefinition.get_input", i)
+        name = trt.read(tensor, "ITensor.name")
+        shape = tuple(int(d) for d in trt.read(tensor, "ITensor.shape"))
+        if any(d < 0 for d in shape[1:]):
+            raise TrtError(f"input {name!r} has dynamic non-batch dimensions {shape}; only the batch axis may be "
+                           "dynamic: re-export with a fixed image size")
+        if shape and shape[0] < 0:
+            dynamic = True
+            rest = shape[1:]
+            trt.call(profile, "IOptimizationProfile.set_shape", name, (cfg.batch.min, *rest), (cfg.batch.opt, *rest),
+                     (cfg.batch.max, *rest))
+        elif shape and (cfg.batch.min, cfg.batch.max) != (shape[0], shape[0]):
+            raise ConfigError(f"input {name!r} has a fixed batch of {shape[0]} but --batch is {cfg.batch}; use --batch "
+                              f"{shape[0]} or re-export with `python -m export onnx --batch dynamic`")
+    if dynamic:
+        trt.call(config, "IBuilderConfig.add_optimization_profile", profile)
+
+
+def _load_timing_cache(cfg: BuildConfig, trt: Trt, config: Any) -> None:
+    if cfg.timing_cache is None:
+        return
+    data = b""
+    if cfg.timing_cache.is_file():
+        data = cfg.timing_cache.read_bytes()
+    try:
+        cache = trt.call(config, "IBuilderConfig.create_timing_cache", data)
+    except Exception as exc:  # noqa: BLE001 - a corrupt cache must not stop the build
+        log.warning("timing cache %s unreadable (%s); starting an empty one", cfg.timing_cache, exc)
+        cache = trt.call(config, "IBuilderConfig.create_timing_cache", b"")
+    # ignore_mismatch=False: a cache from another GPU/TensorRT is rejected, not used.
+    if not trt.call(config, "IBuilderConfig.set_timing_cache", cache, False):
+        log.warning("timing cache %s does not fit this GPU/TensorRT; building without it", cfg.timing_cache)
+    else:
+        log.info("timing cache %s: %s", cfg.timing_cache, f"{len(data)} bytes reused" if data else "new")
+
+
+def _save_timing_cache(cfg: BuildConfig, trt: Trt, config: Any) -> None:
+    if cfg.timing_cache is None:
+        return
+    cache = trt.call(config, "IBuilderConfig.get_timing_cache")
+    if cache is None:
+        return
+    data = bytes(memoryview(trt.call(cache, "ITimingCache.serialize")))
+    atomic_write_bytes(cfg.timing_cache, data)
+
+
+def read_layers_report(plan: str | os.PathLike) -> Mapping[str, Any]:
+    """The ``.layers.json`` written beside a plan."""
+    from runtime.artifacts import read_json
+
+    path = layers_report_path(plan)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: no layer report (the plan was not built by runtime.trt.build)")
+    return read_json(path)
