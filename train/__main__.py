@@ -1,4 +1,7 @@
-"""``python -m train fit|models|data`` — thin CLI over the training library."""
+"""``python -m train fit|models|data`` — thin CLI over the training library.
+
+Exit codes: 0 success, 1 a pipeline error (logged with what to fix), 2 bad command-line usage.
+"""
 
 from __future__ import annotations
 
@@ -89,11 +92,13 @@ def main(argv: list[str] | None = None) -> int:
             "done: %s (val accuracy %.4f, macro-F1 %.4f, %d epochs, %.0f s training)",
             result.checkpoint, m["val_accuracy"], m["val_macro_f1"], result.epochs_run, result.train_seconds,
         )
-        log.info("per-view accuracy: %s", ", ".join(f"{k} {v:.3f}" for k, v in m["per_view_accuracy"].items()))
+        for title, key in (("per-view", "per_view_accuracy"), ("occlusion", "per_occlusion_accuracy")):
+            if m.get(key):
+                log.info("%s accuracy: %s", title, ", ".join(f"{k} {v:.3f}" for k, v in m[key].items()))
         return 0
     except PipelineError as exc:
         log.error("%s", exc)
-        return 2
+        return 1
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ class TrainConfig:
     step_gamma: float = 0.1
     early_stop_patience: int = 0  # epochs without val-loss improvement; 0 disables
     augment: Augment = Augment.ONLINE
-    time_budget_s: float = 0.0  # stop after the epoch that crosses it; 0 = no budget
+    time_budget_s: float = 0.0  # skip epochs that would pass this training time; 0 = no budget
     seed: int = 0
     num_threads: int = 0  # torch intra-op threads; 0 = all cores
     amp: bool = True  # mixed precision, on CUDA only

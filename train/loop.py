@@ -107,9 +107,18 @@ def evaluate(
     loss = float(F.cross_entropy(out, torch.from_numpy(labels)))
     pred = out.argmax(1).numpy()
     m = classification_metrics(labels, pred, len(class_names))
-    views = [str(r.meta.get("view")) for r in records if "view" in r.meta]
-    per_view = grouped_accuracy(labels, pred, views) if len(views) == len(records) else {}
-    return EvalResult(loss, m.to_dict(class_names), per_view, pred)
+    per_view = _per_group(labels, pred, records, "view")
+    metrics = m.to_dict(class_names)
+    occ = _per_group(labels, pred, records, "occluded")
+    if occ:
+        metrics["per_occlusion_accuracy"] = {("occluded" if k == "True" else "clear"): v for k, v in occ.items()}
+    return EvalResult(loss, metrics, per_view, pred)
+
+
+def _per_group(labels: np.ndarray, pred: np.ndarray, records: list[Record], key: str) -> dict[str, float]:
+    """Accuracy per value of ``meta[key]`` when every record has it, else {}."""
+    groups = [str(r.meta[key]) for r in records if key in r.meta]
+    return grouped_accuracy(labels, pred, groups) if records and len(groups) == len(records) else {}
 
 
 class _Heads(nn.Module):
@@ -222,9 +231,13 @@ def fit(cfg: FitConfig, out: str | Path | None = None, resume: bool = False, pro
     stop_reason = "epochs"
     epoch = state["epoch"]
     while epoch < t.epochs:
-        if t.time_budget_s and state["train_seconds"] >= t.time_budget_s:
-            stop_reason = "time_budget"
-            break
+        if t.time_budget_s and epoch > 0:
+            # Stop before an epoch that would cross the budget (judged by the mean epoch so far).
+            per_epoch = state["train_seconds"] / max(1, len(state["history"]))
+            if state["train_seconds"] + per_epoch > t.time_budget_s * 1.05:
+                stop_reason = "time_budget"
+                log.warning("stopping after epoch %d: the next epoch would pass time_budget_s=%.0f", epoch, t.time_budget_s)
+                break
         if t.early_stop_patience and state["stale"] >= t.early_stop_patience:
             stop_reason = "early_stop"
             break
@@ -303,6 +316,7 @@ def fit(cfg: FitConfig, out: str | Path | None = None, resume: bool = False, pro
         "val_macro_f1": best["metrics"]["macro_f1"],
         "per_view_accuracy": best["per_view_accuracy"],
         "per_class_accuracy": best["metrics"]["per_class_accuracy"],
+        "per_occlusion_accuracy": best["metrics"].get("per_occlusion_accuracy", {}),
         "confusion": best["metrics"]["confusion"],
         "val_count": best["metrics"]["count"],
         "best_epoch": best["epoch"],
