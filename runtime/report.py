@@ -406,27 +406,42 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
     return front
 
 
-def plot_pareto(rows: Sequence[ReportRow], path: str | os.PathLike) -> Path | None:
-    """Latency (p50) vs accuracy scatter with the Pareto front; None when no row has both."""
-    pts = [r for r in rows if r.accuracy is not None and r.latency_ms]
+def plot_pareto(rows: Sequence[ReportRow], path: str | os.PathLike, batch: int | None = None) -> Path | None:
+    """Latency (p50) vs accuracy at one batch size, with the Pareto front; None when no row has both.
+
+    Per-call latencies of different batch sizes are not comparable, so one batch is plotted:
+    ``batch``, else batch 1 when measured (per-frame latency, what a camera pipeline pays), else the
+    smallest measured batch.
+    """
+    pts = [r for r in rows if r.accuracy is not None and r.latency_ms and r.batch is not None]
     if not pts:
         return None
+    batches = sorted({r.batch for r in pts})
+    chosen = batch if batch in batches else (1 if 1 in batches else batches[0])
+    pts = [r for r in pts if r.batch == chosen]
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
     xy = [(r.latency_ms["p50"], 100 * r.accuracy) for r in pts]
     for r, (x, y) in zip(pts, xy):
         lo, hi = r.latency_ms.get("p50_ci") or (x, x)
-        ax.errorbar(x, y, xerr=[[x - lo], [hi - x]], fmt="o", capsize=3)
-        ax.annotate(f"{r.label} {r.backend} {r.precision} b{r.batch}", (x, y), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")
-    front = pareto_front(xy)
-    fx, fy = zip(*sorted(xy[i] for i in front))
-    ax.step(fx, fy, where="post", color="grey", linestyle="--", label="Pareto front")
+        ax.errorbar(x, y, xerr=[[max(0.0, x - lo)], [max(0.0, hi - x)]], fmt="o", capsize=3)
+        ax.annotate(f"{r.label}\n{r.backend} {r.precision}", (x, y), fontsize=7, xytext=(4, 4),
+                    textcoords="offset points")
+    front = sorted(xy[i] for i in pareto_front(xy))
+    if len(front) > 1:
+        fx, fy = zip(*front)
+        ax.step(fx, fy, where="post", color="grey", linestyle="--", label="Pareto front")
+        ax.legend(loc="lower right", fontsize=8)
     ax.set_xscale("log")
-    ax.set_xlabel("p50 latency per batch (ms, log scale; bars: 95% CI)")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.margins(x=0.25, y=0.15)
+    ax.set_xlabel(f"p50 latency per call at batch {chosen} (ms, log scale; bars: 95% CI)")
     ax.set_ylabel("accuracy (%)")
-    ax.set_title("Latency vs accuracy")
-    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(f"Latency vs accuracy (batch {chosen})")
     return _save(fig, plt, path)
 
 
