@@ -17,8 +17,10 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[$(EXTRAS)]"
 	@touch $(STAMP)
 
+# The whole pipeline (train, export, quantize, TensorRT where present, parity, bench, report) into
+# runs/demo/; a rerun reuses every up-to-date artifact (docs/pipeline.md).
 demo: setup
-	$(PY) -m train fit --config configs/demo.yaml --out runs/demo
+	$(PY) -m runtime pipeline --config configs/demo.yaml
 
 test: setup
 	$(PY) scripts/run_tests.py

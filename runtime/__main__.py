@@ -33,12 +33,14 @@ VERBS: dict[str, str] = {
     "bench": "runtime.__main__:bench_main",
     "build": "runtime.trt.cli:build_main",  # TensorRT (runtime/trt/cli.py VERB_TARGETS)
     "selftest": "runtime.trt.cli:selftest_main",
+    "pipeline": "runtime.pipeline:pipeline_main",
 }
 VERB_HELP: dict[str, str] = {
     "parity": "accuracy parity of candidate models × backends against a reference",
     "bench": "latency of models × backends × batch sizes (CPU perf_counter_ns; CUDA events on GPU backends)",
     "build": "ONNX -> TensorRT engine (+ sidecar), rebuilt when TensorRT version or GPU differ",
     "selftest": "TensorRT self-test on this device",
+    "pipeline": "train -> export -> quantize -> TensorRT -> parity -> bench -> report, reusing up-to-date artifacts",
 }
 
 
