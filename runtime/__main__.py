@@ -34,6 +34,7 @@ VERBS: dict[str, str] = {
     "build": "runtime.trt.cli:build_main",  # TensorRT (runtime/trt/cli.py VERB_TARGETS)
     "selftest": "runtime.trt.cli:selftest_main",
     "pipeline": "runtime.pipeline:pipeline_main",
+    "infer": "runtime.infer:infer_main",
 }
 VERB_HELP: dict[str, str] = {
     "parity": "accuracy parity of candidate models × backends against a reference",
@@ -41,6 +42,7 @@ VERB_HELP: dict[str, str] = {
     "build": "ONNX -> TensorRT engine (+ sidecar), rebuilt when TensorRT version or GPU differ",
     "selftest": "TensorRT self-test on this device",
     "pipeline": "train -> export -> quantize -> TensorRT -> parity -> bench -> report, reusing up-to-date artifacts",
+    "infer": "faces in images/folders/videos/a camera -> expressions: annotated outputs, predictions CSV/JSON, latency",
 }
 
 
