@@ -1,0 +1,576 @@
+"""The INT8 and FP16 pipelines, and the reports they write.
+
+`run_int8` does issue 5 end to end: contract -> calibration set (+ manifest) -> ignored scope
+(``auto``: measured) -> NNCF or onnxruntime quantization -> contract copied -> Q/DQ lint (must
+pass for the TensorRT form) -> parity against FP32 on the validation split
+(`runtime.compare.compare_outputs`) -> onnxruntime CPU latency FP32 vs INT8 side by side
+(`runtime.latency.measure_latency`, interleaved rounds) -> atomic writes of the model, the
+manifest, the sidecar and the report (JSON + Markdown). `run_fp16` does the same for FP16.
+
+Outputs beside ``RUN/model.int8.onnx``: ``model.int8.onnx.json`` (sidecar),
+``model.int8.calibration.json`` (manifest), ``model.int8.report.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from quantize.calibration import LabelledSet, build_calibration_set, build_holdout_set, build_validation_set, write_manifest
+from quantize.config import Fp16Config, Int8Config, LatencyConfig, Method, Target
+from quantize.lint import GROUPS, LintReport, flatten_scope, lint_qdq, resolve_ignore, sensitive_scopes
+from quantize.ort_ptq import ort_session, predict
+from runtime.artifacts import atomic_write, atomic_write_json, atomic_write_text, library_versions, read_sidecar, sha256_file, sidecar_path, write_sidecar
+from runtime.compare import ParityResult, Tolerance, compare_outputs, tolerance_for
+from runtime.configs import to_dict
+from runtime.contract import read_contract
+from runtime.errors import ArtifactError, PipelineError
+from runtime.latency import LatencyStats, measure_latency, summarize
+
+log = logging.getLogger(__name__)
+
+KEY_PRECISION = "ferdeploy.precision"  # metadata_props: fp32 | fp16 | int8
+KEY_QUANTIZATION = "ferdeploy.quantization"  # metadata_props: JSON {method, target, form}
+
+
+# --- latency -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LatencyRow:
+    """FP32 and candidate latency at one batch size, measured in alternating rounds."""
+
+    batch: int
+    reference: LatencyStats
+    candidate: LatencyStats
+
+    @property
+    def speedup_p50(self) -> float:
+        return self.reference.p50_ms / self.candidate.p50_ms
+
+    @property
+    def speedup_throughput(self) -> float:
+        return self.candidate.throughput_ips / self.reference.throughput_ips
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "batch": self.batch,
+            "reference": self.reference.to_dict(),
+            "candidate": self.candidate.to_dict(),
+            "speedup_p50": self.speedup_p50,
+            "speedup_throughput": self.speedup_throughput,
+        }
+
+
+@dataclass(frozen=True)
+class LatencyComparison:
+    """Side-by-side CPU latency of a reference and a candidate model."""
+
+    rows: tuple[LatencyRow, ...]
+    threads: int
+    rounds: int
+    provider: str = "onnxruntime CPUExecutionProvider"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"provider": self.provider, "threads": self.threads, "rounds": self.rounds, "rows": [r.to_dict() for r in self.rows]}
+
+
+def compare_latency(
+    reference,
+    candidate,
+    inputs: np.ndarray,
+    cfg: LatencyConfig,
+    *,
+    input_name: str = "input",
+    progress: Callable[[str], None] | None = None,
+) -> LatencyComparison:
+    """Time two models on onnxruntime CPU in alternating rounds (never across runs).
+
+    Args:
+        reference, candidate: Paths or ModelProtos.
+        inputs: Preprocessed samples; tiled to each batch size.
+        cfg: Rounds, seconds, batches, threads.
+        input_name: Graph input name.
+    """
+    from quantize.ort_ptq import session_threads
+
+    threads = cfg.threads or session_threads()
+    sessions = {"reference": ort_session(reference, threads=threads), "candidate": ort_session(candidate, threads=threads)}
+    rows = []
+    for batch in cfg.batches:
+        reps = -(-batch // len(inputs))
+        x = np.ascontiguousarray(np.concatenate([inputs] * reps)[:batch], dtype=np.float32)
+        samples: dict[str, list[float]] = {k: [] for k in sessions}
+        warm: dict[str, tuple[int, float]] = {}
+        for r in range(cfg.rounds):
+            for key, sess in sessions.items():
+                fn = lambda sess=sess: sess.run(None, {input_name: x})  # noqa: E731
+                st = measure_latency(
+                    fn,
+                    batch=batch,
+                    warmup_s=cfg.warmup_s if r == 0 else 0.0,
+                    warmup_iterations=3 if r == 0 else 1,
+                    min_iterations=cfg.min_iterations_per_round,
+                    min_seconds=cfg.seconds_per_round,
+                )
+                samples[key].extend(st.samples_ms)
+                if r == 0:
+                    warm[key] = (st.warmup_iterations, st.warmup_s)
+        stats = {k: summarize(v, batch=batch, warmup_iterations=warm[k][0], warmup_s=warm[k][1]) for k, v in samples.items()}
+        row = LatencyRow(batch, stats["reference"], stats["candidate"])
+        if progress:
+            progress(f"batch {batch}: FP32 p50 {row.reference.p50_ms:.3f} ms, candidate {row.candidate.p50_ms:.3f} ms ({row.speedup_p50:.2f}×)")
+        rows.append(row)
+    return LatencyComparison(tuple(rows), threads, cfg.rounds)
+
+
+# --- the report ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QuantReport:
+    """What a quantized/converted model costs and gains against its FP32 source."""
+
+    precision: str
+    model: str
+    reference: str
+    method: str
+    target: str
+    form: str
+    validation: str
+    parity: ParityResult
+    lint: LintReport | None
+    latency: LatencyComparison | None
+    ignored_scope: dict[str, Any] = field(default_factory=dict)
+    accuracy_control: dict[str, Any] | None = None
+    calibration: dict[str, Any] = field(default_factory=dict)
+    conversion: dict[str, Any] = field(default_factory=dict)
+    timing: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "precision": self.precision,
+            "model": self.model,
+            "reference": self.reference,
+            "method": self.method,
+            "target": self.target,
+            "form": self.form,
+            "validation": self.validation,
+            "parity": self.parity.to_dict(),
+            "lint": self.lint.to_dict() if self.lint else None,
+            "latency": self.latency.to_dict() if self.latency else None,
+            "ignored_scope": self.ignored_scope,
+            "accuracy_control": self.accuracy_control,
+            "calibration": self.calibration,
+            "conversion": self.conversion,
+            "timing": self.timing,
+        }
+
+    def to_markdown(self) -> str:
+        p = self.parity
+        lines = [
+            f"# {self.precision.upper()} report: {Path(self.model).name}",
+            "",
+            f"- reference: `{self.reference}` (FP32)",
+            f"- method: {self.method}; target: {self.target}",
+            f"- form: {self.form}",
+            f"- validation: {self.validation}",
+        ]
+        if self.calibration:
+            cc = ", ".join(f"{k} {v}" for k, v in self.calibration.get("class_counts", {}).items())
+            lines.append(f"- calibration: {self.calibration.get('source', '')}; classes: {cc}")
+        lines += [
+            "",
+            "## Parity against FP32 (onnxruntime CPU)",
+            "",
+            "| | FP32 | " + self.precision.upper() + " |",
+            "|---|---|---|",
+            f"| top-1 accuracy | {p.reference_accuracy:.4f} | {p.accuracy:.4f} |",
+            f"| macro-F1 | {p.reference_macro_f1:.4f} | {p.macro_f1:.4f} |",
+            "",
+            f"- accuracy drop: **{p.accuracy_drop_pts:+.2f} pts**; top-1 agreement with FP32: **{100 * p.top1_agreement:.2f}%** "
+            f"({len(p.flipped_ids)} of {p.count} flipped)",
+            f"- logit difference: max {p.max_abs_diff:.4g}, mean {p.mean_abs_diff:.4g}, p99 {p.p99_abs_diff:.4g}; mean KL {p.kl_mean:.3g}",
+            f"- verdict ({p.precision.value} tolerances {p.tolerance.to_dict()}): **{'PASSED' if p.passed else 'FAILED'}**"
+            + (f": {'; '.join(p.reasons)}" if p.reasons else ""),
+            "",
+            "| class | accuracy delta (pts) |",
+            "|---|---|",
+        ]
+        lines += [f"| {c} | {100 * d:+.2f} |" for c, d in zip(p.class_names, p.per_class_accuracy_delta)]
+        if p.flipped_ids:
+            shown = ", ".join(f"`{i}`" for i in p.flipped_ids[:30])
+            lines += ["", f"Flipped samples: {shown}" + (f" and {len(p.flipped_ids) - 30} more" if len(p.flipped_ids) > 30 else "")]
+        if self.ignored_scope:
+            sc = self.ignored_scope
+            lines += ["", "## Kept in float (ignored scope)", "", f"- mode: {sc.get('mode')}; chosen groups: {sc.get('chosen') or 'none'}"]
+            lines.append(f"- nodes kept in float: {len(sc.get('nodes', []))}")
+            meas = sc.get("measurements")
+            if meas:
+                lines += ["", f"Measured on {sc.get('measured_on', '')}:", "", "| kept in float | top-1 agreement | mean abs logit diff | max abs logit diff |", "|---|---|---|---|"]
+                for name, m in meas.items():
+                    lines.append(f"| {name} | {100 * m['top1_agreement']:.2f}% | {m['mean_abs_diff']:.4f} | {m['max_abs_diff']:.4f} |")
+        if self.accuracy_control:
+            ac = self.accuracy_control
+            rev = ac.get("reverted_to_float", [])
+            lines += ["", "## Accuracy control (NNCF)", "", f"- bound: top-1 drop <= {ac.get('max_drop_pts')} pts on {ac.get('validation_size')} validation samples",
+                      f"- layers reverted to float: {len(rev)}"]  # fmt: skip
+            lines += [f"  - `{n}`" for n in rev]
+        if self.lint is not None:
+            lines += ["", "## Q/DQ lint (TensorRT rules)", "", f"- {self.lint.summary()}"]
+            lines += [f"- {f}" for f in self.lint.findings if f.severity.value != "info"][:20]
+        if self.latency:
+            lat = self.latency
+            lines += [
+                "",
+                f"## Latency ({lat.provider}, {lat.threads or 'default'} thread(s), {lat.rounds} interleaved rounds)",
+                "",
+                f"| batch | FP32 p50 ms [95% CI] | {self.precision.upper()} p50 ms [95% CI] | FP32 img/s | {self.precision.upper()} img/s | speed-up (p50) | speed-up (throughput) |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for r in lat.rows:
+                a, b = r.reference, r.candidate
+                lines.append(
+                    f"| {r.batch} | {a.p50_ms:.3f} [{a.p50_ci_ms[0]:.3f}, {a.p50_ci_ms[1]:.3f}] | {b.p50_ms:.3f} "
+                    f"[{b.p50_ci_ms[0]:.3f}, {b.p50_ci_ms[1]:.3f}] | {a.throughput_ips:.1f} | {b.throughput_ips:.1f} | "
+                    f"{r.speedup_p50:.2f}× | {r.speedup_throughput:.2f}× |"
+                )
+        if self.timing:
+            lines += ["", "Timing: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.timing.items())]
+        return "\n".join(lines) + "\n"
+
+
+def report_paths(out: str | Path) -> tuple[Path, Path]:
+    """``RUN/model.int8.onnx`` -> (``model.int8.report.json``, ``model.int8.report.md``)."""
+    p = Path(out)
+    stem = p.name[: -len(".onnx")] if p.name.endswith(".onnx") else p.name
+    return p.with_name(stem + ".report.json"), p.with_name(stem + ".report.md")
+
+
+def write_report(report: QuantReport, out: str | Path) -> tuple[Path, Path]:
+    jpath, mpath = report_paths(out)
+    atomic_write_json(jpath, report.to_dict())
+    atomic_write_text(mpath, report.to_markdown())
+    return jpath, mpath
+
+
+# --- shared helpers ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What a run wrote (or found up to date)."""
+
+    out: Path
+    sidecar: Path
+    report: QuantReport | None
+    report_paths: tuple[Path, Path] | None
+    manifest: Path | None = None
+    skipped: bool = False
+
+
+def name_nodes(model) -> int:
+    """Give every unnamed node a unique name (ignored scopes and NNCF address nodes by name)."""
+    seen = {n.name for n in model.graph.node if n.name}
+    count = 0
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{i}"
+            while name in seen:
+                name += "_"
+            node.name = name
+            seen.add(name)
+            count += 1
+    return count
+
+
+def copy_contract(src, dst, extra: Mapping[str, str]) -> None:
+    """Replace ``dst``'s metadata_props with ``src``'s (the deployment contract) plus ``extra``."""
+    props = {p.key: p.value for p in src.metadata_props}
+    props.update(extra)
+    del dst.metadata_props[:]
+    for k, v in props.items():
+        entry = dst.metadata_props.add()
+        entry.key, entry.value = k, v
+
+
+def _fingerprint(cfg, input_sha: str) -> dict[str, Any]:
+    return {"input_sha256": input_sha, "config": to_dict(cfg), "versions": library_versions()}
+
+
+def _up_to_date(out: Path, fingerprint: Mapping[str, Any]) -> dict[str, Any] | None:
+    if not out.is_file() or not sidecar_path(out).is_file():
+        return None
+    try:
+        side = read_sidecar(out)
+    except ArtifactError:
+        return None
+    if side.get("fingerprint") != json.loads(json.dumps(fingerprint, default=str)):
+        return None
+    if side.get("artifact_sha256") != sha256_file(out):
+        return None
+    return side
+
+
+def _save_model(model, out: Path) -> None:
+    import onnx
+
+    atomic_write(out, lambda p: onnx.save(model, str(p)))
+
+
+def _fidelity(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
+    return {
+        "top1_agreement": float((ref.argmax(1) == out.argmax(1)).mean()),
+        "mean_abs_diff": float(np.abs(out - ref).mean()),
+        "max_abs_diff": float(np.abs(out - ref).max()),
+    }
+
+
+# --- INT8 ----------------------------------------------------------------------------------------
+
+
+def _quantizer(cfg: Int8Config, model, calib: np.ndarray, input_name: str):
+    """``fn(ignored, max_drop_pts=None, validation=None) -> (ModelProto, info)`` for the method."""
+    from quantize.nncf_ptq import quantize_nncf
+    from quantize.ort_ptq import quantize_ort
+
+    def run(ignored: Sequence[str], max_drop_pts: float | None = None, validation=None):
+        if cfg.method is Method.NNCF:
+            return quantize_nncf(
+                model, calib, target=cfg.target.value, ignored=ignored, max_drop_pts=max_drop_pts,
+                validation=validation, input_name=input_name, bias_correction=cfg.bias_correction,
+            )  # fmt: skip
+        return quantize_ort(model, calib, target=cfg.target.value, nodes_to_exclude=ignored, input_name=input_name)
+
+    return run
+
+
+def auto_scope(
+    quantize: Callable[..., tuple[Any, dict]],
+    groups: Mapping[str, Sequence[str]],
+    samples: np.ndarray,
+    reference: np.ndarray,
+    *,
+    min_gain: float,
+) -> tuple[list[str], dict[str, Any]]:
+    """Keep a sensitive group in float only where it measurably helps.
+
+    Quantizes once with nothing ignored and once per group ignored, scores fidelity to FP32 on
+    ``samples``, and keeps the groups that cut the mean |Δlogit| by at least ``min_gain`` without
+    lowering top-1 agreement. When several qualify their union is measured too and used only if it
+    is at least as good as the best single group.
+
+    Returns:
+        (chosen group names, {"measurements": {label: fidelity}, "chosen": [...]}).
+    """
+
+    def measure(names: Sequence[str]) -> dict[str, float]:
+        q, _ = quantize(list(names))
+        return _fidelity(reference, predict(ort_session(q), samples))
+
+    meas = {"none": measure([])}
+    base = meas["none"]
+    for g, names in groups.items():
+        if names:
+            meas[g] = measure(names)
+    helpful = [
+        g for g in groups
+        if g in meas and meas[g]["mean_abs_diff"] <= (1.0 - min_gain) * base["mean_abs_diff"]
+        and meas[g]["top1_agreement"] >= base["top1_agreement"]
+    ]  # fmt: skip
+    chosen = helpful
+    if len(helpful) > 1:
+        label = "+".join(helpful)
+        meas[label] = measure(flatten_scope({g: groups[g] for g in helpful}))
+        best = min(helpful, key=lambda g: (-meas[g]["top1_agreement"], meas[g]["mean_abs_diff"]))
+        u, b = meas[label], meas[best]
+        if (u["top1_agreement"], -u["mean_abs_diff"]) < (b["top1_agreement"], -b["mean_abs_diff"]):
+            chosen = [best]
+    return chosen, {"measurements": meas, "chosen": chosen, "min_gain": min_gain}
+
+
+def run_int8(cfg: Int8Config, *, force: bool = False, progress: Callable[[str], None] | None = None) -> StageResult:
+    """Quantize ``cfg.onnx`` to INT8 Q/DQ and write the model, manifest, sidecar and report.
+
+    Raises:
+        ArtifactError: bad input model, or a tensorrt-target model that fails the Q/DQ lint
+            (nothing is written then).
+        DataError / ConfigError: calibration or validation data problems.
+        QuantizationError: the quantizer failed.
+    """
+    import onnx
+
+    say = progress or (lambda msg: log.info("%s", msg))
+    t_start = time.perf_counter()
+    timing: dict[str, float] = {}
+    contract = read_contract(cfg.onnx)
+    input_sha = sha256_file(cfg.onnx)
+    fingerprint = _fingerprint(cfg, input_sha)
+    if not force and (side := _up_to_date(cfg.out, fingerprint)) is not None:
+        say(f"{cfg.out} is up to date (same input, config and library versions); use --force to redo it")
+        jpath, mpath = report_paths(cfg.out)
+        return StageResult(cfg.out, sidecar_path(cfg.out), None, (jpath, mpath), None, skipped=True)
+
+    model = onnx.load(str(cfg.onnx))
+    name_nodes(model)
+    input_name = contract.input_name if contract.input_name in {i.name for i in model.graph.input} else model.graph.input[0].name
+
+    t = time.perf_counter()
+    calib = build_calibration_set(
+        contract, size=cfg.calibration.size, seed=cfg.calibration.seed, data=cfg.data, min_size=cfg.calibration.min_size
+    )
+    val = build_validation_set(contract, data=cfg.data, limit=cfg.val_limit)
+    timing["data_s"] = time.perf_counter() - t
+    say(f"calibration: {calib.source}; validation: {val.source}")
+    ref_session = ort_session(model)
+    ref_val = predict(ref_session, val.tensors)
+    quantize = _quantizer(cfg, model, calib.tensors, input_name)
+
+    # Which nodes stay in float.
+    t = time.perf_counter()
+    scopes = sensitive_scopes(model)
+    scope_info: dict[str, Any] = {"groups_found": {g: len(scopes.group(g)) for g in GROUPS}}
+    if cfg.ignore == ("none",):
+        ignored: list[str] = []
+        scope_info.update(mode="none", chosen=[])
+    elif cfg.ignore == ("auto",):
+        holdout = build_holdout_set(contract, exclude_ids=calib.ids, data=cfg.data, size=300, min_size=32)
+        sel: LabelledSet = holdout if holdout is not None else val
+        say(f"ignored scope 'auto': measuring {', '.join(g for g in GROUPS if scopes.group(g))} on {sel.source}")
+        groups = {g: scopes.group(g) for g in GROUPS}
+        chosen, details = auto_scope(quantize, groups, sel.tensors, predict(ref_session, sel.tensors), min_gain=cfg.auto_min_gain)
+        ignored = flatten_scope({g: groups[g] for g in chosen})
+        scope_info.update(mode="auto", measured_on=sel.source, **details)
+    else:
+        resolved = resolve_ignore(cfg.ignore, model, scopes)
+        ignored = flatten_scope(resolved)
+        scope_info.update(mode="explicit", chosen=list(resolved))
+    scope_info["nodes"] = ignored
+    timing["scope_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    say(f"quantizing with {cfg.method.value} for {cfg.target.value} ({len(ignored)} node(s) kept in float"
+        + (f", accuracy control: drop <= {cfg.max_drop_pts} pts" if cfg.max_drop_pts is not None else "") + ")")  # fmt: skip
+    q, qinfo = quantize(ignored, cfg.max_drop_pts, (val.tensors, val.labels))
+    timing["quantize_s"] = time.perf_counter() - t
+    quant_meta = {"method": cfg.method.value, "target": cfg.target.value, "form": cfg.form}
+    copy_contract(model, q, {KEY_PRECISION: "int8", KEY_QUANTIZATION: json.dumps(quant_meta, sort_keys=True)})
+    accuracy_control = qinfo.get("accuracy_control")
+    reverted = (accuracy_control or {}).get("reverted_to_float", [])
+
+    lint = lint_qdq(q, expected_float=list(ignored) + list(reverted))
+    if cfg.target is Target.TENSORRT and not lint.passed:
+        first = "; ".join(str(f) for f in lint.errors[:3])
+        raise ArtifactError(f"the {cfg.method.value} output fails the TensorRT Q/DQ lint ({len(lint.errors)} error(s): {first}); nothing written")
+    for f in lint.warnings:
+        log.warning("lint: %s", f)
+
+    t = time.perf_counter()
+    cand_val = predict(ort_session(q), val.tensors)
+    tol = tolerance_for("int8")
+    if cfg.max_drop_pts is not None:
+        tol = Tolerance(min_top1_agreement=tol.min_top1_agreement, max_accuracy_drop_pts=cfg.max_drop_pts)
+    parity = compare_outputs(ref_val, cand_val, val.labels, precision="int8", class_names=contract.class_names,
+                             sample_ids=val.ids, tolerance=tol)  # fmt: skip
+    timing["evaluate_s"] = time.perf_counter() - t
+    say(f"INT8 vs FP32 on {len(val)} samples: accuracy {parity.reference_accuracy:.4f} -> {parity.accuracy:.4f} "
+        f"({parity.accuracy_drop_pts:+.2f} pts), agreement {100 * parity.top1_agreement:.2f}%")  # fmt: skip
+
+    latency = None
+    if cfg.latency.enabled:
+        t = time.perf_counter()
+        latency = compare_latency(model, q, val.tensors, cfg.latency, input_name=input_name, progress=say)
+        timing["latency_s"] = time.perf_counter() - t
+
+    _save_model(q, cfg.out)
+    manifest, manifest_sha = write_manifest(cfg.out, calib)
+    timing["total_s"] = time.perf_counter() - t_start
+    calib_summary = {k: calib.manifest[k] for k in ("source", "size", "seed", "class_counts", "tensor_sha256")}
+    calib_summary.update(manifest=str(manifest), manifest_sha256=manifest_sha)
+    report = QuantReport(
+        precision="int8", model=str(cfg.out), reference=str(cfg.onnx), method=cfg.method.value, target=cfg.target.value,
+        form=cfg.form, validation=val.source, parity=parity, lint=lint, latency=latency, ignored_scope=scope_info,
+        accuracy_control=accuracy_control, calibration=calib_summary, conversion=qinfo, timing=timing,
+    )  # fmt: skip
+    paths = write_report(report, cfg.out)
+    side = write_sidecar(cfg.out, {
+        "stage": "quantize",
+        "precision": "int8",
+        "method": cfg.method.value,
+        "target": cfg.target.value,
+        "form": cfg.form,
+        "input": {"path": str(cfg.onnx), "sha256": input_sha},
+        "calibration": calib_summary,
+        "ignored_scope": {k: v for k, v in scope_info.items() if k != "measurements"} | {"measurements": scope_info.get("measurements")},
+        "accuracy_control": accuracy_control,
+        "float_nodes": sorted(set(ignored) | set(reverted)),
+        "settings": qinfo.get("settings"),
+        "lint": {"passed": lint.passed, "errors": len(lint.errors), "warnings": len(lint.warnings),
+                 "int8_ops": len(lint.int8_ops), "float_ops": len(lint.float_ops)},  # fmt: skip
+        "parity": {k: parity.to_dict()[k] for k in ("passed", "accuracy", "reference_accuracy", "accuracy_drop_pts", "top1_agreement", "max_abs_diff", "mean_abs_diff")},
+        "report": [str(p) for p in paths],
+        "config": to_dict(cfg),
+        "fingerprint": fingerprint,
+        "timing": timing,
+        "versions": fingerprint["versions"],
+    })  # fmt: skip
+    return StageResult(cfg.out, side, report, paths, manifest)
+
+
+# --- FP16 ----------------------------------------------------------------------------------------
+
+
+def run_fp16(cfg: Fp16Config, *, force: bool = False, progress: Callable[[str], None] | None = None) -> StageResult:
+    """Convert ``cfg.onnx`` to an FP16 graph (FP32 I/O) and write the model, sidecar and report."""
+    import onnx
+
+    from quantize.fp16 import DEFAULT_KEEP_FP32, convert_fp16, fp16_weight_overflow
+
+    say = progress or (lambda msg: log.info("%s", msg))
+    t_start = time.perf_counter()
+    contract = read_contract(cfg.onnx)
+    input_sha = sha256_file(cfg.onnx)
+    fingerprint = _fingerprint(cfg, input_sha)
+    if not force and _up_to_date(cfg.out, fingerprint) is not None:
+        say(f"{cfg.out} is up to date (same input, config and library versions); use --force to redo it")
+        return StageResult(cfg.out, sidecar_path(cfg.out), None, report_paths(cfg.out), None, skipped=True)
+    model = onnx.load(str(cfg.onnx))
+    overflow = fp16_weight_overflow(model)
+    if overflow:
+        raise ArtifactError(f"weights {overflow[:5]} exceed the float16 range (65504); keep those nodes in FP32 or retrain")
+    keep = cfg.keep_fp32 or DEFAULT_KEEP_FP32
+    half, info = convert_fp16(model, keep_fp32_ops=keep)
+    copy_contract(model, half, {KEY_PRECISION: "fp16", KEY_QUANTIZATION: json.dumps({"form": "fp16 graph, fp32 I/O"})})
+    val = build_validation_set(contract, data=cfg.data, limit=cfg.val_limit)
+    ref = predict(ort_session(model), val.tensors)
+    out = predict(ort_session(half), val.tensors)
+    parity = compare_outputs(ref, out, val.labels, precision="fp16", class_names=contract.class_names, sample_ids=val.ids)
+    say(f"FP16 vs FP32 on {len(val)} samples: agreement {100 * parity.top1_agreement:.2f}%, max |Δ| {parity.max_abs_diff:.3g}")
+    input_name = contract.input_name
+    latency = compare_latency(model, half, val.tensors, cfg.latency, input_name=input_name, progress=say) if cfg.latency.enabled else None
+    _save_model(half, cfg.out)
+    timing = {"total_s": time.perf_counter() - t_start}
+    report = QuantReport(
+        precision="fp16", model=str(cfg.out), reference=str(cfg.onnx), method="onnxconverter-common float16",
+        target="tensorrt (strongly typed)", form="FP16 tensors and weights, FP32 inputs/outputs; kept in FP32: "
+        + (", ".join(info["keep_fp32_ops_present"]) or "none"),
+        validation=val.source, parity=parity, lint=None, latency=latency, conversion=info, timing=timing,
+    )  # fmt: skip
+    paths = write_report(report, cfg.out)
+    side = write_sidecar(cfg.out, {
+        "stage": "quantize", "precision": "fp16", "input": {"path": str(cfg.onnx), "sha256": input_sha},
+        "conversion": info, "parity": {k: parity.to_dict()[k] for k in ("passed", "top1_agreement", "max_abs_diff", "mean_abs_diff")},
+        "report": [str(p) for p in paths], "config": to_dict(cfg), "fingerprint": fingerprint, "timing": timing,
+        "versions": fingerprint["versions"],
+    })  # fmt: skip
+    return StageResult(cfg.out, side, report, paths, None)
+
+
