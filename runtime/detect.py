@@ -3,10 +3,12 @@
 Three detectors behind one small interface (``detect(image) -> list[Box]``), chosen by name:
 
 - ``haar``: Viola-Jones with ``cv2.CascadeClassifier`` and the frontal-face cascade that OpenCV 4.x
-  wheels ship in ``cv2.data.haarcascades`` (JetPack's system OpenCV 4 ships the same files in
-  ``/usr/share/opencv4/haarcascades``). **OpenCV 5 removed both** the class and the files from the
-  main module (opencv-python-headless 5.0, what constraints.txt pins here, has neither), so on
-  this project's default install the Haar detector reports itself unavailable, with that reason.
+  wheels ship in ``cv2.data.haarcascades`` (constraints.txt pins opencv-python-headless 4.14 for
+  this; JetPack's system OpenCV 4 ships the same files in ``/usr/share/opencv4/haarcascades``).
+  **OpenCV 5 removed both** the class and the files from the main module: there the Haar detector
+  reports itself unavailable, with that reason. Trained on photographs, it finds about a quarter of
+  the synthetic set's cartoon frontal faces (BENCHMARKS.md), so the synthetic demo and tests feed
+  pre-cropped faces (``none``).
 - ``yunet``: ``cv2.FaceDetectorYN`` (OpenCV >= 4.8, present in 5.0), a small CNN detector. OpenCV
   ships the class but not its weights; pass the ``face_detection_yunet_*.onnx`` file you have
   (``--detector-model``). Nothing is downloaded.

@@ -114,7 +114,7 @@ class QuantizeSection:
     """
 
     methods: tuple[str, ...] = ("nncf", "ort")
-    cpu_methods: tuple[str, ...] = ("nncf", "ort")
+    cpu_methods: tuple[str, ...] = ("ort",)
     fp16: bool = True
     # The bench stage measures latency of every model; the quantize CLI's own side-by-side
     # latency would only repeat it (about 12 s per file on a 2-core machine).

@@ -4,9 +4,10 @@ The classifier is trained in a session fixture, in under two seconds and without
 regression (linear) expression classifier on 24×24 frontal synthetic faces, written as an ONNX
 ``Gemm`` with the deployment contract. It reaches about 94% on held-out frontal faces, so the tests
 can check predictions against labels: a wrong crop, colour order, preprocessing or class order
-would drop that to chance. (OpenCV 5 ships no face detector, see runtime/detect.py: the folder and
-the video are pre-cropped faces, and the detection-and-crop path runs with a planted detector on
-composed scenes; the Haar test runs where OpenCV ships the cascade.)
+would drop that to chance. OpenCV's Haar cascade finds only about a quarter of these cartoon faces,
+so the folder and the video are pre-cropped faces (``--no-detect``); the crop-with-margin path runs
+with a planted detector on composed scenes (exact boxes), and the real Haar detector runs end to end
+on scenes where OpenCV ships the cascade.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from runtime import infer as I
 from runtime.contract import DeploymentContract
-from runtime.detect import Box, HaarDetector, haar_unavailable_reason, make_detector
+from runtime.detect import Box, haar_unavailable_reason, make_detector
 from runtime.errors import ArtifactError, MissingDependencyError
 from runtime.preprocess import PreprocessSpec
 from train.data.synthetic import CLASSES, SynthConfig, render
@@ -221,26 +222,42 @@ def test_empty_folder_missing_source_and_closed_camera(model: Path, tmp_path: Pa
     assert I.infer_main([*args, "--source", str(empty), "--margin", "-1"]) == I.EXIT_USAGE
 
 
-@pytest.mark.skipif(not haar_unavailable_reason(), reason="this OpenCV ships a Haar cascade")
-def test_auto_detector_says_what_is_missing(model: Path, faces_dir: Path, tmp_path: Path, caplog) -> None:
+def test_auto_detector_says_what_is_missing(model: Path, faces_dir: Path, tmp_path: Path, caplog, monkeypatch) -> None:
+    # What an OpenCV 5 install sees: no CascadeClassifier, and no YuNet file given.
+    import runtime.detect as D
+
+    monkeypatch.setattr(D, "haar_unavailable_reason", lambda cascade=None: "OpenCV 5.0.0 has no CascadeClassifier")
     with pytest.raises(MissingDependencyError, match="--no-detect"):
         make_detector("auto")
     code = I.infer_main(["--model", str(model), "--source", str(faces_dir), "--out", str(tmp_path), "--no-progress"])
     assert code == I.EXIT_MISSING
-    assert "OpenCV 5" in caplog.text or "CascadeClassifier" in caplog.text
+    assert "no face detector is available" in caplog.text and "--no-detect" in caplog.text
 
 
 @pytest.mark.skipif(bool(haar_unavailable_reason()), reason=f"Haar detector unavailable: {haar_unavailable_reason()}")
-def test_haar_detects_synthetic_faces_on_a_background(tmp_path: Path) -> None:  # pragma: no cover - OpenCV 4 only
-    det = HaarDetector()
-    hits = 0
-    faces = frontal_faces(400_000, 14)
-    for img, _ in faces:
-        scene = np.full((360, 480, 3), 120, np.uint8)
-        scene[100:292, 140:332] = cv2.resize(img, (192, 192))[:, :, None]
-        hits += any(abs(b.x + b.w / 2 - 236) < 60 and abs(b.y + b.h / 2 - 196) < 60 for b in det.detect(scene))
-    print(f"Haar detection rate on synthetic frontal faces: {hits}/{len(faces)}")
-    assert hits >= 0  # measured and printed; the cartoon faces are not what the cascade was trained on
+def test_haar_detector_on_synthetic_scenes(model: Path, tmp_path: Path) -> None:
+    """The real detector end to end: frontal synthetic faces, 240 px, on a plain background.
+
+    OpenCV's frontal cascade was trained on photographs; it finds roughly a quarter of these
+    cartoon faces (BENCHMARKS.md has the measured rates). Scenes it misses must come out as
+    ``no_face``, the rest classified, and the run must succeed.
+    """
+    src = tmp_path / "scenes"
+    src.mkdir()
+    for k, (img, _) in enumerate(frontal_faces(500_000, 21)):
+        scene = np.full((400, 520), 128, np.uint8)
+        scene[80:320, 120:360] = cv2.resize(img, (240, 240), interpolation=cv2.INTER_LINEAR)
+        cv2.imwrite(str(src / f"scene{k:02d}.png"), scene)
+    res = I.run_infer(I.InferConfig(model=str(model), source=str(src), out=str(tmp_path / "out"), detector="haar",
+                                    margin=0.0), progress=False)
+    found = [s for s in res.sources if s.status == "ok"]
+    assert {s.status for s in res.sources} <= {"ok", "no_face"} and len(res.sources) == 21
+    assert 2 <= len(found) <= 21, f"Haar found {len(found)} of 21 synthetic faces"
+    assert res.exit_code == I.EXIT_OK
+    for p in res.predictions:  # every box is on the face tile
+        assert 80 <= p.box.x + p.box.w / 2 <= 440 and 40 <= p.box.y + p.box.h / 2 <= 360
+    body = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert body["detector"]["detector"] == "haar" and body["detector"]["cascade"].endswith("frontalface_default.xml")
 
 
 def test_engine_contract_comes_from_the_onnx_it_was_built_from(model: Path, tmp_path: Path) -> None:
