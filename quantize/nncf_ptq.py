@@ -100,15 +100,27 @@ def _dataset(tensors: np.ndarray, input_name: str, labels: np.ndarray | None = N
 
 
 class _AccuracyFn:
-    """NNCF validation function: top-1 accuracy on (tensor, label) items, one session per model."""
+    """NNCF validation function: top-1 accuracy on (tensor, label) items, one session per model.
 
-    def __init__(self, input_name: str) -> None:
+    For the tensorrt target the model NNCF hands over is still in its UINT8 form; it is scored
+    after `to_signed_int8` (on a copy), i.e. in the form that will be written, so the accuracy
+    bound holds for the output file and not for an intermediate.
+    """
+
+    def __init__(self, input_name: str, signed: bool) -> None:
         self.input_name = input_name
+        self.signed = signed
         self._cache: tuple[Any, Any] | None = None  # (model object, session): NNCF scores one model many times
 
     def __call__(self, model, items: Iterable) -> tuple[float, list[float]]:
         if self._cache is None or self._cache[0] is not model:
-            self._cache = (model, ort_session(model))
+            scored = model
+            if self.signed:
+                import copy
+
+                scored = copy.deepcopy(model)
+                to_signed_int8(scored)
+            self._cache = (model, ort_session(scored))
         sess = self._cache[1]
         items = list(items)
         x = np.stack([np.asarray(t, dtype=np.float32) for t, _ in items])
@@ -175,7 +187,7 @@ def quantize_nncf(
 
                 vx, vy = validation
                 q = nncf.quantize_with_accuracy_control(
-                    model, calib_ds, _dataset(vx, input_name, vy), _AccuracyFn(input_name),
+                    model, calib_ds, _dataset(vx, input_name, vy), _AccuracyFn(input_name, signed=target == "tensorrt"),
                     max_drop=max_drop_pts / 100.0, preset=preset, subset_size=len(calibration), ignored_scope=scope,
                     advanced_quantization_parameters=adv,
                     advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(),

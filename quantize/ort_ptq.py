@@ -223,13 +223,19 @@ def strip_output_qdq(model) -> int:
 
 
 class _DropPreprocessHint(logging.Filter):
-    """quantize_static logs a 'consider pre-processing' hint on the root logger at every call.
+    """Quiet quantize_static's root-logger chatter while it runs.
+
+    It logs a 'consider pre-processing' hint at every call.
 
     Pre-processing (symbolic shape inference + ORT graph optimization) renames and fuses nodes,
     which would break ``nodes_to_exclude``; the export already folded BatchNorm and slimmed the graph.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        # quantize_static also logs every bias copy at INFO on the root logger ("Created a copy of
+        # bias input ..."): hundreds of lines for MA-Net.
+        if record.name == "root" and record.levelno < logging.WARNING:
+            return False
         return "pre-process" not in record.getMessage()
 
 

@@ -470,8 +470,9 @@ def run_int8(cfg: Int8Config, *, force: bool = False, progress: Callable[[str], 
     if cfg.target is Target.TENSORRT and not lint.passed:
         first = "; ".join(str(f) for f in lint.errors[:3])
         raise ArtifactError(f"the {cfg.method.value} output fails the TensorRT Q/DQ lint ({len(lint.errors)} error(s): {first}); nothing written")
-    for f in lint.warnings:
-        log.warning("lint: %s", f)
+    if cfg.target is Target.TENSORRT:
+        for f in lint.warnings:
+            log.warning("lint: %s", f)
 
     t = time.perf_counter()
     cand_val = predict(ort_session(q), val.tensors)
@@ -482,7 +483,7 @@ def run_int8(cfg: Int8Config, *, force: bool = False, progress: Callable[[str], 
                              sample_ids=val.ids, tolerance=tol)  # fmt: skip
     timing["evaluate_s"] = time.perf_counter() - t
     say(f"INT8 vs FP32 on {len(val)} samples: accuracy {parity.reference_accuracy:.4f} -> {parity.accuracy:.4f} "
-        f"({parity.accuracy_drop_pts:+.2f} pts), agreement {100 * parity.top1_agreement:.2f}%")  # fmt: skip
+        f"(drop {parity.accuracy_drop_pts:.2f} pts), agreement {100 * parity.top1_agreement:.2f}%")  # fmt: skip
 
     latency = None
     if cfg.latency.enabled:
@@ -509,7 +510,7 @@ def run_int8(cfg: Int8Config, *, force: bool = False, progress: Callable[[str], 
         "form": cfg.form,
         "input": {"path": str(cfg.onnx), "sha256": input_sha},
         "calibration": calib_summary,
-        "ignored_scope": {k: v for k, v in scope_info.items() if k != "measurements"} | {"measurements": scope_info.get("measurements")},
+        "ignored_scope": scope_info,
         "accuracy_control": accuracy_control,
         "float_nodes": sorted(set(ignored) | set(reverted)),
         "settings": qinfo.get("settings"),
