@@ -13,7 +13,6 @@ Outputs beside ``RUN/model.int8.onnx``: ``model.int8.onnx.json`` (sidecar),
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import time
@@ -32,7 +31,7 @@ from runtime.artifacts import atomic_write, atomic_write_json, atomic_write_text
 from runtime.compare import ParityResult, Tolerance, compare_outputs, tolerance_for
 from runtime.configs import to_dict
 from runtime.contract import read_contract
-from runtime.errors import ArtifactError, PipelineError
+from runtime.errors import ArtifactError
 from runtime.latency import LatencyStats, measure_latency, summarize
 
 log = logging.getLogger(__name__)
