@@ -424,11 +424,19 @@ def plot_pareto(rows: Sequence[ReportRow], path: str | os.PathLike, batch: int |
 
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     xy = [(r.latency_ms["p50"], 100 * r.accuracy) for r in pts]
-    for r, (x, y) in zip(pts, xy):
+    # Points on the same accuracy (FP32 vs FP16, the INT8 files) sit side by side: alternate their
+    # labels above and below the point, in latency order, so they do not print over each other.
+    rank: dict[int, int] = {}
+    seen: dict[float, int] = {}
+    for i in sorted(range(len(xy)), key=lambda i: xy[i][0]):
+        key = round(xy[i][1], 3)
+        rank[i] = seen.get(key, 0)
+        seen[key] = rank[i] + 1
+    for i, (r, (x, y)) in enumerate(zip(pts, xy)):
         lo, hi = r.latency_ms.get("p50_ci") or (x, x)
         ax.errorbar(x, y, xerr=[[max(0.0, x - lo)], [max(0.0, hi - x)]], fmt="o", capsize=3)
-        ax.annotate(f"{r.label}\n{r.backend} {r.precision}", (x, y), fontsize=7, xytext=(4, 4),
-                    textcoords="offset points")
+        ax.annotate(f"{Path(r.label).name}\n{r.backend} {r.precision}", (x, y), fontsize=7,
+                    xytext=(4, 6 if rank[i] % 2 == 0 else -22), textcoords="offset points")
     front = sorted(xy[i] for i in pareto_front(xy))
     if len(front) > 1:
         fx, fy = zip(*front)
