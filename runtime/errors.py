@@ -47,6 +47,20 @@ class MissingDependencyError(PipelineError):
     """An optional dependency is not installed; the message names the extra to install."""
 
 
+# Exit codes shared by the CLIs: 0 done, 1 a pipeline error, 2 bad usage or config,
+# 3 a missing optional dependency (TensorRT, a face detector).
+EXIT_ERROR, EXIT_USAGE, EXIT_MISSING = 1, 2, 3
+
+
+def exit_code_for(exc: PipelineError) -> int:
+    """The CLI exit code for a pipeline error (config -> 2, missing dependency -> 3, other -> 1)."""
+    if isinstance(exc, ConfigError):
+        return EXIT_USAGE
+    if isinstance(exc, MissingDependencyError):
+        return EXIT_MISSING
+    return EXIT_ERROR
+
+
 def require(module: str, extra: str):
     """Import an optional dependency or raise an error that names the extra to install.
 

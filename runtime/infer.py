@@ -42,7 +42,7 @@ import numpy as np
 from runtime.artifacts import atomic_write, atomic_write_json, atomic_write_text, read_json, sha256_file
 from runtime.contract import DeploymentContract, read_contract
 from runtime.detect import DETECTORS, Box, Detector, make_detector
-from runtime.errors import ArtifactError, ConfigError, DataError, MissingDependencyError, PipelineError
+from runtime.errors import ArtifactError, ConfigError, DataError, MissingDependencyError, PipelineError, exit_code_for
 from runtime.preprocess import preprocess
 
 log = logging.getLogger(__name__)
@@ -639,15 +639,9 @@ def infer_main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         result = run_infer(cfg, progress=not args.no_progress)
-    except MissingDependencyError as exc:
-        log.error("%s", exc)
-        return EXIT_MISSING
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return EXIT_USAGE
     except PipelineError as exc:
         log.error("%s", exc)
-        return EXIT_ERROR
+        return exit_code_for(exc)
     code = result.exit_code
     if code == EXIT_NOTHING:
         log.error("nothing was classified (%s); see %s", ", ".join(f"{k}: {v}" for k, v in result.summary["status"].items())

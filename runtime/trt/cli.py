@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.errors import ConfigError, MissingDependencyError, PipelineError
+from runtime.errors import ConfigError, PipelineError, exit_code_for
 
 log = logging.getLogger("runtime.trt")
 
@@ -151,15 +151,9 @@ def run_build(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         result = build_engine(cfg)
-    except MissingDependencyError as exc:
-        log.error("%s", exc)
-        return EXIT_MISSING
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return EXIT_USAGE
     except PipelineError as exc:
         log.error("%s", exc)
-        return EXIT_FAILED
+        return exit_code_for(exc)
     print(result.summary())
     return EXIT_OK
 
