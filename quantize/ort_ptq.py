@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.errors import PipelineError
+from runtime.errors import PipelineError, QuantizationError  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +39,6 @@ TRT_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul", "MaxPool", "Concat", 
 # for Conv/Gemm/MatMul/pooling/Concat only: integer Add/Mul/Concat keep the graph in INT8 between
 # convolutions, so fewer Quantize/Dequantize and layout Transposes run.
 CPU_OP_TYPES: tuple[str, ...] = ()  # () = onnxruntime's default list
-
-
-class QuantizationError(PipelineError):
-    """A quantizer failed; the message says which and why."""
 
 
 def session_threads() -> int:

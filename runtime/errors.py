@@ -43,21 +43,51 @@ class ExportError(PipelineError):
         self.findings = tuple(findings)
 
 
+class QuantizationError(PipelineError):
+    """Quantization (calibration set, NNCF/onnxruntime PTQ, FP16 conversion, Q/DQ lint) failed."""
+
+
+class InferenceError(PipelineError):
+    """An inference input does not fit the model's contract (name, rank, dtype, size, NaN/Inf)."""
+
+
+class EngineError(PipelineError):
+    """A TensorRT engine or its sidecar is corrupt, or was built by another TensorRT or GPU."""
+
+
 class MissingDependencyError(PipelineError):
     """An optional dependency is not installed; the message names the extra to install."""
 
 
-# Exit codes shared by the CLIs: 0 done, 1 a pipeline error, 2 bad usage or config,
-# 3 a missing optional dependency (TensorRT, a face detector).
-EXIT_ERROR, EXIT_USAGE, EXIT_MISSING = 1, 2, 3
+class StorageError(PipelineError):
+    """An output cannot be written: the folder is not writable or the disk is full.
+
+    Whatever was already at the target path is left untouched.
+    """
+
+
+class LockedError(PipelineError):
+    """Another run holds the lock on the output folder; two runs must not interleave there."""
+
+
+# Exit codes shared by every CLI (docs/errors.md): 0 done; 1 a pipeline error (bad input, a failed
+# check); 2 bad usage or config; 3 a missing optional dependency (TensorRT, a face detector);
+# 4 an output that cannot be written (permissions, disk full); 5 the output folder is locked by
+# another run; 130 interrupted (Ctrl-C / SIGINT); 143 terminated (SIGTERM).
+EXIT_ERROR, EXIT_USAGE, EXIT_MISSING, EXIT_STORAGE, EXIT_LOCKED = 1, 2, 3, 4, 5
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 
 
 def exit_code_for(exc: PipelineError) -> int:
-    """The CLI exit code for a pipeline error (config -> 2, missing dependency -> 3, other -> 1)."""
+    """The CLI exit code for a pipeline error (config 2, missing dependency 3, storage 4, lock 5, other 1)."""
     if isinstance(exc, ConfigError):
         return EXIT_USAGE
     if isinstance(exc, MissingDependencyError):
         return EXIT_MISSING
+    if isinstance(exc, StorageError):
+        return EXIT_STORAGE
+    if isinstance(exc, LockedError):
+        return EXIT_LOCKED
     return EXIT_ERROR
 
 

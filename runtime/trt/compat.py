@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.errors import ConfigError, MissingDependencyError, PipelineError
+from runtime.errors import ConfigError, EngineError, MissingDependencyError, PipelineError
 from runtime.trt import api_surface
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ MIN_MAJOR = 10
 NEWEST_KNOWN_MAJOR = 11
 
 
-class TrtError(PipelineError):
+class TrtError(EngineError):
     """TensorRT refused a network, a build or a plan; the message says what and how to fix it."""
 
 
