@@ -12,9 +12,11 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from export.config import DEFAULT_OPSET, ExportConfig, Exporter, PreflightConfig
-from runtime.errors import PipelineError
+from runtime.cli import add_debug_flag, cli_entry
+from runtime.lock import output_lock
 
 log = logging.getLogger("export")
 
@@ -46,39 +48,40 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--batches", default="1,32", help="parity batch sizes (default 1,32)")
     c.add_argument("--atol", type=float, default=1e-4, help="max abs logit difference allowed (default 1e-4)")
     c.add_argument("--report", default=None, help="report path (default <model stem>.preflight.json beside the model)")
+    for each in (parser, p, c):
+        add_debug_flag(each)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+@cli_entry
+def main(argv: Sequence[str]) -> int:
+    """``python -m export``; errors become a message and an exit code (runtime.cli, docs/errors.md)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        if args.command == "onnx":
-            from export.onnx import export_onnx
+    if args.command == "onnx":
+        from export.onnx import export_onnx
 
-            cfg = ExportConfig(
-                checkpoint=args.checkpoint,
-                out=args.out,
-                opset=args.opset,
-                batch=args.batch,
-                exporter=args.exporter,
-                slim=not args.no_slim,
-                parity_batches=args.parity_batches,
-                parity_atol=args.atol,
-            )
-            result = export_onnx(cfg, force=args.force)
-            log.info("model: %s  report: %s  sidecar: %s", result.model, result.report_path, result.sidecar)
-            return 0
-        from export.preflight import preflight
-
-        cfg = PreflightConfig(
-            model=args.model, checkpoint=args.checkpoint, batches=args.batches, atol=args.atol, report=args.report
+        cfg = ExportConfig(
+            checkpoint=args.checkpoint,
+            out=args.out,
+            opset=args.opset,
+            batch=args.batch,
+            exporter=args.exporter,
+            slim=not args.no_slim,
+            parity_batches=args.parity_batches,
+            parity_atol=args.atol,
         )
-        report = preflight(cfg)
-        return 0 if report.passed else 1
-    except PipelineError as exc:
-        log.error("%s", exc)
-        return 1
+        with output_lock(Path(args.out).parent, "export"):
+            result = export_onnx(cfg, force=args.force)
+        log.info("model: %s  report: %s  sidecar: %s", result.model, result.report_path, result.sidecar)
+        return 0
+    from export.preflight import preflight
+
+    cfg = PreflightConfig(
+        model=args.model, checkpoint=args.checkpoint, batches=args.batches, atol=args.atol, report=args.report
+    )
+    report = preflight(cfg)
+    return 0 if report.passed else 1
 
 
 if __name__ == "__main__":

@@ -263,6 +263,22 @@ def _save(model, path: Path) -> None:
         onnx.save_model(model, str(path))
 
 
+# Test-only (tests/reliability/test_interrupt.py): when set to a file path, the export writes that
+# file and waits there for up to 60 s, just before the finished candidate is renamed onto --out, so
+# a test can deliver a real SIGKILL/SIGTERM/SIGINT at the worst moment. Never set outside tests.
+HOLD_ENV = "FER_EXPORT_HOLD_BEFORE_REPLACE"
+
+
+def _test_hold_before_replace() -> None:
+    marker = os.environ.get(HOLD_ENV)
+    if not marker:
+        return
+    Path(marker).write_text(str(os.getpid()))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def _up_to_date(cfg: ExportConfig, ckpt_sha: str) -> dict | None:
     """The sidecar of an earlier identical export whose model is intact, else None."""
     out = cfg.out
@@ -417,6 +433,7 @@ def export_model(model, meta, cfg: ExportConfig, *, reference: Reference | None 
             msg = f"preflight failed for the exported {meta.model_name} (report: {rejected}){kept}:\n{errors}"
             raise ExportError(msg, report.findings)
 
+        _test_hold_before_replace()
         data = candidate.with_name(candidate.name + ".data")
         if data.exists():
             os.replace(data, out.with_name(out.name + ".data"))

@@ -17,8 +17,11 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
+from runtime.cli import add_debug_flag, cli_entry
 from runtime.errors import PipelineError
+from runtime.lock import output_lock
 
 log = logging.getLogger("quantize")
 
@@ -75,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     lint = sub.add_parser("lint", help="check a Q/DQ model against TensorRT's explicit-quantization rules")
     lint.add_argument("model", help="Q/DQ model.onnx")
     lint.add_argument("--json", action="store_true", help="print the full report as JSON")
+    for each in (parser, p, f, lint):
+        add_debug_flag(each)
     return parser
 
 
@@ -88,8 +93,6 @@ def _latency(args):
 
 
 def _lint(path: str, as_json: bool) -> int:
-    from pathlib import Path
-
     from quantize.lint import lint_qdq
     from runtime.artifacts import read_sidecar, sidecar_path
 
@@ -109,40 +112,40 @@ def _lint(path: str, as_json: bool) -> int:
     return 0 if report.passed else 1
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+@cli_entry
+def main(argv: Sequence[str]) -> int:
+    """``python -m quantize``; errors become a message and an exit code (runtime.cli, docs/errors.md)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not args.verbose:
         logging.getLogger("nncf").setLevel(logging.WARNING)
-    try:
-        if args.command == "lint":
-            return _lint(args.model, args.json)
-        from quantize.config import CalibrationConfig, Fp16Config, Int8Config
-        from quantize.report import run_fp16, run_int8
+    if args.command == "lint":
+        return _lint(args.model, args.json)
+    from quantize.config import CalibrationConfig, Fp16Config, Int8Config
+    from quantize.report import run_fp16, run_int8
 
-        if args.command == "int8":
-            cfg = Int8Config(
-                onnx=args.onnx, out=args.out, method=args.method, target=args.target, max_drop_pts=args.max_drop,
-                data=args.data, ignore=(args.ignore,), bias_correction=args.bias_correction, val_limit=args.val_limit,
-                calibration=CalibrationConfig(size=args.calib_size, seed=args.calib_seed, min_size=args.min_calib_size),
-                latency=_latency(args),
-            )  # fmt: skip
+    if args.command == "int8":
+        cfg = Int8Config(
+            onnx=args.onnx, out=args.out, method=args.method, target=args.target, max_drop_pts=args.max_drop,
+            data=args.data, ignore=(args.ignore,), bias_correction=args.bias_correction, val_limit=args.val_limit,
+            calibration=CalibrationConfig(size=args.calib_size, seed=args.calib_seed, min_size=args.min_calib_size),
+            latency=_latency(args),
+        )  # fmt: skip
+        with output_lock(Path(args.out).parent, "quantization"):
             result = run_int8(cfg, force=args.force)
-        else:
-            keep = tuple(t.strip() for t in args.keep_fp32.split(",") if t.strip())
-            cfg = Fp16Config(onnx=args.onnx, out=args.out, keep_fp32=keep, data=args.data, val_limit=args.val_limit,
-                             latency=_latency(args))  # fmt: skip
+    else:
+        keep = tuple(t.strip() for t in args.keep_fp32.split(",") if t.strip())
+        cfg = Fp16Config(onnx=args.onnx, out=args.out, keep_fp32=keep, data=args.data, val_limit=args.val_limit,
+                         latency=_latency(args))  # fmt: skip
+        with output_lock(Path(args.out).parent, "quantization"):
             result = run_fp16(cfg, force=args.force)
-        if result.report is not None:
-            log.info("wrote %s, sidecar %s, report %s", result.out, result.sidecar, result.report_paths[1])
-            if not result.report.parity.passed:
-                log.warning("parity: %s", "; ".join(result.report.parity.reasons))
-                if args.fail_on_parity:
-                    return 1
-        return 0
-    except PipelineError as exc:
-        log.error("%s", exc)
-        return 1
+    if result.report is not None:
+        log.info("wrote %s, sidecar %s, report %s", result.out, result.sidecar, result.report_paths[1])
+        if not result.report.parity.passed:
+            log.warning("parity: %s", "; ".join(result.report.parity.reasons))
+            if args.fail_on_parity:
+                return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -230,7 +230,8 @@ def build_calibration_set(
     if len(pairs) < min_size:
         raise DataError(
             f"the {split} split of dataset {name!r} has only {len(pairs)} samples; calibration needs at least "
-            f"{min_size} (recommended 300)"
+            f"{min_size} (recommended 300, from every class): add training images or point --data at a larger "
+            "dataset (--min-calib-size lowers the floor, for smoke tests only)"
         )
     missing = [contract.class_names[i] for i in range(len(contract.class_names)) if i not in present]
     if missing:

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.errors import PipelineError, QuantizationError  # noqa: F401 - re-exported
+from runtime.errors import QuantizationError  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -260,3 +260,278 @@ def _quantize_static_file(model, tmp, calibration, settings, nodes_to_exclude, i
         raise QuantizationError(f"onnxruntime quantize_static failed for target {target}: {type(exc).__name__}: {exc}") from exc
     quantized = onnx.load(str(dst))
     return quantized
+
+
+# --- cpu form: graph rewrites before quantization ------------------------------------------------
+#
+# quantize_static quantizes the graph it is given, and onnxruntime's CPU session then fuses
+# DQ -> op -> Q units into QLinear* kernels and runs them channels-last. Two LANMSFF patterns keep
+# float islands (DQ -> float op -> Q, plus NCHW<->NHWC Transposes) in the middle of the INT8 graph:
+#
+# - ``Conv -> MaxPool -> Relu`` (the end of every block): the Relu after the pool cannot be folded
+#   into the conv's output quantizer, so the pool runs in float between a DQ and a Q of different
+#   scales. ``Relu`` and ``MaxPool`` commute exactly (max is monotonic), and ``Conv -> Relu ->
+#   MaxPool`` quantizes to QLinearConv (Relu folded into its U8 output range) -> u8 MaxPool with
+#   the same scale, both channels-last.
+# - PWFS (0.5·(max + median) over three channel groups, then a spatial mean into the classifier):
+#   0.5·(max + median) = 0.5·(a + b + c - min(a, b, c)) because median = a + b + c - min - max, and
+#   the spatial mean of the linear part is a linear function of the per-channel means, which folds
+#   into the classifier Gemm's weights. What is left per block is ReduceMean(x) and
+#   ReduceMean(Min(Min(a, b), c)): no Max, Add, Sub or Mul, and no requantization of their results.
+#
+# Both rewrites are exact up to float rounding; `rewrite_for_cpu` checks the rewritten FP32 graph
+# against the original on the calibration inputs and keeps the original when they differ.
+
+CPU_REWRITES = ("relu_before_maxpool", "pwfs_into_head")
+
+
+def _attr(node, name, default=None):
+    import onnx
+
+    for a in node.attribute:
+        if a.name == name:
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def _graph_maps(model):
+    producer = {o: n for n in model.graph.node for o in n.output}
+    consumers: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    return producer, consumers
+
+
+def _toposort(model) -> None:
+    """Order ``model.graph.node`` topologically (rewrites append nodes out of order)."""
+    available = {i.name for i in model.graph.input} | {i.name for i in model.graph.initializer} | {""}
+    pending = list(model.graph.node)
+    ordered = []
+    while pending:
+        rest = []
+        for n in pending:
+            if all(i in available for i in n.input):
+                ordered.append(n)
+                available.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):
+            raise QuantizationError(f"graph rewrite left a cycle or a dangling input at {rest[0].name!r}")
+        pending = rest
+    del model.graph.node[:]
+    model.graph.node.extend(ordered)
+
+
+def relu_before_maxpool(model) -> list[str]:
+    """``MaxPool -> Relu`` becomes ``Relu -> MaxPool`` (in place; exact). Returns the MaxPool names moved."""
+    producer, consumers = _graph_maps(model)
+    outputs = {o.name for o in model.graph.output}
+    moved = []
+    for pool in list(model.graph.node):
+        if pool.op_type != "MaxPool" or len([o for o in pool.output if o]) != 1 or pool.output[0] in outputs:
+            continue
+        users = consumers.get(pool.output[0], [])
+        if len(users) != 1 or users[0].op_type != "Relu":
+            continue
+        relu = users[0]
+        src, mid, dst = pool.input[0], pool.output[0], relu.output[0]
+        relu.input[0], relu.output[0] = src, mid
+        pool.input[0], pool.output[0] = mid, dst
+        moved.append(pool.name)
+    if moved:
+        _toposort(model)
+    return moved
+
+
+def _pwfs_source(model, out_name, producer, consumers):
+    """The tensor X that the PWFS subgraph ending at ``out_name`` reads, and its nodes, or None."""
+    allowed = {"Mul", "Add", "Sub", "Min", "Max", "Slice"}
+    inits = {i.name for i in model.graph.initializer}
+    nodes: dict[str, Any] = {}
+    sources: set[str] = set()
+    frontier = [out_name]
+    while frontier:
+        t = frontier.pop()
+        node = producer.get(t)
+        if node is None or node.op_type not in allowed:
+            sources.add(t)
+            continue
+        if node.name in nodes:
+            continue
+        nodes[node.name] = node
+        data = node.input[:1] if node.op_type == "Slice" else node.input
+        for i in data:
+            if i in inits or (producer.get(i) is not None and producer[i].op_type == "Constant"):
+                continue
+            frontier.append(i)
+    ops = [n.op_type for n in nodes.values()]
+    if len(sources) != 1 or ops.count("Slice") != 3 or "Min" not in ops or "Max" not in ops:
+        return None
+    (x,) = sources
+    # Every intermediate must stay inside the subgraph (nothing else reads max, median, ...).
+    for n in nodes.values():
+        for o in n.output:
+            if o != out_name and any(c.name not in nodes for c in consumers.get(o, [])):
+                return None
+    return x, list(nodes.values())
+
+
+def _check_pwfs(model, x_name, nodes, out_name, channels) -> bool:
+    """Run the PWFS subgraph on random data and compare it with 0.5·(a + b + c - min(a, b, c))."""
+    import onnx
+
+    g = model.graph
+    needed = {i for n in nodes for i in n.input}
+    inits = [t for t in g.initializer if t.name in needed]
+    consts = [n for n in g.node if n.op_type == "Constant" and n.output[0] in needed]
+    sub = onnx.helper.make_graph(
+        consts + list(nodes), "pwfs_check",
+        [onnx.helper.make_tensor_value_info(x_name, onnx.TensorProto.FLOAT, [2, channels, 5, 3])],
+        [onnx.helper.make_tensor_value_info(out_name, onnx.TensorProto.FLOAT, None)],
+        initializer=inits,
+    )  # fmt: skip
+    m = onnx.helper.make_model(sub, opset_imports=model.opset_import)
+    m.ir_version = model.ir_version
+    x = np.random.default_rng(0).normal(size=(2, channels, 5, 3)).astype(np.float32)
+    try:
+        got = ort_session(m, threads=1, optimize=False).run(None, {x_name: x})[0]
+    except QuantizationError:
+        return False
+    a, b, c = np.split(x, 3, axis=1)
+    want = 0.5 * (a + b + c - np.minimum(np.minimum(a, b), c))
+    return got.shape == want.shape and bool(np.allclose(got, want, atol=1e-5))
+
+
+def pwfs_into_head(model) -> list[str]:
+    """Fold PWFS's linear part into the classifier (in place). Returns the ReduceMean names rewritten.
+
+    Pattern: ``X -> PWFS (Slice x3, Min/Max/Add/Sub/Mul) -> ReduceMean(axes 2,3) -> Concat(axis 1) ->
+    Gemm`` with constant Gemm weights. Each matched ReduceMean slot of the Concat becomes two slots,
+    ``ReduceMean(X)`` (C channels) and ``ReduceMean(Min(Min(a, b), c))`` (C/3), and the Gemm's
+    columns for the slot W become [W/2, W/2, W/2, -W/2].
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    producer, consumers = _graph_maps(model)
+    inits = {t.name: t for t in model.graph.initializer}
+    shapes = _channel_counts(model)
+    done = []
+    for concat in [n for n in model.graph.node if n.op_type == "Concat" and _attr(n, "axis") == 1]:
+        users = consumers.get(concat.output[0], [])
+        if len(users) != 1 or users[0].op_type != "Gemm" or users[0].input[1] not in inits:
+            continue
+        gemm = users[0]
+        if _attr(gemm, "transA", 0) or float(_attr(gemm, "alpha", 1.0)) != 1.0:
+            continue
+        w = numpy_helper.to_array(inits[gemm.input[1]])
+        w = w.T if not _attr(gemm, "transB", 0) else w  # (classes, features)
+        widths = [shapes.get(i) for i in concat.input]
+        if None in widths or sum(widths) != w.shape[1]:
+            continue
+        new_inputs, new_cols, new_nodes, start = [], [], [], 0
+        for slot, width in zip(list(concat.input), widths):
+            cols = w[:, start : start + width]
+            start += width
+            rm = producer.get(slot)
+            match = None
+            if rm is not None and rm.op_type == "ReduceMean" and list(_attr(rm, "axes", [])) == [2, 3] and not _attr(rm, "keepdims", 1):
+                match = _pwfs_source(model, rm.input[0], producer, consumers)
+            if match is None or shapes.get(match[0]) != 3 * width or not _check_pwfs(model, match[0], match[1], rm.input[0], 3 * width):
+                new_inputs.append(slot)
+                new_cols.append(cols)
+                continue
+            x = match[0]
+            p = rm.name
+            split_sizes = onnx.numpy_helper.from_array(np.asarray([width] * 3, dtype=np.int64), f"{p}/pwfs_split_sizes")
+            model.graph.initializer.append(split_sizes)
+            abc = [f"{p}/pwfs_{k}" for k in "abc"]
+            new_nodes += [
+                onnx.helper.make_node("ReduceMean", [x], [f"{p}/pwfs_channel_mean"], f"{p}/pwfs_channel_mean", axes=[2, 3], keepdims=0),
+                onnx.helper.make_node("Split", [x, split_sizes.name], abc, f"{p}/pwfs_split", axis=1),
+                onnx.helper.make_node("Min", abc[:2], [f"{p}/pwfs_min_ab"], f"{p}/pwfs_min_ab"),
+                onnx.helper.make_node("Min", [f"{p}/pwfs_min_ab", abc[2]], [f"{p}/pwfs_min"], f"{p}/pwfs_min"),
+                onnx.helper.make_node("ReduceMean", [f"{p}/pwfs_min"], [f"{p}/pwfs_min_mean"], f"{p}/pwfs_min_mean", axes=[2, 3], keepdims=0),
+            ]  # fmt: skip
+            new_inputs += [f"{p}/pwfs_channel_mean", f"{p}/pwfs_min_mean"]
+            new_cols += [np.concatenate([cols / 2] * 3, axis=1), -cols / 2]
+            done.append(rm.name)
+        if len(new_inputs) == len(concat.input):
+            continue
+        w2 = np.concatenate(new_cols, axis=1).astype(np.float32)
+        w2 = w2 if _attr(gemm, "transB", 0) else w2.T
+        name = f"{gemm.input[1]}/pwfs_folded"
+        model.graph.initializer.append(numpy_helper.from_array(w2, name))
+        gemm.input[1] = name
+        del concat.input[:]
+        concat.input.extend(new_inputs)
+        model.graph.node.extend(new_nodes)
+    if done:
+        _toposort(model)
+        _prune(model)
+    return done
+
+
+def _channel_counts(model) -> dict[str, int]:
+    """Axis-1 size of every tensor whose shape onnx shape inference knows (batch may be symbolic)."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    out = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        if len(dims) >= 2 and dims[1].HasField("dim_value"):
+            out[vi.name] = dims[1].dim_value
+    return out
+
+
+def _prune(model) -> None:
+    """Drop nodes and initializers nothing reads any more (in place)."""
+    needed = {o.name for o in model.graph.output}
+    keep = []
+    for n in reversed(list(model.graph.node)):
+        if any(o in needed for o in n.output):
+            keep.append(n)
+            needed.update(n.input)
+    keep.reverse()
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    inits = [t for t in model.graph.initializer if t.name in needed]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(inits)
+
+
+def rewrite_for_cpu(model, samples: np.ndarray | None = None, *, rewrites: Sequence[str] = CPU_REWRITES,
+                    input_name: str | None = None, rtol: float = 1e-4) -> dict[str, list[str]]:
+    """Apply the cpu-form rewrites to the FP32 ``model`` in place; returns {rewrite: nodes affected}.
+
+    With ``samples``, the rewritten graph is run against the original on them; if any output
+    differs by more than ``rtol`` of its range the model is left as it was and {} is returned.
+    """
+    funcs = {"relu_before_maxpool": relu_before_maxpool, "pwfs_into_head": pwfs_into_head}
+    unknown = [r for r in rewrites if r not in funcs]
+    if unknown:
+        raise QuantizationError(f"unknown cpu rewrites {unknown}; valid: {', '.join(funcs)}")
+    work = model.__class__()
+    work.CopyFrom(model)
+    done = {}
+    for r in rewrites:
+        names = funcs[r](work)
+        if names:
+            done[r] = names
+    if not done:
+        return {}
+    if samples is not None and len(samples):
+        name = input_name or model.graph.input[0].name
+        x = np.ascontiguousarray(samples, dtype=np.float32)
+        want = ort_session(model, threads=1).run(None, {name: x})
+        got = ort_session(work, threads=1).run(None, {name: x})
+        for a, b in zip(want, got):
+            scale = float(np.abs(a).max()) or 1.0
+            if a.shape != b.shape or float(np.abs(a - b).max()) > rtol * scale:
+                log.warning("cpu rewrites %s change the FP32 outputs (max |diff| %.3g); quantizing the graph as exported",
+                            list(done), float(np.abs(a - b).max()) if a.shape == b.shape else float("nan"))
+                return {}
+    model.CopyFrom(work)
+    return done

@@ -9,8 +9,10 @@ modules add theirs with one line here (``build``, ``selftest``, ``infer``, ``pip
 `register_verb` at import time; the module is imported only when its verb runs, so a missing
 optional dependency (TensorRT) never breaks the other verbs.
 
-Exit codes: 0 success, 1 a pipeline error or a failing parity row (logged with what to fix),
-2 bad command-line usage.
+Every verb goes through `runtime.cli.cli_entry`: exit codes are listed in docs/errors.md (0 success,
+1 a pipeline error or a failing parity row, 2 bad usage or config, 3 a missing optional dependency,
+4 an output that cannot be written, 5 the output folder is locked by another run, 130/143
+interrupted/terminated); ``--debug`` adds the traceback to an error message.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from runtime.errors import ConfigError, PipelineError
+from runtime.cli import add_debug_flag, cli_entry
+from runtime.errors import ConfigError
+from runtime.lock import output_lock
 
 log = logging.getLogger("runtime")
 
@@ -86,42 +90,41 @@ def build_parity_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true", help="skip PNG plots")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_debug_flag(p)
     return p
 
 
-def parity_main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[2:] if argv is None else argv)
+@cli_entry(argv_start=2)
+def parity_main(argv: list[str]) -> int:
+    """``python -m runtime parity``; errors become a message and an exit code (docs/errors.md)."""
     args = build_parity_parser().parse_args(argv)
     _setup_logging(args.verbose)
-    try:
-        from runtime.configs import to_dict
-        from runtime.env import capture_environment
-        from runtime.parity import ParityConfig, run_parity
-        from runtime.report import parity_report, write_report
+    from runtime.configs import to_dict
+    from runtime.env import capture_environment
+    from runtime.parity import ParityConfig, run_parity
+    from runtime.report import parity_report, write_report
 
-        cfg = ParityConfig(
-            reference=args.reference, candidates=tuple(args.candidates), data=args.data, split=args.split,
-            backends=_csv(args.backends), reference_backend=args.reference_backend, batch_size=args.batch_size,
-            threads=args.threads, limit=args.limit,
-        )
-        run = run_parity(cfg, progress=not args.no_progress)
-        report = parity_report(run, command=_command("parity", argv), environment=capture_environment(),
-                               config=to_dict(cfg))
-        out = Path(args.out) if args.out else Path(args.reference).parent / "parity"
+    cfg = ParityConfig(
+        reference=args.reference, candidates=tuple(args.candidates), data=args.data, split=args.split,
+        backends=_csv(args.backends), reference_backend=args.reference_backend, batch_size=args.batch_size,
+        threads=args.threads, limit=args.limit,
+    )
+    run = run_parity(cfg, progress=not args.no_progress)
+    report = parity_report(run, command=_command("parity", argv), environment=capture_environment(),
+                           config=to_dict(cfg))
+    out = Path(args.out) if args.out else Path(args.reference).parent / "parity"
+    with output_lock(out, "parity report"):
         paths = write_report(report, out, plots=not args.no_plots)
-        log.info("report: %s", ", ".join(str(p) for p in paths.values()))
-        if not report.passed:
-            for r in run.failing:
-                why = "; ".join(r.result.reasons) if r.result else r.error
-                log.error("FAIL %s: %s", r.name, why)
-            log.error("%d of %d parity rows failed: %s", len(run.failing), len(run.rows),
-                      ", ".join(r.name for r in run.failing))
-            return 1
-        log.info("all %d parity rows passed", len(run.rows))
-        return 0
-    except PipelineError as exc:
-        log.error("%s", exc)
+    log.info("report: %s", ", ".join(str(p) for p in paths.values()))
+    if not report.passed:
+        for r in run.failing:
+            why = "; ".join(r.result.reasons) if r.result else r.error
+            log.error("FAIL %s: %s", r.name, why)
+        log.error("%d of %d parity rows failed: %s", len(run.failing), len(run.rows),
+                  ", ".join(r.name for r in run.failing))
         return 1
+    log.info("all %d parity rows passed", len(run.rows))
+    return 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,39 +147,38 @@ def build_bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true", help="skip PNG plots")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_debug_flag(p)
     return p
 
 
-def bench_main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[2:] if argv is None else argv)
+@cli_entry(argv_start=2)
+def bench_main(argv: list[str]) -> int:
+    """``python -m runtime bench``; errors become a message and an exit code (docs/errors.md)."""
     args = build_bench_parser().parse_args(argv)
     _setup_logging(args.verbose)
-    try:
-        from runtime.bench import BenchConfig, parse_batches, run_bench
-        from runtime.configs import to_dict
-        from runtime.env import capture_environment
-        from runtime.report import bench_report, load_report, write_report
+    from runtime.bench import BenchConfig, parse_batches, run_bench
+    from runtime.configs import to_dict
+    from runtime.env import capture_environment
+    from runtime.report import bench_report, load_report, write_report
 
-        parity = load_report(args.parity) if args.parity else None
-        cfg = BenchConfig(
-            models=tuple(args.models), batches=parse_batches(args.batch), backends=_csv(args.backends),
-            seconds=args.seconds, iterations=args.iterations, warmup_s=args.warmup, threads=args.threads,
-            overhead_batches=parse_batches(args.overhead_batches) if args.overhead_batches.strip() else (),
-            repeat=args.repeat,
-        )
-        run = run_bench(cfg, progress=not args.no_progress)
-        report = bench_report(run, command=_command("bench", argv), environment=capture_environment(),
-                              config=to_dict(cfg), parity=parity)
-        out = Path(args.out) if args.out else Path(args.models[0]).parent / "bench"
+    parity = load_report(args.parity) if args.parity else None
+    cfg = BenchConfig(
+        models=tuple(args.models), batches=parse_batches(args.batch), backends=_csv(args.backends),
+        seconds=args.seconds, iterations=args.iterations, warmup_s=args.warmup, threads=args.threads,
+        overhead_batches=parse_batches(args.overhead_batches) if args.overhead_batches.strip() else (),
+        repeat=args.repeat,
+    )
+    run = run_bench(cfg, progress=not args.no_progress)
+    report = bench_report(run, command=_command("bench", argv), environment=capture_environment(),
+                          config=to_dict(cfg), parity=parity)
+    out = Path(args.out) if args.out else Path(args.models[0]).parent / "bench"
+    with output_lock(out, "bench report"):
         paths = write_report(report, out, plots=not args.no_plots)
-        log.info("report: %s", ", ".join(str(p) for p in paths.values()))
-        if not report.passed:
-            log.error("%d bench row(s) failed: %s", len(report.failing), "; ".join(report.failing))
-            return 1
-        return 0
-    except PipelineError as exc:
-        log.error("%s", exc)
+    log.info("report: %s", ", ".join(str(p) for p in paths.values()))
+    if not report.passed:
+        log.error("%d bench row(s) failed: %s", len(report.failing), "; ".join(report.failing))
         return 1
+    return 0
 
 
 # --------------------------------------------------------------------------------------------

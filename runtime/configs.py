@@ -53,8 +53,17 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             return tp(value)
         except ValueError:
             raise ConfigError(f"{where}: {value!r} is not one of {[m.value for m in tp]}") from None
+    if origin in (dict, Mapping) and not isinstance(value, Mapping):
+        raise ConfigError(f"{where}: expected a mapping (key: value, ...), got {value!r} ({type(value).__name__})")
     if origin is tuple and isinstance(value, (list, tuple)):
+        args = typing.get_args(tp)
+        item = args[0] if len(args) == 2 and args[1] is Ellipsis else None
+        if item in (int, float, bool):
+            return tuple(_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value))
         return tuple(value)
+    if origin is tuple and not isinstance(value, str):
+        # A comma-separated string is accepted (the stages parse it); a number or a mapping is not a list.
+        raise ConfigError(f"{where}: expected a list, e.g. [{value!r}], got {value!r} ({type(value).__name__})")
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp in (int, float, str, bool) and not isinstance(value, tp):

@@ -72,14 +72,15 @@ class LockedError(PipelineError):
 
 # Exit codes shared by every CLI (docs/errors.md): 0 done; 1 a pipeline error (bad input, a failed
 # check); 2 bad usage or config; 3 a missing optional dependency (TensorRT, a face detector);
-# 4 an output that cannot be written (permissions, disk full); 5 the output folder is locked by
+# 74 an output that cannot be written (permissions, disk full); 75 the output folder is locked by
 # another run; 130 interrupted (Ctrl-C / SIGINT); 143 terminated (SIGTERM).
-EXIT_ERROR, EXIT_USAGE, EXIT_MISSING, EXIT_STORAGE, EXIT_LOCKED = 1, 2, 3, 4, 5
+EXIT_ERROR, EXIT_USAGE, EXIT_MISSING = 1, 2, 3
+EXIT_STORAGE, EXIT_LOCKED = 74, 75  # sysexits EX_IOERR, EX_TEMPFAIL (4 and 5 mean other things to `infer`)
 EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
 
 
 def exit_code_for(exc: PipelineError) -> int:
-    """The CLI exit code for a pipeline error (config 2, missing dependency 3, storage 4, lock 5, other 1)."""
+    """The CLI exit code for a pipeline error (config 2, missing dependency 3, storage 74, lock 75, other 1)."""
     if isinstance(exc, ConfigError):
         return EXIT_USAGE
     if isinstance(exc, MissingDependencyError):

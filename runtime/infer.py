@@ -29,7 +29,6 @@ import csv
 import io
 import logging
 import os
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +41,9 @@ import numpy as np
 from runtime.artifacts import atomic_write, atomic_write_json, atomic_write_text, read_json, sha256_file
 from runtime.contract import DeploymentContract, read_contract
 from runtime.detect import DETECTORS, Box, Detector, make_detector
-from runtime.errors import ArtifactError, ConfigError, DataError, MissingDependencyError, PipelineError, exit_code_for
+from runtime.cli import add_debug_flag, cli_entry
+from runtime.errors import ArtifactError, ConfigError, DataError, MissingDependencyError
+from runtime.lock import output_lock
 from runtime.preprocess import preprocess
 
 log = logging.getLogger(__name__)
@@ -599,7 +600,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Detect faces, classify their expressions with an ONNX model or TensorRT engine, and write "
                     "annotated images/videos plus per-face predictions and per-frame latency.",
         epilog="exit codes: 0 done; 1 error; 2 bad usage; 3 missing dependency (face detector, TensorRT); "
-               "4 done but some inputs were unreadable; 5 nothing classified (empty folder, no readable input, no face)",
+               "4 done but some inputs were unreadable; 5 nothing classified (empty folder, no readable input, no face); "
+               "74 an output cannot be written; 75 the output folder is used by another run; 130/143 interrupted "
+               "(docs/errors.md)",
     )
     p.add_argument("--model", required=True, help="model.onnx (ONNX Runtime) or model.engine (TensorRT)")
     p.add_argument("--source", required=True, help="image, folder (recursive), video file, or camera index (0)")
@@ -621,27 +624,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-annotate", action="store_true", help="write predictions only, no annotated images/videos")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_debug_flag(p)
     return p
 
 
-def infer_main(argv: Sequence[str] | None = None) -> int:
-    """``python -m runtime infer ...`` (``argv`` excludes the verb)."""
-    args = build_parser().parse_args(list(sys.argv[2:] if argv is None else argv))
+@cli_entry(argv_start=2)
+def infer_main(argv: list[str]) -> int:
+    """``python -m runtime infer ...`` (``argv`` excludes the verb); exit codes in docs/errors.md."""
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = InferConfig(model=args.model, source=args.source, out=args.out,
-                          detector="none" if args.no_detect else args.detector, detector_model=args.detector_model,
-                          cascade=args.cascade, margin=args.margin, min_face=args.min_face, backend=args.backend,
-                          threads=args.threads, contract=args.contract, max_frames=args.max_frames, every=args.every,
-                          codec=args.codec, annotate=not args.no_annotate)
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return EXIT_USAGE
-    try:
+    cfg = InferConfig(model=args.model, source=args.source, out=args.out,
+                      detector="none" if args.no_detect else args.detector, detector_model=args.detector_model,
+                      cascade=args.cascade, margin=args.margin, min_face=args.min_face, backend=args.backend,
+                      threads=args.threads, contract=args.contract, max_frames=args.max_frames, every=args.every,
+                      codec=args.codec, annotate=not args.no_annotate)
+    with output_lock(cfg.out, "inference run"):
         result = run_infer(cfg, progress=not args.no_progress)
-    except PipelineError as exc:
-        log.error("%s", exc)
-        return exit_code_for(exc)
     code = result.exit_code
     if code == EXIT_NOTHING:
         log.error("nothing was classified (%s); see %s", ", ".join(f"{k}: {v}" for k, v in result.summary["status"].items())

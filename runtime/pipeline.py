@@ -28,13 +28,13 @@ Importing this module does not import torch (stages import what they need when t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import enum
 import json
 import logging
 import os
 import shlex
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,7 +44,9 @@ from typing import Any
 
 from runtime.artifacts import atomic_write_json, atomic_write_text, library_versions, read_json, sha256_file
 from runtime.configs import from_mapping, load_yaml, to_dict
-from runtime.errors import ConfigError, MissingDependencyError, PipelineError
+from runtime.cli import Terminated, add_debug_flag, cli_entry
+from runtime.errors import ConfigError, LockedError, PipelineError
+from runtime.lock import output_lock
 
 log = logging.getLogger(__name__)
 
@@ -1320,9 +1322,17 @@ def run_pipeline(
         StageError / PipelineError: a stage failed (the message names it); what finished before is
             kept and stamped, so the next run resumes after it.
     """
+    target = Path(out) if out is not None else Path(cfg.out)
+    # One run per output folder (runtime/lock.py); a dry run writes nothing and needs no lock.
+    with contextlib.nullcontext() if dry_run else output_lock(target, "pipeline run"):
+        return _run_pipeline(cfg, stages, force, target, progress, dry_run, command)
+
+
+def _run_pipeline(cfg: PipelineConfig, stages: Sequence[Stage] | None, force: Sequence[Stage], out: Path,
+                  progress: bool, dry_run: bool, command: str) -> PipelineResult:
     t0 = time.perf_counter()
     stages = tuple(stages) if stages is not None else parse_stages(cfg.pipeline.stages)
-    layout = Layout(Path(out) if out is not None else cfg.out)
+    layout = Layout(out)
     ctx = Context(cfg, layout, progress=progress, force=frozenset(force), command=command)
     steps, skipped = build_plan(ctx, stages)
     runner = Runner(layout, force=force, dry_run=dry_run)
@@ -1367,7 +1377,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train -> export -> quantize -> TensorRT -> parity -> bench -> report, reusing every artifact "
                     "whose inputs, config and library versions are unchanged.",
         epilog="exit codes: 0 done; 1 a stage failed (the log names it and the fix); 2 bad usage or config; "
-               "4 a parity row failed and parity.gate is true (the report is written either way); 130 interrupted",
+               "3 a missing optional dependency; 4 a parity row failed and parity.gate is true (the report is "
+               "written either way); 74 an output cannot be written; 75 the output folder is used by another "
+               "run; 130 interrupted; 143 terminated (docs/errors.md)",
     )
     p.add_argument("--config", required=True, help="pipeline YAML (configs/demo.yaml): fit/export/quantize/... sections")
     p.add_argument("--stages", default=None,
@@ -1377,39 +1389,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="say which steps would run and why; run nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_debug_flag(p)
     return p
 
 
-def pipeline_main(argv: Sequence[str] | None = None) -> int:
-    """``python -m runtime pipeline ...`` (``argv`` excludes the verb)."""
-    argv = list(sys.argv[2:] if argv is None else argv)
+@cli_entry(argv_start=2)
+def pipeline_main(argv: list[str]) -> int:
+    """``python -m runtime pipeline ...`` (``argv`` excludes the verb); exit codes in docs/errors.md."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    try:
-        cfg = load_pipeline_config(args.config)
-        stages = parse_stages(args.stages) if args.stages else None
-        force = parse_stages(args.force) if args.force else ()
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return EXIT_USAGE
+    cfg = load_pipeline_config(args.config)
+    stages = parse_stages(args.stages) if args.stages else None
+    force = parse_stages(args.force) if args.force else ()
     command = "python -m runtime " + shlex.join(["pipeline", *argv])
     try:
         result = run_pipeline(cfg, stages=stages, force=force, out=args.out, progress=not args.no_progress,
                               dry_run=args.dry_run, command=command)
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return EXIT_USAGE
-    except MissingDependencyError as exc:
-        log.error("%s", exc)
-        return EXIT_FAILED
-    except PipelineError as exc:
-        log.error("pipeline stopped: %s", exc)
-        log.error("what finished before is kept; fix the cause and rerun the same command to continue")
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        log.error("interrupted; finished steps are kept (and training resumes from state.pt): rerun to continue")
-        return EXIT_INTERRUPTED
+    except (PipelineError, KeyboardInterrupt, Terminated) as exc:
+        if not isinstance(exc, (ConfigError, LockedError)):
+            log.error("pipeline stopped; what finished before is kept (training resumes from state.pt): fix the "
+                      "cause and rerun the same command to continue")
+        raise
     if args.dry_run:
         for s in result.steps:
             print(f"{s.name:32} {s.status:10} {s.reason}")

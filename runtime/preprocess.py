@@ -56,12 +56,20 @@ class PreprocessSpec:
     interpolation: str = "linear"
 
     def __post_init__(self) -> None:
+        for name in ("input_size", "mean", "std"):
+            if isinstance(getattr(self, name), (str, bytes)):  # "64" would otherwise become (6, 4)
+                raise ConfigError(f"{name} must be a sequence of numbers, got the string {getattr(self, name)!r}")
         try:
+            if any(float(v) != int(v) for v in self.input_size):
+                raise ConfigError(f"input_size must be whole numbers of pixels, got {tuple(self.input_size)}")
             object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
             object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
             object.__setattr__(self, "std", tuple(float(v) for v in self.std))
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"input_size, mean and std must be sequences of numbers: {exc}") from None
+            object.__setattr__(self, "scale", float(self.scale))
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ConfigError(
+                f"input_size, mean and std must be sequences of numbers and scale a number: {exc}"
+            ) from None
         for name, enum_cls in (("color_mode", ColorMode), ("resize", ResizePolicy)):
             try:
                 object.__setattr__(self, name, enum_cls(getattr(self, name)))
@@ -77,8 +85,26 @@ class PreprocessSpec:
                 )
         if any(s == 0 for s in self.std):
             raise ConfigError(f"std must be non-zero, got {self.std}")
-        if self.interpolation not in _INTERP:
+        for name, value in (("scale", self.scale), ("mean", self.mean), ("std", self.std)):
+            if not np.isfinite(value).all():
+                raise ConfigError(f"{name} must be finite, got {value}")
+        scale, mean, inv_std = self._affine()
+        with np.errstate(all="ignore"):  # the output is affine in the pixel: its ends are at 0 and 255
+            ends = (np.array([0.0, 255.0], dtype=np.float32).reshape(1, 1, 2) * scale - mean) * inv_std
+        if not np.isfinite(ends).all():
+            raise ConfigError(
+                f"scale={self.scale}, mean={self.mean}, std={self.std} map uint8 pixels outside the float32 "
+                "range; use values of ordinary magnitude (e.g. scale 1/255, mean 0.5, std 0.5)"
+            )
+        if not isinstance(self.interpolation, str) or self.interpolation not in _INTERP:
             raise ConfigError(f"interpolation must be one of {sorted(_INTERP)}, got {self.interpolation!r}")
+
+    def _affine(self) -> tuple[np.float32, np.ndarray, np.ndarray]:
+        """(scale, mean, 1/std) in float32, shaped to broadcast over C×H×W, as `preprocess` applies them."""
+        with np.errstate(over="ignore", divide="ignore"):
+            mean = np.asarray(self.mean, dtype=np.float32).reshape(-1, 1, 1)
+            inv_std = (1.0 / np.asarray(self.std, dtype=np.float32)).reshape(-1, 1, 1)
+            return np.float32(self.scale), mean, inv_std
 
     @property
     def channels(self) -> int:
@@ -123,6 +149,10 @@ class PreprocessSpec:
 def to_color(image: np.ndarray, mode: ColorMode) -> np.ndarray:
     """Convert a decoded uint8 image (H×W, H×W×1, H×W×3 RGB or H×W×4 RGBA) to ``mode``."""
     img = np.asarray(image)
+    if img.size == 0 and img.ndim in (2, 3):
+        raise DataError(f"expected a non-empty image, got shape {img.shape}; check the decoder or the face crop")
+    if img.dtype != np.uint8:
+        raise DataError(f"expected a decoded uint8 image, got dtype {img.dtype}")
     if img.ndim == 3 and img.shape[2] == 1:
         img = img[:, :, 0]
     if img.ndim == 3 and img.shape[2] == 4:
@@ -137,10 +167,22 @@ def to_color(image: np.ndarray, mode: ColorMode) -> np.ndarray:
 def resize_image(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """Bring one colour-converted image to ``spec.input_size`` with the spec's resize policy."""
     h, w = spec.input_size
+    if image.ndim not in (2, 3) or image.size == 0:
+        raise DataError(f"expected a non-empty H×W or H×W×C image to resize, got shape {image.shape}")
     ih, iw = image.shape[:2]
     interp = _INTERP[spec.interpolation]
     if (ih, iw) == (h, w):
         return image
+    try:
+        return _resize(image, spec, h, w, ih, iw, interp)
+    except cv2.error as exc:
+        raise DataError(
+            f"cannot resize an image of shape {image.shape} and dtype {image.dtype} to {h}×{w} "
+            f"(expected a uint8 H×W or H×W×3 image): {str(exc).strip().splitlines()[-1]}"
+        ) from None
+
+
+def _resize(image: np.ndarray, spec: PreprocessSpec, h: int, w: int, ih: int, iw: int, interp: int) -> np.ndarray:
     if spec.resize is ResizePolicy.STRETCH:
         return cv2.resize(image, (w, h), interpolation=interp)
     if spec.resize is ResizePolicy.LETTERBOX:
@@ -170,24 +212,40 @@ def preprocess(images: np.ndarray | Sequence[np.ndarray] | Iterable[np.ndarray],
         A C-contiguous float32 array of shape (N, C, H, W).
 
     Raises:
-        DataError: On an empty input, a non-uint8 image or an unsupported shape.
+        DataError: On an empty input, an empty image, a non-uint8 image (float input, NaN/Inf
+            included, is never accepted) or an unsupported shape.
     """
-    if isinstance(images, np.ndarray) and images.ndim in (3, 4) and images.dtype == np.uint8:
+    if isinstance(images, np.ndarray) and images.ndim not in (3, 4):
+        raise DataError(
+            f"preprocess expects a list of images or one batch array of shape (N, H, W) / (N, H, W, C), "
+            f"got an array of shape {images.shape}; wrap a single image in a list: [image]"
+        )
+    try:
         batch_in: Sequence[np.ndarray] = list(images)
-    else:
-        batch_in = list(images)
+    except TypeError:
+        raise DataError(
+            f"preprocess expects a list of images or a batch array, got {type(images).__name__}"
+        ) from None
     if not batch_in:
         raise DataError("preprocess received no images")
     c = spec.channels
     h, w = spec.input_size
     out = np.empty((len(batch_in), c, h, w), dtype=np.float32)
-    mean = np.asarray(spec.mean, dtype=np.float32).reshape(-1, 1, 1)
-    inv_std = (1.0 / np.asarray(spec.std, dtype=np.float32)).reshape(-1, 1, 1)
+    scale, mean, inv_std = spec._affine()
     for i, img in enumerate(batch_in):
-        img = np.asarray(img)
+        try:
+            img = np.asarray(img)
+        except ValueError as exc:  # ragged nested lists
+            raise DataError(f"image {i}: not an array of pixels ({exc})") from None
         if img.dtype != np.uint8:
-            raise DataError(f"image {i}: expected dtype uint8 (decoded pixels), got {img.dtype}")
-        img = resize_image(to_color(img, spec.color_mode), spec)
+            raise DataError(
+                f"image {i}: expected dtype uint8 (decoded pixels), got {img.dtype}; "
+                "decode images with OpenCV/PIL, or convert floats in [0, 1] with (img * 255).round().astype(np.uint8)"
+            )
+        try:
+            img = resize_image(to_color(img, spec.color_mode), spec)
+        except DataError as exc:
+            raise DataError(f"image {i}: {exc}") from None
         chw = img[None] if img.ndim == 2 else img.transpose(2, 0, 1)
-        out[i] = (chw.astype(np.float32) * np.float32(spec.scale) - mean) * inv_std
+        out[i] = (chw.astype(np.float32) * scale - mean) * inv_std
     return out

@@ -10,7 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
-from runtime.errors import PipelineError
+from runtime.cli import add_debug_flag, cli_entry
 
 log = logging.getLogger("train")
 
@@ -37,7 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--size", type=int, default=64, help="image side in pixels")
     s.add_argument("--mode", choices=("gray", "rgb"), default="gray")
-    dsub.add_parser("list", help="list the dataset kinds that have loaders")
+    lst = dsub.add_parser("list", help="list the dataset kinds that have loaders")
+    for parser in (p, f, m, s, lst):
+        add_debug_flag(parser)
     return p
 
 
@@ -57,48 +59,47 @@ def _models(num_classes: int) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+@cli_entry
+def main(argv: list[str]) -> int:
+    """``python -m train``; errors become a message and an exit code (runtime.cli, docs/errors.md)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        if args.verb == "models":
-            return _models(args.num_classes)
-        if args.verb == "data":
-            from train.data import list_datasets
+    if args.verb == "models":
+        return _models(args.num_classes)
+    if args.verb == "data":
+        from train.data import list_datasets
 
-            if args.data_verb == "list":
-                print("\n".join(list_datasets()))
-                return 0
-            from train.data.synthetic import SynthConfig, write_image_folder
-
-            counts = write_image_folder(
-                SynthConfig(count=args.count, seed=args.seed, size=args.size, mode=args.mode), args.out
-            )
-            log.info("wrote %d images to %s: %s", sum(counts.values()), args.out, counts)
+        if args.data_verb == "list":
+            print("\n".join(list_datasets()))
             return 0
-        from train.config import load_fit_config
-        from train.loop import fit
+        from train.data.synthetic import SynthConfig, write_image_folder
 
-        overrides = {}
-        cfg = load_fit_config(args.config)
-        if args.epochs is not None:
-            from dataclasses import replace
-
-            cfg = replace(cfg, train=replace(cfg.train, epochs=args.epochs))
-        del overrides
-        result = fit(cfg, out=args.out, resume=args.resume, progress=not args.no_progress)
-        m = result.metrics
-        log.info(
-            "done: %s (val accuracy %.4f, macro-F1 %.4f, %d epochs, %.0f s training)",
-            result.checkpoint, m["val_accuracy"], m["val_macro_f1"], result.epochs_run, result.train_seconds,
+        counts = write_image_folder(
+            SynthConfig(count=args.count, seed=args.seed, size=args.size, mode=args.mode), args.out
         )
-        for title, key in (("per-view", "per_view_accuracy"), ("occlusion", "per_occlusion_accuracy")):
-            if m.get(key):
-                log.info("%s accuracy: %s", title, ", ".join(f"{k} {v:.3f}" for k, v in m[key].items()))
+        log.info("wrote %d images to %s: %s", sum(counts.values()), args.out, counts)
         return 0
-    except PipelineError as exc:
-        log.error("%s", exc)
-        return 1
+    from train.config import load_fit_config
+    from train.loop import fit
+
+    cfg = load_fit_config(args.config)
+    if args.epochs is not None:
+        from dataclasses import replace
+
+        cfg = replace(cfg, train=replace(cfg.train, epochs=args.epochs))
+    from runtime.lock import output_lock
+
+    with output_lock(args.out or cfg.out, "training run"):
+        result = fit(cfg, out=args.out, resume=args.resume, progress=not args.no_progress)
+    m = result.metrics
+    log.info(
+        "done: %s (val accuracy %.4f, macro-F1 %.4f, %d epochs, %.0f s training)",
+        result.checkpoint, m["val_accuracy"], m["val_macro_f1"], result.epochs_run, result.train_seconds,
+    )
+    for title, key in (("per-view", "per_view_accuracy"), ("occlusion", "per_occlusion_accuracy")):
+        if m.get(key):
+            log.info("%s accuracy: %s", title, ", ".join(f"{k} {v:.3f}" for k, v in m[key].items()))
+    return 0
 
 
 if __name__ == "__main__":

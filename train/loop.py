@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,6 +39,29 @@ log = logging.getLogger(__name__)
 STATE_FILE = "state.pt"
 CHECKPOINT_FILE = "checkpoint.pt"
 SIDECAR_FILE = "checkpoint.json"
+
+# Test-only fault injection (tests/reliability/test_interrupt.py): ``FER_TRAIN_KILL_AT=WHERE[:SIG]``
+# makes the process send itself a real signal (default SIGKILL: no cleanup, no `finally`, exactly
+# what kill -9 or the OOM killer leaves on disk; TERM or INT to test the graceful paths) at one point:
+#   step:N         right after global optimizer step N (1-based, counted from the run's first epoch)
+#   state-write:E  while epoch E's state.pt is being written: half its bytes are in the temp file
+#   checkpoint     after the last state.pt, just before checkpoint.pt is written
+# Never set outside those tests; unset, it costs one environment lookup per run.
+KILL_ENV = "FER_TRAIN_KILL_AT"
+
+
+def _kill_point() -> tuple[str, int, int]:
+    """(where, N, signal number) from `KILL_ENV`; ("", 0, 0) when unset."""
+    parts = os.environ.get(KILL_ENV, "").split(":")
+    where = parts[0]
+    n = int(parts[1]) if len(parts) > 1 and parts[1] else 0
+    sig = getattr(signal, "SIG" + parts[2]) if len(parts) > 2 else signal.SIGKILL
+    return where, n, int(sig) if where else 0
+
+
+def _die(signum: int) -> None:
+    os.kill(os.getpid(), signum)
+    time.sleep(5)  # SIGTERM/SIGINT: the handler runs here, before the next line of the caller
 
 
 class ImageSet(torch.utils.data.Dataset):
@@ -227,6 +251,7 @@ def fit(cfg: FitConfig, out: str | Path | None = None, resume: bool = False, pro
     elif state_path.exists():
         raise ConfigError(f"{out} already holds a training run ({STATE_FILE}); pass --resume to continue it or choose another --out")
 
+    kill_what, kill_n, kill_sig = _kill_point()
     best_state = None
     stop_reason = "epochs"
     epoch = state["epoch"]
@@ -253,7 +278,7 @@ def fit(cfg: FitConfig, out: str | Path | None = None, resume: bool = False, pro
         t0 = time.perf_counter()
         seen, loss_sum = 0, 0.0
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not progress or rank != 0, leave=False)
-        for xb, yb in bar:
+        for step, (xb, yb) in enumerate(bar, start=epoch * steps_per_epoch + 1):
             xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
             if t.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
@@ -268,6 +293,8 @@ def fit(cfg: FitConfig, out: str | Path | None = None, resume: bool = False, pro
             seen += len(yb)
             loss_sum += float(loss.detach()) * len(yb)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", ips=f"{seen / (time.perf_counter() - t0):.0f}")
+            if kill_what == "step" and step == kill_n:
+                _die(kill_sig)
         train_s = time.perf_counter() - t0
         ev = evaluate(model, x_val, val_recs, class_names, t.eval_batch_size, device)
         if t.scheduler is Scheduler.PLATEAU:
@@ -301,7 +328,8 @@ def fit(cfg: FitConfig, out: str | Path | None = None, resume: bool = False, pro
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             state["best_state_dict"] = best_state
         if rank == 0:
-            _save_state(state_path, config_dict, state, model, opt, sched, scaler)
+            _save_state(state_path, config_dict, state, model, opt, sched, scaler,
+                        die_midway=kill_sig if kill_what == "state-write" and epoch == kill_n else 0)
 
     if world > 1:
         torch.distributed.barrier()
@@ -321,6 +349,8 @@ def fit(cfg: FitConfig, out: str | Path | None = None, resume: bool = False, pro
         "val_count": best["metrics"]["count"],
         "best_epoch": best["epoch"],
     }
+    if kill_what == "checkpoint":
+        _die(kill_sig)
     if rank == 0:
         save_checkpoint(
             ckpt,
@@ -369,11 +399,20 @@ def _check_dataset(index: DatasetIndex, cfg: FitConfig, spec: PreprocessSpec) ->
         )
     if not index.split("train"):
         raise DataError(f"dataset {index.name!r} has no training samples")
+    counts = index.class_counts("train")
+    absent = [c for c, n in counts.items() if n == 0]
+    if absent:
+        where = f" under {cfg.data.root}" if cfg.data.root else ""
+        raise DataError(
+            f"dataset {index.name!r}{where} has no training samples of class(es) {absent} (training samples per "
+            f"class: {counts}); a {len(index.class_names)}-class model cannot learn a class it never sees. Add "
+            "training images of those classes (an ImageFolder needs a non-empty folder per class)"
+        )
     if not index.split("val"):
         raise DataError(f"dataset {index.name!r} has no validation samples; set data.val_fraction > 0")
 
 
-def _save_state(path: Path, config: dict, state: dict, model, opt, sched, scaler) -> None:
+def _save_state(path: Path, config: dict, state: dict, model, opt, sched, scaler, die_midway: int = 0) -> None:
     import io
 
     payload = {
@@ -387,16 +426,32 @@ def _save_state(path: Path, config: dict, state: dict, model, opt, sched, scaler
     }
     buf = io.BytesIO()
     torch.save(payload, buf)
-    atomic_write(path, lambda p: p.write_bytes(buf.getvalue()))
+
+    def write(tmp: Path) -> None:
+        data = buf.getvalue()
+        if die_midway:  # test-only (KILL_ENV): a signal half-way through the write
+            tmp.write_bytes(data[: len(data) // 2])
+            _die(die_midway)
+        tmp.write_bytes(data)
+
+    atomic_write(path, write)
 
 
 def _load_state(path: Path, config: dict, model, opt, sched, scaler) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{path}: nothing to resume (no {STATE_FILE}); run without --resume to start")
+    fix = f"delete {path} and rerun without --resume to start the run over, or train into another --out"
     try:
         payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: cannot read training state ({exc}); it is corrupt, start a new run") from exc
+    except Exception as exc:  # torch raises many types for truncated/corrupt files
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise CheckpointError(
+            f"{path}: cannot read training state ({type(exc).__name__}: {first}); the file is corrupt or truncated: {fix}"
+        ) from exc
+    keys = set(payload) if isinstance(payload, dict) else set()
+    missing = sorted({"config", "state", "model", "optimizer", "scheduler", "scaler"} - keys)
+    if missing:
+        raise CheckpointError(f"{path}: not a training state written by train.loop (missing {missing}): {fix}")
     saved = payload.get("config", {})
     changed = sorted(k for k in set(saved) | set(config) if k != "out" and saved.get(k) != config.get(k))
     if changed:

@@ -30,7 +30,9 @@ from typing import Any
 
 import numpy as np
 
-from runtime.errors import ConfigError, PipelineError, exit_code_for
+from runtime.cli import add_debug_flag, cli_entry
+from runtime.errors import ConfigError, PipelineError
+from runtime.lock import output_lock
 
 log = logging.getLogger("runtime.trt")
 
@@ -97,6 +99,7 @@ def build_build_parser() -> argparse.ArgumentParser:
 
 def _add_build_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging (TensorRT's log included)")
+    add_debug_flag(p)
     p.add_argument("--onnx", required=True, help="model.onnx, model.fp16.onnx or model.int8.onnx")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="precision the engine must realize (default: from the file name, .fp16./.int8., else fp32)")
@@ -144,16 +147,9 @@ def build_config_from_args(args: argparse.Namespace):
 def run_build(args: argparse.Namespace) -> int:
     from runtime.trt.build import build_engine
 
-    try:
-        cfg = build_config_from_args(args)  # validated before TensorRT is touched
-    except ConfigError as exc:
-        log.error("%s", exc)
-        return EXIT_USAGE
-    try:
+    cfg = build_config_from_args(args)  # validated before TensorRT is touched (ConfigError: exit 2)
+    with output_lock(cfg.engine_path.parent, "TensorRT build"):
         result = build_engine(cfg)
-    except PipelineError as exc:
-        log.error("%s", exc)
-        return exit_code_for(exc)
     print(result.summary())
     return EXIT_OK
 
@@ -171,6 +167,7 @@ def build_selftest_parser() -> argparse.ArgumentParser:
 
 def _add_selftest_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging (TensorRT's log included)")
+    add_debug_flag(p)
     p.add_argument("--models", default="runs/selftest/models",
                    help="folder with lanmsff.onnx, lanmsff.fp16.onnx, lanmsff.int8.onnx, manet.onnx, manet.fp16.onnx, "
                         "manet.int8.onnx (see docs/tensorrt.md for how to make them)")
@@ -419,16 +416,18 @@ def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
-def build_main(argv: Sequence[str] | None = None) -> int:
-    """``python -m runtime build ...`` (``argv`` excludes the verb)."""
-    args = build_build_parser().parse_args(list(sys.argv[2:] if argv is None else argv))
+@cli_entry(argv_start=2)
+def build_main(argv: list[str]) -> int:
+    """``python -m runtime build ...`` (``argv`` excludes the verb); errors map to docs/errors.md."""
+    args = build_build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     return run_build(args)
 
 
-def selftest_main(argv: Sequence[str] | None = None) -> int:
-    """``python -m runtime selftest ...`` (``argv`` excludes the verb)."""
-    args = build_selftest_parser().parse_args(list(sys.argv[2:] if argv is None else argv))
+@cli_entry(argv_start=2)
+def selftest_main(argv: list[str]) -> int:
+    """``python -m runtime selftest ...`` (``argv`` excludes the verb); errors map to docs/errors.md."""
+    args = build_selftest_parser().parse_args(argv)
     _setup_logging(args.verbose)
     return run_selftest_cli(args)
 
@@ -456,7 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+@cli_entry
+def main(argv: list[str]) -> int:
+    """``python -m runtime.trt.cli build|selftest``; errors map to docs/errors.md."""
     args = build_parser().parse_args(argv)
     _setup_logging(args.verbose)
     return args.func(args)

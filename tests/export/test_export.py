@@ -251,7 +251,7 @@ def test_existing_model_survives_an_export_that_fails_preflight(lanmsff_run, tmp
 
 @pytest.mark.parametrize("batch", ["abc", "0", "-3", "1.5", "99999"])
 def test_invalid_batch_value(tmp_path, caplog, batch):
-    assert cli(["onnx", "--checkpoint", str(tmp_path / "c.pt"), "--out", str(tmp_path / "m.onnx"), "--batch", batch]) == 1
+    assert cli(["onnx", "--checkpoint", str(tmp_path / "c.pt"), "--out", str(tmp_path / "m.onnx"), "--batch", batch]) == 2  # bad usage
     assert "--batch must be 'dynamic' or" in caplog.text
 
 

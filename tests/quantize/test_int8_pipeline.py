@@ -159,10 +159,11 @@ def test_fp16_keeps_io_float32_and_parity(lanmsff_tiny_onnx, tmp_path):
 
 
 def test_bad_inputs_fail_cleanly(lanmsff_tiny_onnx, tmp_path):
+    # Exit codes (docs/errors.md): 1 a bad input file or data, 2 bad usage or config.
     assert _int8(tmp_path / "missing.onnx", tmp_path / "o.onnx") == 1
-    assert _int8(lanmsff_tiny_onnx, lanmsff_tiny_onnx) == 1  # would overwrite the input
-    assert _int8(lanmsff_tiny_onnx, tmp_path / "o.onnx", "--method", "ort", "--max-drop", "0.5") == 1
-    assert _int8(lanmsff_tiny_onnx, tmp_path / "o.onnx", "--ignore", "no_such_node") == 1
+    assert _int8(lanmsff_tiny_onnx, lanmsff_tiny_onnx) == 2  # would overwrite the input
+    assert _int8(lanmsff_tiny_onnx, tmp_path / "o.onnx", "--method", "ort", "--max-drop", "0.5") == 2
+    assert _int8(lanmsff_tiny_onnx, tmp_path / "o.onnx", "--ignore", "no_such_node") == 2
     assert cli(["int8", "--onnx", str(lanmsff_tiny_onnx), "--out", str(tmp_path / "o.onnx"), "--calib-size", "4",
-                "--no-latency"]) == 1  # fmt: skip
+                "--no-latency"]) == 2  # fmt: skip  (--calib-size below --min-calib-size)
     assert not (tmp_path / "o.onnx").exists() and not list(tmp_path.glob(".o.onnx*"))

@@ -89,6 +89,6 @@ def test_checkpoint_reference_without_torch_fails_clearly(tmp_path):
         """,
         tmp_path,
     )
-    assert res.returncode == 1, res.stdout + res.stderr
-    assert "pip install '.[train]'" in res.stderr or "torch" in res.stderr
+    assert res.returncode == 3, res.stdout + res.stderr  # missing optional dependency (docs/errors.md)
+    assert "pip install '.[train]'" in res.stderr and "torch" in res.stderr
     assert "Traceback" not in res.stderr

@@ -196,7 +196,8 @@ def test_cli_parity_bad_inputs_exit_nonzero(models, tmp_path, caplog, case):
         cand, expect = str(p), "expected a .onnx"
     rc = main(["parity", "--reference", str(models["good"]), "--candidates", cand, *extra, "--out", str(tmp_path / "o"),
                "--no-progress", "--no-plots"])
-    assert rc == 1 and expect in caplog.text
+    # A wrong kind of file on the command line is bad usage (2); a bad file's content is an error (1).
+    assert rc == (2 if case == "pt_candidate_suffix" else 1) and expect in caplog.text
     assert not (tmp_path / "o" / "parity.json").exists()  # nothing half-written
 
 
@@ -235,7 +236,7 @@ def test_cli_bench_with_parity_join(models, tmp_path):
 def test_cli_bench_bad_options(models, tmp_path, caplog, args, expect):
     rc = main(["bench", "--models", str(models["good"]), *args, "--seconds", "0", "--iterations", "2", "--warmup", "0",
                "--out", str(tmp_path), "--no-progress", "--no-plots"])
-    assert rc == 1 and expect in caplog.text
+    assert rc == 2 and expect in caplog.text  # bad usage (docs/errors.md)
 
 
 def test_cli_bench_bad_model_files(tmp_path, caplog):

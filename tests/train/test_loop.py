@@ -139,7 +139,7 @@ def test_cli_rejects_unknown_config_key(tmp_path: Path) -> None:
         [sys.executable, "-m", "train", "fit", "--config", str(bad), "--out", str(tmp_path / "o")],
         cwd=REPO, capture_output=True, text=True,
     )
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # a config error is bad usage (docs/errors.md)
     assert "learning_rate" in proc.stderr and "valid keys" in proc.stderr
     assert not (tmp_path / "o").exists()
 

@@ -118,9 +118,17 @@ def read_image_file(path: str | os.PathLike | None) -> np.ndarray:
     if not p.is_file():
         raise DataError(f"{p}: image file not found")
     data = np.fromfile(p, dtype=np.uint8)
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
+    if not data.size:
+        raise DataError(
+            f"{p}: empty file (0 bytes); expected an image ({', '.join(IMAGE_SUFFIXES)}). "
+            "Remove the file or replace it with the complete image"
+        )
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
     if img is None:
-        raise DataError(f"{p}: cannot decode image (corrupt or not an image); remove or replace the file")
+        raise DataError(
+            f"{p}: cannot decode image ({data.size} bytes; truncated, corrupt or not an image at all); expected an "
+            f"image ({', '.join(IMAGE_SUFFIXES)}) that OpenCV can read. Remove the file or replace it with an intact copy"
+        )
     if img.dtype != np.uint8:
         img = cv2.convertScaleAbs(img, alpha=255.0 / max(1, int(img.max())))
     if img.ndim == 3 and img.shape[2] == 4:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from train.data.base import CANONICAL_CLASSES, DatasetIndex, Record, canonical_classes
-from train.data.folder import find_file, line_error, parse_int, read_csv_rows, reject_unknown_options
+from train.data.folder import HEADER_FIX, find_file, line_error, parse_int, read_csv_rows, reject_unknown_options
 from train.data.registry import register_dataset
 
 # FER-2013 emotion code -> canonical class (the canonical order is FER-2013's own).
@@ -63,7 +63,7 @@ def read_fer2013(path: Path) -> Iterator[Fer2013Row]:
     first = next(rows, None)
     if first is None or tuple(f.strip() for f in first[1]) != FER2013_COLUMNS:
         found = None if first is None else first[1]
-        raise line_error(path, 1, f"expected header {','.join(FER2013_COLUMNS)}, got {found}")
+        raise line_error(path, 1, f"expected header {','.join(FER2013_COLUMNS)}, got {found}", HEADER_FIX)
     for line, row in rows:
         if len(row) != 3:
             raise line_error(path, line, f"expected 3 fields (emotion,pixels,Usage), got {len(row)}")

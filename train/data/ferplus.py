@@ -22,7 +22,7 @@ import numpy as np
 from runtime.errors import DataError
 from train.data.base import CANONICAL_CLASSES, DatasetIndex, Record, canonical_classes
 from train.data.fer2013 import read_fer2013
-from train.data.folder import find_file, line_error, parse_int, read_csv_rows, reject_unknown_options
+from train.data.folder import HEADER_FIX, find_file, line_error, parse_int, read_csv_rows, reject_unknown_options
 from train.data.registry import register_dataset
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def _read_csv(path: Path, pixels_path: Path) -> Iterator[tuple[Record, list[int]
     rows = read_csv_rows(path)
     first = next(rows, None)
     if first is None or tuple(f.strip() for f in first[1]) != CSV_HEADER:
-        raise line_error(path, 1, f"expected header {','.join(CSV_HEADER)}, got {first and first[1]}")
+        raise line_error(path, 1, f"expected header {','.join(CSV_HEADER)}, got {first and first[1]}", HEADER_FIX)
     # fer2013new.csv annotates fer2013.csv row by row, so the two must stay aligned.
     for labels, pixels in itertools.zip_longest(rows, read_fer2013(pixels_path)):
         if labels is None or pixels is None:
@@ -111,7 +111,8 @@ def _read_csv(path: Path, pixels_path: Path) -> Iterator[tuple[Record, list[int]
             raise line_error(path, line, f"expected 12 fields (Usage,Image name,10 votes), got {len(row)}")
         if FERPLUS_USAGE.get(row[0].strip()) != pixels.split:
             raise line_error(
-                path, line, f"Usage {row[0]!r} differs from {pixels_path.name} line {pixels.line}; files misaligned"
+                path, line, f"Usage {row[0]!r} differs from {pixels_path.name} line {pixels.line}; files misaligned",
+                f"use the {pixels_path.name} that {path.name} annotates, unedited",
             )
         votes = _parse_votes(row[2:], path, line)
         if row[1].strip():

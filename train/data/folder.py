@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import DataError
-from train.data.base import CANONICAL_CLASSES, DatasetIndex, Record, canonical_classes, iter_image_files
+from train.data.base import CANONICAL_CLASSES, IMAGE_SUFFIXES, DatasetIndex, Record, canonical_classes, iter_image_files
 from train.data.registry import register_dataset
 
 log = logging.getLogger(__name__)
@@ -53,9 +53,13 @@ def reject_unknown_options(loader: Callable[..., Any], kind: str, unknown: Mappi
         )
 
 
-def line_error(path: Path, line: int, message: str) -> DataError:
-    """A `DataError` that points at ``path:line`` so the offending entry can be found."""
-    return DataError(f"{path}:{line}: {message}")
+LINE_FIX = "correct that line or delete it"
+HEADER_FIX = "the file must start with that header row; is this the right file?"
+
+
+def line_error(path: Path, line: int, message: str, fix: str = LINE_FIX) -> DataError:
+    """A `DataError` that points at ``path:line`` so the offending entry can be found, plus how to fix it."""
+    return DataError(f"{path}:{line}: {message}; {fix}")
 
 
 def find_file(root: Path, name: str) -> Path:
@@ -126,7 +130,10 @@ def index_class_folders(
             label = CANONICAL_CLASSES.index(resolve(class_dir))
             images = iter_image_files(class_dir)
             if not images:
-                raise DataError(f"{class_dir}: class folder contains no images (suffixes .png, .jpg, ...)")
+                raise DataError(
+                    f"{class_dir}: class folder contains no images (suffixes {', '.join(IMAGE_SUFFIXES)}); "
+                    "add its images or delete the empty folder"
+                )
             records += [Record(p.relative_to(root).as_posix(), label, split, path=p) for p in images]
     class_names = classes_for([r.label for r in records])
     return DatasetIndex(name, class_names, records, info={"root": str(root)})
@@ -158,7 +165,7 @@ def folder_resolver(table: Mapping[str, str], hint: str = "") -> Callable[[Path]
         except KeyError:
             raise DataError(
                 f"{folder}: unknown class folder {folder.name!r}; valid names (case-insensitive): "
-                f"{', '.join(sorted(table))}{hint}"
+                f"{', '.join(sorted(table))}{hint}. Rename the folder to one of them, or move it out of the dataset"
             ) from None
 
     return resolve

@@ -111,7 +111,10 @@ def load_kdef(
         if m is None:
             message = f"{path}: not a KDEF file name ({NAME_FORMAT})"
             if on_bad_name == "error":
-                raise DataError(message)
+                raise DataError(
+                    f"{message}. Rename or remove the file, or set the dataset option on_bad_name: skip "
+                    "(data.options in the config) to skip such files"
+                )
             log.warning("skipping %s", message)
             continue
         view = KDEF_VIEWS[m["view"]]

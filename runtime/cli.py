@@ -1,0 +1,145 @@
+"""The one wrapper every command line goes through: errors become a message and an exit code.
+
+`cli_entry` decorates a ``main(argv) -> int``. It turns
+
+- a `PipelineError` into its one-paragraph message (what was received, what was expected, how to
+  fix it) and the exit code of `runtime.errors.exit_code_for` (docs/errors.md);
+- an `OSError` that means "cannot write here" (permissions, read-only file system, disk full or
+  quota) into the same kind of message and exit code 4;
+- Ctrl-C into exit 130 and SIGTERM into exit 143, after the atomic writers have discarded their
+  temporary files (finished artifacts are kept; a rerun resumes or reuses them);
+- any other exception (a bug) into exit 70 with a one-line summary.
+
+Tracebacks are printed only with ``--debug`` (each command's parser accepts it; see
+`add_debug_flag`).
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
+from typing import Iterator
+
+from runtime.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, PipelineError, StorageError, exit_code_for
+
+EXIT_BUG = 70  # EX_SOFTWARE: an internal error, not the user's input
+
+# errno values that mean "this output cannot be written", whatever the command.
+_STORAGE_ERRNOS = {
+    errno.ENOSPC: "no space left on device: free some space or choose an output folder on another disk",
+    errno.EDQUOT: "disk quota exceeded: free some space or choose an output folder on another disk",
+    errno.EACCES: "permission denied: choose a writable output folder or fix its permissions",
+    errno.EPERM: "operation not permitted: choose a writable output folder or fix its permissions",
+    errno.EROFS: "read-only file system: choose an output folder on a writable disk",
+}
+
+DEBUG_HELP = "on an error, print the full traceback as well as the message"
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so `finally` blocks and atomic writers clean up."""
+
+
+def add_debug_flag(parser) -> None:
+    """Give an argparse parser the shared ``--debug`` option."""
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+
+
+def storage_error(exc: OSError, action: str = "write") -> StorageError | None:
+    """The `StorageError` for an `OSError` that means "cannot write here", else None."""
+    hint = _STORAGE_ERRNOS.get(exc.errno or -1)
+    if hint is None:
+        return None
+    where = exc.filename or "the output"
+    return StorageError(f"cannot {action} {where}: {hint}. Anything already at that path was left untouched.")
+
+
+@contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """While active, SIGTERM raises `Terminated` in the main thread instead of killing the process."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum, frame):  # noqa: ARG001 - signal handler signature
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise)
+    except (ValueError, OSError):  # pragma: no cover - not the main interpreter
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _message(exc: BaseException) -> str:
+    return str(exc).strip() or type(exc).__name__
+
+
+def cli_entry(fn: Callable[[list[str]], int] | None = None, *, argv_start: int = 1):
+    """Wrap ``fn(argv) -> int`` with the shared error handling (module docstring).
+
+    Use as ``@cli_entry`` or, for a verb of a dispatching command whose own arguments start at
+    ``sys.argv[2]``, ``@cli_entry(argv_start=2)``. The wrapped function may be called with
+    ``argv=None`` (read ``sys.argv[argv_start:]``) or with an explicit list.
+    """
+    if fn is None:
+        return functools.partial(cli_entry, argv_start=argv_start)
+    log = logging.getLogger(fn.__module__ if fn.__module__ != "__main__" else "cli")
+
+    @functools.wraps(fn)
+    def wrapper(argv: Sequence[str] | None = None) -> int:
+        args = list(sys.argv[argv_start:] if argv is None else argv)
+        debug = "--debug" in args[: args.index("--")] if "--" in args else "--debug" in args
+        if debug:
+            logging.getLogger().setLevel(min(logging.getLogger().level or logging.INFO, logging.DEBUG))
+        try:
+            with sigterm_raises():
+                code = fn(args)
+            return 0 if code is None else int(code)
+        except PipelineError as exc:
+            _report(log, f"error: {_message(exc)}", debug)
+            return exit_code_for(exc)
+        except OSError as exc:
+            mapped = storage_error(exc)
+            if mapped is None:
+                _report(log, f"error: {type(exc).__name__}: {exc}. Rerun with --debug for the traceback.", debug)
+                return 1
+            _report(log, f"error: {mapped}", debug)
+            return exit_code_for(mapped)
+        except KeyboardInterrupt:
+            log.error("interrupted: finished artifacts are kept and partial ones were discarded; "
+                      "rerun the same command to resume")
+            return EXIT_INTERRUPTED
+        except Terminated:
+            log.error("terminated (SIGTERM): finished artifacts are kept and partial ones were discarded; "
+                      "rerun the same command to resume")
+            return EXIT_TERMINATED
+        except SystemExit:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the last line of defence: a bug, not bad input
+            if debug:
+                raise
+            log.error("internal error (a bug, not your input): %s: %s. Rerun with --debug for the "
+                      "traceback and report it.", type(exc).__name__, exc)
+            return EXIT_BUG
+
+    return wrapper
+
+
+def _report(log: logging.Logger, message: str, debug: bool) -> None:
+    if not logging.getLogger().handlers:  # the command failed before it configured logging
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if debug:
+        log.error(message, exc_info=True)
+    else:
+        log.error(message)
