@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import ArtifactError
+from runtime.errors import ArtifactError, storage_error
 
 SIDECAR_SUFFIX = ".json"
 _LIBRARIES = ("numpy", "torch", "onnx", "onnxruntime", "onnxscript", "onnxslim", "nncf", "tensorrt", "cv2", "PIL")
@@ -29,17 +29,29 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[Path], None]) -> Pat
     temporary file is removed and the previous content of ``path`` (if any) is untouched.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _as_storage_error(exc, path) from exc
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         writer(tmp_path)
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as exc:
         tmp_path.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _as_storage_error(exc, path) from exc
         raise
     return path
+
+
+def _as_storage_error(exc: OSError, path: Path) -> BaseException:
+    """`StorageError` naming ``path`` for "cannot write here" errors (disk full, read-only...), else ``exc``."""
+    if exc.filename is None or Path(exc.filename).name.startswith(f".{path.name}."):
+        exc.filename = str(path)  # name the artifact, not its temporary file
+    return storage_error(exc) or exc
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -16,7 +16,6 @@ Tracebacks are printed only with ``--debug`` (each command's parser accepts it; 
 
 from __future__ import annotations
 
-import errno
 import functools
 import logging
 import signal
@@ -26,18 +25,9 @@ from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from typing import Iterator
 
-from runtime.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, PipelineError, StorageError, exit_code_for
+from runtime.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, PipelineError, exit_code_for, storage_error
 
 EXIT_BUG = 70  # EX_SOFTWARE: an internal error, not the user's input
-
-# errno values that mean "this output cannot be written", whatever the command.
-_STORAGE_ERRNOS = {
-    errno.ENOSPC: "no space left on device: free some space or choose an output folder on another disk",
-    errno.EDQUOT: "disk quota exceeded: free some space or choose an output folder on another disk",
-    errno.EACCES: "permission denied: choose a writable output folder or fix its permissions",
-    errno.EPERM: "operation not permitted: choose a writable output folder or fix its permissions",
-    errno.EROFS: "read-only file system: choose an output folder on a writable disk",
-}
 
 DEBUG_HELP = "on an error, print the full traceback as well as the message"
 
@@ -49,15 +39,6 @@ class Terminated(BaseException):
 def add_debug_flag(parser) -> None:
     """Give an argparse parser the shared ``--debug`` option."""
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
-
-
-def storage_error(exc: OSError, action: str = "write") -> StorageError | None:
-    """The `StorageError` for an `OSError` that means "cannot write here", else None."""
-    hint = _STORAGE_ERRNOS.get(exc.errno or -1)
-    if hint is None:
-        return None
-    where = exc.filename or "the output"
-    return StorageError(f"cannot {action} {where}: {hint}. Anything already at that path was left untouched.")
 
 
 @contextmanager

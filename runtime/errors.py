@@ -6,6 +6,8 @@ Messages say what was received, what was expected and how to fix it. CLIs catch
 
 from __future__ import annotations
 
+import errno
+
 
 class PipelineError(Exception):
     """Base class of every error the pipeline raises on purpose."""
@@ -47,8 +49,8 @@ class QuantizationError(PipelineError):
     """Quantization (calibration set, NNCF/onnxruntime PTQ, FP16 conversion, Q/DQ lint) failed."""
 
 
-class InferenceError(PipelineError):
-    """An inference input does not fit the model's contract (name, rank, dtype, size, NaN/Inf)."""
+class InferenceError(DataError):
+    """An inference input does not fit the model's inputs (name, rank, dtype, size) or holds NaN/Inf."""
 
 
 class EngineError(PipelineError):
@@ -110,3 +112,26 @@ def require(module: str, extra: str):
         raise MissingDependencyError(
             f"'{module}' is not installed ({exc}). Install it with: pip install '.[{extra}]'"
         ) from exc
+
+
+# errno values that mean "this output cannot be written here", whatever the command.
+_STORAGE_ERRNOS = {
+    errno.ENOSPC: "no space left on device: free some space or choose an output folder on another disk",
+    errno.EDQUOT: "disk quota exceeded: free some space or choose an output folder on another disk",
+    errno.EFBIG: "file too large for this file system or the process's file-size limit (ulimit -f): free space, "
+                 "raise the limit or choose another disk",
+    errno.EACCES: "permission denied: choose a writable output folder or fix its permissions",
+    errno.EPERM: "operation not permitted: choose a writable output folder or fix its permissions",
+    errno.EROFS: "read-only file system: choose an output folder on a writable disk",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another output path",
+    errno.EISDIR: "the path is a folder, not a file: choose another output path",
+}
+
+
+def storage_error(exc: OSError, action: str = "write") -> StorageError | None:
+    """The `StorageError` for an `OSError` that means "cannot write here", else None."""
+    hint = _STORAGE_ERRNOS.get(exc.errno if exc.errno is not None else -1)
+    if hint is None:
+        return None
+    where = exc.filename or "the output"
+    return StorageError(f"cannot {action} {where}: {hint}. Anything already at that path was left untouched.")
