@@ -174,14 +174,42 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     p = Path(path)
     if not p.is_file():
         raise ArtifactError(f"{p}: ONNX model not found; export one with `python -m export onnx`")
+    if p.stat().st_size == 0:
+        raise ArtifactError(f"{p}: the file is empty (0 bytes), not an ONNX model; an interrupted copy or download "
+                            "leaves this: copy it again or re-export with `python -m export onnx`")
     try:
         model = onnx.load(str(p), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning-like errors, ValueError...
-        raise ArtifactError(f"{p}: not an ONNX model ({type(exc).__name__}: {exc})") from exc
+        raise ArtifactError(f"{p}: not an ONNX model, or a truncated one ({type(exc).__name__}: {exc}); copy it "
+                            "again or re-export it with `python -m export onnx`") from exc
     # Random bytes sometimes parse as an (empty) protobuf message: require the parts every model has.
     if model.ir_version <= 0 or not model.opset_import or not model.graph.output:
         raise ArtifactError(f"{p}: not an ONNX model (no IR version, opset or graph outputs)")
+    check_opset(model, p)
     return {prop.key: prop.value for prop in model.metadata_props}
+
+
+#: Oldest default-domain opset the runtime loads: onnxruntime runs opset 7 and newer.
+MIN_OPSET = 7
+
+
+def check_opset(model, path: str | os.PathLike) -> int:
+    """Return the model's default-domain opset; raise `ArtifactError` outside what can run here.
+
+    The newest opset is the installed onnx package's (onnxruntime lags onnx by at most one release);
+    TensorRT's narrower range is checked by the export preflight (export/preflight.py).
+    """
+    import onnx
+
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    newest = onnx.defs.onnx_opset_version()
+    if opset and not MIN_OPSET <= opset <= newest:
+        raise ArtifactError(
+            f"{path}: ONNX opset {opset} is not supported: this runtime loads opsets {MIN_OPSET}..{newest} "
+            f"(onnx {onnx.__version__}), and TensorRT 10.3 and 11 parse 9..20. Re-export with the pipeline's "
+            "default: python -m export onnx --checkpoint RUN/checkpoint.pt --out RUN/model.onnx --opset 17"
+        )
+    return opset
 
 
 def read_contract(path: str | os.PathLike) -> DeploymentContract:

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from runtime.errors import LockedError, StorageError
+from runtime.errors import LockedError, StorageError, storage_error
 
 try:  # POSIX (Linux desktops, Jetson). Elsewhere the lock degrades to a no-op with a warning.
     import fcntl
@@ -52,10 +52,7 @@ def output_lock(folder: str | os.PathLike, purpose: str = "run") -> Iterator[Pat
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise StorageError(
-            f"cannot create the output folder {folder}: {exc.strerror or exc}. Choose a writable output "
-            "folder or fix its permissions."
-        ) from exc
+        raise _storage(exc, "create the output folder") from exc
     key = folder.resolve()
     if fcntl is None:  # pragma: no cover
         yield folder
@@ -107,10 +104,7 @@ def _acquire(path: Path, folder: Path, purpose: str) -> int:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise StorageError(
-                f"cannot write the lock file {path}: {exc.strerror or exc}. The output folder must be writable: "
-                "choose another one or fix its permissions."
-            ) from exc
+            raise _storage(exc, "write the lock file") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -129,3 +123,9 @@ def _acquire(path: Path, folder: Path, purpose: str) -> int:
             return fd
         os.close(fd)  # locked a file its holder had just unlinked: take the new one
     raise LockedError(f"{folder}: could not take the lock {path} after 20 tries; another process keeps replacing it")
+
+
+def _storage(exc: OSError, action: str) -> StorageError:
+    return storage_error(exc, action) or StorageError(
+        f"cannot {action} {exc.filename}: {exc.strerror or exc}. Choose a writable output folder."
+    )
