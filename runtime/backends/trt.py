@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from runtime.backends.base import Backend, TensorSpec
-from runtime.errors import ArtifactError, ConfigError, DataError
+from runtime.errors import ArtifactError, ConfigError, DataError, EngineError
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +68,16 @@ class TrtBackend(Backend):
 
     def _load_engine(self) -> None:
         from runtime.trt.build import deserialize
+        from runtime.trt.compat import TrtError
 
         trt, opts = self.trt, self.options
         plan_path = self._plan_path()
         version_compatible = self._verify(plan_path)
-        self.engine, self.runtime = deserialize(trt, plan_path.read_bytes(), version_compatible=version_compatible)
+        try:
+            self.engine, self.runtime = deserialize(trt, plan_path.read_bytes(), version_compatible=version_compatible)
+        except TrtError as exc:
+            raise EngineError(f"{plan_path}: TensorRT cannot load this plan ({exc}); it is corrupt or was built by an "
+                              "incompatible TensorRT. Rebuild it here: python -m runtime build --onnx MODEL.onnx") from exc
         self.plan_path = plan_path
         self.context = trt.call(self.engine, "ICudaEngine.create_execution_context")
         if self.context is None:
@@ -155,6 +160,15 @@ class TrtBackend(Backend):
         version_compatible = bool(side.get("version_compatible", False))
         dev = self.cuda.device()
         problems = []
+        recorded = side.get("artifact_sha256")
+        if recorded and self.options.get("verify", True):
+            from runtime.artifacts import sha256_file
+
+            actual = sha256_file(plan)
+            if actual != recorded:
+                problems.append(f"the plan's sha256 {actual[:12]}... differs from the {recorded[:12]}... its sidecar "
+                                f"recorded at build time ({plan.stat().st_size} bytes now): the file is corrupt, "
+                                "truncated or was replaced")
         if key.tensorrt_version != str(self.trt.version) and not version_compatible:
             problems.append(f"built by TensorRT {key.tensorrt_version}, this is {self.trt.version}")
         if (key.gpu_name, key.compute_capability) != (dev.name, dev.compute_capability):
