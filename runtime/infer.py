@@ -388,7 +388,12 @@ class _Run:
     def image(self, src: Source) -> SourceResult:
         img = read_image(src.path)
         if img is None:
-            msg = "OpenCV cannot decode this file (corrupt, empty, or not an image)"
+            try:
+                size = f"{Path(src.path).stat().st_size} bytes"
+            except OSError:
+                size = "size unknown"
+            msg = (f"OpenCV cannot decode this file ({size}: empty, truncated, corrupt or not an image); replace it "
+                   "with an intact copy or remove it from --source")
             log.warning("%s: unreadable: %s", src.path, msg)
             return SourceResult(src.path, "image", "unreadable", msg)
         faces = self.process(src.path, 0, img)
@@ -408,17 +413,20 @@ class _Run:
             return SourceResult(src.path, "image", "no_face", "no face found", 1, 0, written)
         return SourceResult(src.path, "image", "ok", "", 1, len(faces), written)
 
-    def _writer(self, base: Path, fps: float, size: tuple[int, int]) -> tuple[Any, Path]:
+    def _writer(self, base: Path, fps: float, size: tuple[int, int]) -> tuple[Any, Path, Path]:
+        """An open video writer, the final path and the temporary path it writes (renamed when done)."""
         tries = [(self.cfg.codec, ".mp4" if self.cfg.codec.lower() in ("mp4v", "avc1", "h264") else ".avi")]
         if self.cfg.codec != "MJPG":
             tries.append(("MJPG", ".avi"))  # every OpenCV build writes Motion-JPEG
         for codec, ext in tries:
             path = base.with_name(base.name + ext)
+            tmp = base.with_name(f".{base.name}.partial{ext}")  # same folder, same container suffix
             path.parent.mkdir(parents=True, exist_ok=True)
-            w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*codec), fps, size)
+            w = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*codec), fps, size)
             if w.isOpened():
-                return w, path
+                return w, path, tmp
             w.release()
+            tmp.unlink(missing_ok=True)
             log.warning("cannot write %s with codec %s; trying the next codec", path, codec)
         raise ArtifactError(f"OpenCV cannot write a video here (tried {[c for c, _ in tries]}); use --no-annotate")
 
@@ -440,8 +448,9 @@ class _Run:
             n = total // self.cfg.every if total > 0 else None
             bar = tqdm(total=min(n, limit) if n and limit else (n or limit), desc=Path(src.rel).name, unit="frame",
                        leave=False)
-        writer, written, scale = None, "", 1.0
+        writer, written, scale, tmp_video = None, "", 1.0, None
         index = done = faces_total = 0
+        finished = False
         try:
             while limit is None or done < limit:
                 ok, frame = cap.read()
@@ -457,17 +466,26 @@ class _Run:
                     if writer is None:
                         scale = annotation_scale(frame.shape)
                         size = (round(frame.shape[1] * scale), round(frame.shape[0] * scale))
-                        writer, path = self._writer(self.out / f"{Path(src.rel).stem}.annotated", fps / self.cfg.every, size)
+                        writer, path, tmp_video = self._writer(self.out / f"{Path(src.rel).stem}.annotated",
+                                                               fps / self.cfg.every, size)
                         written = str(path)
                     writer.write(annotate(frame, faces, scale))
                 if bar is not None:
                     bar.update(1)
+            finished = True
         except KeyboardInterrupt:
             log.warning("%s: interrupted after %d frames; writing what was processed", src.path, done)
+            finished = True
         finally:
             cap.release()
             if writer is not None:
                 writer.release()
+                # The annotated video appears under its name only once complete (or cut by Ctrl-C on
+                # purpose); an error mid-stream leaves any earlier video of that name as it was.
+                if finished:
+                    os.replace(tmp_video, written)
+                else:
+                    tmp_video.unlink(missing_ok=True)
             if bar is not None:
                 bar.close()
         if done == 0:

@@ -94,6 +94,13 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, CheckpointMeta]:
     from train.models import create_model
 
     payload = read_checkpoint(path)
+    names, n = list(payload.get("class_names") or []), int(payload.get("num_classes") or 0)
+    if len(names) != n:
+        raise CheckpointError(
+            f"{path}: the checkpoint lists {len(names)} class names {names} but its head has {n} outputs; it was "
+            "edited or written by another tool. Retrain it with `python -m train fit`, or fix class_names to "
+            f"{n} entries in the order the model was trained on"
+        )
     try:
         model = create_model(payload["model_name"], num_classes=int(payload["num_classes"]), **payload["model_kwargs"])
     except PipelineError as exc:
@@ -103,7 +110,12 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, CheckpointMeta]:
         result = model.load_state_dict(payload["state_dict"], strict=False)
         missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit model {payload['model_name']!r}: {exc}") from exc
+        first = str(exc).strip().splitlines()
+        raise CheckpointError(
+            f"{path}: weights do not fit model {payload['model_name']!r} with {n} classes "
+            f"({'; '.join(line.strip() for line in first[:4])}); the checkpoint is corrupt or was edited: "
+            "retrain it with `python -m train fit`"
+        ) from exc
     if missing or unexpected:
         raise CheckpointError(
             f"{path}: weights do not fit model {payload['model_name']!r}: missing {missing[:5]}, unexpected {unexpected[:5]}"

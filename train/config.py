@@ -95,9 +95,12 @@ class FitConfig:
 def load_fit_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> FitConfig:
     """Load a `FitConfig` from YAML (a ``fit:`` section is used when present) plus overrides."""
     data = load_yaml(path) if path else {}
+    where = f"{path}: config" if path else "config"
     if "fit" in data:  # the pipeline config keeps one section per stage
-        data = data["fit"]
+        data, where = data["fit"], f"{path}: fit"
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping of sections (model, data, train, out), got {type(data).__name__}")
     data = dict(data)
     for key, value in (overrides or {}).items():
         data[key] = value
-    return from_mapping(FitConfig, data, where=str(path) if path else "config")
+    return from_mapping(FitConfig, data, where=where)

@@ -166,3 +166,22 @@ def test_save_over_existing_replaces_atomically(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
     _, meta = load_checkpoint(path)
     assert meta.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_class_list_that_disagrees_with_the_head_is_named(tmp_path: Path) -> None:
+    path = _save(tmp_path / "c.pt", _trained_tiny())
+    payload = torch.load(path, weights_only=False)
+    payload["class_names"] = [*CLASSES, "contempt"]  # 8 names, 7 outputs
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=r"lists 8 class names .* its head has 7 outputs.*python -m train fit"):
+        load_checkpoint(path)
+
+
+def test_weights_of_another_class_count_are_named(tmp_path: Path) -> None:
+    path = _save(tmp_path / "c.pt", _trained_tiny())
+    payload = torch.load(path, weights_only=False)
+    payload["num_classes"] = 8
+    payload["class_names"] = [*CLASSES, "contempt"]
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match=r"do not fit model 'lanmsff_tiny' with 8 classes.*size mismatch.*retrain"):
+        load_checkpoint(path)
