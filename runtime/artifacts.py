@@ -25,26 +25,70 @@ _LIBRARIES = ("numpy", "torch", "onnx", "onnxruntime", "onnxscript", "onnxslim",
 def atomic_write(path: str | os.PathLike, writer: Callable[[Path], None]) -> Path:
     """Call ``writer(tmp_path)`` then rename the temporary file onto ``path``.
 
-    The temporary file is in the same folder, so the rename is atomic on POSIX. On any error the
-    temporary file is removed and the previous content of ``path`` (if any) is untouched.
+    The temporary file is in the same folder, so the rename is atomic on POSIX. The data is flushed
+    to the disk (fsync) before the rename and the folder entry after it, so a power cut leaves
+    either the old or the new file, never an empty one. On any error the temporary file is removed
+    and the previous content of ``path`` (if any) is untouched. The file gets the usual permissions
+    (0666 less the umask), not the owner-only ones of a temporary file.
     """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     except OSError as exc:
         raise _as_storage_error(exc, path) from exc
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         writer(tmp_path)
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
+        _fsync(tmp_path)
         os.replace(tmp_path, path)
+        _fsync(path.parent)
     except BaseException as exc:
         tmp_path.unlink(missing_ok=True)
         if isinstance(exc, OSError):
             raise _as_storage_error(exc, path) from exc
         raise
     return path
+
+
+TMP_SUFFIX = ".tmp"
+
+
+def _read_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once, at import: os.umask is process-wide and not thread-safe
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's (or a folder's) data to the disk; a no-op where the OS does not allow it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on folders
+        pass
+    finally:
+        os.close(fd)
+
+
+def leftover_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Temporary files (and export's temporary folders) an interrupted writer left in ``folder``.
+
+    Names follow `atomic_write`: ``.NAME.<random>.tmp``; annotated videos ``.NAME.partial.EXT``.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir()
+                  if p.name.startswith(".") and (p.name.endswith(TMP_SUFFIX) or ".partial." in p.name))
 
 
 def _as_storage_error(exc: OSError, path: Path) -> BaseException:

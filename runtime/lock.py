@@ -1,7 +1,9 @@
 """One run per output folder: an advisory lock that two runs cannot both hold.
 
 `output_lock(folder)` takes an exclusive, non-blocking ``flock`` on ``folder/.lock`` and writes the
-holder's pid, command and start time into it; the file is removed on release. A second run on the same folder fails at once with
+holder's pid, command and start time into it; the file is removed on release. Whoever takes the
+lock first deletes the temporary files a killed run left behind (``.NAME.*.tmp``), since no other
+run can be writing there. A second run on the same folder fails at once with
 `LockedError` (exit code 5) naming the holder, instead of interleaving writes with it. The kernel
 drops the lock when the holder exits, however it exits (crash, SIGKILL, power cut on a local
 disk), so there is never a stale lock to delete by hand. The lock is re-entrant within a process:
@@ -11,6 +13,7 @@ the pipeline holds its run folder while stages it calls in-process take their ow
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import threading
@@ -27,6 +30,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 LOCK_NAME = ".lock"
+log = logging.getLogger("runtime.lock")
 _held: dict[Path, tuple[int, int]] = {}  # resolved folder -> (fd, depth) held by this process
 _guard = threading.Lock()
 
@@ -83,6 +87,7 @@ def output_lock(folder: str | os.PathLike, purpose: str = "run") -> Iterator[Pat
         pass  # the lock itself is held; the holder note is a courtesy
     with _guard:
         _held[key] = (fd, 1)
+    _remove_leftovers(folder)
     try:
         yield folder
     finally:
@@ -129,3 +134,20 @@ def _storage(exc: OSError, action: str) -> StorageError:
     return storage_error(exc, action) or StorageError(
         f"cannot {action} {exc.filename}: {exc.strerror or exc}. Choose a writable output folder."
     )
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """Delete temporary files a killed run left here; safe because this process now holds the folder."""
+    import shutil
+
+    from runtime.artifacts import leftover_temporaries
+
+    stale = leftover_temporaries(folder)
+    for p in stale:
+        try:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        except OSError as exc:
+            log.warning("cannot remove %s, left by an interrupted run: %s", p, exc)
+    if stale:
+        log.info("%s: removed %d temporary file(s) left by an interrupted run: %s", folder, len(stale),
+                 ", ".join(p.name for p in stale[:5]) + (" ..." if len(stale) > 5 else ""))

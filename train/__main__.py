@@ -87,9 +87,14 @@ def main(argv: list[str]) -> int:
         from dataclasses import replace
 
         cfg = replace(cfg, train=replace(cfg.train, epochs=args.epochs))
+    import contextlib
+    import os
+
     from runtime.lock import output_lock
 
-    with output_lock(args.out or cfg.out, "training run"):
+    # Under torchrun every rank runs this; rank 0 writes the run folder and holds its lock.
+    rank = int(os.environ.get("RANK", "0") or 0)
+    with output_lock(args.out or cfg.out, "training run") if rank == 0 else contextlib.nullcontext():
         result = fit(cfg, out=args.out, resume=args.resume, progress=not args.no_progress)
     m = result.metrics
     log.info(

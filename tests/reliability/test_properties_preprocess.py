@@ -328,42 +328,53 @@ wild_sequences = st.one_of(
 )
 
 
-@PROPS
-@given(
-    input_size=st.one_of(
+WILD_FIELDS = {
+    "input_size": st.one_of(
         st.tuples(st.integers(-3, 48), st.integers(-3, 48)),
         st.lists(st.integers(1, 48), min_size=0, max_size=3),
-        st.tuples(st.floats(allow_nan=True), st.integers(1, 8)),
+        st.tuples(st.one_of(st.floats(allow_nan=True), st.floats(1.0, 48.0)), st.integers(1, 8)),
         st.text(max_size=3),
         st.integers(),
         st.none(),
     ),
-    color_mode=st.one_of(st.sampled_from(["gray", "rgb", ColorMode.RGB]), st.text(max_size=5), st.integers()),
-    scale=st.one_of(wild_floats, st.text(max_size=3), st.none()),
-    mean=wild_sequences,
-    std=wild_sequences,
-    resize=st.one_of(st.sampled_from([p.value for p in ResizePolicy]), st.text(max_size=6)),
-    interpolation=st.one_of(st.sampled_from(["linear", "area", "nearest"]), st.text(max_size=6),
-                            st.lists(st.text(max_size=2), max_size=2)),  # fmt: skip
+    "color_mode": st.one_of(st.sampled_from(["gray", "rgb", ColorMode.RGB]), st.text(max_size=5), st.integers()),
+    "scale": st.one_of(wild_floats, st.text(max_size=3), st.none()),
+    "mean": wild_sequences,
+    "std": wild_sequences,
+    "resize": st.one_of(st.sampled_from([p.value for p in ResizePolicy]), st.text(max_size=6)),
+    "interpolation": st.one_of(
+        st.sampled_from(["linear", "area", "nearest"]), st.text(max_size=6), st.lists(st.text(max_size=2), max_size=2)
+    ),
+}
+
+
+@PROPS
+@given(
+    base=specs(),
+    wild=st.lists(st.sampled_from(sorted(WILD_FIELDS)), min_size=1, max_size=2, unique=True).flatmap(
+        lambda names: st.fixed_dictionaries({n: WILD_FIELDS[n] for n in names})
+    ),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_any_spec_parameters_are_valid_or_a_config_error(
-    input_size, color_mode, scale, mean, std, resize, interpolation, seed
-) -> None:
-    """A spec either refuses its parameters with a ConfigError, or preprocesses into finite values."""
+def test_any_spec_parameters_are_valid_or_a_config_error(base: PreprocessSpec, wild: dict, seed: int) -> None:
+    """A spec either refuses its parameters with a ConfigError, or preprocesses into finite values.
+
+    One or two fields of a valid spec are replaced by arbitrary values (NaN, Inf, subnormal, huge,
+    strings, wrong lengths, wrong types), so each wild value is actually reached by validation.
+    """
+    params = {**base.to_dict(), **wild}
     try:
-        spec = PreprocessSpec(
-            input_size=input_size, color_mode=color_mode, scale=scale, mean=mean, std=std,
-            resize=resize, interpolation=interpolation,
-        )  # fmt: skip
+        spec = PreprocessSpec(**params)
     except PipelineError as exc:
         assert type(exc) is ConfigError, f"{type(exc).__name__}: {exc}"
         return
     # Accepted: every parameter must be what its docstring says, and the output must be finite.
     assert len(spec.input_size) == 2 and all(isinstance(v, int) and v > 0 for v in spec.input_size)
-    assert all(math.isfinite(v) for v in (spec.scale, *spec.mean, *spec.std))
+    if "input_size" in wild:
+        assert [float(v) for v in wild["input_size"]] == list(spec.input_size)  # no silent truncation
+    assert all(isinstance(v, float) and math.isfinite(v) for v in (spec.scale, *spec.mean, *spec.std))
     assert all(v != 0 for v in spec.std)
-    assume(spec.input_size[0] * spec.input_size[1] <= 48 * 48)
+    assume(spec.input_size[0] * spec.input_size[1] <= 64 * 64)
     rng = np.random.default_rng(seed)
     images = [rng.integers(0, 256, size=(7, 5, 3), dtype=np.uint8), np.full((3, 9), 255, np.uint8),
               np.zeros((2, 2), np.uint8)]  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +37,12 @@ COLUMNS = (
 
 def _parse_float(text: str, path: Path, line: int, what: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise line_error(path, line, f"{what} must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise line_error(path, line, f"{what} must be a finite number, got {text!r}")
+    return value
 
 
 def _read_list(path: Path, split: str, images: Path, class_names: tuple[str, ...]) -> list[Record]:

@@ -17,8 +17,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from runtime.errors import DataError
 from train.data.base import CANONICAL_CLASSES, DatasetIndex, Record, canonical_classes
 from train.data.fer2013 import read_fer2013
@@ -55,9 +53,12 @@ def majority_vote(votes: Sequence[int]) -> int | None:
     as outliers, the top column wins only with more than half of the remaining votes, and a win by
     ``unknown`` or ``NF`` (or no winner) drops the sample.
     """
-    kept = np.where(np.asarray(votes) > 1, votes, 0)
-    top = int(np.argmax(kept))
-    return VOTE_LABELS[top] if kept[top] > 0.5 * kept.sum() else None
+    if len(votes) != len(VOTE_LABELS):
+        raise DataError(f"expected {len(VOTE_LABELS)} vote counts ({', '.join(FERPLUS_VOTES)}), got {len(votes)}")
+    # Exact Python ints: numpy's int64 sum wraps and 0.5 * sum rounds for very large counts.
+    kept = [int(v) if v > 1 else 0 for v in votes]
+    top = max(range(len(kept)), key=kept.__getitem__)  # the first maximum, like np.argmax
+    return VOTE_LABELS[top] if 2 * kept[top] > sum(kept) else None
 
 
 def _parse_votes(fields: Sequence[str], path: Path, line: int) -> list[int]:
@@ -78,6 +79,13 @@ def _parse_rect(text: str, path: Path, line: int) -> tuple[int, int, int, int]:
     return left, top, right - left, bottom - top
 
 
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # e.g. a name longer than the file system allows
+        return False
+
+
 # The readers yield records with label -1 and their votes; the loader sets the majority label.
 
 
@@ -91,7 +99,9 @@ def _read_folders(root: Path) -> Iterator[tuple[Record, list[int]]]:
             if len(row) != 12:
                 raise line_error(path, line, f'expected 12 fields (name,"(l, t, r, b)",10 votes), got {len(row)}')
             name = row[0].strip()
-            if not name or not (path.parent / name).is_file():
+            if Path(name).name != name:  # "", ".", "..", "sub/x.png", "/abs.png" would leave the folder
+                raise line_error(path, line, f"expected an image file name in {path.parent}, got {name!r}")
+            if not _is_file(path.parent / name):
                 raise line_error(path, line, f"image {name!r} not found in {path.parent}")
             bbox = _parse_rect(row[1], path, line)
             yield Record(name, -1, split, path=path.parent / name, bbox=bbox), _parse_votes(row[2:], path, line)
@@ -105,7 +115,11 @@ def _read_csv(path: Path, pixels_path: Path) -> Iterator[tuple[Record, list[int]
     # fer2013new.csv annotates fer2013.csv row by row, so the two must stay aligned.
     for labels, pixels in itertools.zip_longest(rows, read_fer2013(pixels_path)):
         if labels is None or pixels is None:
-            raise DataError(f"{path} and {pixels_path} have different row counts; use the matching files")
+            extra, line = (path, labels[0]) if pixels is None else (pixels_path, pixels.line)
+            raise line_error(
+                extra, line, f"{path.name} and {pixels_path.name} have different row counts (this row has no "
+                "partner in the other file)", fix="use the matching files"
+            )
         line, row = labels
         if len(row) != 12:
             raise line_error(path, line, f"expected 12 fields (Usage,Image name,10 votes), got {len(row)}")

@@ -9,7 +9,8 @@ from __future__ import annotations
 import csv
 import inspect
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,23 +75,40 @@ def read_csv_rows(path: Path) -> Iterator[tuple[int, list[str]]]:
     """Yield ``(line_number, fields)`` for each non-blank row of a csv file.
 
     Raises:
-        DataError: naming the file (and line) when it cannot be opened, decoded or parsed.
+        DataError: naming the file and line when it cannot be decoded or parsed (or the file when it
+            cannot be opened).
     """
     try:
         # utf-8-sig: annotation files saved by Excel start with a BOM that would corrupt the header.
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
+        # surrogateescape: an undecodable byte is reported with its line below instead of a
+        # UnicodeDecodeError from a decoder that runs ahead of the csv reader in blocks.
+        with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+            reader = csv.reader(checked_utf8_lines(f, path))
             try:
                 for row in reader:
                     if any(field.strip() for field in row):
                         yield reader.line_num, row
             except csv.Error as exc:
                 raise line_error(path, reader.line_num, f"not valid csv ({exc})") from exc
-    except UnicodeDecodeError as exc:
-        # Decoding runs ahead of the csv reader in blocks, so no line number can be given.
-        raise DataError(f"{path}: not UTF-8 text ({exc}); is this the right file?") from exc
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc})") from exc
+
+
+_UNDECODED = re.compile("[\udc80-\udcff]")  # bytes that surrogateescape could not decode
+
+
+def checked_utf8_lines(lines: Iterable[str], path: Path) -> Iterator[str]:
+    """Pass lines decoded with ``errors="surrogateescape"`` through; raise at the first bad byte."""
+    for number, line in enumerate(lines, start=1):
+        if not line.isascii():
+            bad = _UNDECODED.search(line)
+            if bad:
+                byte = ord(bad.group()) - 0xDC00
+                raise line_error(
+                    path, number, f"not UTF-8 text (byte 0x{byte:02x} at column {bad.start() + 1})",
+                    fix="save the file as UTF-8; is this the right file?",
+                )
+        yield line
 
 
 def parse_int(text: str, path: Path, line: int, what: str) -> int:

@@ -42,7 +42,8 @@ KDEF_VIEWS: dict[str, str] = {
 
 NAME_PATTERN = re.compile(
     r"(?P<session>[AB])(?P<gender>[FM])(?P<person>0[1-9]|[12]\d|3[0-5])"
-    rf"(?P<expression>{'|'.join(KDEF_EXPRESSIONS)})(?P<view>{'|'.join(KDEF_VIEWS)})"
+    rf"(?P<expression>{'|'.join(KDEF_EXPRESSIONS)})(?P<view>{'|'.join(KDEF_VIEWS)})",
+    re.ASCII,  # \d must not match other scripts' digits ("F1٠" is not person 10)
 )
 NAME_FORMAT = "e.g. AF01AFS.JPG: session A/B, gender F/M, person 01-35, expression, view FL/HL/S/HR/FR"
 SUBJECT_PATTERN = re.compile(r"[AB]?[FM]\d\d")

@@ -7,7 +7,7 @@ from typing import Any
 
 from runtime.errors import DataError
 from train.data.base import CANONICAL_CLASSES, DatasetIndex, Record, canonical_classes
-from train.data.folder import line_error, parse_int, reject_unknown_options
+from train.data.folder import checked_utf8_lines, line_error, parse_int, reject_unknown_options
 from train.data.registry import register_dataset
 
 # RAF-DB label (1-based, as in list_patition_label.txt) -> canonical class.
@@ -26,6 +26,13 @@ LABEL_INDEX = {code: CANONICAL_CLASSES.index(name) for code, name in RAF_LABELS.
 RAF_SPLITS: dict[str, str] = {"train_": "train", "test_": "test"}
 LABEL_FILE = Path("EmoLabel/list_patition_label.txt")  # sic: the dataset's own spelling
 IMAGE_DIRS = {"aligned": Path("Image/aligned"), "original": Path("Image/original")}
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # e.g. a name longer than the file system allows
+        return False
 
 
 def _image_path(root: Path, name: str, images: str) -> Path:
@@ -51,8 +58,11 @@ def load_rafdb(root: Path, *, images: str = "aligned", **unknown: Any) -> Datase
         raise DataError(f"rafdb option images must be one of {', '.join(IMAGE_DIRS)}, got {images!r}")
     path = root / LABEL_FILE
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
+        # Split on \n, \r\n and \r only (str.splitlines also splits on \x0b, \x85, \u2028..., which
+        # would shift the line numbers in messages); an undecodable byte is reported with its line.
+        with path.open(encoding="utf-8-sig", errors="surrogateescape") as f:
+            lines = list(checked_utf8_lines(f, path))
+    except OSError as exc:
         raise DataError(f"{path}: cannot read the RAF-DB label list ({exc})") from exc
     records = []
     for line_no, line in enumerate(lines, start=1):
@@ -68,7 +78,9 @@ def load_rafdb(root: Path, *, images: str = "aligned", **unknown: Any) -> Datase
         if split is None:
             raise line_error(path, line_no, f"image name {name!r} must start with train_ or test_")
         image = _image_path(root, name, images)
-        if not image.is_file():
+        if Path(name).name != name:
+            raise line_error(path, line_no, f"expected an image file name such as train_00001.jpg, got {name!r}")
+        if not _is_file(image):
             raise DataError(f"{image}: image listed in {path} line {line_no} not found")
         records.append(Record(image.relative_to(root).as_posix(), LABEL_INDEX[code], split, path=image))
     return DatasetIndex("rafdb", canonical_classes(7), records, info={"images": images})
