@@ -8,6 +8,9 @@ Two forms (`quantize.config.Target`):
   float anyway).
 - ``cpu``: U8S8: unsigned asymmetric activations and signed per-channel weights with INT32
   biases, the form x86 onnxruntime's VNNI kernels (QLinearConv, u8×s8 dot products) run fastest.
+  The FP32 graph is first rewritten (exactly, checked on calibration inputs) so that the INT8
+  graph stays channels-last and integer between convolutions (`rewrite_for_cpu`), ConvTranspose
+  stays float, and the classifier (Concat + Gemm) stays float.
 
 ORT 1.32 defaults differ from both (read in ``onnxruntime/quantization/quantize.py``):
 ``per_channel=False`` and ``ActivationSymmetric=False`` with QInt8 activations, so everything
@@ -34,11 +37,24 @@ log = logging.getLogger(__name__)
 # Ops quantized per target. TensorRT: compute ops plus what it runs in INT8 and ORT handles in QDQ
 # (pooling, concat, residual add); Sigmoid/Mul/Min/Max/Reduce* stay float in TensorRT anyway.
 TRT_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul", "MaxPool", "Concat", "Add", "AveragePool", "GlobalAveragePool")
-# CPU: onnxruntime's own default (every op it has a QDQ/QLinear handler for). Measured on the dev
-# LANMSFF, 1 thread, interleaved: 2.15x FP32 at batch 1 and 2.53x at batch 32, against 2.01x/2.24x
-# for Conv/Gemm/MatMul/pooling/Concat only: integer Add/Mul/Concat keep the graph in INT8 between
-# convolutions, so fewer Quantize/Dequantize and layout Transposes run.
-CPU_OP_TYPES: tuple[str, ...] = ()  # () = onnxruntime's default list
+# CPU: onnxruntime's own default (every op it has a QDQ/QLinear handler for) except ConvTranspose.
+# Measured on the dev LANMSFF, 1 thread, interleaved: the default list gives 2.15x FP32 at batch 1
+# and 2.53x at batch 32, against 2.01x/2.24x for Conv/Gemm/MatMul/pooling/Concat only: integer
+# Add/Mul/Concat keep the graph in INT8 between convolutions, so fewer Quantize/Dequantize and
+# layout Transposes run. onnxruntime's CPU EP has no integer ConvTranspose: a quantized one runs in
+# float after DequantizeLinear of its weights and bias on every call (4 tiny ConvTransposes in
+# LANMSFF's MassAtt: 10 DQ and 2 Q nodes fewer without).
+CPU_OP_TYPES_DROPPED = ("ConvTranspose",)
+CPU_OP_TYPES: tuple[str, ...] = ()  # () = onnxruntime's default list minus CPU_OP_TYPES_DROPPED
+
+
+def cpu_op_types() -> tuple[str, ...]:
+    """The op types the cpu form quantizes: onnxruntime's default list minus `CPU_OP_TYPES_DROPPED`."""
+    if CPU_OP_TYPES:
+        return CPU_OP_TYPES
+    from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
+
+    return tuple(sorted((set(QLinearOpsRegistry) | set(QDQRegistry)) - set(CPU_OP_TYPES_DROPPED)))
 
 
 def session_threads() -> int:
@@ -138,7 +154,7 @@ def ort_settings(target: str, op_types: Sequence[str] | None = None) -> OrtSetti
         )  # fmt: skip
     if target == "cpu":
         return OrtSettings(
-            "QDQ", "QUInt8", "QInt8", True, tuple(op_types or CPU_OP_TYPES),
+            "QDQ", "QUInt8", "QInt8", True, tuple(op_types or cpu_op_types()),
             {"ActivationSymmetric": False, "WeightSymmetric": True, "QuantizeBias": True},
             "MinMax",
         )  # fmt: skip
@@ -170,18 +186,78 @@ def quantize_ort(
     settings = ort_settings(target, op_types)
     input_name = input_name or next(i.name for i in model.graph.input)
     t0 = time.perf_counter()
+    exclude = list(nodes_to_exclude)
+    extra_info: dict[str, Any] = {}
+    if str(getattr(target, "value", target)) == "cpu":  # rewrite the FP32 graph first (see rewrite_for_cpu)
+        work = model.__class__()
+        work.CopyFrom(model)
+        extra_info["cpu_rewrites"] = rewrite_for_cpu(work, calibration[:16], input_name=input_name)
+        extra_info["unshared_parameters"] = unshare_parameters(work)
+        head = classifier_nodes(work)
+        extra_info["float_classifier"] = head
+        exclude += [n for n in head if n not in exclude]
+        model = work
     root = logging.getLogger()
     hush = _DropPreprocessHint()
     root.addFilter(hush)
     try:
         with tempfile.TemporaryDirectory(prefix="ferdeploy-ortq-") as tmp:
-            quantized = _quantize_static_file(model, tmp, calibration, settings, nodes_to_exclude, input_name, target)
+            quantized = _quantize_static_file(model, tmp, calibration, settings, exclude, input_name, target)
     finally:
         root.removeFilter(hush)
     stripped = strip_output_qdq(quantized)
     info = {"settings": settings.to_dict(), "nodes_excluded": list(nodes_to_exclude), "quantize_s": time.perf_counter() - t0}
     info["output_qdq_removed"] = stripped
+    info.update(extra_info)
     return quantized, info
+
+
+def unshare_parameters(model) -> int:
+    """Give every Conv/ConvTranspose/Gemm its own weight and bias initializers (in place); returns copies made.
+
+    onnxslim merges identical initializers, e.g. the all-zero biases of an untrained model. When a
+    quantized conv shares its bias with a float ConvTranspose, the float op reads the quantized
+    bias through a DequantizeLinear that runs on every call.
+    """
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    seen: set[str] = set()
+    copies = 0
+    for node in model.graph.node:
+        if node.op_type not in ("Conv", "ConvTranspose", "Gemm"):
+            continue
+        for k in range(1, len(node.input)):
+            name = node.input[k]
+            if name not in inits:
+                continue
+            if name in seen:
+                new = f"{name}/{node.name}"
+                model.graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(inits[name]), new))
+                node.input[k] = new
+                copies += 1
+            seen.add(name)
+    return copies
+
+
+def classifier_nodes(model) -> list[str]:
+    """The cpu form keeps the classifier in float: the Gemm producing a graph output and a Concat feeding it.
+
+    Their inputs are a few hundred pooled features per image: in INT8 they cost a Q per pooled
+    feature vector plus QLinearConcat and QGemm, more than the float Concat + Gemm they replace,
+    and the logits lose precision (measured on the dev LANMSFF: 7 QuantizeLinear fewer, mean
+    |dlogit| 0.0276 -> 0.0259).
+    """
+    outputs = {o.name for o in model.graph.output}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    names = []
+    for n in model.graph.node:
+        if n.op_type == "Gemm" and any(o in outputs for o in n.output):
+            names.append(n.name)
+            src = producer.get(n.input[0])
+            if src is not None and src.op_type == "Concat":
+                names.append(src.name)
+    return names
 
 
 def strip_output_qdq(model) -> int:
@@ -282,7 +358,7 @@ def _quantize_static_file(model, tmp, calibration, settings, nodes_to_exclude, i
 # Both rewrites are exact up to float rounding; `rewrite_for_cpu` checks the rewritten FP32 graph
 # against the original on the calibration inputs and keeps the original when they differ.
 
-CPU_REWRITES = ("relu_before_maxpool", "pwfs_into_head")
+CPU_REWRITES = ("relu_before_maxpool", "pwfs_into_head", "fold_channel_shuffle")
 
 
 def _attr(node, name, default=None):
@@ -502,6 +578,223 @@ def _prune(model) -> None:
     model.graph.initializer.extend(inits)
 
 
+def _channel_map(model, x_name, channels, hw, region, outs) -> list[list[int]] | None:
+    """Which channels of ``x_name`` each of ``outs`` holds, found by running ``region`` on a channel-coded input."""
+    import onnx
+
+    needed = {i for n in region for i in n.input}
+    inits = [t for t in model.graph.initializer if t.name in needed]
+    sub = onnx.helper.make_graph(
+        list(region), "channel_map",
+        [onnx.helper.make_tensor_value_info(x_name, onnx.TensorProto.FLOAT, [1, channels, *hw])],
+        [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None) for o in outs], initializer=inits,
+    )  # fmt: skip
+    m = onnx.helper.make_model(sub, opset_imports=model.opset_import)
+    m.ir_version = model.ir_version
+    x = np.broadcast_to(np.arange(channels, dtype=np.float32)[None, :, None, None], (1, channels, *hw)).copy()
+    try:
+        got = ort_session(m, threads=1, optimize=False).run(None, {x_name: x})
+    except QuantizationError:
+        return None
+    maps = []
+    for y in got:
+        if y.ndim != 4 or y.shape[2:] != tuple(hw) or not np.all(y == y[:, :, :1, :1]):
+            return None
+        maps.append([int(v) for v in y[0, :, 0, 0]])
+    return maps
+
+
+def fold_channel_shuffle(model) -> list[str]:
+    """Fold TwoPath's channel shuffle + chunk into the producing conv's output order (in place).
+
+    Pattern: ``Conv -> (Relu | MaxPool)* -> X``; X feeds a Reshape/Transpose/Slice region whose
+    outputs only feed Convs (the shuffle and split in halves), and otherwise only the classifier
+    inputs that `pwfs_into_head` made (``ReduceMean(X)`` and ``Split(X, thirds) -> Min -> Min ->
+    ReduceMean``, into ``Concat -> Gemm``). The conv's output channels are permuted so that the two
+    halves become a plain ``Split`` and the three PWFS groups stay aligned; the weights of every
+    consumer (the two convs, the classifier columns) are permuted to match. Returns the X tensors.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    shapes = _full_shapes(model)
+    done = []
+    for x_name in list(_graph_maps(model)[1]):
+        # Fresh maps each time: a fold replaces nodes (protobuf copies), so older handles go stale.
+        producer, consumers = _graph_maps(model)
+        inits = {t.name: t for t in model.graph.initializer}
+        users = consumers.get(x_name, [])
+        shape = shapes.get(x_name)
+        if shape is None or len(shape) != 4 or not any(u.op_type == "Reshape" for u in users):
+            continue
+        c, hw = shape[1], shape[2:]
+        # The conv that makes X, through channel-wise ops with single consumers.
+        chain, t = [], x_name
+        while (node := producer.get(t)) is not None and node.op_type in ("Relu", "MaxPool") and len(consumers.get(node.input[0], [])) == 1:
+            chain.append(node)
+            t = node.input[0]
+        conv = producer.get(t)
+        if conv is None or conv.op_type != "Conv" or int(_attr(conv, "group", 1)) != 1 or conv.input[1] not in inits \
+                or (len(conv.input) > 2 and conv.input[2] not in inits) or len(consumers.get(t, [])) != 1:  # fmt: skip
+            continue
+        # The shuffle region: shape ops from X up to tensors read by convs only.
+        region, frontier, outs, ok = {}, [u for u in users if u.op_type == "Reshape"], [], True
+        while frontier and ok:
+            n = frontier.pop()
+            if n.name in region:
+                continue
+            region[n.name] = n
+            for o in n.output:
+                for u in consumers.get(o, []):
+                    if u.op_type in ("Reshape", "Transpose", "Slice", "Split"):
+                        frontier.append(u)
+                    elif u.op_type == "Conv" and u.input[0] == o and u.input[1] in inits and int(_attr(u, "group", 1)) == 1:
+                        if o not in outs:
+                            outs.append(o)
+                    else:
+                        ok = False
+        if not ok or len(outs) != 2 or any(producer[o].name not in region for o in outs):
+            continue
+        half = c // 2
+        maps = _channel_map(model, x_name, c, hw, [n for n in model.graph.node if n.name in region], outs)
+        if maps is None or [len(m) for m in maps] != [half, half] or sorted(maps[0] + maps[1]) != list(range(c)):
+            continue
+        a_order, b_order = maps
+        # Other readers of X: the classifier inputs made by pwfs_into_head.
+        others = [u for u in users if u.name not in region]
+        mean_node = split_node = None
+        for u in others:
+            if u.op_type == "ReduceMean" and list(_attr(u, "axes", [])) == [2, 3] and mean_node is None:
+                mean_node = u
+            elif u.op_type == "Split" and int(_attr(u, "axis", 0)) == 1 and len(u.output) == 3 and split_node is None:
+                split_node = u
+            else:
+                ok = False
+        if not ok:
+            continue
+        perm = None
+        if split_node is not None:
+            w = c // 3
+            min1 = [n for n in consumers.get(split_node.output[0], []) if n.op_type == "Min"]
+            if c % 6 or not min1 or len(consumers.get(min1[0].output[0], [])) != 1:
+                continue
+            a_set = set(a_order)
+            triples = [(j, j + w, j + 2 * w) for j in range(w)]
+            two = [tr for tr in triples if sum(v in a_set for v in tr) == 2]
+            one = [tr for tr in triples if sum(v in a_set for v in tr) == 1]
+            if len(two) != w // 2 or len(one) != w // 2:
+                continue
+            perm = [0] * c
+            for k, tr in enumerate(two):
+                ins = [v for v in tr if v in a_set]
+                perm[k], perm[w + k], perm[2 * w + k] = ins[0], ins[1], next(v for v in tr if v not in a_set)
+            for k, tr in enumerate(one, start=w // 2):
+                outs_b = [v for v in tr if v not in a_set]
+                perm[k], perm[w + k], perm[2 * w + k] = next(v for v in tr if v in a_set), outs_b[0], outs_b[1]
+        else:
+            perm = list(a_order) + list(b_order)
+        # The classifier, when X feeds it.
+        head = None
+        if mean_node is not None or split_node is not None:
+            head = _head_columns(model, [n for n in (mean_node, split_node) if n is not None], consumers, shapes)
+            if head is None:
+                continue
+        # Rewrite: producer conv output order.
+        pa = np.asarray(perm)
+        wname = conv.input[1]
+        inits[wname].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(inits[wname])[pa], wname))
+        if len(conv.input) > 2:
+            bname = conv.input[2]
+            inits[bname].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(inits[bname])[pa], bname))
+        # The two convs: input-channel order.
+        for out, order, off in ((outs[0], a_order, 0), (outs[1], b_order, half)):
+            where = {ch: m for m, ch in enumerate(order)}
+            idx = np.asarray([where[perm[off + i]] for i in range(half)])
+            for u in consumers.get(out, []):
+                name = f"{u.input[1]}/shuffle_folded"
+                inits[name] = numpy_helper.from_array(numpy_helper.to_array(inits[u.input[1]])[:, idx], name)
+                model.graph.initializer.append(inits[name])
+                u.input[1] = name
+        # The classifier columns.
+        if head is not None:
+            gemm, w_all, slots = head
+            for node_name, (start, width) in slots.items():
+                cols = w_all[:, start : start + width].copy()
+                if mean_node is not None and node_name == mean_node.name:
+                    w_all[:, start : start + width] = cols[:, pa]
+                else:
+                    wdt = c // 3
+                    w_all[:, start : start + width] = cols[:, pa[:wdt] % wdt]
+            name = f"{gemm.input[1]}/shuffle_folded"
+            arr = w_all if _attr(gemm, "transB", 0) else w_all.T
+            model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(arr, dtype=np.float32), name))
+            gemm.input[1] = name
+        # The shuffle becomes a Split in halves.
+        sizes = numpy_helper.from_array(np.asarray([half, half], dtype=np.int64), f"{x_name}/shuffle_split_sizes")
+        model.graph.initializer.append(sizes)
+        keep = [n for n in model.graph.node if n.name not in region]
+        del model.graph.node[:]
+        model.graph.node.extend(keep)
+        model.graph.node.append(onnx.helper.make_node("Split", [x_name, sizes.name], list(outs), f"{x_name}/shuffle_split", axis=1))
+        done.append(x_name)
+    if done:
+        _toposort(model)
+        _prune(model)
+    return done
+
+
+def _head_columns(model, starts, consumers, shapes):
+    """(Gemm, its weight as (classes, features), {start node name: (first column, width)}) or None.
+
+    Each start node must lead, through Min/ReduceMean with single consumers, to an input of one
+    Concat(axis 1) whose only consumer is a Gemm with constant weights.
+    """
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    found, concat = {}, None
+    for s in starts:
+        t = s.output[0] if s.op_type == "ReduceMean" else None
+        if s.op_type == "Split":  # Split -> Min -> Min -> ReduceMean
+            n = next((u for u in consumers.get(s.output[0], []) if u.op_type == "Min"), None)
+            n = next((u for u in consumers.get(n.output[0], []) if u.op_type == "Min"), None) if n else None
+            n = next((u for u in consumers.get(n.output[0], []) if u.op_type == "ReduceMean"), None) if n else None
+            t = n.output[0] if n else None
+        users = consumers.get(t, []) if t else []
+        if len(users) != 1 or users[0].op_type != "Concat" or (concat is not None and users[0] is not concat):
+            return None
+        concat = users[0]
+        found[s.name] = t
+    g_users = consumers.get(concat.output[0], [])
+    if len(g_users) != 1 or g_users[0].op_type != "Gemm" or g_users[0].input[1] not in inits:
+        return None
+    gemm = g_users[0]
+    w = numpy_helper.to_array(inits[gemm.input[1]])
+    w = (w if _attr(gemm, "transB", 0) else w.T).copy()
+    offsets, start = {}, 0
+    for i in concat.input:
+        width = shapes.get(i, [None, None])[1] if shapes.get(i) else None
+        if width is None:
+            return None
+        offsets[i] = (start, width)
+        start += width
+    if start != w.shape[1]:
+        return None
+    by_node = {s.name: offsets[found[s.name]] for s in starts}
+    return gemm, w, by_node
+
+
+def _full_shapes(model) -> dict[str, list[int | None]]:
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    out = {}
+    for vi in list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        out[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    return out
+
+
 def rewrite_for_cpu(model, samples: np.ndarray | None = None, *, rewrites: Sequence[str] = CPU_REWRITES,
                     input_name: str | None = None, rtol: float = 1e-4) -> dict[str, list[str]]:
     """Apply the cpu-form rewrites to the FP32 ``model`` in place; returns {rewrite: nodes affected}.
@@ -509,7 +802,8 @@ def rewrite_for_cpu(model, samples: np.ndarray | None = None, *, rewrites: Seque
     With ``samples``, the rewritten graph is run against the original on them; if any output
     differs by more than ``rtol`` of its range the model is left as it was and {} is returned.
     """
-    funcs = {"relu_before_maxpool": relu_before_maxpool, "pwfs_into_head": pwfs_into_head}
+    funcs = {"relu_before_maxpool": relu_before_maxpool, "pwfs_into_head": pwfs_into_head,
+             "fold_channel_shuffle": fold_channel_shuffle}
     unknown = [r for r in rewrites if r not in funcs]
     if unknown:
         raise QuantizationError(f"unknown cpu rewrites {unknown}; valid: {', '.join(funcs)}")

@@ -75,16 +75,25 @@ def variants(model, calib):
     no_convt = [t for t in default_op_types() if t != "ConvTranspose"]
     stem = stem_nodes(model)
     head = [n.name for n in model.graph.node if n.op_type == "Gemm" and any(o.name in n.output for o in model.graph.output)]
+    # after pwfs_into_head, the classifier's Concat keeps its name: keep it in float too
+    head_concat = head + [n.name for n in model.graph.node if n.op_type == "Concat" and n.output[0] in
+                          {i for g in model.graph.node if g.name in head for i in g.input}]
     v = {
-        "baseline": lambda: _quantize(model, calib),  # what the cpu target wrote before this change
+        # what the cpu target wrote before the rewrites: onnxruntime's default op list, graph as exported
+        "baseline": lambda: _quantize(model, calib, op_types=default_op_types()),
         "no_convT": lambda: _quantize(model, calib, op_types=no_convt),
-        "relu_pool": lambda: _quantize(model, calib, rewrite=("relu_before_maxpool",)),
-        "pwfs_head": lambda: _quantize(model, calib, rewrite=("pwfs_into_head",)),
-        "rewrite": lambda: _quantize(model, calib, rewrite=True),
+        "relu_pool": lambda: _quantize(model, calib, op_types=default_op_types(), rewrite=("relu_before_maxpool",)),
+        "pwfs_head": lambda: _quantize(model, calib, op_types=default_op_types(), rewrite=("pwfs_into_head",)),
+        "rewrite2": lambda: _quantize(model, calib, op_types=default_op_types(), rewrite=("relu_before_maxpool", "pwfs_into_head")),
+        "rewrite2+no_convT+float_head2": lambda: _quantize(model, calib, rewrite=("relu_before_maxpool", "pwfs_into_head"), op_types=no_convt, exclude=head_concat),
+        "rewrite": lambda: _quantize(model, calib, op_types=default_op_types(), rewrite=True),
         "rewrite+no_convT": lambda: _quantize(model, calib, rewrite=True, op_types=no_convt),
         "rewrite+no_convT+float_stem": lambda: _quantize(model, calib, rewrite=True, op_types=no_convt, exclude=stem),
         "rewrite+no_convT+float_head": lambda: _quantize(model, calib, rewrite=True, op_types=no_convt, exclude=head),
-        "cpu_target": lambda: (ort_ptq.quantize_ort(model, calib, target="cpu")[0], {}),  # what quantize/ort_ptq.py does now
+        "rewrite+no_convT+float_head2": lambda: _quantize(model, calib, rewrite=True, op_types=no_convt, exclude=head_concat),
+        "rewrite+no_convT+float_head2+float_stem": lambda: _quantize(model, calib, rewrite=True, op_types=no_convt, exclude=head_concat + stem),
+        # what quantize/ort_ptq.py's cpu target does now (= rewrite+no_convT+float_head2)
+        "cpu_target": lambda: (lambda qi: (qi[0], qi[1].get("cpu_rewrites", {})))(ort_ptq.quantize_ort(model, calib, target="cpu")),
     }
     return v
 
@@ -143,8 +152,14 @@ def profile(model, x, runs=200, threads=1) -> list[tuple[str, float]]:
 # --- timing ----------------------------------------------------------------------------------------
 
 
-def time_interleaved(models: dict, x: np.ndarray, *, threads: int, rounds: int, seconds: float) -> dict[str, list[float]]:
-    """p50 latency (ms) per round for every model; sessions alternate inside each round."""
+def time_interleaved(models: dict, x: np.ndarray, *, threads: int, rounds: int, seconds: float,
+                     clock=time.perf_counter) -> dict[str, list[float]]:
+    """p50 latency (ms) per round for every model; sessions alternate inside each round.
+
+    ``clock=time.thread_time`` measures the CPU time of the calling thread instead of wall time:
+    with 1 intra-op thread onnxruntime runs every kernel on the caller, so this drops the time the
+    process spent descheduled by other jobs (a less noisy figure on a shared machine).
+    """
     sessions = {k: ort_session(m, threads=threads) for k, m in models.items()}
     name = next(iter(sessions.values())).get_inputs()[0].name
     feed = {name: x}
@@ -158,9 +173,9 @@ def time_interleaved(models: dict, x: np.ndarray, *, threads: int, rounds: int, 
         for k in order:
             s, samples, t_end = sessions[k], [], time.perf_counter() + seconds
             while time.perf_counter() < t_end or len(samples) < 10:
-                t0 = time.perf_counter()
+                t0 = clock()
                 s.run(None, feed)
-                samples.append(time.perf_counter() - t0)
+                samples.append(clock() - t0)
             p50[k].append(1e3 * statistics.median(samples))
     return p50
 
@@ -193,12 +208,14 @@ def load_model(path: str | None):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default=None)
-    ap.add_argument("--variants", default="baseline,cpu_target")
+    ap.add_argument("--variants", default="baseline,cpu_target", help="comma list (see variants()); default baseline,cpu_target")
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--batches", default="1,32")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--seconds", type=float, default=0.6, help="timed seconds per session per round")
     ap.add_argument("--calib-size", type=int, default=300)
+    ap.add_argument("--clock", choices=("wall", "thread"), default="wall",
+                    help="wall: perf_counter (default); thread: CPU time of the calling thread (1 thread only)")
     ap.add_argument("--profile", action="store_true", help="per-op-type kernel time at batch 1, 1 thread")
     ap.add_argument("--save", default=None, help="folder to save each variant's quantized model")
     args = ap.parse_args(argv)
@@ -257,14 +274,16 @@ def main(argv=None) -> int:
         for batch in [int(b) for b in args.batches.split(",")]:
             reps = -(-batch // len(val.tensors))
             x = np.ascontiguousarray(np.concatenate([val.tensors] * reps)[:batch], dtype=np.float32)
-            p50 = time_interleaved(models, x, threads=threads, rounds=args.rounds, seconds=args.seconds)
+            clock = time.thread_time if args.clock == "thread" and threads == 1 else time.perf_counter
+            p50 = time_interleaved(models, x, threads=threads, rounds=args.rounds, seconds=args.seconds, clock=clock)
             fp = p50["FP32"]
             cells = [f"FP32 {statistics.median(fp):.3f} ms"]
             for n in quantized:
                 ratios = [a / b for a, b in zip(fp, p50[n])]
                 cells.append(f"{n} {statistics.median(p50[n]):.3f} ms {statistics.median(ratios):.2f}x "
                              f"[{min(ratios):.2f}, {max(ratios):.2f}]")
-            print(f"threads {threads} batch {batch:>2}: " + " | ".join(cells), flush=True)
+            kind = "thread CPU time" if clock is time.thread_time else "wall"
+            print(f"threads {threads} batch {batch:>2} ({kind}): " + " | ".join(cells), flush=True)
     print(f"load average at the end {os.getloadavg()}")
     return 0
 

@@ -1,0 +1,129 @@
+"""The cpu INT8 form's graph: what onnxruntime's optimized CPU session runs (structure, not timing).
+
+The speed of the cpu form comes from the INT8 graph staying integer and channels-last between
+convolutions. These tests pin the structural properties that make it so on lanmsff_tiny (same
+topology as LANMSFF): every MaxPool runs as an integer NhwcMaxPool straight on a QLinearConv's
+output, no float Max/Add/Sub/Mul/Reshape is left from PWFS or the channel shuffle, no weight is
+dequantized at run time, and few Q/DQ/Transpose nodes remain.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import os
+import tempfile
+
+import numpy as np
+import onnx
+import pytest
+
+from quantize.ort_ptq import ort_session, quantize_ort, rewrite_for_cpu
+
+
+def _optimized(model):
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = 1
+        so.log_severity_level = 3
+        so.optimized_model_filepath = os.path.join(tmp, "opt.onnx")
+        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        return onnx.load(so.optimized_model_filepath)
+
+
+@pytest.fixture(scope="module")
+def tiny(lanmsff_tiny_onnx):
+    return onnx.load(str(lanmsff_tiny_onnx))
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return np.random.default_rng(0).random((48, 1, 64, 64), dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def cpu_int8(tiny, samples):
+    q, info = quantize_ort(tiny, samples, target="cpu")
+    return q, info, _optimized(q)
+
+
+def test_rewrites_apply_and_keep_fp32_outputs(tiny, samples):
+    work = copy.deepcopy(tiny)
+    done = rewrite_for_cpu(work, samples[:8])
+    assert set(done) == {"relu_before_maxpool", "pwfs_into_head", "fold_channel_shuffle"}
+    assert len(done["relu_before_maxpool"]) == 4 and len(done["pwfs_into_head"]) == 3 and len(done["fold_channel_shuffle"]) == 2
+    ops = collections.Counter(n.op_type for n in work.graph.node)
+    assert ops["Max"] == 0 and ops["Sub"] == 0 and ops["Reshape"] == 0 and ops["Transpose"] == 0
+    x = samples[8:24]
+    want = ort_session(tiny, threads=1).run(None, {"input": x})[0]
+    got = ort_session(work, threads=1).run(None, {"input": x})[0]
+    np.testing.assert_allclose(got, want, atol=1e-4 * float(np.abs(want).max()))
+
+
+def test_rewrite_refuses_a_graph_it_would_change(tiny, samples, monkeypatch):
+    import quantize.ort_ptq as ort_ptq
+
+    def broken(model):  # a "rewrite" that changes the function: must be caught and undone
+        w = next(t for t in model.graph.initializer if t.name == "fc.bias")
+        w.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(w) + 1.0, "fc.bias"))
+        return ["fc.bias"]
+
+    monkeypatch.setattr(ort_ptq, "relu_before_maxpool", broken)
+    work = copy.deepcopy(tiny)
+    assert rewrite_for_cpu(work, samples[:4], rewrites=("relu_before_maxpool",)) == {}
+    assert work == tiny
+
+
+def test_cpu_form_records_what_it_did(cpu_int8):
+    _, info, _ = cpu_int8
+    assert info["cpu_rewrites"]["fold_channel_shuffle"]
+    assert set(info["float_classifier"]) == {"/fc/Gemm", "/Concat"}
+    assert "ConvTranspose" not in info["settings"]["op_types_to_quantize"]
+
+
+def test_maxpool_runs_in_int8_on_the_conv_output(cpu_int8):
+    _, _, opt = cpu_int8
+    producer = {o: n for n in opt.graph.node for o in n.output}
+    pools = [n for n in opt.graph.node if "MaxPool" in n.op_type]
+    assert len(pools) == 4 and all(n.op_type == "NhwcMaxPool" for n in pools)
+    assert all(producer[n.input[0]].op_type == "QLinearConv" for n in pools)
+
+
+def test_no_float_islands_between_convs(cpu_int8):
+    _, _, opt = cpu_int8
+    ops = collections.Counter(n.op_type for n in opt.graph.node)
+    # PWFS keeps only Min (+ ReduceMean) in float; the channel shuffle is folded away.
+    for op in ("MaxPool", "Max", "Sub", "Add", "Mul", "Reshape", "Conv", "FusedConv"):
+        assert ops[op] == 0, (op, ops)
+    assert ops["QLinearConv"] == 30
+    # No Transpose of the 5-D channel shuffle, and fewer layout Transposes than the 18 of the
+    # unrewritten graph.
+    transposes = [n for n in opt.graph.node if n.op_type == "Transpose"]
+    assert all(len(onnx.helper.get_attribute_value(n.attribute[0])) == 4 for n in transposes)
+    assert len(transposes) <= 11
+    # Stand-alone Q/DQ (24 Q and 49 DQ before the rewrites on LANMSFF).
+    assert ops["QuantizeLinear"] <= 7 and ops["DequantizeLinear"] <= 21
+
+
+def test_no_weight_dequantized_at_run_time(cpu_int8):
+    _, _, opt = cpu_int8
+    consts = {t.name for t in opt.graph.initializer}
+    dq_of_const = [n.name for n in opt.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in consts]
+    assert dq_of_const == []
+
+
+def test_cpu_form_matches_fp32_closely(tiny, cpu_int8, samples):
+    q, _, _ = cpu_int8
+    x = samples[:16]
+    want = ort_session(tiny, threads=1).run(None, {"input": x})[0]
+    got = ort_session(q, threads=1).run(None, {"input": x})[0]
+    assert float(np.abs(got - want).mean()) < 0.1 * float(np.abs(want).mean()) + 0.05
+
+
+def test_tensorrt_form_is_not_rewritten(tiny, samples):
+    q, info = quantize_ort(tiny, samples[:32], target="tensorrt")
+    ops = collections.Counter(n.op_type for n in q.graph.node)
+    assert ops["Max"] > 0 and ops["Reshape"] > 0  # PWFS and the shuffle as exported
+    assert "cpu_rewrites" not in info and info["settings"]["activation_type"] == "QInt8"
