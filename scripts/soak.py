@@ -37,7 +37,6 @@ import gc
 import json
 import logging
 import math
-import os
 import sys
 import tempfile
 import time
@@ -52,8 +51,8 @@ import numpy as np  # noqa: E402
 
 MIB = 1024 * 1024
 ALL_BACKENDS = ("ort", "ort-int8", "ort-fp16", "torch")
-# The default bound. Measured on the 2-core dev machine (BENCHMARKS.md, "Memory soak"): after a
-# 200-inference warm-up, 10,000 LANMSFF inferences moved RSS by well under 1 MiB on every backend.
+# The default bound. Measured on the 2-core dev machine (BENCHMARKS.md, memory soak): after a
+# 200-inference warm-up, 10,000 LANMSFF inferences moved RSS by at most 0.03 MiB on every backend.
 # 8 MiB leaves room for allocator steps on a busy machine and still catches a leak of one 64×64
 # float input (16 KiB) per inference within 512 inferences.
 DEFAULT_MAX_GROWTH_MIB = 8.0
@@ -436,6 +435,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     bad = [b for b in backends if b not in ALL_BACKENDS]
     if bad or not backends:
         print(f"soak: unknown backend(s) {bad}; valid: {', '.join(ALL_BACKENDS)}", file=sys.stderr)
+        return 2
+    if args.count < 2:
+        print("soak: --count must be >= 2 (the growth needs two RSS samples)", file=sys.stderr)
         return 2
     if not args.max_growth_mib > 0 or not args.max_objects_per_1k >= 0:
         print("soak: --max-growth-mib must be > 0 and --max-objects-per-1k >= 0", file=sys.stderr)
