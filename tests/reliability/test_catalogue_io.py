@@ -59,6 +59,14 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"dir": d, "model": model, "faces": faces, "report": report}
 
 
+def _copy_of_report(env: dict[str, Path], out: Path) -> Path:
+    """A copy of the finished parity report folder, standing for the earlier run's outputs."""
+    out.mkdir()
+    for p in env["report"].iterdir():
+        (out / p.name).write_bytes(p.read_bytes())
+    return out
+
+
 def _infer(model: Path, env: dict[str, Path], out: Path) -> int:
     return runtime_main(["infer", "--model", str(model), "--source", str(env["faces"]), "--no-detect",
                          "--out", str(out), "--no-progress"])
@@ -184,10 +192,7 @@ def test_output_folder_without_write_permission(env, tmp_path, caplog):  # pragm
 
 
 def test_disk_full_during_report_write_keeps_the_previous_report(env, tmp_path, caplog, monkeypatch):
-    out = tmp_path / "report"
-    out.mkdir()
-    for p in env["report"].iterdir():
-        (out / p.name).write_bytes(p.read_bytes())
+    out = _copy_of_report(env, tmp_path / "report")
     before = tree_digest(out)
     real_write_text = Path.write_text
 
@@ -215,10 +220,7 @@ def _cli(args: list[str], **kwargs) -> subprocess.CompletedProcess:
 def test_file_size_limit_in_a_real_process_keeps_the_previous_report(env, tmp_path):
     # A real process whose writes hit a hard limit mid-file (ulimit -f): the kernel refuses the write
     # (EFBIG, SIGXFSZ ignored as the shell does with `ulimit -f`), like a disk that fills up.
-    out = tmp_path / "report"
-    out.mkdir()
-    for p in env["report"].iterdir():
-        (out / p.name).write_bytes(p.read_bytes())
+    out = _copy_of_report(env, tmp_path / "report")
     before = tree_digest(out)
     limit = 256  # bytes: below parity.json's size, above nothing else this command writes
 
@@ -249,10 +251,7 @@ def _hold_lock(folder: Path) -> subprocess.Popen:
 
 
 def test_two_runs_on_one_output_folder_do_not_interleave(env, tmp_path):
-    out = tmp_path / "report"
-    out.mkdir()
-    for p in env["report"].iterdir():
-        (out / p.name).write_bytes(p.read_bytes())
+    out = _copy_of_report(env, tmp_path / "report")
     before = tree_digest(out)
     holder = _hold_lock(out)
     try:

@@ -96,10 +96,19 @@ def test_analyse_rss_needs_two_samples() -> None:
 
 # ---- the soak flags real leaks ----------------------------------------------------------------
 class _HoardingBackend(OrtBackend):
-    """The ORT backend, plus a planted leak: every call keeps 64 KiB of touched memory."""
+    """The ORT backend, plus a planted leak: every call keeps 64 KiB of touched memory.
+
+    The memory comes straight from the OS (an anonymous mmap, every page written): a malloc'd
+    array could reuse pages an earlier test freed, which are already counted in RSS, and then the
+    leak would not show after a long test session.
+    """
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        self.__dict__.setdefault("hoard", []).append(np.ones(65536, np.uint8))
+        import mmap
+
+        block = mmap.mmap(-1, 65536)
+        block.write(b"\x01" * 65536)
+        self.__dict__.setdefault("hoard", []).append(block)
         return super()._infer(feeds)
 
 
