@@ -206,6 +206,8 @@ def quantize_ort(
     finally:
         root.removeFilter(hush)
     stripped = strip_output_qdq(quantized)
+    if "cpu_rewrites" in extra_info:
+        extra_info["integer_min"] = min_in_integers(quantized)
     info = {"settings": settings.to_dict(), "nodes_excluded": list(nodes_to_exclude), "quantize_s": time.perf_counter() - t0}
     info["output_qdq_removed"] = stripped
     info.update(extra_info)
@@ -258,6 +260,66 @@ def classifier_nodes(model) -> list[str]:
             if src is not None and src.op_type == "Concat":
                 names.append(src.name)
     return names
+
+
+def min_in_integers(model) -> list[str]:
+    """Run ``Min`` on the quantized tensors where all its inputs share one scale and zero point (in place).
+
+    ``Min`` is monotonic, so for inputs quantized alike, ``min(DQ(a), DQ(b)) == DQ(min(a, b))``
+    exactly; onnxruntime's CPU Min runs on uint8/int8. PWFS's ``Min(Min(a, b), c)`` reads three
+    slices of one quantized tensor: this removes their three DequantizeLinear and the float Mins,
+    and (when the Min result is requantized) the Quantize/Dequantize pair after them, so the
+    pooled mean reads the integer Min directly. Returns the names of the Min nodes moved.
+    """
+    from onnx import helper, numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+
+    def params(dq):
+        if dq is None or dq.op_type != "DequantizeLinear" or len(dq.input) != 3:
+            return None
+        if dq.input[1] not in inits or dq.input[2] not in inits:
+            return None
+        scale, zero = numpy_helper.to_array(inits[dq.input[1]]), numpy_helper.to_array(inits[dq.input[2]])
+        return (scale, zero) if scale.size == 1 and zero.size == 1 else None
+
+    moved: list[str] = []
+    while True:
+        producer, consumers = _graph_maps(model)
+        target = None
+        for node in model.graph.node:
+            if node.op_type != "Min" or node.name in moved:
+                continue
+            dqs = [producer.get(i) for i in node.input]
+            ps = [params(d) for d in dqs]
+            if ps and all(p is not None for p in ps) and all(
+                    p[0].item() == ps[0][0].item() and p[1].item() == ps[0][1].item() and p[1].dtype == ps[0][1].dtype
+                    for p in ps):
+                target = (node, dqs)
+                break
+        if target is None:
+            break
+        node, dqs = target
+        out = node.output[0]
+        integer = f"{out}/integer"
+        scale, zero = dqs[0].input[1], dqs[0].input[2]
+        del node.input[:]
+        node.input.extend(d.input[0] for d in dqs)
+        node.output[0] = integer
+        model.graph.node.append(helper.make_node("DequantizeLinear", [integer, scale, zero], [out], name=f"{node.name}/dq"))
+        # A requantization of the Min result (Q -> DQ) becomes the integer tensor with the inputs' scale:
+        # its values lie within the inputs' range, so nothing is clipped and no rounding is added.
+        for q in consumers.get(out, []):
+            if q.op_type != "QuantizeLinear":
+                continue
+            for dq in consumers.get(q.output[0], []):
+                if dq.op_type == "DequantizeLinear":
+                    dq.input[0], dq.input[1], dq.input[2] = integer, scale, zero
+        moved.append(node.name)
+    if moved:
+        _prune(model)
+        _toposort(model)
+    return moved
 
 
 def strip_output_qdq(model) -> int:
@@ -358,7 +420,7 @@ def _quantize_static_file(model, tmp, calibration, settings, nodes_to_exclude, i
 # Both rewrites are exact up to float rounding; `rewrite_for_cpu` checks the rewritten FP32 graph
 # against the original on the calibration inputs and keeps the original when they differ.
 
-CPU_REWRITES = ("relu_before_maxpool", "pwfs_into_head", "fold_channel_shuffle")
+CPU_REWRITES = ("relu_before_maxpool", "pwfs_into_head", "fold_channel_shuffle", "reduce_mean_as_pool_and_conv")
 
 
 def _attr(node, name, default=None):
@@ -418,6 +480,53 @@ def relu_before_maxpool(model) -> list[str]:
     if moved:
         _toposort(model)
     return moved
+
+
+def reduce_mean_as_pool_and_conv(model) -> list[str]:
+    """Spatial and channel means become ops onnxruntime runs in INT8, channels-last (in place; exact).
+
+    - ``ReduceMean(axes=[2, 3])`` becomes ``GlobalAveragePool`` (+ ``Flatten`` when keepdims=0):
+      quantized as QLinearGlobalAveragePool instead of a DequantizeLinear of the whole feature map
+      and a float reduction.
+    - ``ReduceMean(axes=[1], keepdims=1)`` (MassAtt's channel mean) becomes a 1×1 ``Conv`` with one
+      output channel and weights 1/C: a QLinearConv in the NHWC chain (1/C is exact in symmetric
+      per-channel INT8: 127 × scale).
+
+    Returns the names of the ReduceMean nodes replaced.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    channels = _channel_counts(model)
+    replaced, nodes, inits = [], [], []
+    for node in model.graph.node:
+        if node.op_type != "ReduceMean" or len(node.input) != 1:  # opset >= 18 takes axes as an input
+            nodes.append(node)
+            continue
+        axes, keep = sorted(_attr(node, "axes") or []), _attr(node, "keepdims", 1)
+        x, y = node.input[0], node.output[0]
+        if axes == [2, 3]:
+            if keep:
+                nodes.append(helper.make_node("GlobalAveragePool", [x], [y], name=f"{node.name}/gap"))
+            else:
+                nodes += [helper.make_node("GlobalAveragePool", [x], [f"{y}/gap"], name=f"{node.name}/gap"),
+                          helper.make_node("Flatten", [f"{y}/gap"], [y], name=f"{node.name}/flatten", axis=1)]
+            replaced.append(node.name)
+        elif axes == [1] and keep and channels.get(x):
+            c = channels[x]
+            w = f"{node.name}/mean_weight"
+            inits.append(numpy_helper.from_array(np.full((1, c, 1, 1), 1.0 / c, np.float32), w))
+            nodes.append(helper.make_node("Conv", [x, w], [y], name=f"{node.name}/conv", kernel_shape=[1, 1]))
+            replaced.append(node.name)
+        else:
+            nodes.append(node)
+    if replaced:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        model.graph.initializer.extend(inits)
+        del model.graph.value_info[:]  # stale shapes; onnxruntime re-infers them
+        onnx.checker.check_model(model)
+    return replaced
 
 
 def _pwfs_source(model, out_name, producer, consumers):
@@ -803,7 +912,7 @@ def rewrite_for_cpu(model, samples: np.ndarray | None = None, *, rewrites: Seque
     differs by more than ``rtol`` of its range the model is left as it was and {} is returned.
     """
     funcs = {"relu_before_maxpool": relu_before_maxpool, "pwfs_into_head": pwfs_into_head,
-             "fold_channel_shuffle": fold_channel_shuffle}
+             "fold_channel_shuffle": fold_channel_shuffle, "reduce_mean_as_pool_and_conv": reduce_mean_as_pool_and_conv}
     unknown = [r for r in rewrites if r not in funcs]
     if unknown:
         raise QuantizationError(f"unknown cpu rewrites {unknown}; valid: {', '.join(funcs)}")

@@ -92,6 +92,8 @@ def variants(model, calib):
         "rewrite+no_convT+float_head": lambda: _quantize(model, calib, rewrite=True, op_types=no_convt, exclude=head),
         "rewrite+no_convT+float_head2": lambda: _quantize(model, calib, rewrite=True, op_types=no_convt, exclude=head_concat),
         "rewrite+no_convT+float_head2+float_stem": lambda: _quantize(model, calib, rewrite=True, op_types=no_convt, exclude=head_concat + stem),
+        # the cpu target before reduce_mean_as_pool_and_conv (session 11's first version)
+        "rewrite3+no_convT+float_head2": lambda: _quantize(model, calib, rewrite=("relu_before_maxpool", "pwfs_into_head", "fold_channel_shuffle"), op_types=no_convt, exclude=head_concat),
         # what quantize/ort_ptq.py's cpu target does now (= rewrite+no_convT+float_head2)
         "cpu_target": lambda: (lambda qi: (qi[0], qi[1].get("cpu_rewrites", {})))(ort_ptq.quantize_ort(model, calib, target="cpu")),
     }

@@ -52,10 +52,13 @@ def cpu_int8(tiny, samples):
 def test_rewrites_apply_and_keep_fp32_outputs(tiny, samples):
     work = copy.deepcopy(tiny)
     done = rewrite_for_cpu(work, samples[:8])
-    assert set(done) == {"relu_before_maxpool", "pwfs_into_head", "fold_channel_shuffle"}
+    assert set(done) == {"relu_before_maxpool", "pwfs_into_head", "fold_channel_shuffle", "reduce_mean_as_pool_and_conv"}
     assert len(done["relu_before_maxpool"]) == 4 and len(done["pwfs_into_head"]) == 3 and len(done["fold_channel_shuffle"]) == 2
+    # 2 MassAtt blocks × (spatial + channel mean) + 3 PWFS × 2 means + the last block's mean
+    assert len(done["reduce_mean_as_pool_and_conv"]) == 11
     ops = collections.Counter(n.op_type for n in work.graph.node)
     assert ops["Max"] == 0 and ops["Sub"] == 0 and ops["Reshape"] == 0 and ops["Transpose"] == 0
+    assert ops["ReduceMean"] == 0 and ops["GlobalAveragePool"] == 9
     x = samples[8:24]
     want = ort_session(tiny, threads=1).run(None, {"input": x})[0]
     got = ort_session(work, threads=1).run(None, {"input": x})[0]
@@ -94,17 +97,20 @@ def test_maxpool_runs_in_int8_on_the_conv_output(cpu_int8):
 def test_no_float_islands_between_convs(cpu_int8):
     _, _, opt = cpu_int8
     ops = collections.Counter(n.op_type for n in opt.graph.node)
-    # PWFS keeps only Min (+ ReduceMean) in float; the channel shuffle is folded away.
-    for op in ("MaxPool", "Max", "Sub", "Add", "Mul", "Reshape", "Conv", "FusedConv"):
+    # Nothing of PWFS or the means runs in float; the channel shuffle is folded away.
+    for op in ("MaxPool", "Max", "Sub", "Add", "Mul", "Reshape", "Conv", "FusedConv", "ReduceMean",
+               "GlobalAveragePool"):
         assert ops[op] == 0, (op, ops)
-    assert ops["QLinearConv"] == 30
-    # No Transpose of the 5-D channel shuffle, and fewer layout Transposes than the 18 of the
-    # unrewritten graph.
+    # 30 convs + MassAtt's two channel means as 1×1 convs; every spatial mean in INT8.
+    assert ops["QLinearConv"] == 32 and ops["QLinearGlobalAveragePool"] == 9
+    # No Transpose of the 5-D channel shuffle. The layout Transposes left: the input, the MassAtt
+    # float ConvTranspose branch, the PWFS channel Split, and [N, C, 1, 1] pooled vectors.
     transposes = [n for n in opt.graph.node if n.op_type == "Transpose"]
     assert all(len(onnx.helper.get_attribute_value(n.attribute[0])) == 4 for n in transposes)
-    assert len(transposes) <= 11
-    # Stand-alone Q/DQ (24 Q and 49 DQ before the rewrites on LANMSFF).
-    assert ops["QuantizeLinear"] <= 7 and ops["DequantizeLinear"] <= 21
+    assert len(transposes) <= 16
+    # Stand-alone Q/DQ (24 Q and 49 DQ before the rewrites on LANMSFF): the input's Q, the
+    # ConvTranspose branch's DQ/Q, and DQ of pooled vectors into the float classifier.
+    assert ops["QuantizeLinear"] <= 3 and ops["DequantizeLinear"] <= 9
 
 
 def test_no_weight_dequantized_at_run_time(cpu_int8):
@@ -127,3 +133,35 @@ def test_tensorrt_form_is_not_rewritten(tiny, samples):
     ops = collections.Counter(n.op_type for n in q.graph.node)
     assert ops["Max"] > 0 and ops["Reshape"] > 0  # PWFS and the shuffle as exported
     assert "cpu_rewrites" not in info and info["settings"]["activation_type"] == "QInt8"
+
+
+def test_pwfs_min_runs_on_the_quantized_tensor(cpu_int8):
+    q, info, opt = cpu_int8
+    assert len(info["integer_min"]) == 6  # two Mins in each of the 3 PWFS
+    producer = {o: n for n in q.graph.node for o in n.output}
+    mins = [n for n in q.graph.node if n.op_type == "Min"]
+    assert len(mins) == 6
+    # Every Min reads integer tensors (the quantized Split outputs, or the previous integer Min), never a DQ.
+    assert all(producer[i].op_type in ("QuantizeLinear", "Min") for n in mins for i in n.input)
+    assert sum(n.op_type == "Min" for n in opt.graph.node) == 6
+
+
+def test_integer_min_is_exact(tiny, samples):
+    """``min`` commutes with a shared monotonic dequantization: the rewrite changes no output."""
+    import quantize.ort_ptq as ort_ptq
+
+    calib = samples[:32]
+    with_min, info = quantize_ort(tiny, calib, target="cpu")
+    assert info["integer_min"]
+    saved = ort_ptq.min_in_integers
+    try:
+        ort_ptq.min_in_integers = lambda model: []
+        without, _ = quantize_ort(tiny, calib, target="cpu")
+    finally:
+        ort_ptq.min_in_integers = saved
+    x = samples[32:48]
+    a = ort_session(with_min, threads=1).run(None, {"input": x})[0]
+    b = ort_session(without, threads=1).run(None, {"input": x})[0]
+    # Only the requantization of the Min result is skipped (it read the inputs' scale before): the
+    # logits move by far less than one quantization step of the pooled features.
+    assert float(np.abs(a - b).max()) < 0.02 * float(np.abs(b).max())
