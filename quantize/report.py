@@ -223,7 +223,12 @@ class QuantReport:
             lines += ["", "## Accuracy control (NNCF)", "", f"- bound: top-1 drop <= {ac.get('max_drop_pts')} pts on {ac.get('validation_size')} validation samples",
                       f"- layers reverted to float: {len(rev)}"]  # fmt: skip
             lines += [f"  - `{n}`" for n in rev]
-        if self.lint is not None:
+        if self.lint is not None and self.target != "tensorrt":
+            lines += ["", "## Q/DQ lint (TensorRT rules)", "",
+                      f"- not applicable: this is the {self.target} form, made for onnxruntime on the CPU; its "
+                      f"unsigned, asymmetric activations break TensorRT's rules by design ({len(self.lint.errors)} "
+                      "finding(s)). For TensorRT use the file quantized with --target tensorrt."]
+        elif self.lint is not None:
             lines += ["", "## Q/DQ lint (TensorRT rules)", "", f"- {self.lint.summary()}"]
             lines += [f"- {f}" for f in self.lint.findings if f.severity.value != "info"][:20]
         if self.latency:

@@ -87,6 +87,9 @@ def test_cpu_target_is_u8s8_and_says_so(lanmsff_tiny_onnx, tmp_path):
     assert side["target"] == "cpu" and side["form"].startswith("U8S8")
     rep = lint_qdq(out)
     assert {"asymmetric-zero-point", "non-int8-type"} <= rep.codes()  # not a TensorRT graph, and the lint says so
+    # The report says the TensorRT lint does not apply, instead of listing its "errors".
+    md = out.with_name("model.cpu.int8.report.md").read_text()
+    assert "not applicable: this is the cpu form" in md and "- error:" not in md
     _assert_contract_kept(lanmsff_tiny_onnx, out, "int8")
 
 
