@@ -13,8 +13,9 @@ Stages, in order (each a list of *steps*; a step is the unit that is skipped or 
     report     the above                     -> report.md, report.json, report.*.png
 
 Reuse: after a step runs, ``stamps/<step>.json`` records the sha256 of its input files, its resolved
-config, the versions of the libraries that decide its output (and for bench the machine), and the
-sha256 of its outputs. The next run reruns a step only when one of those differs or an output is
+config, the versions of the libraries that decide its output (and for bench the machine), the
+sha256 of the project's own source files that implement it (`STAGE_CODE`), and the sha256 of its
+outputs. The next run reruns a step only when one of those differs or an output is
 missing or was modified, and says which (``--dry-run`` only says). Because a rerun step changes
 its output bytes, exactly the steps downstream of a change rerun; a step whose output came out
 byte-identical stops the cascade. The TensorRT stage defers to `runtime.trt.build.build_engine`'s
@@ -73,6 +74,33 @@ class Stage(str, enum.Enum):
 
 
 STAGES: tuple[Stage, ...] = tuple(Stage)
+
+# The project's own source files that decide each stage's output (paths relative to the folder
+# holding the packages). Their sha256 goes into the stamp, so a code update reruns what it affects
+# (a changed quantizer re-quantizes; a changed report template only rewrites the report).
+STAGE_CODE: dict[Stage, tuple[str, ...]] = {
+    Stage.TRAIN: ("train", "runtime/preprocess.py"),
+    Stage.EXPORT: ("export", "runtime/contract.py"),
+    Stage.QUANTIZE: ("quantize", "runtime/preprocess.py", "runtime/contract.py"),
+    Stage.TENSORRT: ("runtime/trt", "runtime/backends/trt.py"),
+    Stage.PARITY: ("runtime/parity.py", "runtime/compare.py", "runtime/metrics.py", "runtime/preprocess.py",
+                   "runtime/backends"),
+    Stage.BENCH: ("runtime/bench.py", "runtime/latency.py", "runtime/backends"),
+    Stage.REPORT: ("runtime/report.py", "runtime/pipeline.py"),
+}
+_code_cache: dict[Stage, dict[str, str]] = {}
+
+
+def stage_code(stage: Stage) -> dict[str, str]:
+    """sha256 of every source file in `STAGE_CODE` for ``stage`` (relative path -> digest), cached per process."""
+    if stage not in _code_cache:
+        root = Path(__file__).resolve().parent.parent
+        files: list[Path] = []
+        for rel in STAGE_CODE.get(stage, ()):
+            p = root / rel
+            files += sorted(p.rglob("*.py")) if p.is_dir() else ([p] if p.is_file() else [])
+        _code_cache[stage] = {f.relative_to(root).as_posix(): sha256_file(f) for f in files}
+    return _code_cache[stage]
 
 
 # --------------------------------------------------------------------------------------------
@@ -489,6 +517,7 @@ class Runner:
             "inputs": {self.layout.rel(p): self.sha(p) for p in step.inputs},
             "config": step.config,
             "versions": _versions(step.versions),
+            "code": stage_code(step.stage),
             "extra": step.extra() if callable(step.extra) else step.extra,
         })
 
@@ -504,7 +533,8 @@ class Runner:
         if stamp.get("format") != STAMP_FORMAT:
             return "stamp from another pipeline version"
         for part, what in (("inputs", "input changed"), ("config", "config changed"),
-                           ("versions", "library version changed"), ("extra", "context changed")):
+                           ("versions", "library version changed"), ("code", "code changed"),
+                           ("extra", "context changed")):
             if stamp.get(part) != key[part]:
                 return f"{what}: {', '.join(_diff_keys(stamp.get(part), key[part])[:6])}"
         for rel, digest in (stamp.get("outputs") or {}).items():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -201,6 +202,33 @@ def test_library_version_change_reruns_dependent_steps(tmp_path: Path, fake_stag
     # Only the quantize steps depend on nncf; the stand-ins write the same bytes again, so
     # parity and bench stay current (a real new NNCF would change the files and rerun them too).
     assert run(raw).ran() == QUANTIZE
+
+
+def test_changed_stage_code_reruns_that_stage_and_says_which_file(tmp_path: Path, fake_stages, monkeypatch, caplog) -> None:
+    raw = base_config(tmp_path / "run")
+    run(raw)
+    real = P.stage_code
+
+    def edited(stage):
+        code = dict(real(stage))
+        if stage is P.Stage.QUANTIZE:
+            code["quantize/ort_ptq.py"] = "0" * 64  # an updated quantizer
+        return code
+
+    monkeypatch.setattr(P, "stage_code", edited)
+    caplog.set_level(logging.INFO, logger="runtime.pipeline")
+    assert run(raw).ran() == QUANTIZE
+    assert "code changed: quantize/ort_ptq.py" in caplog.text
+    monkeypatch.setattr(P, "stage_code", real)
+    assert set(run(raw).ran()) == set(QUANTIZE)  # and back: the stamps follow the code
+
+
+def test_stage_code_covers_the_files_that_implement_each_stage() -> None:
+    assert "quantize/ort_ptq.py" in P.stage_code(P.Stage.QUANTIZE)
+    assert "train/loop.py" in P.stage_code(P.Stage.TRAIN) and "runtime/preprocess.py" in P.stage_code(P.Stage.TRAIN)
+    assert "runtime/report.py" in P.stage_code(P.Stage.REPORT)
+    assert not any(f.startswith("quantize/") for f in P.stage_code(P.Stage.BENCH))
+    assert all(len(d) == 64 for d in P.stage_code(P.Stage.PARITY).values())
 
 
 def test_force_and_stage_selection(tmp_path: Path, fake_stages) -> None:
