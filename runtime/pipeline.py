@@ -535,6 +535,8 @@ class Runner:
         for part, what in (("inputs", "input changed"), ("config", "config changed"),
                            ("versions", "library version changed"), ("code", "code changed"),
                            ("extra", "context changed")):
+            if part == "code" and part not in stamp:
+                return "code changed: the stamp was written by a version that did not record code"
             if stamp.get(part) != key[part]:
                 return f"{what}: {', '.join(_diff_keys(stamp.get(part), key[part])[:6])}"
         for rel, digest in (stamp.get("outputs") or {}).items():
