@@ -283,38 +283,34 @@ def min_in_integers(model) -> list[str]:
         scale, zero = numpy_helper.to_array(inits[dq.input[1]]), numpy_helper.to_array(inits[dq.input[2]])
         return (scale, zero) if scale.size == 1 and zero.size == 1 else None
 
+    producer, consumers = _graph_maps(model)
     moved: list[str] = []
-    while True:
-        producer, consumers = _graph_maps(model)
-        target = None
-        for node in model.graph.node:
-            if node.op_type != "Min" or node.name in moved:
-                continue
-            dqs = [producer.get(i) for i in node.input]
-            ps = [params(d) for d in dqs]
-            if ps and all(p is not None for p in ps) and all(
-                    p[0].item() == ps[0][0].item() and p[1].item() == ps[0][1].item() and p[1].dtype == ps[0][1].dtype
-                    for p in ps):
-                target = (node, dqs)
-                break
-        if target is None:
-            break
-        node, dqs = target
+    for node in list(model.graph.node):  # topological: an earlier Min's new DQ is seen by the next Min
+        if node.op_type != "Min":
+            continue
+        dqs = [producer.get(i) for i in node.input]
+        ps = [params(d) for d in dqs]
+        if not ps or any(p is None for p in ps) or any(
+                p[0].item() != ps[0][0].item() or p[1].item() != ps[0][1].item() or p[1].dtype != ps[0][1].dtype
+                for p in ps):
+            continue
         out = node.output[0]
         integer = f"{out}/integer"
         scale, zero = dqs[0].input[1], dqs[0].input[2]
         del node.input[:]
         node.input.extend(d.input[0] for d in dqs)
         node.output[0] = integer
-        model.graph.node.append(helper.make_node("DequantizeLinear", [integer, scale, zero], [out], name=f"{node.name}/dq"))
+        dq = helper.make_node("DequantizeLinear", [integer, scale, zero], [out], name=f"{node.name}/dq")
+        model.graph.node.append(dq)
+        producer[out] = dq
         # A requantization of the Min result (Q -> DQ) becomes the integer tensor with the inputs' scale:
         # its values lie within the inputs' range, so nothing is clipped and no rounding is added.
         for q in consumers.get(out, []):
             if q.op_type != "QuantizeLinear":
                 continue
-            for dq in consumers.get(q.output[0], []):
-                if dq.op_type == "DequantizeLinear":
-                    dq.input[0], dq.input[1], dq.input[2] = integer, scale, zero
+            for later in consumers.get(q.output[0], []):
+                if later.op_type == "DequantizeLinear":
+                    later.input[0], later.input[1], later.input[2] = integer, scale, zero
         moved.append(node.name)
     if moved:
         _prune(model)

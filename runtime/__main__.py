@@ -66,6 +66,15 @@ def _command(verb: str, argv: Sequence[str]) -> str:
     return "python -m runtime " + shlex.join([verb, *argv])
 
 
+def _write_locked(report, out: Path, purpose: str, *, plots: bool) -> None:
+    """Write a harness report into ``out`` while holding its lock (runtime/lock.py), and say where."""
+    from runtime.report import write_report
+
+    with output_lock(out, purpose):
+        paths = write_report(report, out, plots=plots)
+    log.info("report: %s", ", ".join(str(p) for p in paths.values()))
+
+
 def _csv(text: str | None) -> tuple[str, ...] | None:
     return tuple(t.strip() for t in text.split(",") if t.strip()) if text else None
 
@@ -102,7 +111,7 @@ def parity_main(argv: list[str]) -> int:
     from runtime.configs import to_dict
     from runtime.env import capture_environment
     from runtime.parity import ParityConfig, run_parity
-    from runtime.report import parity_report, write_report
+    from runtime.report import parity_report
 
     cfg = ParityConfig(
         reference=args.reference, candidates=tuple(args.candidates), data=args.data, split=args.split,
@@ -113,9 +122,7 @@ def parity_main(argv: list[str]) -> int:
     report = parity_report(run, command=_command("parity", argv), environment=capture_environment(),
                            config=to_dict(cfg))
     out = Path(args.out) if args.out else Path(args.reference).parent / "parity"
-    with output_lock(out, "parity report"):
-        paths = write_report(report, out, plots=not args.no_plots)
-    log.info("report: %s", ", ".join(str(p) for p in paths.values()))
+    _write_locked(report, out, "parity report", plots=not args.no_plots)
     if not report.passed:
         for r in run.failing:
             why = "; ".join(r.result.reasons) if r.result else r.error
@@ -159,7 +166,7 @@ def bench_main(argv: list[str]) -> int:
     from runtime.bench import BenchConfig, parse_batches, run_bench
     from runtime.configs import to_dict
     from runtime.env import capture_environment
-    from runtime.report import bench_report, load_report, write_report
+    from runtime.report import bench_report, load_report
 
     parity = load_report(args.parity) if args.parity else None
     cfg = BenchConfig(
@@ -172,9 +179,7 @@ def bench_main(argv: list[str]) -> int:
     report = bench_report(run, command=_command("bench", argv), environment=capture_environment(),
                           config=to_dict(cfg), parity=parity)
     out = Path(args.out) if args.out else Path(args.models[0]).parent / "bench"
-    with output_lock(out, "bench report"):
-        paths = write_report(report, out, plots=not args.no_plots)
-    log.info("report: %s", ", ".join(str(p) for p in paths.values()))
+    _write_locked(report, out, "bench report", plots=not args.no_plots)
     if not report.passed:
         log.error("%d bench row(s) failed: %s", len(report.failing), "; ".join(report.failing))
         return 1

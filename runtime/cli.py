@@ -81,8 +81,6 @@ def cli_entry(fn: Callable[[list[str]], int] | None = None, *, argv_start: int =
     def wrapper(argv: Sequence[str] | None = None) -> int:
         args = list(sys.argv[argv_start:] if argv is None else argv)
         debug = "--debug" in args[: args.index("--")] if "--" in args else "--debug" in args
-        if debug:
-            logging.getLogger().setLevel(min(logging.getLogger().level or logging.INFO, logging.DEBUG))
         try:
             with sigterm_raises():
                 code = fn(args)

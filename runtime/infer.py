@@ -30,7 +30,7 @@ import io
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -406,7 +406,8 @@ class _Run:
             ok, buf = cv2.imencode(ext, vis)
             if not ok:
                 raise ArtifactError(f"could not encode the annotated image for {src.path}")
-            atomic_write(dst, lambda p, b=buf: p.write_bytes(b.tobytes()))
+            # One per input image, on the inference path: atomic but not fsynced (re-creatable).
+            atomic_write(dst, lambda p, b=buf: p.write_bytes(b.tobytes()), durable=False)
             written = str(dst)
         if not faces:
             log.info("%s: no face found", src.path)

@@ -745,9 +745,8 @@ def build_plan(ctx: Context, stages: Sequence[Stage]) -> tuple[list[Step], dict[
                           (L.report_md, L.report_json),
                           {"tensorrt": trt_reason or "available", "variants": [v.file for v in variants]},
                           ("matplotlib",),
-                          # The renderer is this module: a changed layout re-renders (cheap) instead of
-                          # leaving an old-format report behind.
-                          lambda: {"context": _report_context_hash(L, variants), "renderer": sha256_file(__file__)}))
+                          # The renderer (this module, runtime/report.py) is in STAGE_CODE[REPORT].
+                          lambda: {"context": _report_context_hash(L, variants)}))
     return steps, skipped
 
 

@@ -6,7 +6,9 @@ Exit codes: 0 success, 1 a pipeline error (logged with what to fix), 2 bad comma
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -87,9 +89,6 @@ def main(argv: list[str]) -> int:
         from dataclasses import replace
 
         cfg = replace(cfg, train=replace(cfg.train, epochs=args.epochs))
-    import contextlib
-    import os
-
     from runtime.lock import output_lock
 
     # Under torchrun every rank runs this; rank 0 writes the run folder and holds its lock.
