@@ -218,7 +218,7 @@ def main(argv=None) -> int:
     ap.add_argument("--calib-size", type=int, default=300)
     ap.add_argument("--clock", choices=("wall", "thread"), default="wall",
                     help="wall: perf_counter (default); thread: CPU time of the calling thread (1 thread only)")
-    ap.add_argument("--profile", action="store_true", help="per-op-type kernel time at batch 1, 1 thread")
+    ap.add_argument("--profile", action="store_true", help="per-op-type kernel time at batch 1, at each --threads count")
     ap.add_argument("--save", default=None, help="folder to save each variant's quantized model")
     args = ap.parse_args(argv)
 
@@ -262,13 +262,14 @@ def main(argv=None) -> int:
               f"{st['layout']} | {st['float_conv']} | {st['float_MaxPool']} | {', '.join(f'{k}: {len(v)}' for k, v in done.items()) or '-'} |",
               flush=True)
 
-    if args.profile:
+    if args.profile:  # batch 1, at each --threads count
         x1 = np.ascontiguousarray(val.tensors[:1])
-        for n, m in [("FP32", model)] + list(quantized.items()):
-            prof = profile(m, x1)
-            total = sum(t for _, t in prof)
-            top = ", ".join(f"{k} {t:.0f}" for k, t in prof[:9])
-            print(f"\nprofile {n}: kernel {total:.0f} us/run: {top}")
+        for threads in [int(t) for t in args.threads.split(",")]:
+            for n, m in [("FP32", model)] + list(quantized.items()):
+                prof = profile(m, x1, threads=threads)
+                total = sum(t for _, t in prof)
+                top = ", ".join(f"{k} {t:.0f}" for k, t in prof[:9])
+                print(f"\nprofile {n}, {threads} thread(s): kernel {total:.0f} us/run: {top}")
 
     models = {"FP32": model, **quantized}
     print("\nratio = FP32 p50 / variant p50 per round; median [min, max] over rounds; p50 ms = median over rounds")
