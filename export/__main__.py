@@ -1,6 +1,8 @@
 """``python -m export onnx|check``: thin CLI over `export.onnx.export_onnx` and `export.preflight.preflight`.
 
     python -m export onnx --checkpoint RUN/checkpoint.pt --out RUN/model.onnx [--opset 17] [--batch dynamic|N]
+    python -m export onnx --model MODULE:CALLABLE [--weights SD.pt] --contract C.yaml --out M.onnx
+    python -m export adopt --onnx PLAIN.onnx --contract C.yaml --out MODEL.onnx
     python -m export check RUN/model.onnx [--checkpoint RUN/checkpoint.pt] [--batches 1,32]
 
 Exit codes: 0 success, 1 a pipeline error (logged with what to fix), 2 bad command-line usage.
@@ -29,7 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("onnx", help="checkpoint -> model.onnx (dynamic batch, contract in metadata_props) + preflight")
-    p.add_argument("--checkpoint", required=True, help="checkpoint.pt written by python -m train")
+    p.add_argument("--checkpoint", default=None, help="checkpoint.pt written by python -m train")
+    p.add_argument("--model", default=None, metavar="MODULE:CALLABLE",
+                   help="instead of --checkpoint: any PyTorch model: a callable returning an nn.Module (current folder "
+                        "or installed package), or a registered model name; needs --contract (docs/contract.md)")
+    p.add_argument("--weights", default=None, help="with --model: a state_dict file (loaded with weights_only=True)")
+    p.add_argument("--contract", default=None, help="with --model: the contract YAML (classes, input size, scaling)")
     p.add_argument("--out", required=True, help="target model.onnx (written atomically)")
     p.add_argument(
         "--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default {DEFAULT_OPSET}: TensorRT 10.3 and 11 parse it)"
@@ -42,15 +49,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--atol", type=float, default=1e-4, help="max abs logit difference allowed vs PyTorch (default 1e-4)")
     p.add_argument("--force", action="store_true", help="redo the export even if the sidecar says it is up to date")
 
+    a = sub.add_parser("adopt", help="a plain ONNX classifier + contract YAML -> model.onnx every stage accepts")
+    a.add_argument("--onnx", required=True, help="the ONNX file to adopt (torch.onnx.export, tf2onnx, a model zoo...)")
+    a.add_argument("--contract", required=True, help="contract YAML: classes, input_size, color_mode, scaling (docs/contract.md)")
+    a.add_argument("--out", required=True, help="the adopted model.onnx (written atomically)")
+    a.add_argument("--keep-batch", action="store_true", help="leave a fixed batch axis fixed")
+    parsers = [parser, p, a]
+
     c = sub.add_parser("check", help="preflight an ONNX model for TensorRT 10.3/11 (and parity vs PyTorch with --checkpoint)")
     c.add_argument("model", help="model.onnx")
     c.add_argument("--checkpoint", default=None, help="checkpoint.pt: enables parity vs PyTorch on validation images")
     c.add_argument("--batches", default="1,32", help="parity batch sizes (default 1,32)")
     c.add_argument("--atol", type=float, default=1e-4, help="max abs logit difference allowed (default 1e-4)")
     c.add_argument("--report", default=None, help="report path (default <model stem>.preflight.json beside the model)")
-    for each in (parser, p, c):
+    for each in (*parsers, c):
         add_debug_flag(each)
     return parser
+
+
+def _check_source(args: argparse.Namespace) -> None:
+    from runtime.errors import ConfigError
+
+    if bool(args.checkpoint) == bool(args.model):
+        raise ConfigError("export onnx needs exactly one of --checkpoint RUN/checkpoint.pt or --model MODULE:CALLABLE")
+    if args.model and not args.contract:
+        raise ConfigError("--model needs --contract CONTRACT.yaml (classes, input_size, color_mode...; docs/contract.md)")
+    if args.checkpoint and (args.weights or args.contract):
+        raise ConfigError("--weights and --contract go with --model; a checkpoint carries its own weights and contract")
 
 
 @cli_entry
@@ -58,11 +83,19 @@ def main(argv: Sequence[str]) -> int:
     """``python -m export``; errors become a message and an exit code (runtime.cli, docs/errors.md)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.command == "onnx":
-        from export.onnx import export_onnx
+    if args.command == "adopt":
+        from export.adopt import adopt_onnx
 
+        with output_lock(Path(args.out).parent, "export"):
+            res = adopt_onnx(args.onnx, args.contract, args.out, dynamic_batch=not args.keep_batch)
+        log.info("model: %s  report: %s  sidecar: %s", res.model, res.report_path, res.sidecar)
+        return 0
+    if args.command == "onnx":
+        from export.onnx import export_onnx, export_module
+
+        _check_source(args)
         cfg = ExportConfig(
-            checkpoint=args.checkpoint,
+            checkpoint=args.checkpoint or args.weights or args.model,
             out=args.out,
             opset=args.opset,
             batch=args.batch,
@@ -72,7 +105,10 @@ def main(argv: Sequence[str]) -> int:
             parity_atol=args.atol,
         )
         with output_lock(Path(args.out).parent, "export"):
-            result = export_onnx(cfg, force=args.force)
+            if args.model:
+                result = export_module(args.model, args.contract, cfg, weights=args.weights)
+            else:
+                result = export_onnx(cfg, force=args.force)
         log.info("model: %s  report: %s  sidecar: %s", result.model, result.report_path, result.sidecar)
         return 0
     from export.preflight import preflight

@@ -474,3 +474,184 @@ def export_model(model, meta, cfg: ExportConfig, *, reference: Reference | None 
     side = write_sidecar(out, payload)
     log.info("wrote %s (%.2f MB) in %.1f s; %s", out, size / 1e6, elapsed, report.summary())
     return ExportResult(out, side, rpath, report, exporter.value, round(elapsed, 3), size)
+
+
+# --------------------------------------------------------------------------------------------
+# Any PyTorch module: python -m export onnx --model MODULE:CALLABLE [--weights SD.pt] --contract C.yaml
+# --------------------------------------------------------------------------------------------
+def import_callable(spec: str):
+    """The object named ``MODULE:CALLABLE`` (``pkg.mod:factory`` or ``pkg.mod:Class.attr``).
+
+    The current directory is searched first (as ``python -c`` does), then installed packages.
+
+    Raises:
+        ConfigError: a malformed spec, a module that cannot be imported, or a missing attribute.
+    """
+    import importlib
+
+    from runtime.errors import ConfigError
+
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"--model {spec!r}: expected MODULE:CALLABLE, e.g. my_models:build_net (a function or class "
+                          "in my_models.py, in the current folder or an installed package)")
+    cwd = os.getcwd()
+    added = cwd not in sys.path and "" not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"--model {spec!r}: cannot import module {module_name!r} ({exc}); run from the folder that "
+                          f"holds {module_name.replace('.', '/')}.py or install its package") from None
+    except Exception as exc:  # the user's module raised while importing
+        raise ConfigError(f"--model {spec!r}: importing {module_name!r} raised {type(exc).__name__}: {exc}") from None
+    finally:
+        if added:
+            sys.path.remove(cwd)
+    obj: Any = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            public = sorted(n for n in dir(module) if not n.startswith("_"))[:20]
+            raise ConfigError(f"--model {spec!r}: module {module_name!r} has no attribute {attr!r} "
+                              f"(it defines: {', '.join(public)})")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise ConfigError(f"--model {spec!r}: {attr!r} is a {type(obj).__name__}, not a callable returning an nn.Module")
+    return obj
+
+
+def load_weights(path: str | os.PathLike) -> dict:
+    """A state_dict read with ``torch.load(weights_only=True)``: tensors only, never pickled code.
+
+    Accepts a bare state_dict, ``{"state_dict": ...}`` / ``{"model": ...}`` wrappers and a
+    ferdeploy checkpoint.
+
+    Raises:
+        CheckpointError: a missing file, a file holding pickled objects (refused), or no tensors.
+    """
+    import pickle
+
+    import torch
+
+    from runtime.errors import CheckpointError
+
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"--weights {p}: file not found")
+    try:
+        payload = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"--weights {p}: refused: the file holds pickled Python objects, not only tensors (torch.load with "
+            "weights_only=True will not unpickle them). Loading it "
+            "would run code from the file. Save the weights alone with torch.save(model.state_dict(), PATH) and pass that"
+        ) from None
+    except Exception as exc:  # truncated zip, not a torch file at all, ...
+        raise CheckpointError(f"--weights {p}: cannot read it as a PyTorch file ({type(exc).__name__}: "
+                              f"{str(exc)[:200]}); save it with torch.save(model.state_dict(), PATH)") from None
+    if isinstance(payload, dict):
+        for key in ("state_dict", "model_state_dict", "model"):
+            if isinstance(payload.get(key), dict):
+                payload = payload[key]
+                break
+    if not isinstance(payload, dict) or not payload or not all(isinstance(v, torch.Tensor) for v in payload.values()):
+        got = type(payload).__name__ if not isinstance(payload, dict) else f"a dict with keys {list(payload)[:8]}"
+        raise CheckpointError(f"--weights {p}: expected a state_dict (parameter name -> tensor), got {got}; save it "
+                              "with torch.save(model.state_dict(), PATH)")
+    return payload
+
+
+def build_module(spec: str, num_classes: int):
+    """``MODULE:CALLABLE`` called with no arguments, or a registered model name built for ``num_classes``.
+
+    Raises:
+        ConfigError / ModelError: the callable cannot be found or does not return an ``nn.Module``.
+    """
+    from torch import nn
+
+    from runtime.errors import ModelError
+
+    if ":" not in spec:
+        from train.models import create_model
+
+        return create_model(spec, num_classes=num_classes)
+    factory = import_callable(spec)
+    try:
+        model = factory()
+    except Exception as exc:
+        raise ModelError(f"--model {spec!r}: calling it raised {type(exc).__name__}: {str(exc)[:300]}; it must build "
+                         "the model with no arguments") from None
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"--model {spec!r} returned {type(model).__name__}, not a torch.nn.Module; point --model at a "
+                         "function or class that returns the model")
+    return model
+
+
+def fit_weights(model, state: dict, source: str) -> None:
+    """``model.load_state_dict(state)``, strictly; a mismatch names the missing/unexpected/mis-shaped keys."""
+    from runtime.errors import CheckpointError
+
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shaped = [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in own
+              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shaped:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} key(s) {missing[:5]}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} key(s) {unexpected[:5]}")
+        if shaped:
+            parts.append(f"{len(shaped)} of another shape: {shaped[:3]}")
+        raise CheckpointError(f"--weights {source} do not fit the model: {'; '.join(parts)}. Use the weights saved "
+                              "from this architecture (with the same number of classes), or fix the callable")
+    model.load_state_dict(state, strict=True)
+
+
+def export_module(spec: str, contract_path: str | os.PathLike, cfg: ExportConfig,
+                  weights: str | os.PathLike | None = None) -> ExportResult:
+    """Export the module ``spec`` builds (``MODULE:CALLABLE`` or a registered name) under a contract file.
+
+    The same export, cleanup check, parity vs PyTorch (batch 1 and 32, random images built from the
+    contract) and preflight as a checkpoint export.
+
+    Raises:
+        ConfigError / ModelError / CheckpointError / ExportError: with what to fix; ``cfg.out`` is untouched.
+    """
+    import torch
+
+    from runtime.contract import load_contract_file
+    from train.checkpoint import CheckpointMeta
+
+    cf = load_contract_file(contract_path)
+    contract = cf.contract
+    model = build_module(spec, contract.num_classes)
+    if weights is not None:
+        fit_weights(model, load_weights(weights), str(weights))
+    model.eval()
+    x = torch.from_numpy(np.random.default_rng(0).random((2, *contract.input_shape), dtype=np.float32))
+    try:
+        with torch.no_grad():
+            y = model(x)
+    except Exception as exc:
+        raise ExportError(f"--model {spec!r} fails on an input of shape {list(x.shape)} built from the contract "
+                          f"{contract_path} (color_mode {contract.preprocess.color_mode.value}, input_size "
+                          f"{list(contract.preprocess.input_size)}): {type(exc).__name__}: {str(exc)[:300]}; fix the "
+                          "contract or the model") from None
+    if not isinstance(y, torch.Tensor) or y.ndim != 2 or y.shape[1] != contract.num_classes:
+        got = list(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+        raise ExportError(f"--model {spec!r} returns {got} for a batch of 2, but the contract {contract_path} lists "
+                          f"{contract.num_classes} classes: forward must return logits (N, {contract.num_classes})")
+    meta = CheckpointMeta(
+        model_name=contract.model_name,
+        num_classes=contract.num_classes,
+        class_names=contract.class_names,
+        preprocess=contract.preprocess,
+        dataset={},
+        sha256=sha256_file(weights) if weights is not None else "",
+        path=str(weights or spec),
+    )
+    reference = Reference(model, meta, None, "no dataset: random images built from the contract")
+    return export_model(model, meta, cfg, reference=reference)

@@ -225,3 +225,130 @@ def read_contract(path: str | os.PathLike) -> DeploymentContract:
         ArtifactError: for a missing file, a non-ONNX file, or missing/malformed contract keys.
     """
     return DeploymentContract.from_metadata(read_metadata(path), source=str(path))
+
+
+# --------------------------------------------------------------------------------------------
+# The contract file: the same promises, written by hand for a model from outside the project
+# --------------------------------------------------------------------------------------------
+#: Keys of a contract YAML file (docs/contract.md); anything else is a typo and is refused.
+CONTRACT_FILE_KEYS: tuple[str, ...] = (
+    "classes", "input_size", "color_mode", "scale", "mean", "std", "resize", "interpolation",
+    "model_name", "input_name", "output_name", "layout",
+)  # fmt: skip
+_REQUIRED_FILE_KEYS = ("classes", "input_size", "color_mode")
+_LAYOUTS = ("NCHW",)
+
+
+@dataclass(frozen=True)
+class ContractFile:
+    """A validated contract file (``docs/contract.md``).
+
+    Attributes:
+        contract: The deployment contract it describes, with the pipeline's tensor names
+            (``input``/``logits``) that ``export adopt`` and ``export onnx --model`` give the graph.
+        input_name: Name of the image input in the user's graph (None: its only input).
+        output_name: Name of the logits output in the user's graph (None: its first output).
+        layout: Tensor layout of the input (``NCHW``).
+        path: The file it was read from ("" when built from a mapping).
+    """
+
+    contract: DeploymentContract
+    input_name: str | None = None
+    output_name: str | None = None
+    layout: str = "NCHW"
+    path: str = ""
+
+
+def contract_from_dict(data: Mapping[str, Any], *, source: str = "", default_name: str = "external") -> ContractFile:
+    """Validate a contract mapping (the parsed YAML) and build the `ContractFile`.
+
+    Raises:
+        ConfigError: naming the key, what was received, what is expected and how to fix it.
+    """
+    from runtime.errors import ConfigError
+    from runtime.preprocess import ColorMode
+
+    where = f"{source}: " if source else ""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{where}a contract file holds a mapping of keys (classes, input_size, ...), got {type(data).__name__}")
+    unknown = sorted(str(k) for k in set(data) - set(CONTRACT_FILE_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}unknown contract key(s) {unknown}; valid keys: {list(CONTRACT_FILE_KEYS)} (docs/contract.md)")
+    missing = [k for k in _REQUIRED_FILE_KEYS if k not in data]
+    if missing:
+        raise ConfigError(f"{where}contract lacks required key(s) {missing}; see docs/contract.md for an example")
+    classes = data["classes"]
+    if isinstance(classes, (str, bytes)) or not isinstance(classes, (list, tuple)):
+        raise ConfigError(f"{where}classes must be a list of class names in logit order, got {classes!r}")
+    if not classes:
+        raise ConfigError(f"{where}classes is empty; list the class names in the order of the model's outputs")
+    if len(classes) < 2:
+        raise ConfigError(f"{where}classes lists {len(classes)} name ({list(classes)}); a classifier needs at least 2")
+    bad = [c for c in classes if not isinstance(c, (str, int)) or isinstance(c, bool) or not str(c).strip()]
+    if bad:
+        raise ConfigError(f"{where}classes must be non-empty names, got {bad}")
+    names = [str(c).strip() for c in classes]
+    dupes = sorted({c for c in names if names.count(c) > 1})
+    if dupes:
+        raise ConfigError(f"{where}classes names {dupes} more than once; each output needs its own name")
+    size = data["input_size"]
+    if isinstance(size, bool) or not isinstance(size, (list, tuple)) or len(size) != 2:
+        raise ConfigError(f"{where}input_size must be [height, width] in pixels, got {size!r}")
+    mode = str(data["color_mode"]).lower()
+    valid_modes = [m.value for m in ColorMode]
+    if mode not in valid_modes:
+        raise ConfigError(f"{where}color_mode must be one of {valid_modes}, got {data['color_mode']!r}")
+    channels = 1 if mode == ColorMode.GRAY.value else 3
+    spec_args: dict[str, Any] = {"input_size": tuple(size), "color_mode": mode}
+    for key in ("mean", "std"):
+        if key not in data:
+            continue
+        value = data[key]
+        value = [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+        if not isinstance(value, (list, tuple)) or len(value) not in (1, channels):
+            n = len(value) if isinstance(value, (list, tuple)) else "a non-list"
+            raise ConfigError(
+                f"{where}{key} has {n} value(s) for color_mode {mode} ({channels} channel(s)); give 1 value or {channels}"
+            )
+        spec_args[key] = tuple(value)
+    for key in ("scale", "resize", "interpolation"):
+        if key in data:
+            spec_args[key] = data[key]
+    spec_args.setdefault("mean", (0.0,) * channels)
+    spec_args.setdefault("std", (1.0,) * channels)
+    try:
+        spec = PreprocessSpec(**spec_args)
+    except PipelineError as exc:
+        raise ConfigError(f"{where}{exc}") from None
+    layout = str(data.get("layout", "NCHW")).upper()
+    if layout not in _LAYOUTS:
+        raise ConfigError(
+            f"{where}layout {data.get('layout')!r} is not supported; the pipeline feeds {_LAYOUTS[0]} "
+            "(batch, channels, height, width): export the model with an NCHW input (add a transpose in front)"
+        )
+    opt: dict[str, str | None] = {}
+    for key in ("input_name", "output_name", "model_name"):
+        value = data.get(key)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ConfigError(f"{where}{key} must be a non-empty string, got {value!r}")
+        opt[key] = value.strip() if isinstance(value, str) else None
+    try:
+        contract = DeploymentContract(
+            model_name=opt["model_name"] or default_name, class_names=tuple(names), preprocess=spec, source=source
+        )
+    except PipelineError as exc:
+        raise ConfigError(str(exc)) from None
+    return ContractFile(contract, opt["input_name"], opt["output_name"], layout, source)
+
+
+def load_contract_file(path: str | os.PathLike) -> ContractFile:
+    """Read and validate a contract YAML file (``docs/contract.md``).
+
+    Raises:
+        ConfigError: the file is missing, not YAML, or fails validation (the message says which key).
+    """
+    from runtime.configs import load_yaml
+
+    p = Path(path)
+    data = load_yaml(p)
+    return contract_from_dict(data, source=str(p), default_name=p.stem.removesuffix(".contract") or "external")

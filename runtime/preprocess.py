@@ -22,6 +22,7 @@ from runtime.errors import ConfigError, DataError
 class ColorMode(str, enum.Enum):
     GRAY = "gray"
     RGB = "rgb"
+    BGR = "bgr"  # 3 channels, B first (models trained on OpenCV-decoded images)
 
 
 class ResizePolicy(str, enum.Enum):
@@ -39,7 +40,7 @@ class PreprocessSpec:
 
     Attributes:
         input_size: (height, width) in pixels.
-        color_mode: ``gray`` (1 channel) or ``rgb`` (3 channels, R first).
+        color_mode: ``gray`` (1 channel), ``rgb`` (3 channels, R first) or ``bgr`` (3 channels, B first).
         scale: Multiplier applied to uint8 pixels before normalisation (1/255 maps to [0, 1]).
         mean: Per-channel mean subtracted after scaling (one value, or one per channel).
         std: Per-channel std divided after the mean.
@@ -160,6 +161,8 @@ def to_color(image: np.ndarray, mode: ColorMode) -> np.ndarray:
     if img.ndim == 2:
         return img if mode is ColorMode.GRAY else np.repeat(img[:, :, None], 3, axis=2)
     if img.ndim == 3 and img.shape[2] == 3:
+        if mode is ColorMode.BGR:
+            return np.ascontiguousarray(img[:, :, ::-1])
         return cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_RGB2GRAY) if mode is ColorMode.GRAY else img
     raise DataError(f"expected an image of shape H×W or H×W×{{1,3,4}}, got {img.shape}")
 

@@ -92,7 +92,7 @@ def test_spec_validation(kwargs: dict, fragment: str) -> None:
     assert fragment in str(exc.value)
 
 
-@pytest.mark.parametrize("d", [{"color_mode": "bgr"}, {"resize": "fit"}])
+@pytest.mark.parametrize("d", [{"color_mode": "hsv"}, {"resize": "fit"}])
 def test_from_dict_bad_enum_value_is_config_error(d: dict) -> None:
     with pytest.raises(ConfigError):
         PreprocessSpec.from_dict(d)

@@ -68,7 +68,39 @@ def create_model(name: str, num_classes: int = 7, **kwargs) -> nn.Module:
     return info.factory(num_classes=num_classes, **kwargs)
 
 
+#: Entry-point group through which other packages register model families (docs/contract.md).
+ENTRY_POINT_GROUP = "ferdeploy.models"
+_plugins_loaded = False
+
+
 def _load_families() -> None:
     # Importing a family module registers its variants; imported lazily so a broken family
     # does not stop the others from listing.
     from train.models import lanmsff, manet  # noqa: F401
+
+    _load_plugins()
+
+
+def _load_plugins() -> None:
+    """Import every module named in the ``ferdeploy.models`` entry-point group (once).
+
+    A package registers its families by declaring, in its pyproject.toml::
+
+        [project.entry-points."ferdeploy.models"]
+        my_fer = "my_fer.models"        # a module whose import runs @register_model
+
+    A plugin that fails to import is logged and skipped, so it cannot hide the built-in models.
+    """
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    import logging
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()
+        except Exception as exc:  # a broken third-party package must not break the registry
+            logging.getLogger(__name__).warning("model plugin %s (%s) failed to load: %s: %s", ep.name, ep.value,
+                                                type(exc).__name__, exc)
