@@ -1,7 +1,10 @@
-"""Every TensorRT name the project uses, per branch, and the check against real bindings wheels.
+"""Every TensorRT name the project uses, per branch, and the check against real bindings.
 
 TensorRT's Python API differs between 10.x (JetPack 6 ships 10.3) and 11.x (pip): 11 removed the
 implicit-precision builder flags, INT8 calibrators and ``NetworkDefinitionCreationFlag.EXPLICIT_BATCH``.
+TensorRT for RTX (``tensorrt_rtx``, versions 1.x, the ``"rtx"`` branch) has the same builder,
+parser and runtime names as 11, no precision flags either, plus the target compute capabilities
+of an ahead-of-time build (``IBuilderConfig.set_compute_capability``, ``ComputeCapability.SM86``).
 `runtime.trt.compat.Trt` refuses any name not declared here for the active branch, so this table
 *is* the list of names the code touches; `check_branch` verifies it against the names a real
 bindings wheel exports, and `check_removed` that names removed in 11 sit on the 10 branch only.
@@ -16,6 +19,9 @@ How names are read from a wheel without the TensorRT libraries (which cannot be 
   extension module. Weaker: the linker merges a string into the tail of a longer one (``INT8``
   lives inside ``UINT8``), so a member counts as present when it ends any string, and the class a
   member belongs to cannot be checked.
+
+The RTX bindings come with real libraries on the registry (``pip install '.[rtx]'``), so the
+installed module is introspected directly (`read_module_surface`) instead of a stubbed wheel.
 
 Names are dotted: ``Builder`` (module level), ``BuilderFlag.FP16`` (class member). Python-level
 names (``__version__``) come from the wheel's ``__init__.py``.
@@ -42,7 +48,7 @@ from runtime.errors import ArtifactError
 
 log = logging.getLogger(__name__)
 
-BRANCHES: tuple[str, ...] = ("10", "11")
+BRANCHES: tuple[str, ...] = ("10", "11", "rtx")
 
 # ---- what the code uses --------------------------------------------------------------------------
 # Runtime side: what a device with only the lean runtime (tensorrt_lean) must offer.
@@ -135,6 +141,20 @@ API_SURFACE: Mapping[str, frozenset[str]] = {
     # scales; there is no calibrator anywhere in this project).
     "10": frozenset({"BuilderFlag.FP16", "BuilderFlag.INT8"}),
     "11": frozenset(),
+    # TensorRT for RTX: the targets of an ahead-of-time build (no GPU needed to build).
+    "rtx": frozenset(
+        {
+            "IBuilderConfig.num_compute_capabilities",
+            "IBuilderConfig.set_compute_capability",
+            "IBuilderConfig.get_compute_capability",
+            "ComputeCapability.SM75",
+            "ComputeCapability.SM80",
+            "ComputeCapability.SM86",
+            "ComputeCapability.SM89",
+            "ComputeCapability.SM120",
+            "ComputeCapability.SM121",
+        }
+    ),
     "lean": _RUNTIME,
 }
 
@@ -164,10 +184,12 @@ REMOVED_IN_11: frozenset[str] = frozenset(
 
 
 def names_for(branch: str, *, lean: bool = False, declared: Mapping[str, Iterable[str]] = API_SURFACE) -> frozenset[str]:
-    """Names the code may use on ``branch`` ("10" or "11"); ``lean`` narrows to the lean runtime's."""
+    """Names the code may use on ``branch`` ("10", "11" or "rtx"); ``lean`` narrows to the lean runtime's."""
     if branch not in BRANCHES:
         raise ValueError(f"unknown TensorRT branch {branch!r}; valid: {list(BRANCHES)}")
     if lean:
+        if branch == "rtx":
+            raise ValueError("TensorRT for RTX has no lean runtime")
         return frozenset(declared["lean"])
     return frozenset(declared["common"]) | frozenset(declared.get(branch, ()))
 
@@ -175,7 +197,7 @@ def names_for(branch: str, *, lean: bool = False, declared: Mapping[str, Iterabl
 def check_removed(declared: Mapping[str, Iterable[str]] = API_SURFACE) -> list[str]:
     """Names removed in TensorRT 11 that are declared outside the 10 branch (empty list = fine)."""
     problems = []
-    for section in ("common", "11", "lean"):
+    for section in ("common", "11", "rtx", "lean"):
         for name in sorted(set(declared.get(section, ())) & REMOVED_IN_11):
             problems.append(f"{name} is declared in {section!r} but TensorRT 11 removed it: use it on the '10' branch only")
     return problems
@@ -248,6 +270,8 @@ class WheelSurface:
 
     @property
     def branch(self) -> str:
+        if self.module.startswith("tensorrt_rtx"):
+            return "rtx"
         return "10" if int(self.version.split(".")[0]) == 10 else "11"
 
     @property
@@ -343,6 +367,36 @@ def read_wheel_surface(wheel: str | os.PathLike, cache_dir: str | os.PathLike, *
         python_names=_python_names(init_path),
         kinds=kinds,
     )
+
+
+def read_module_surface(name: str = "tensorrt_rtx") -> WheelSurface:
+    """The names an *installed* TensorRT module exports (``dir()`` of the module and its classes).
+
+    For TensorRT for RTX, whose real libraries install from the registry: no stub libraries needed.
+
+    Raises:
+        ImportError: the module is not installed (callers skip or name the extra).
+    """
+    import importlib
+    import inspect
+
+    mod = importlib.import_module(name)
+    kinds: dict[str, str] = {}
+    for n in dir(mod):
+        if n.startswith("_"):
+            continue
+        obj = getattr(mod, n)
+        kinds[n] = "class" if isinstance(obj, type) else ("function" if callable(obj) else "value")
+        if isinstance(obj, type):
+            for a in dir(obj):
+                if a.startswith("_"):
+                    continue
+                raw = inspect.getattr_static(obj, a)
+                kinds[f"{n}.{a}"] = "property" if isinstance(raw, property) else (
+                    "method" if callable(raw) or type(raw).__name__ == "instancemethod" else "value")
+    python_names = frozenset(n for n in ("__version__",) if hasattr(mod, n))
+    return WheelSurface(wheel=f"{name} (installed)", version=str(getattr(mod, "__version__", "0")), module=name,
+                        method="introspect", names=frozenset(kinds), python_names=python_names, kinds=kinds)
 
 
 def _unpack(wheel: Path, dest: Path) -> tuple[Path, Path]:

@@ -1,14 +1,18 @@
-"""ONNX -> TensorRT plan, one code path for TensorRT 10.x and 11.x.
+"""ONNX -> TensorRT plan, one code path for TensorRT 10.x, 11.x and TensorRT for RTX.
 
     result = build_engine(BuildConfig(onnx="runs/x/model.int8.onnx", precision="int8",
                                       batch=BatchProfile(1, 8, 32), timing_cache="runs/trt.cache"))
 
 What a build does, in order:
 
-1. Resolve the engine key (`runtime.trt.cache.EngineKey`: ONNX sha256, TensorRT version, GPU name
-   and compute capability, precision, profile, options) and reuse the plan on disk only when its
-   sidecar matches and the plan deserializes; otherwise log why and rebuild.
-2. Parse the ONNX into a strongly typed network (precision comes from the graph: an FP16-cast graph
+1. Resolve the engine key (`runtime.trt.cache.EngineKey`: ONNX sha256, TensorRT flavour and
+   version, GPU name and compute capability, or for an ahead-of-time RTX build the target compute
+   capabilities, precision, profile, options) and reuse the plan on disk only when its sidecar
+   matches and the plan deserializes (RTX without a GPU: when its sha256 matches the sidecar's);
+   otherwise log why and rebuild.
+2. A Q/DQ graph is linted first (`quantize.lint`): a file TensorRT refuses (UINT8, asymmetric zero
+   points, INT32 bias DequantizeLinear: the x86 CPU form) fails with the lint's reasons before the
+   parser sees it. Parse the ONNX into a strongly typed network (precision comes from the graph: an FP16-cast graph
    for FP16, Q/DQ for INT8). On TensorRT 10 only, ``Typing.AUTO`` falls back to a weakly typed
    network with BuilderFlag.FP16/INT8 when the strongly typed build fails or misses the precision;
    there is never an INT8 calibrator (TensorRT 11 removed them).
@@ -16,15 +20,18 @@ What a build does, in order:
    builder optimization level, aux streams, DLA core with GPU fallback, version compatibility (for
    the lean runtime), detailed profiling verbosity (for the inspector), and a timing cache file
    that is read before and written back after the build.
-4. Build, deserialize, read the engine inspector, and fail when the requested precision covers
-   less than the threshold share of conv/GEMM layers (`runtime.trt.inspect`).
-5. Write the plan atomically, the layer report beside it (``.layers.json``) and the JSON sidecar.
+4. Build, read the per-layer information (TensorRT 10/11: the engine inspector of the deserialized
+   plan; TensorRT for RTX: the build's ``Layers:`` log, no GPU needed), and fail when the requested
+   precision covers less than the threshold share of conv/GEMM layers (`runtime.trt.inspect`).
+5. Write the plan atomically, the layer report beside it (``.layers.json`` and the ``.layers.md``
+   table) and the JSON sidecar.
 
 Every TensorRT call goes through `runtime.trt.compat.Trt`; this module has no version branches.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -37,8 +44,16 @@ from runtime.artifacts import atomic_write_bytes, atomic_write_json, sha256_file
 from runtime.compare import Precision, as_precision
 from runtime.errors import ArtifactError, ConfigError
 from runtime.trt.cache import BatchProfile, EngineKey, GpuIdentity, decide, write_engine_sidecar
-from runtime.trt.compat import Trt, TrtError, Typing
-from runtime.trt.inspect import PrecisionCheck, PrecisionNotRealizedError, PrecisionReport, parse_engine_information, require_precision
+from runtime.trt.compat import Trt, TrtError, Typing, parse_flavour, parse_targets
+from runtime.trt.inspect import (
+    PrecisionCheck,
+    PrecisionNotRealizedError,
+    PrecisionReport,
+    parse_build_log,
+    parse_engine_information,
+    precision_table_markdown,
+    require_precision,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +88,9 @@ class BuildConfig:
             may gain from more, models.md §5).
         min_precision_share: Threshold of the precision check (None: `DEFAULT_MIN_SHARE`).
         force: Rebuild even when a matching cached plan exists.
+        flavour: ``tensorrt``, ``rtx`` or None/``auto`` (full TensorRT when importable, else RTX).
+        targets: Compute capabilities an ahead-of-time (RTX) plan must run on, e.g. ``("8.6",
+            "12.0")``; empty: the flavour's default (RTX: 8.0, 8.6, 8.9, 12.0).
     """
 
     onnx: Path
@@ -88,9 +106,14 @@ class BuildConfig:
     aux_streams: int | None = None
     min_precision_share: float | None = None
     force: bool = False
+    flavour: str | None = None
+    targets: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "onnx", Path(self.onnx))
+        flavour = parse_flavour(self.flavour)
+        object.__setattr__(self, "flavour", flavour.value if flavour else None)
+        object.__setattr__(self, "targets", parse_targets(self.targets))
         object.__setattr__(self, "precision", as_precision(self.precision))
         if isinstance(self.batch, str):
             object.__setattr__(self, "batch", BatchProfile.parse(self.batch))
@@ -164,12 +187,17 @@ class BuildResult:
     flags: tuple[str, ...] = ()
     precision_check: PrecisionCheck | None = None
     attempts: tuple[str, ...] = field(default=())
+    flavour: str = "tensorrt"
+    targets: tuple[str, ...] = ()
+    plan_bytes: int = 0
 
     def summary(self) -> str:
         if self.reused:
             return f"{self.engine}: reused ({self.reason})"
         check = self.precision_check.summary() if self.precision_check else "precision not checked"
-        return f"{self.engine}: built in {self.build_s:.1f}s, {self.typing} typing; {check}"
+        where = f", for compute capabilities {','.join(self.targets)}" if self.targets else ""
+        return (f"{self.engine}: built in {self.build_s:.1f}s ({self.plan_bytes / 1e6:.1f} MB{where}), "
+                f"{self.typing} typing; {check}")
 
 
 def current_gpu(cuda: Any = None) -> GpuIdentity:
@@ -185,16 +213,60 @@ def current_gpu(cuda: Any = None) -> GpuIdentity:
     return GpuIdentity(dev.name, dev.compute_capability)
 
 
-def engine_key(cfg: BuildConfig, trt: Trt, gpu: GpuIdentity) -> EngineKey:
+def engine_key(cfg: BuildConfig, trt: Trt, gpu: GpuIdentity | None, targets: str = "") -> EngineKey:
+    """The key of ``cfg``'s plan; ``gpu`` None (and ``targets``) for an ahead-of-time build."""
     return EngineKey(
         onnx_sha256=sha256_file(cfg.onnx),
         tensorrt_version=str(trt.version),
-        gpu_name=gpu.name,
-        compute_capability=gpu.compute_capability,
+        gpu_name=gpu.name if gpu else "",
+        compute_capability=gpu.compute_capability if gpu else "",
         precision=cfg.precision.value,
         profile=str(cfg.batch),
         options=cfg.key_options(),
+        flavour=trt.flavour.value,
+        targets=targets,
     )
+
+
+def lint_before_parse(onnx: Path) -> dict[str, Any] | None:
+    """Lint a Q/DQ graph with `quantize.lint` before TensorRT's parser sees it.
+
+    Returns:
+        The lint summary (for the sidecar), or None when the file has no Q/DQ node or is not
+        readable as ONNX (the parser then reports what is wrong with it).
+
+    Raises:
+        TrtError: the lint finds errors: TensorRT would refuse the graph (the x86 CPU form:
+            UINT8, asymmetric zero points, INT32 bias DequantizeLinear) or build another precision.
+    """
+    try:
+        import onnx as onnx_lib
+
+        from quantize.lint import lint_qdq
+    except ImportError as exc:  # onnx is a core dependency; quantize is in this repository
+        log.warning("Q/DQ lint skipped (%s)", exc)
+        return None
+    try:
+        model = onnx_lib.load(str(onnx), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - a malformed file is the parser's to report
+        log.debug("Q/DQ lint skipped: %s does not load as ONNX (%s)", onnx, exc)
+        return None
+    if not any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
+        return None
+    report = dataclasses.replace(lint_qdq(model), model=str(onnx))
+    if not report.passed:
+        first: dict[str, Any] = {}
+        counts: dict[str, int] = {}
+        for f in report.errors:
+            first.setdefault(f.code, f)
+            counts[f.code] = counts.get(f.code, 0) + 1
+        shown = "; ".join(f"{code} x{counts[code]} (e.g. [{f.node}]: {f.message})" for code, f in first.items())
+        raise TrtError(f"{onnx} is not a TensorRT Q/DQ graph, so it is refused before TensorRT's parser: "
+                       f"{report.summary()}. Errors by kind: {shown}. This looks like the x86 CPU form (python -m quantize int8 "
+                       "--target cpu); build the engine from the TensorRT form (--target tensorrt, model.nncf.int8.onnx "
+                       "or model.ort.int8.onnx); `python -m quantize lint FILE` lists every finding")
+    return {"passed": True, "errors": 0, "warnings": len(report.warnings), "int8_ops": len(report.int8_ops),
+            "float_ops": len(report.float_ops)}
 
 
 def deserialize(trt: Trt, plan: bytes, *, version_compatible: bool = False, logger: Any = None) -> tuple[Any, Any]:
@@ -220,8 +292,9 @@ def build_engine(cfg: BuildConfig, *, trt: Trt | None = None, gpu: GpuIdentity |
 
     Args:
         cfg: The build configuration.
-        trt: TensorRT wrapper (default: `Trt.load()`).
-        gpu: Device identity for the key (default: the current CUDA device).
+        trt: TensorRT wrapper (default: `Trt.load(flavour=cfg.flavour)`).
+        gpu: Device identity for the key (default: the current CUDA device; unused for an
+            ahead-of-time RTX build, which needs no GPU).
 
     Raises:
         MissingDependencyError: TensorRT or CUDA Python is missing.
@@ -229,11 +302,23 @@ def build_engine(cfg: BuildConfig, *, trt: Trt | None = None, gpu: GpuIdentity |
         TrtError: parsing or building failed; `PrecisionNotRealizedError` when the engine misses
             the requested precision (nothing is written at ``cfg.engine_path`` then).
     """
-    trt = trt or Trt.load()
-    gpu = gpu or current_gpu()
+    trt = trt or Trt.load(flavour=cfg.flavour)
+    trt.check_build_options(dla_core=cfg.dla_core, version_compatible=cfg.version_compatible)
+    targets, default_targets = trt.resolve_targets(cfg.targets)
+    if trt.aot:
+        gpu = None  # built ahead of time: the targets, not the machine's GPU, decide the plan
+        target_label = "default" if default_targets else ",".join(targets)
+    else:
+        gpu = gpu or current_gpu()
+        target_label = ""
     out = cfg.engine_path
-    key = engine_key(cfg, trt, gpu)
+    key = engine_key(cfg, trt, gpu, target_label)
     decision = decide(out, key)
+    if decision.reuse and not cfg.force and trt.aot:
+        # No GPU needed or assumed: the plan's sha256 matched its sidecar in `decide`.
+        log.info("%s: %s", out, decision.reason)
+        return BuildResult(engine=out, key=key, reused=True, reason=decision.reason, flavour=trt.flavour.value,
+                           targets=targets)
     if decision.reuse and not cfg.force:
         try:
             deserialize(trt, out.read_bytes(), version_compatible=cfg.version_compatible)
@@ -242,17 +327,20 @@ def build_engine(cfg: BuildConfig, *, trt: Trt | None = None, gpu: GpuIdentity |
             reason = f"cached plan failed to deserialize: {exc}"
         else:
             log.info("%s: %s", out, decision.reason)
-            return BuildResult(engine=out, key=key, reused=True, reason=decision.reason)
+            return BuildResult(engine=out, key=key, reused=True, reason=decision.reason, flavour=trt.flavour.value)
     else:
         reason = "forced rebuild" if (decision.reuse and cfg.force) else decision.reason
-    log.info("building %s (TensorRT %s, %s %s): %s", out, trt.version, gpu.name, gpu.compute_capability, reason)
+    where = (f"ahead of time for compute capabilities {', '.join(targets)}{' (default)' if default_targets else ''}"
+             if gpu is None else f"{gpu.name} {gpu.compute_capability}")
+    log.info("building %s (%s, %s): %s", out, trt.label, where, reason)
+    lint = lint_before_parse(cfg.onnx) if cfg.precision.value == "int8" else None
 
     attempts: list[str] = []
     typings = trt.typings_to_try(cfg.typing)
     for i, typing in enumerate(typings):
         last = i == len(typings) - 1
         try:
-            plan, report, check, flags, seconds = _build_once(cfg, trt, typing)
+            plan, report, check, flags, seconds = _build_once(cfg, trt, typing, targets if not default_targets else ())
         except (TrtError, PrecisionNotRealizedError) as exc:
             attempts.append(f"{typing.value}: {exc}")
             if last:
@@ -263,26 +351,36 @@ def build_engine(cfg: BuildConfig, *, trt: Trt | None = None, gpu: GpuIdentity |
                         "precision flags", cfg.precision.value, exc, trt.version)
             continue
         atomic_write_bytes(out, plan)
-        atomic_write_json(layers_report_path(out), report.to_dict())
+        _write_layer_reports(out, report, check, cfg)
         write_engine_sidecar(
             out,
             key,
             {
                 "onnx": str(cfg.onnx),
+                "flavour": trt.flavour.value,
+                "tensorrt": trt.label,
                 "tensorrt_branch": trt.branch,
+                "ahead_of_time": trt.aot,
+                "target_compute_capabilities": list(targets),
+                "targets_default": default_targets,
+                "plan_bytes": len(plan),
+                "layers_json": layers_report_path(out).name,
+                "layers_md": layers_markdown_path(out).name,
+                "qdq_lint": lint,
                 "typing_used": typing.value,
                 "precision_flags": flags,
                 "version_compatible": cfg.version_compatible,
                 "build_s": round(seconds, 3),
                 "reason": reason,
                 "precision_check": check.to_dict(),
-                "timing_cache": str(cfg.timing_cache) if cfg.timing_cache else None,
+                "timing_cache": str(cfg.timing_cache) if (cfg.timing_cache and trt.uses_timing_cache) else None,
                 "attempts": attempts,
             },
         )
         log.info("%s: %s", out, check.summary())
         return BuildResult(engine=out, key=key, reused=False, reason=reason, build_s=seconds, typing=typing.value,
-                           flags=tuple(flags), precision_check=check, attempts=tuple(attempts))
+                           flags=tuple(flags), precision_check=check, attempts=tuple(attempts),
+                           flavour=trt.flavour.value, targets=targets, plan_bytes=len(plan))
     raise TrtError("no typing mode to try")  # pragma: no cover - typings_to_try is never empty
 
 
@@ -294,12 +392,30 @@ def _error_args(exc: Exception, attempts: list[str]) -> tuple:
 
 
 def layers_report_path(plan: str | os.PathLike) -> Path:
-    """``model.int8.engine`` -> ``model.int8.engine.layers.json`` (the inspector's per-layer report)."""
+    """``model.int8.engine`` -> ``model.int8.engine.layers.json`` (the per-layer precision report)."""
     plan = Path(plan)
     return plan.with_name(plan.name + ".layers.json")
 
 
-def _build_once(cfg: BuildConfig, trt: Trt, typing: Typing) -> tuple[bytes, PrecisionReport, PrecisionCheck, list[str], float]:
+def layers_markdown_path(plan: str | os.PathLike) -> Path:
+    """``model.int8.engine`` -> ``model.int8.engine.layers.md`` (the per-layer precision table)."""
+    plan = Path(plan)
+    return plan.with_name(plan.name + ".layers.md")
+
+
+def _write_layer_reports(plan: Path, report: PrecisionReport, check: PrecisionCheck | None, cfg: BuildConfig) -> None:
+    body = report.to_dict()
+    if check is not None:
+        body["precision_check"] = check.to_dict()
+    atomic_write_json(layers_report_path(plan), body)
+    from runtime.artifacts import atomic_write_text
+
+    title = f"{plan.name}: realized precision per layer ({cfg.onnx.name}, requested {cfg.precision.value})"
+    atomic_write_text(layers_markdown_path(plan), precision_table_markdown(report, check, title=title))
+
+
+def _build_once(cfg: BuildConfig, trt: Trt, typing: Typing,
+                targets: tuple[str, ...] = ()) -> tuple[bytes, PrecisionReport, PrecisionCheck, list[str], float]:
     logger = trt.logger()
     builder = trt.get("Builder")(logger)
     network = trt.call(builder, "Builder.create_network", trt.network_flags(typing))
@@ -308,8 +424,9 @@ def _build_once(cfg: BuildConfig, trt: Trt, typing: Typing) -> tuple[bytes, Prec
         errors = []
         for i in range(int(trt.read(parser, "OnnxParser.num_errors"))):
             err = trt.call(parser, "OnnxParser.get_error", i)
-            errors.append(f"{trt.call(err, 'ParserError.node_name')}: {trt.call(err, 'ParserError.desc')}")
-        raise TrtError(f"TensorRT's ONNX parser rejected {cfg.onnx}: {'; '.join(errors) or 'no detail'}. "
+            node, desc = trt.call(err, "ParserError.node_name"), str(trt.call(err, "ParserError.desc")).strip().rstrip(".")
+            errors.append(f"{node}: {desc}" if node else desc)
+        raise TrtError(f"{trt.label}'s ONNX parser rejected {cfg.onnx}: {'; '.join(errors) or 'no detail'}. "
                        "Run `python -m export check` on it (op support, dynamic shapes, INT64 traps)")
 
     config = trt.call(builder, "Builder.create_builder_config")
@@ -332,6 +449,7 @@ def _build_once(cfg: BuildConfig, trt: Trt, typing: Typing) -> tuple[bytes, Prec
         trt.write(config, "IBuilderConfig.DLA_core", cfg.dla_core)
         # Layers DLA cannot run (and batch sizes it cannot take) fall back to the GPU instead of failing.
         trt.call(config, "IBuilderConfig.set_flag", trt.get("BuilderFlag.GPU_FALLBACK"))
+    trt.set_targets(config, targets)
     _add_batch_profile(cfg, trt, builder, network, config)
     _load_timing_cache(cfg, trt, config)
 
@@ -339,20 +457,26 @@ def _build_once(cfg: BuildConfig, trt: Trt, typing: Typing) -> tuple[bytes, Prec
     plan = trt.call(builder, "Builder.build_serialized_network", network, config)
     seconds = time.perf_counter() - start
     if plan is None:
-        raise TrtError(f"TensorRT could not build an engine from {cfg.onnx} ({typing.value} typing); "
-                       "the TensorRT log above says why")
+        errors = [e.strip() for e in getattr(logger, "errors", []) if e.strip()]
+        why = ("TensorRT said: " + " | ".join(errors[-3:])) if errors else "the TensorRT log above says why"
+        hint = (f" (targets {', '.join(targets)}: an op may have no kernel for one of them, e.g. Turing 7.5 has no "
+                "FP32 GEMM)" if targets else "")
+        raise TrtError(f"{trt.label} could not build an engine from {cfg.onnx} ({typing.value} typing){hint}; {why}")
     _save_timing_cache(cfg, trt, config)
     plan_bytes = bytes(memoryview(plan))
 
-    engine, _runtime = deserialize(trt, plan_bytes, version_compatible=cfg.version_compatible, logger=logger)
-    inspector = trt.call(engine, "ICudaEngine.create_engine_inspector")
-    info = trt.call(inspector, "EngineInspector.get_engine_information", trt.get("LayerInformationFormat.JSON"))
-    report = parse_engine_information(info)
+    if trt.layers_from_build_log:
+        report = parse_build_log(getattr(logger, "layer_log", []))
+    else:
+        engine, _runtime = deserialize(trt, plan_bytes, version_compatible=cfg.version_compatible, logger=logger)
+        inspector = trt.call(engine, "ICudaEngine.create_engine_inspector")
+        info = trt.call(inspector, "EngineInspector.get_engine_information", trt.get("LayerInformationFormat.JSON"))
+        report = parse_engine_information(info)
     try:
         check = require_precision(report, cfg.precision.value, cfg.min_precision_share)
-    except PrecisionNotRealizedError:
+    except PrecisionNotRealizedError as exc:
         # Keep the evidence even though no plan is written.
-        atomic_write_json(layers_report_path(cfg.engine_path), report.to_dict())
+        _write_layer_reports(cfg.engine_path, report, exc.check, cfg)
         raise
     return plan_bytes, report, check, flags, seconds
 
@@ -382,6 +506,9 @@ def _add_batch_profile(cfg: BuildConfig, trt: Trt, builder: Any, network: Any, c
 def _load_timing_cache(cfg: BuildConfig, trt: Trt, config: Any) -> None:
     if cfg.timing_cache is None:
         return
+    if not trt.uses_timing_cache:
+        log.info("timing cache %s not used: %s ignores timing caches", cfg.timing_cache, trt.label)
+        return
     data = b""
     if cfg.timing_cache.is_file():
         data = cfg.timing_cache.read_bytes()
@@ -398,7 +525,7 @@ def _load_timing_cache(cfg: BuildConfig, trt: Trt, config: Any) -> None:
 
 
 def _save_timing_cache(cfg: BuildConfig, trt: Trt, config: Any) -> None:
-    if cfg.timing_cache is None:
+    if cfg.timing_cache is None or not trt.uses_timing_cache:
         return
     cache = trt.call(config, "IBuilderConfig.get_timing_cache")
     if cache is None:

@@ -1,9 +1,11 @@
 """Engine cache: what a plan was built from, and whether an existing plan may be reused.
 
 A TensorRT plan is only valid for the TensorRT version and GPU that built it (version-compatible
-plans relax the version, not the GPU). The key therefore holds the ONNX sha256, TensorRT version,
-GPU name and compute capability, precision, the optimization profile and every build option that
-changes the plan. It is written as a JSON sidecar beside the plan (``model.engine.json``);
+plans relax the version, not the GPU). The key therefore holds the ONNX sha256, the TensorRT
+flavour and version, GPU name and compute capability, precision, the optimization profile and every
+build option that changes the plan. A TensorRT for RTX plan is built ahead of time without a GPU:
+its key has no GPU name and records the *target* compute capabilities instead (``targets``:
+``"default"`` or ``"8.6,8.9,12.0"``). It is written as a JSON sidecar beside the plan (``model.engine.json``);
 `decide` compares it with what a build would produce now and says, in words, why a rebuild is
 needed. Nothing is loaded blindly: a plan without a matching sidecar is rebuilt, and a plan that
 fails to deserialize is rebuilt too (`runtime.trt.build.build_engine`).
@@ -89,6 +91,11 @@ class EngineKey:
         profile: Batch optimization profile ``min:opt:max``.
         options: Other build options that change the plan (typing, workspace, optimization level,
             DLA core, version compatibility, aux streams).
+        flavour: ``tensorrt`` (10.x/11.x) or ``rtx`` (TensorRT for RTX); sidecars written before
+            the flavour existed read as ``tensorrt``.
+        targets: Ahead-of-time builds (RTX): the target compute capabilities, ``"default"`` for the
+            flavour's portable default; ``""`` for a build for the GPU it ran on. ``gpu_name`` and
+            ``compute_capability`` are ``""`` for an ahead-of-time build.
     """
 
     onnx_sha256: str
@@ -98,6 +105,8 @@ class EngineKey:
     precision: str
     profile: str
     options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    flavour: str = "tensorrt"
+    targets: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -108,7 +117,8 @@ class EngineKey:
     def from_dict(cls, data: Mapping[str, Any]) -> EngineKey:
         try:
             return cls(**{k: data[k] for k in ("onnx_sha256", "tensorrt_version", "gpu_name", "compute_capability",
-                                                "precision", "profile")}, options=dict(data.get("options", {})))
+                                                "precision", "profile")}, options=dict(data.get("options", {})),
+                       flavour=str(data.get("flavour", "tensorrt")), targets=str(data.get("targets", "")))
         except KeyError as exc:
             raise ArtifactError(f"engine key is missing field {exc}") from None
 
@@ -122,7 +132,8 @@ def key_differences(old: EngineKey, new: EngineKey) -> list[str]:
     """Human-readable differences, e.g. ``tensorrt_version: 10.3.0 -> 11.4.0``."""
     a, b = old.to_dict(), new.to_dict()
     out = []
-    for k in ("onnx_sha256", "tensorrt_version", "gpu_name", "compute_capability", "precision", "profile"):
+    for k in ("flavour", "onnx_sha256", "tensorrt_version", "gpu_name", "compute_capability", "targets", "precision",
+              "profile"):
         if a[k] != b[k]:
             out.append(f"{k}: {a[k]} -> {b[k]}")
     for k in sorted(set(a["options"]) | set(b["options"])):

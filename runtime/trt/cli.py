@@ -3,9 +3,15 @@
     python -m runtime build --onnx X.onnx --precision fp32|fp16|int8 [--batch 1:8:32] [--workspace-mib N]
                             [--timing-cache FILE] [--opt-level N] [--dla-core N] [--out X.engine]
                             [--typing auto|strong|flags] [--version-compatible] [--aux-streams N]
-                            [--min-precision-share F] [--force]
+                            [--min-precision-share F] [--force] [--flavour auto|tensorrt|rtx]
+                            [--compute-capability 8.6,8.9,12.0]
     python -m runtime selftest [--models DIR] [--work DIR] [--batch 1:8:32] [--bench-batches 1,8]
                                [--seconds S] [--cuda cuda-python|pycuda|all] [--cuda-graph]
+                               [--flavour auto|tensorrt|rtx]
+
+With TensorRT for RTX (``pip install '.[rtx]'``; auto-detected when full TensorRT is absent, or
+``--flavour rtx``) ``build`` needs no GPU: the plan is built ahead of time for the target compute
+capabilities (default 8.0, 8.6, 8.9, 12.0).
 
 Exit codes: 0 success; 1 a pipeline error (build failed, parity or precision missed); 2 bad
 command-line usage or configuration; 3 TensorRT, CUDA or the self-test's models are missing (the
@@ -38,6 +44,7 @@ log = logging.getLogger("runtime.trt")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MISSING = 0, 1, 2, 3
 PRECISIONS = ("fp32", "fp16", "int8")
+FLAVOURS = ("auto", "tensorrt", "rtx")
 SELFTEST_MODELS = ("lanmsff", "manet")
 
 
@@ -82,7 +89,8 @@ def _batches_arg(text: str) -> tuple[int, ...]:
 
 
 # ---- build -------------------------------------------------------------------------------------------
-BUILD_HELP = "ONNX -> TensorRT engine (+ sidecar, layer precision report); TensorRT 10.x and 11.x"
+BUILD_HELP = ("ONNX -> TensorRT engine (+ sidecar, layer precision report); TensorRT 10.x and 11.x on a GPU, "
+              "TensorRT for RTX ahead of time without one")
 SELFTEST_HELP = ("on a GPU with TensorRT: build FP32/FP16/INT8 engines of both models, check parity and latency, "
                  "print the table; without them, say exactly what is missing (exit 3)")
 
@@ -117,6 +125,12 @@ def _add_build_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--min-precision-share", type=_share_arg, default=None,
                    help="fail unless this share of conv/GEMM layers runs in --precision (default fp32 .9, fp16 .8, int8 .5)")
     p.add_argument("--force", action="store_true", help="rebuild even if a matching cached engine exists")
+    p.add_argument("--flavour", choices=FLAVOURS, default="auto",
+                   help="tensorrt (10.x/11.x, builds on its GPU), rtx (TensorRT for RTX, builds without a GPU) or auto: "
+                        "tensorrt when importable, else rtx (default)")
+    p.add_argument("--compute-capability", default=None, metavar="CC[,CC...]",
+                   help="TensorRT for RTX: compute capabilities the plan must run on, e.g. 8.6,8.9,12.0 (default: "
+                        "8.0,8.6,8.9,12.0; 7.5 for Turing must be asked for)")
     p.set_defaults(func=run_build)
     return p
 
@@ -141,6 +155,8 @@ def build_config_from_args(args: argparse.Namespace):
         aux_streams=args.aux_streams,
         min_precision_share=args.min_precision_share,
         force=args.force,
+        flavour=getattr(args, "flavour", None),
+        targets=getattr(args, "compute_capability", None) or (),
     )
 
 
@@ -180,6 +196,9 @@ def _add_selftest_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="CUDA library for the engines; all: also re-run FP32 parity through every installed one")
     p.add_argument("--cuda-graph", action="store_true", help="bench with CUDA-graph replay as well")
     p.add_argument("--json", default=None, help="report path (default WORK/selftest.json)")
+    p.add_argument("--flavour", choices=FLAVOURS, default="auto",
+                   help="which TensorRT: tensorrt, rtx (TensorRT for RTX: needs an RTX-class GPU, compute capability "
+                        "8.0/8.6/8.9/12.0, to run) or auto (default)")
     p.set_defaults(func=run_selftest_cli)
     return p
 
@@ -212,15 +231,15 @@ class SelftestRow:
         return not self.error and bool(self.parity_passed)
 
 
-def selftest_requirements(models_dir: Path, cuda_choice: str = "all") -> list[Requirement]:
+def selftest_requirements(models_dir: Path, cuda_choice: str = "all", flavour: str | None = None) -> list[Requirement]:
     """Check TensorRT, CUDA Python + GPU, onnxruntime and the six ONNX files; never raises."""
     from runtime.trt.compat import Trt
     from runtime.trt.cuda import IMPLEMENTATIONS, get_cuda
 
     reqs: list[Requirement] = []
     try:
-        trt = Trt.load()
-        reqs.append(Requirement("TensorRT", True, f"{trt.version} ({trt.branch}.x branch)"))
+        trt = Trt.load(flavour=flavour)
+        reqs.append(Requirement("TensorRT", True, f"{trt.label} ({trt.branch} branch)"))
     except PipelineError as exc:
         reqs.append(Requirement("TensorRT", False, str(exc)))
     except Exception as exc:  # noqa: BLE001 - a broken install is "missing" too
@@ -286,7 +305,7 @@ def run_selftest(args: argparse.Namespace, progress: Callable[[str], None] = lam
         rows.append(row)
         progress(f"{model} {precision}: building")
         engine = work / f"{model}.{precision}.engine"
-        build = {"out": engine, "timing_cache": timing_cache}
+        build = {"out": engine, "timing_cache": timing_cache, "flavour": getattr(args, "flavour", None)}
         try:
             with TrtBackend(onnx, precision=precision, batch=str(args.batch), build=build, cuda=primary) as backend:
                 from runtime.artifacts import read_sidecar
@@ -392,7 +411,7 @@ def format_rows(rows: Sequence[SelftestRow]) -> str:
 
 
 def run_selftest_cli(args: argparse.Namespace) -> int:
-    reqs = selftest_requirements(Path(args.models), args.cuda)
+    reqs = selftest_requirements(Path(args.models), args.cuda, getattr(args, "flavour", None))
     print(format_requirements(reqs))
     missing = [r for r in reqs if not r.ok]
     if missing:

@@ -1,4 +1,5 @@
-"""Which precision each layer of a built engine really runs in (engine inspector JSON, 10.x and 11.x).
+"""Which precision each layer of a built engine really runs in (engine inspector JSON, 10.x and 11.x;
+build log, TensorRT for RTX).
 
 A strongly typed build follows the ONNX, but "follows" is only proven by looking: an INT8 Q/DQ
 graph whose convolutions ended up in FP16 (a Q/DQ pair TensorRT could not fuse, a per-channel
@@ -15,6 +16,13 @@ The two schemas (told apart by content, so a report can be parsed on any machine
 - TensorRT 11.x: ``"Bindings"`` is replaced by ``"I/O Tensors"`` (objects with Name, IOMode,
   DataType, Dimensions, Location, ProfileInfo); layer tensors carry a separate data type
   (``"Datatype"``/``"DataType"``: ``Float``, ``Half``, ``Int8``...) and ``"Format"``.
+
+- TensorRT for RTX (`parse_build_log`): no inspector without a GPU, but a build with detailed
+  profiling verbosity logs, at VERBOSE severity, one ``Layers:`` message with one line per engine
+  layer: ``Name: ..., LayerType: correlation|deconv|gemm|kgen|..., Inputs: [ { Name: ...,
+  Dimensions: [...], ..., Datatype: Int8, Format: ... }], Constants: [...], Outputs: [...],
+  TacticName: ..., StreamId: 0, Metadata: [ONNX Layer: /a/Conv][ONNX Layer: ...]``. Convolutions
+  are ``correlation`` layers; ``kgen`` layers are generated pointwise kernels (not counted).
 
 Layers are plain strings when the engine was built without detailed verbosity; that is an error
 (there is nothing to check). No TensorRT import here.
@@ -51,7 +59,7 @@ _DTYPE_PATTERNS: tuple[tuple[str, str], ...] = (
     (r"\b(Bool|BOOL|bool)\b", "bool"),
 )
 _COMPUTE_PARAMETER_TYPES = {"convolution", "deconvolution", "matrixmultiply", "fullyconnected", "gemm"}
-_COMPUTE_TYPE_WORDS = ("conv", "gemm", "matrixmultiply", "matmul", "fullyconnected")
+_COMPUTE_TYPE_WORDS = ("conv", "gemm", "matrixmultiply", "matmul", "fullyconnected", "correlation")
 _NOT_COMPUTE_WORDS = ("quantize", "reformat", "shuffle", "copy")
 
 
@@ -76,6 +84,8 @@ class LayerInfo:
         precision: Precision of the first input (what the kernel reads), else weights, else output.
         compute: True for convolution / GEMM layers (what the precision share counts).
         input_dtypes: Precision of every input tensor.
+        constant_dtypes: Precision of the layer's constants (weights, scales; RTX build log only).
+        onnx_nodes: ONNX nodes fused into the layer (RTX build log only).
     """
 
     name: str
@@ -84,9 +94,11 @@ class LayerInfo:
     precision: str
     compute: bool
     input_dtypes: tuple[str, ...] = ()
+    constant_dtypes: tuple[str, ...] = ()
+    onnx_nodes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "name": self.name,
             "layer_type": self.layer_type,
             "parameter_type": self.parameter_type,
@@ -94,6 +106,10 @@ class LayerInfo:
             "compute": self.compute,
             "input_dtypes": list(self.input_dtypes),
         }
+        if self.constant_dtypes or self.onnx_nodes:
+            d["constant_dtypes"] = list(self.constant_dtypes)
+            d["onnx_nodes"] = list(self.onnx_nodes)
+        return d
 
 
 @dataclass(frozen=True)
@@ -101,7 +117,7 @@ class PrecisionReport:
     """Realized precision of an engine.
 
     Attributes:
-        schema: ``"10"`` or ``"11"`` (inspector JSON generation).
+        schema: ``"10"`` or ``"11"`` (inspector JSON generation), ``"rtx-log"`` (RTX build log).
         layers: Every layer.
         io_tensors: Engine input/output names.
     """
@@ -263,6 +279,82 @@ def parse_engine_information(info: str | Mapping[str, Any] | Sequence[Any]) -> P
     return PrecisionReport(schema=schema, layers=tuple(_layer(layer) for layer in layers), io_tensors=io)
 
 
+_TENSOR_RE = re.compile(r"\{([^{}]*)\}")
+_TENSOR_NAME_RE = re.compile(r"Name: (.*?), (?:Dimensions|Datatype|Format):")
+_TENSOR_DTYPE_RE = re.compile(r"Datatype: ([A-Za-z0-9_]+)")
+_ONNX_NODE_RE = re.compile(r"\[ONNX Layer: ([^\]]*)\]")
+_LAYER_HEAD_RE = re.compile(r"^Name: (?P<name>.*?), LayerType: (?P<type>[^,]*), Inputs: \[(?P<rest>.*)$")
+
+
+def _log_tensors(section: str) -> list[tuple[str, str]]:
+    out = []
+    for body in _TENSOR_RE.findall(section):
+        name = _TENSOR_NAME_RE.search(body)
+        dtype = _TENSOR_DTYPE_RE.search(body)
+        out.append((name.group(1).strip() if name else "", dtype_of(dtype.group(1)) if dtype else "unknown"))
+    return out
+
+
+def _log_layer(line: str) -> LayerInfo | None:
+    m = _LAYER_HEAD_RE.match(line.strip())
+    if not m:
+        return None
+    rest = m.group("rest")
+    inputs, _, rest = rest.partition("], Constants: [")
+    constants, _, rest = rest.partition("], Outputs: [")
+    outputs, _, rest = rest.partition("], TacticName: ")
+    _, _, metadata = rest.partition("Metadata: ")
+    ins, consts, outs = _log_tensors(inputs), _log_tensors(constants), _log_tensors(outputs)
+    input_dtypes = tuple(d for _n, d in ins)
+    constant_dtypes = tuple(d for _n, d in consts)
+    precision = input_dtypes[0] if input_dtypes else "unknown"
+    if precision == "unknown" and constant_dtypes:
+        precision = constant_dtypes[0]
+    if precision == "unknown" and outs:
+        precision = outs[0][1]
+    layer_type = m.group("type").strip()
+    return LayerInfo(
+        name=m.group("name").strip(),
+        layer_type=layer_type,
+        parameter_type="",
+        precision=precision,
+        compute=_is_compute(layer_type, ""),
+        input_dtypes=input_dtypes,
+        constant_dtypes=constant_dtypes,
+        onnx_nodes=tuple(dict.fromkeys(n.strip() for n in _ONNX_NODE_RE.findall(metadata))),
+    )
+
+
+def parse_build_log(messages: str | Sequence[str]) -> PrecisionReport:
+    """Parse the per-layer listing a TensorRT for RTX build logs with detailed profiling verbosity.
+
+    Args:
+        messages: The ``Layers:`` message (or every message of the build; the last ``Layers:``
+            listing is used).
+
+    Returns:
+        A `PrecisionReport` with schema ``"rtx-log"``.
+
+    Raises:
+        TrtError: when no listing is found (the build ran without ``ProfilingVerbosity.DETAILED`` or
+            without a VERBOSE-capturing logger) or no line parses.
+    """
+    if isinstance(messages, str):
+        messages = [messages]
+    listings = [m for m in messages if str(m).lstrip().startswith("Layers:")]
+    if not listings:
+        raise TrtError("the TensorRT for RTX build logged no 'Layers:' listing: build with "
+                       "IBuilderConfig.profiling_verbosity = DETAILED and a logger that receives VERBOSE messages "
+                       "(runtime.trt.compat.Trt.logger does)")
+    lines = str(listings[-1]).lstrip()[len("Layers:"):].splitlines()
+    layers = [layer for layer in (_log_layer(line) for line in lines if line.strip()) if layer is not None]
+    if not layers:
+        raise TrtError("the TensorRT for RTX 'Layers:' listing has no line of the form 'Name: ..., LayerType: ..., "
+                       "Inputs: [...]': has the log format changed? Look at the build log (-v)")
+    io: list[str] = []
+    return PrecisionReport(schema="rtx-log", layers=tuple(layers), io_tensors=tuple(io))
+
+
 def check_precision(report: PrecisionReport, requested: str, min_share: float | None = None) -> PrecisionCheck:
     """Does ``requested`` cover at least ``min_share`` of the engine's conv/GEMM layers?
 
@@ -311,3 +403,33 @@ def require_precision(report: PrecisionReport, requested: str, min_share: float 
             check,
         )
     return check
+
+
+def precision_table_markdown(report: PrecisionReport, check: PrecisionCheck | None = None, *, title: str = "") -> str:
+    """The per-layer precision table written beside an engine (``.layers.md``).
+
+    Compute (conv/GEMM) layers first with their precision, then the share line; every other layer
+    follows in a second table so the whole engine is visible.
+    """
+    def cell(text: Any) -> str:
+        return str(text).replace("|", "\\|").replace("\n", " ")
+
+    out = [f"# {title or 'Realized precision per layer'}", ""]
+    if check is not None:
+        out += [f"Requested **{check.requested}**: {check.summary()}.", ""]
+        if check.offenders:
+            out += [f"Conv/GEMM layers not in {check.requested}: " + ", ".join(f"`{cell(o)}`" for o in check.offenders), ""]
+    counts = report.counts()
+    out += [f"{len(report.compute_layers)} conv/GEMM layers of {len(report.layers)} engine layers; by precision: "
+            + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none") + f" (source: {report.schema}).", ""]
+    out += ["## Conv/GEMM layers", "", "| # | layer | type | precision | inputs | constants | ONNX nodes |",
+            "|---|---|---|---|---|---|---|"]
+    for i, layer in enumerate(report.compute_layers, 1):
+        out.append(f"| {i} | `{cell(layer.name)}` | {cell(layer.layer_type)} | **{layer.precision}** | "
+                   f"{', '.join(layer.input_dtypes) or '–'} | {', '.join(layer.constant_dtypes) or '–'} | "
+                   f"{cell(', '.join(layer.onnx_nodes)) or '–'} |")
+    others = [layer for layer in report.layers if not layer.compute]
+    if others:
+        out += ["", "## Other layers", "", "| layer | type | precision |", "|---|---|---|"]
+        out += [f"| `{cell(layer.name)}` | {cell(layer.layer_type)} | {layer.precision} |" for layer in others]
+    return "\n".join(out) + "\n"

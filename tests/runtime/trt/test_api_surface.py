@@ -1,4 +1,5 @@
-"""The TensorRT names the code uses exist in the 10.3, 10.13 and 11.4 bindings, per branch.
+"""The TensorRT names the code uses exist in the 10.3, 10.13 and 11.4 bindings and in the installed
+TensorRT for RTX module, per branch.
 
 Wheels come from the package registry once (conftest.fetch_wheel; skipped with pip's reason when
 unreachable). `introspect` imports the real extension module against stub libraries (exact names per
@@ -121,16 +122,51 @@ USES = set().union(*(_literal_uses(f) for f in CODE))
 def test_every_literal_tensorrt_name_in_the_code_is_declared():
     used = {name for name, _op in USES}
     assert len(used) > 40  # the scan really sees the code
-    declared = set(API_SURFACE["common"]) | set(API_SURFACE["10"]) | set(API_SURFACE["11"])
+    declared = set(API_SURFACE["common"]) | set(API_SURFACE["10"]) | set(API_SURFACE["11"]) | set(API_SURFACE["rtx"])
     assert sorted(used - declared) == []
     # Literal 10-only names appear nowhere; the flags are spelled only inside compat's 10-only path.
     assert not (used & REMOVED_IN_11)
 
 
-@pytest.mark.parametrize("label", FULL)
+def rtx_surface():
+    try:
+        return api_surface.read_module_surface("tensorrt_rtx")
+    except ImportError as exc:
+        pytest.skip(f"TensorRT for RTX is not installed ({exc}); pip install '.[rtx]'")
+
+
+def _surface_of(label):
+    return rtx_surface() if label == "rtx" else surface(label)
+
+
+def test_declared_rtx_names_exist_in_the_installed_tensorrt_rtx():
+    s = rtx_surface()
+    assert s.branch == "rtx" and s.exact and s.version.startswith("1.")
+    assert check_branch(s) == []
+    # The 10-only precision flags, calibrators and EXPLICIT_BATCH are absent from RTX too.
+    assert sorted(n for n in REMOVED_IN_11 if n in s) == []
+    assert "NetworkDefinitionCreationFlag.STRONGLY_TYPED" in s and "ComputeCapability.SM86" in s
+
+
+def test_check_fails_on_a_10_only_flag_planted_on_the_rtx_branch():
+    s = rtx_surface()
+    bad = _planted("rtx", "BuilderFlag.INT8")
+    assert any("BuilderFlag.INT8" in p and "'rtx'" in p for p in check_removed(bad))
+    problems = check_branch(s, declared=bad)
+    assert [p.split()[0] for p in problems] == ["BuilderFlag.INT8"]
+
+
+def test_rtx_only_names_are_absent_from_full_tensorrt():
+    s11 = surface("11.4")
+    if not s11.exact:
+        pytest.skip("needs the exact (introspect) surface")
+    assert sorted(n for n in API_SURFACE["rtx"] if n in s11) == []
+
+
+@pytest.mark.parametrize("label", FULL + ("rtx",))
 def test_methods_are_called_and_properties_read(label):
     """``trt.call`` on a property (or ``trt.read`` of a method) would fail only on a real GPU."""
-    s = surface(label)
+    s = _surface_of(label)
     if not s.exact:
         pytest.skip("member kinds need the exact (introspect) surface")
     expected = {"call": {"method"}, "read": {"property"}, "write": {"property"}, "get": {"class", "value", "function"}}

@@ -29,7 +29,7 @@ def env(monkeypatch, tmp_path):
     """A fake TensorRT 10.3 + fake CUDA installed where the backend looks for them."""
     fake_cuda = FakeCuda("Orin", "8.7")
     fake = make_fake_trt("10.3.0", inspector=INT8_10, cuda=fake_cuda)
-    monkeypatch.setattr(compat, "import_tensorrt", lambda lean=False: fake)
+    monkeypatch.setattr(compat, "import_tensorrt", lambda lean=False, **_: fake)
     monkeypatch.setattr(cuda, "get_cuda", lambda prefer=None, device_index=0: fake_cuda)
     onnx = tmp_path / "lanmsff.int8.onnx"
     onnx.write_bytes(b"x")
@@ -104,7 +104,7 @@ def test_plan_from_another_gpu_or_version_is_refused(env, monkeypatch):
         TrtBackend(engine).load()
     assert other.closed  # resources released on a failed load
     newer = make_fake_trt("10.13.3.9", cuda=env[1])
-    monkeypatch.setattr(compat, "import_tensorrt", lambda lean=False: newer)
+    monkeypatch.setattr(compat, "import_tensorrt", lambda lean=False, **_: newer)
     monkeypatch.setattr(cuda, "get_cuda", lambda prefer=None, device_index=0: env[1])
     with pytest.raises(ArtifactError, match="built by TensorRT 10.3.0, this is 10.13.3.9"):
         TrtBackend(engine).load()
@@ -113,7 +113,7 @@ def test_plan_from_another_gpu_or_version_is_refused(env, monkeypatch):
 def test_lean_runtime_needs_a_version_compatible_plan(env, monkeypatch):
     fake, fake_cuda, onnx, engine = env
     lean_module = make_fake_trt("11.4.0.106", cuda=fake_cuda)
-    monkeypatch.setattr(compat, "import_tensorrt", lambda lean=False: lean_module)
+    monkeypatch.setattr(compat, "import_tensorrt", lambda lean=False, **_: lean_module)
     with pytest.raises(ArtifactError, match="lean runtime loads version-compatible plans only"):
         TrtBackend(engine, lean=True).load()
     vc = build_engine(BuildConfig(onnx=onnx, precision="int8", batch="1:2:4", version_compatible=True,
@@ -134,7 +134,7 @@ def test_precision_from_file_name():
 
 
 def test_unavailable_reason_without_tensorrt(monkeypatch):
-    def missing(lean=False):
+    def missing(lean=False, **_):
         raise compat.MissingDependencyError("TensorRT is not importable (...); install TensorRT with pip install '.[trt]'")
 
     monkeypatch.setattr(compat, "import_tensorrt", missing)

@@ -27,7 +27,7 @@ INT8_11 = (FIXTURES / "inspector_trt11_lanmsff_int8.json").read_text()
 def _install(monkeypatch, version: str, gpu: tuple[str, str], inspector: str = INT8_10):
     fake_cuda = FakeCuda(*gpu)
     fake = make_fake_trt(version, inspector=inspector, cuda=fake_cuda)
-    monkeypatch.setattr(compat, "import_tensorrt", lambda lean=False: fake)
+    monkeypatch.setattr(compat, "import_tensorrt", lambda lean=False, **_: fake)
     monkeypatch.setattr(cuda, "get_cuda", lambda prefer=None, device_index=0: fake_cuda)
     return fake
 

@@ -53,7 +53,7 @@ def test_onnx_is_required(capsys):
     (["--workspace-mib", "0"], "workspace_mib must be an integer >= 1"),
 ])
 def test_invalid_configuration_exits_2_before_tensorrt(onnx, caplog, argv, message, monkeypatch):
-    monkeypatch.setattr(compat, "import_tensorrt", lambda lean=False: pytest.fail("TensorRT touched"))
+    monkeypatch.setattr(compat, "import_tensorrt", lambda lean=False, **_: pytest.fail("TensorRT touched"))
     if "--onnx" not in argv:
         argv = ["--onnx", str(onnx), *argv]
     assert cli.build_main(argv) == cli.EXIT_USAGE
@@ -62,14 +62,14 @@ def test_invalid_configuration_exits_2_before_tensorrt(onnx, caplog, argv, messa
 
 @pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed here")
 def test_build_without_tensorrt_exits_3_naming_the_extra(onnx, caplog):
-    assert cli.build_main(["--onnx", str(onnx)]) == cli.EXIT_MISSING
+    assert cli.build_main(["--onnx", str(onnx), "--flavour", "tensorrt"]) == cli.EXIT_MISSING
     assert "TensorRT is not importable" in caplog.text and "pip install '.[trt]'" in caplog.text
 
 
 def test_build_with_fake_tensorrt(onnx, monkeypatch, capsys, tmp_path):
     fake_cuda = FakeCuda("Orin", "8.7")
     fake = make_fake_trt("10.3.0", inspector=(FIXTURES / "inspector_trt10_lanmsff_int8.json").read_text())
-    monkeypatch.setattr(compat, "import_tensorrt", lambda lean=False: fake)
+    monkeypatch.setattr(compat, "import_tensorrt", lambda lean=False, **_: fake)
     monkeypatch.setattr(cuda, "get_cuda", lambda prefer=None, device_index=0: fake_cuda)
     out = tmp_path / "custom.engine"
     argv = ["--onnx", str(onnx), "--batch", "2:4:8", "--timing-cache", str(tmp_path / "t.cache"), "--out", str(out)]
@@ -81,7 +81,7 @@ def test_build_with_fake_tensorrt(onnx, monkeypatch, capsys, tmp_path):
 
 
 def test_selftest_without_tensorrt_says_what_is_missing(tmp_path, capsys, monkeypatch):
-    def missing(lean=False):
+    def missing(lean=False, **_):
         raise compat.MissingDependencyError("TensorRT is not importable (no module); install TensorRT with pip install '.[trt]'")
 
     monkeypatch.setattr(compat, "import_tensorrt", missing)
@@ -97,7 +97,8 @@ def test_selftest_without_tensorrt_says_what_is_missing(tmp_path, capsys, monkey
 
 @pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed here")
 def test_selftest_entry_point_in_a_fresh_process(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "runtime.trt.cli", "selftest", "--models", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "runtime.trt.cli", "selftest", "--models", str(tmp_path),
+                           "--flavour", "tensorrt"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == cli.EXIT_MISSING
     assert "[MISSING] TensorRT" in proc.stdout and "[MISSING] CUDA Python + GPU" in proc.stdout

@@ -49,9 +49,9 @@ def test_future_major_uses_11_branch_with_a_warning(caplog):
 @pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed here")
 def test_missing_tensorrt_names_the_extra():
     with pytest.raises(MissingDependencyError) as err:
-        import_tensorrt()
+        import_tensorrt(flavour="tensorrt")
     assert "pip install '.[trt]'" in str(err.value) and "import tensorrt:" in str(err.value)
-    assert "pip install '.[trt]'" in compat.tensorrt_unavailable_reason()
+    assert "pip install '.[trt]'" in compat.tensorrt_unavailable_reason(flavour="tensorrt")
 
 
 def test_missing_lean_runtime_says_how_to_install(monkeypatch):
