@@ -40,7 +40,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--onnx", required=True, help="FP32 model.onnx written by python -m export onnx")
     p.add_argument("--out", required=True, help="output model (written atomically, with a JSON sidecar and a report)")
     p.add_argument("--data", default=None,
-                   help="dataset YAML (a data: section or a training config) or an ImageFolder; default: the model contract's dataset")  # fmt: skip
+                   help="dataset YAML (a data: section or a training config), an ImageFolder, or any folder of images (labels not needed); default: the model contract's dataset")  # fmt: skip
     p.add_argument("--val-limit", type=int, default=0, help="score on at most N validation samples (default: all)")
     p.add_argument("--no-latency", action="store_true", help="skip the side-by-side CPU latency measurement")
     p.add_argument("--latency-batches", type=_batches, default=(1, 32), help="batch sizes (default 1,32)")

@@ -8,7 +8,8 @@ the quantized model, so a later run can prove it calibrated on the same data.
 Data default to the dataset named in the model's contract (``metadata_props["dataset"]``, i.e.
 what the checkpoint was trained on); ``data`` picks another: a dataset YAML (a ``data:`` section
 as in ``configs/*.yaml``, a whole training config, or a bare mapping with ``kind``) or an
-ImageFolder directory.
+ImageFolder directory, or any folder of images, with or without class folders (`runtime.images`:
+unlabelled images calibrate as they are; the quantized model is then judged against FP32 top-1).
 """
 
 from __future__ import annotations
@@ -58,9 +59,18 @@ class LabelledSet:
     def __len__(self) -> int:
         return int(self.tensors.shape[0])
 
+    @property
+    def labelled(self) -> bool:
+        """True when every sample has a label (an image folder without class folders has none)."""
+        return bool(len(self.labels)) and bool((self.labels >= 0).all())
+
     def class_counts(self) -> dict[str, int]:
-        counts = np.bincount(self.labels, minlength=len(self.class_names))
-        return {c: int(n) for c, n in zip(self.class_names, counts)}
+        known = self.labels[self.labels >= 0]
+        counts = np.bincount(known, minlength=len(self.class_names))
+        out = {c: int(n) for c, n in zip(self.class_names, counts)}
+        if len(known) < len(self.labels):
+            out["(unlabelled)"] = int(len(self.labels) - len(known))
+        return out
 
 
 @dataclass(frozen=True)
@@ -127,10 +137,32 @@ def dataset_config(contract: DeploymentContract, data: str | os.PathLike | None 
     raise ConfigError(f"--data {path}: expected a .yaml/.yml dataset config or an ImageFolder directory")
 
 
+def _image_folder_records(contract: DeploymentContract, root: Path):
+    """Every readable image under ``root`` as records (label -1 when no class folder names it), for any split.
+
+    Decoded once here (unreadable files are skipped with a warning; none readable raises `DataError`).
+    """
+    from runtime.images import load_images, scan_image_folder
+    from train.data.base import Record
+
+    folder, images = load_images(scan_image_folder(root, contract.class_names))
+    records = [Record(i, int(y), "train", pixels=img) for i, y, img in zip(folder.ids, folder.labels, images)]
+    return [(r, r.label) for r in records], {"kind": "images", "root": str(root)}, folder.describe()
+
+
 def _load_records(contract: DeploymentContract, data, split: str):
-    """(records of ``split`` with labels remapped to the model's class order, dataset config, index name)."""
+    """(records of ``split`` with labels remapped to the model's class order, dataset config, index name).
+
+    A ``data`` folder that is not a class-folder tree is read as a folder of images
+    (`runtime.images`): all of its images serve every split, labelled where a folder names a class.
+    """
     from train.data import load_dataset
 
+    if data is not None and Path(data).is_dir():
+        from runtime.images import is_class_folder_tree
+
+        if not is_class_folder_tree(data):
+            return _image_folder_records(contract, Path(data))
     cfg = dataset_config(contract, data)
     try:
         index = load_dataset(**cfg)
@@ -221,11 +253,19 @@ def build_calibration_set(
         )
     labels = [y for _, y in pairs]
     present = sorted(set(labels))
+    unlabelled = cfg.get("kind") == "images"
+    if unlabelled:
+        present = list(range(len(contract.class_names)))  # calibration needs no labels: no class checks
     if len(present) < 2:
         only = contract.class_names[present[0]]
         raise DataError(
             f"the {split} split of dataset {name!r} holds a single class ({only!r}, {len(pairs)} samples): "
             "calibration ranges from one class do not represent the others; use a dataset with every class"
+        )
+    if len(pairs) < min_size and unlabelled:
+        raise DataError(
+            f"{name} has only {len(pairs)} readable images; calibration needs at least {min_size} (recommended 300): "
+            "add images (--min-calib-size lowers the floor, for smoke tests only)"
         )
     if len(pairs) < min_size:
         raise DataError(
@@ -244,6 +284,8 @@ def build_calibration_set(
     x = _preprocess(contract, records)
     ids = tuple(r.id for r in records)
     source = f"{split} split of {name} ({len(records)} of {len(pairs)} samples, class-balanced, seed {seed})"
+    if unlabelled:
+        source = f"{name}: {len(records)} of {len(pairs)} images, seeded subset (seed {seed}), used as given"
     base = LabelledSet(x, y, ids, contract.class_names, source, cfg, split)
     manifest = build_manifest(base, seed=seed, requested_size=size, contract=contract)
     return CalibrationSet(x, y, ids, contract.class_names, source, cfg, split, manifest)
@@ -311,7 +353,23 @@ def build_validation_set(
     x = _preprocess(contract, records)
     y = np.asarray([lab for _, lab in pairs], dtype=np.int64)
     source = f"{split} split of {name} ({len(records)} samples)"
+    if cfg.get("kind") == "images":
+        source = f"{name}: all {len(records)} images (an image folder has no separate validation split)"
     return LabelledSet(x, y, tuple(r.id for r in records), contract.class_names, source, cfg, split)
+
+
+def with_reference_labels(samples: LabelledSet, reference_logits: np.ndarray) -> LabelledSet:
+    """``samples`` unchanged when fully labelled; else labelled with the reference's top-1 everywhere.
+
+    Without labels, the quantized model is judged against the FP32 model's predictions: its
+    "accuracy" is then its top-1 agreement with FP32 (and the FP32 "accuracy" is 1), which the
+    source string says.
+    """
+    if samples.labelled:
+        return samples
+    y = np.asarray(reference_logits).argmax(axis=1).astype(np.int64)
+    source = samples.source + "; unlabelled: accuracy is measured against the FP32 model's top-1"
+    return LabelledSet(samples.tensors, y, samples.ids, samples.class_names, source, samples.dataset, samples.split)
 
 
 def build_holdout_set(

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from quantize.calibration import LabelledSet, build_calibration_set, build_holdout_set, build_validation_set, write_manifest
+from quantize.calibration import LabelledSet, build_calibration_set, build_holdout_set, build_validation_set, write_manifest, with_reference_labels
 from quantize.config import Fp16Config, Int8Config, LatencyConfig, Method, Target
 from quantize.lint import GROUPS, LintReport, flatten_scope, lint_qdq, resolve_ignore, sensitive_scopes
 from quantize.ort_ptq import ort_session, predict
@@ -472,6 +472,7 @@ def run_int8(cfg: Int8Config, *, force: bool = False, progress: Callable[[str], 
 
     lint = lint_qdq(q, expected_float=list(ignored) + list(reverted))
     if cfg.target is Target.TENSORRT and not lint.passed:
+    val = with_reference_labels(val, ref_val)  # an unlabelled image folder: judged against FP32 top-1
         first = "; ".join(str(f) for f in lint.errors[:3])
         raise ArtifactError(f"the {cfg.method.value} output fails the TensorRT Q/DQ lint ({len(lint.errors)} error(s): {first}); nothing written")
     if cfg.target is Target.TENSORRT:
@@ -579,3 +580,4 @@ def run_fp16(cfg: Fp16Config, *, force: bool = False, progress: Callable[[str], 
     return StageResult(cfg.out, side, report, paths, None)
 
 
+    val = with_reference_labels(val, ref)

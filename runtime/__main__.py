@@ -88,7 +88,8 @@ def build_parity_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", required=True, help="RUN/checkpoint.pt (PyTorch) or RUN/model.onnx (ORT CPU)")
     p.add_argument("--candidates", required=True, nargs="+", help="candidate model files (.onnx)")
     p.add_argument("--data", default=None,
-                   help="ImageFolder directory or dataset YAML (default: the reference's dataset, regenerated)")
+                   help="ImageFolder, any folder of images (labels not needed: agreement with the reference is "
+                        "reported), or dataset YAML (default: the reference's dataset, regenerated)")
     p.add_argument("--split", default="val", choices=("train", "val", "test"), help="split to score (default val)")
     p.add_argument("--out", default=None, help="report folder (default: <reference folder>/parity)")
     p.add_argument("--backends", default=None, help="comma-separated backends (default: every available one)")

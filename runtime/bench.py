@@ -233,6 +233,31 @@ def spread_of(rows: Sequence[BenchRow]) -> tuple[SpreadResult, ...]:
     return tuple(out)
 
 
+def _describe(path: str, describe_model: Callable[[str], Any]) -> Any:
+    """`runtime.parity.describe_model`, or for an ONNX file without a deployment contract a bare
+    description: latency needs no contract (the feeds are random, shaped from the graph input)."""
+    from runtime.contract import REQUIRED_KEYS, read_metadata
+    from runtime.errors import ArtifactError
+
+    try:
+        return describe_model(path)
+    except ArtifactError:
+        if not str(path).lower().endswith(".onnx"):
+            raise
+        meta = read_metadata(path)  # re-raises for a missing or corrupt file
+        if all(k in meta for k in REQUIRED_KEYS):
+            raise  # a contract that is there but broken is an error, not "no contract"
+    from runtime.artifacts import sha256_file
+    from runtime.parity import ModelInfo, detect_precision
+    from runtime.preprocess import PreprocessSpec
+
+    log.warning("%s has no deployment contract: benchmarking it on random inputs shaped from its graph input "
+                "(latency only; `python -m export adopt` adds a contract for parity, quantization and inference)", path)
+    precision, source, method = detect_precision(path)
+    return ModelInfo(path=str(path), kind="onnx", model_name="(no contract)", class_names=(), preprocess=PreprocessSpec(),
+                     precision=precision, precision_source=source, method=method, sha256=sha256_file(path))
+
+
 def run_bench(cfg: BenchConfig, *, progress: bool = False) -> BenchRun:
     """Run the latency sweep described by ``cfg``.
 
@@ -242,7 +267,7 @@ def run_bench(cfg: BenchConfig, *, progress: bool = False) -> BenchRun:
     from runtime.parity import backends_for, describe_model
 
     t_start = time.perf_counter()
-    infos = [describe_model(m) for m in cfg.models]
+    infos = [_describe(m, describe_model) for m in cfg.models]
     skipped: dict[str, str] = {}
     plan: list[tuple[Any, str]] = []
     for info in infos:
@@ -273,7 +298,13 @@ def run_bench(cfg: BenchConfig, *, progress: bool = False) -> BenchRun:
                 continue
             try:
                 desc = be.describe()
+                fixed = be.input_specs[0].shape[0] if be.input_specs and isinstance(be.input_specs[0].shape[0], int) else None
                 for b in cfg.batches:
+                    if fixed is not None and b != fixed:  # a fixed-batch graph would silently run its own batch
+                        rows.append(BenchRow(info.path, info.label, name, info.precision, info.precision_source,
+                                             info.sha256, b, rep, None, error=f"the model has a fixed batch of {fixed}; "
+                                             f"bench it with --batch {fixed} (or make the batch dynamic: export adopt)"))
+                        continue
                     feeds = random_feeds(be.input_specs, b, seed=cfg.seed)
                     hook = be.bench_fn(b)
                     fn = hook if hook is not None else (lambda be=be, feeds=feeds: be.infer(feeds))

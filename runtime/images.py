@@ -159,6 +159,10 @@ def is_class_folder_tree(root: str | os.PathLike) -> bool:
     try:
         load_folder(Path(root))
     except DataError as exc:
-        log.info("%s is not a class-folder tree (%s); reading it as a folder of images", root, exc)
+        why = str(exc).split(";")[0]
+        # Sub-folders that look like classes but are not: say so loudly, accuracy is lost.
+        level = logging.WARNING if "unknown class folder" in str(exc) else logging.INFO
+        log.log(level, "%s is read as a folder of images, labelled only where a folder is named after one of the "
+                "model's classes (%s)", root, why)
         return False
     return True

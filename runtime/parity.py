@@ -199,7 +199,7 @@ class LabelledSet:
     """
 
     images: tuple[np.ndarray, ...]
-    labels: np.ndarray
+    labels: np.ndarray | None  # None: unlabelled images (parity reports agreement, not accuracy)
     ids: tuple[str, ...]
     class_names: tuple[str, ...]
     source: str
@@ -252,6 +252,11 @@ def load_labelled_set(
     """
     from train.data import load_dataset, load_image  # torch-free
 
+    if data is not None and Path(data).is_dir():
+        from runtime.images import is_class_folder_tree
+
+        if not is_class_folder_tree(data):
+            return load_image_folder(data, class_names, limit=limit)
     cfg, source = _dataset_config(data, dataset)
     index = load_dataset(**cfg)
     records = index.split(split)
@@ -276,6 +281,38 @@ def load_labelled_set(
         class_names=tuple(class_names),
         source=f"{source}, split {split}, {len(records)} samples",
         groups=groups,
+    )
+
+
+def load_image_folder(root: str | os.PathLike, class_names: Sequence[str], *, limit: int | None = None) -> LabelledSet:
+    """Every readable image under ``root`` (any layout; `runtime.images`), labelled only when all are.
+
+    Images under a folder named after a class carry that label; accuracy is computed only when
+    every image has one (``labels`` is None otherwise, and parity reports agreement with the
+    reference, probability deltas and flips).
+
+    Raises:
+        DataError: when the folder holds no image, or none can be decoded.
+    """
+    from runtime.images import load_images, scan_image_folder
+
+    folder = scan_image_folder(root, class_names)
+    if limit is not None and limit > 0:
+        folder = folder.subset(range(min(limit, len(folder))))
+    folder, images = load_images(folder)
+    k, n = folder.labelled_count, len(folder)
+    labels = folder.labels if k == n else None
+    note = ""
+    if 0 < k < n:
+        note = (f"; {k} of {n} images sit in class folders, but accuracy needs every image labelled: "
+                "agreement only (score the labelled sub-folder alone for accuracy)")
+    return LabelledSet(
+        images=tuple(images),
+        labels=labels,
+        ids=folder.ids,
+        class_names=tuple(class_names),
+        source=folder.describe() + note,
+        groups=tuple("" for _ in folder.ids),
     )
 
 

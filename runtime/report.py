@@ -455,7 +455,8 @@ def plot_pareto(rows: Sequence[ReportRow], path: str | os.PathLike, batch: int |
 
 def plot_confusion_deltas(report: Report, path: str | os.PathLike) -> Path | None:
     """One heat map of (candidate − reference) confusion counts per non-reference parity row."""
-    shown = [d for d in report.details if not d.get("is_reference") and d.get("confusion_delta") is not None]
+    # Unlabelled data (parity on a folder of images) has no confusion matrix: empty lists.
+    shown = [d for d in report.details if not d.get("is_reference") and d.get("confusion_delta")]
     if not shown:
         return None
     plt = _pyplot()

@@ -170,8 +170,10 @@ def test_labelled_set_rejects_foreign_classes(tmp_path):
     root = tmp_path / "f"
     (root / "val" / "zebra").mkdir(parents=True)
     cv2.imwrite(str(root / "val" / "zebra" / "0.png"), np.zeros((4, 4), np.uint8))
-    with pytest.raises(DataError):
-        load_labelled_set({}, CLASSES, data=root)
+    # A folder whose sub-folders are not the model's classes is a folder of unlabelled images
+    # (issue 15): parity then reports agreement, never accuracy against made-up labels.
+    unlabelled = load_labelled_set({}, CLASSES, data=root)
+    assert unlabelled.labels is None and unlabelled.ids == ("val/zebra/0.png",)
     with pytest.raises(DataError, match="--data"):
         load_labelled_set({}, CLASSES)
 
