@@ -69,6 +69,9 @@ def convert_fp16(model, *, keep_fp32_ops: Iterable[str] = DEFAULT_KEEP_FP32, kee
         )
     except Exception as exc:  # the converter raises ValueError/AssertionError/onnx errors
         raise QuantizationError(f"FP16 conversion failed: {type(exc).__name__}: {exc}") from exc
+    # The converter appends the Casts it inserts at the end of the node list, so nodes read tensors
+    # produced later: onnxruntime tolerates that, onnx.checker and Polygraphy do not. Sort the graph.
+    out = _topological_sort(out)
     kinds = [i.data_type for i in out.graph.initializer]
     float_types = {TensorProto.FLOAT: "fp32", TensorProto.FLOAT16: "fp16"}
     present = {n.op_type for n in model.graph.node}
@@ -84,6 +87,15 @@ def convert_fp16(model, *, keep_fp32_ops: Iterable[str] = DEFAULT_KEEP_FP32, kee
     }
     _check_io_float32(out)
     return out, info
+
+
+def _topological_sort(model):
+    """The model with its nodes (and subgraphs') in topological order (onnx-ir's sort)."""
+    import onnx_ir as ir
+
+    ir_model = ir.from_proto(model)
+    ir_model.graph.sort()
+    return ir.to_proto(ir_model)
 
 
 def _check_io_float32(model) -> None:

@@ -43,15 +43,35 @@ TRT_FLOAT_ONLY_TYPES = ("Max", "Min", "Sub", "Mul", "Div", "ReduceMean", "Reduce
 
 @contextlib.contextmanager
 def _quiet_nncf():
-    """NNCF logs every ignored node at INFO; keep that at DEBUG level of our own logging."""
+    """NNCF logs every ignored node at INFO; keep that at DEBUG level of our own logging.
+
+    NNCF also draws an unlabelled rich progress bar ("Statistics collection") for every pass, 5-6
+    of them per file with the 'auto' ignored scope; the caller shows one labelled progress display
+    per step instead, so NNCF's own bars are switched off here (its `track` has a ``disable`` flag;
+    where a future NNCF moves it, its bars simply show again).
+    """
     nncf_log = logging.getLogger("nncf")
     old = nncf_log.level
     if not log.isEnabledFor(logging.DEBUG):
         nncf_log.setLevel(logging.WARNING)
     try:
+        from nncf.common.logging import track_progress
+    except ImportError:  # pragma: no cover - older/newer NNCF layout
+        track_progress = None
+    init = getattr(getattr(track_progress, "track", None), "__init__", None)
+    if init is not None:
+
+        def quiet_init(self, *args, **kwargs):
+            kwargs["disable"] = True
+            init(self, *args, **kwargs)
+
+        track_progress.track.__init__ = quiet_init
+    try:
         yield
     finally:
         nncf_log.setLevel(old)
+        if init is not None:
+            track_progress.track.__init__ = init
 
 
 def _advanced_parameters(target: str, bias_correction: bool = False):

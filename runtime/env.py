@@ -189,7 +189,7 @@ def summary_line(env: dict[str, Any]) -> str:
     v = env.get("versions", {})
     parts = [
         f"CPU {cpu.get('model')} ({cpu.get('usable_cores')}/{cpu.get('logical_cores')} cores usable)",
-        f"OMP_NUM_THREADS={env.get('thread_env', {}).get('OMP_NUM_THREADS')}",
+        f"OMP_NUM_THREADS={env.get('thread_env', {}).get('OMP_NUM_THREADS') or 'unset'}",
         f"GPU {gpu}" if gpu else "no GPU",
         f"onnxruntime {v.get('onnxruntime') or v.get('onnxruntime-gpu')}",
         f"numpy {v.get('numpy')}",

@@ -557,8 +557,9 @@ def run_parity(
         )
         rows.append(ParityRow(info.path, info.label, name, info.precision, info.precision_source, info.method,
                               info.sha256, result, backend_info=desc, infer_s=time.perf_counter() - t0))
-        log.info("%-48s %s acc %.4f agree %.4f max|d| %.3g", rows[-1].name, "PASS" if result.passed else "FAIL",
-                 result.accuracy, result.top1_agreement, result.max_abs_diff)
+        acc = "n/a" if result.accuracy is None else f"{result.accuracy:.4f}"
+        log.info("%-48s %s acc %s agree %.4f max|dp| %.3g (%s)", rows[-1].name, result.verdict.value.upper(), acc,
+                 result.top1_agreement, result.max_prob_diff, result.bound_text())
     return ParityRun(
         reference=ref_info,
         reference_backend=ref_backend,

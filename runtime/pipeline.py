@@ -7,7 +7,8 @@ Stages, in order (each a list of *steps*; a step is the unit that is skipped or 
     quantize   model.onnx            -> model.nncf.int8.onnx, model.ort.int8.onnx   (TensorRT Q/DQ form)
                                         model.fp16.onnx
                                         model.nncf.cpu.int8.onnx, model.ort.cpu.int8.onnx (x86 onnxruntime form)
-    tensorrt   the TensorRT-ready ONNX files -> *.engine (only where TensorRT and a GPU are present)
+    tensorrt   the TensorRT-ready ONNX files -> *.engine (TensorRT 10/11 on its GPU; TensorRT for RTX on
+               any x86-64 machine, built ahead of time without a GPU)
     parity     checkpoint.pt + every model   -> parity/parity.{json,md,png}
     bench      every model                   -> bench/bench.{json,md,png}
     report     the above                     -> report.md, report.json, report.*.png
@@ -159,19 +160,28 @@ class QuantizeSection:
 
 @dataclass(frozen=True)
 class TensorrtSection:
-    """``tensorrt:`` section (engines are built only where TensorRT and a CUDA GPU are present).
+    """``tensorrt:`` section. TensorRT 10/11 build engines only where a CUDA GPU is present; TensorRT
+    for RTX (``pip install '.[rtx]'``, installed by ``make setup`` on x86-64 Linux) builds them
+    ahead of time on any machine. Parity and latency rows for the engines run only on a GPU that
+    can run them.
 
     Attributes:
         enabled: Build engines at all.
         batch: Optimization profile MIN:OPT:MAX of the dynamic batch axis.
         workspace_mib: Workspace limit (None: TensorRT's default).
-        timing_cache: Timing-cache file name inside the output folder ("" = none).
+        timing_cache: Timing-cache file name inside the output folder ("" = none; TensorRT for
+            RTX ignores it).
+        flavour: ``auto`` (full TensorRT when importable, else TensorRT for RTX), ``tensorrt`` or ``rtx``.
+        compute_capabilities: TensorRT for RTX: compute capabilities the engines must run on
+            (e.g. ``["8.6", "8.9", "12.0"]``); empty: its default 8.0, 8.6, 8.9, 12.0.
     """
 
     enabled: bool = True
     batch: str = "1:8:32"
     workspace_mib: int | None = None
     timing_cache: str = "trt.timing.cache"
+    flavour: str = "auto"
+    compute_capabilities: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -630,23 +640,72 @@ class Context:
 
 
 def tensorrt_status(cfg: TensorrtSection) -> tuple[bool, str, tuple[str, ...]]:
-    """(available, why not as one line, why not per missing part): TensorRT importable *and* a CUDA device opened."""
+    """(engines can *run* here, why not as one line, why not per missing part).
+
+    TensorRT importable, a CUDA device opened and, for TensorRT for RTX, a GPU of one of the
+    engines' target compute capabilities (an H100/H200, 9.0, is not one). Whether engines can be
+    *built* is `tensorrt_build_status`.
+    """
     if not cfg.enabled:
         return False, "disabled in the config (tensorrt.enabled: false)", ("disabled in the config (tensorrt.enabled: false)",)
     reasons = []
     try:
-        from runtime.trt.compat import tensorrt_unavailable_reason
+        from runtime.trt.compat import Trt, target_unsupported_reason
         from runtime.trt.cuda import cuda_unavailable_reason
 
-        trt = tensorrt_unavailable_reason()
-        if trt:
-            reasons.append(f"TensorRT: {trt}")
+        trt, why = _load_trt(cfg)
+        if why:
+            reasons.append(f"TensorRT: {why}")
         cuda = cuda_unavailable_reason()
         if cuda:
             reasons.append(f"CUDA/GPU: {cuda}")
+        elif isinstance(trt, Trt) and trt.aot:
+            from runtime.trt.build import current_gpu
+
+            gpu = current_gpu()
+            targets, _default = trt.resolve_targets(cfg.compute_capabilities)
+            unsupported = target_unsupported_reason(gpu.compute_capability, targets, gpu.name)
+            if unsupported:
+                reasons.append(f"CUDA/GPU: {unsupported}")
     except Exception as exc:  # noqa: BLE001 - a broken optional install reads as unavailable
         reasons.append(f"TensorRT probe failed: {type(exc).__name__}: {exc}")
     return (not reasons), "; ".join(reasons), tuple(reasons)
+
+
+def _load_trt(cfg: TensorrtSection) -> tuple[Any, str]:
+    """(the `Trt` of the configured flavour, "") or (None, why not); never raises."""
+    try:
+        from runtime.trt.compat import Trt
+
+        return Trt.load(flavour=cfg.flavour), ""
+    except PipelineError as exc:
+        return None, str(exc)
+    except Exception as exc:  # noqa: BLE001 - a broken install reads as "unavailable"
+        return None, f"TensorRT import failed: {type(exc).__name__}: {exc}"
+
+
+def tensorrt_build_status(cfg: TensorrtSection) -> tuple[bool, str]:
+    """(engines can be *built* here, why not): TensorRT for RTX needs no GPU; TensorRT 10/11 do."""
+    if not cfg.enabled:
+        return False, "disabled in the config (tensorrt.enabled: false)"
+    trt, why = _load_trt(cfg)
+    if trt is None:
+        return False, f"TensorRT: {why}"
+    try:
+        trt.resolve_targets(cfg.compute_capabilities)
+        trt.check_build_options(dla_core=None, version_compatible=False)
+    except PipelineError as exc:
+        return False, f"TensorRT: {exc}"
+    if trt.aot:
+        return True, ""
+    try:
+        from runtime.trt.cuda import cuda_unavailable_reason
+
+        cuda = cuda_unavailable_reason()
+    except Exception as exc:  # noqa: BLE001
+        cuda = f"{type(exc).__name__}: {exc}"
+    return (not cuda), (f"CUDA/GPU: {cuda} ({trt.label} builds on the GPU it runs on; TensorRT for RTX, "
+                        "pip install '.[rtx]', builds without one)" if cuda else "")
 
 
 def _torch_available() -> bool:
@@ -696,7 +755,7 @@ def build_plan(ctx: Context, stages: Sequence[Stage]) -> tuple[list[Step], dict[
     steps: list[Step] = []
     skipped: dict[str, str] = {}
     trt_ok, trt_reason, _ = tensorrt_status(cfg.tensorrt)
-    engines_wanted = [(L.onnx, "fp32")] + [(L.quantized(v), v.kind) for v in variants if v.tensorrt_ready]
+    engines_wanted = _engines_wanted(L, variants)
     models = [L.onnx] + [L.quantized(v) for v in variants]
     if Stage.TRAIN in stages:
         if not cfg.fit:
@@ -716,12 +775,14 @@ def build_plan(ctx: Context, stages: Sequence[Stage]) -> tuple[list[Step], dict[
                               (L.quantized(v),), {"kind": v.kind, "method": v.method, "target": v.target, "args": list(args)},
                               ("onnx", "onnxruntime", "nncf", "numpy")))
     if Stage.TENSORRT in stages:
-        if trt_ok:
+        # TensorRT for RTX builds without a GPU; the engines' parity/latency rows need one (trt_ok).
+        build_ok, build_reason = (True, "") if trt_ok else tensorrt_build_status(cfg.tensorrt)
+        if build_ok:
             for onnx, precision in engines_wanted:
                 steps.append(Step(f"tensorrt.{onnx.name}", Stage.TENSORRT,
                                   lambda o=onnx, p=precision: run_tensorrt(ctx, o, p), (onnx,), stamped=False))
         else:
-            skipped["tensorrt"] = trt_reason
+            skipped["tensorrt"] = build_reason
     # With TensorRT here, parity and bench add `trt` rows; the trt backend reuses the engines the
     # tensorrt stage built (same build defaults) or builds them through the same cache.
     use_trt = trt_ok
@@ -756,7 +817,8 @@ def _trt_identity() -> dict[str, Any] | None:
         from runtime.trt.compat import Trt
 
         gpu = current_gpu()
-        return {"tensorrt": Trt.load().version, "gpu": _jsonable(gpu)}
+        trt = Trt.load()
+        return {"tensorrt": trt.version, "flavour": trt.flavour.value, "gpu": _jsonable(gpu)}
     except Exception as exc:  # noqa: BLE001 - identity is best effort; the engine cache checks again
         return {"error": f"{type(exc).__name__}: {exc}"}
 
@@ -764,6 +826,9 @@ def _trt_identity() -> dict[str, Any] | None:
 def _report_context_hash(L: Layout, variants: Sequence[Variant]) -> dict[str, str | None]:
     """Hashes of the small files the report quotes (training metrics, export and quantize sidecars)."""
     files = [L.checkpoint_json, L.onnx_sidecar] + [L.out / (v.file + ".json") for v in variants]
+    from runtime.artifacts import sidecar_path
+
+    files += [sidecar_path(engine) for engine, _onnx, _p in _engine_files(L, variants)]  # rebuilt engines re-render
     return {L.rel(p): (sha256_file(p) if p.is_file() else None) for p in files}
 
 
@@ -846,6 +911,18 @@ def run_quantize(ctx: Context, v: Variant) -> dict[str, Any]:
     return info
 
 
+def _engines_wanted(L: Layout, variants: Sequence[Variant]) -> list[tuple[Path, str]]:
+    """(ONNX, precision) of every engine the tensorrt stage builds: FP32, FP16 and the TensorRT-form INT8 files."""
+    return [(L.onnx, "fp32")] + [(L.quantized(v), v.kind) for v in variants if v.tensorrt_ready]
+
+
+def _engine_files(L: Layout, variants: Sequence[Variant]) -> list[tuple[Path, Path, str]]:
+    """(engine, ONNX, precision) for `_engines_wanted` (engines sit beside their ONNX)."""
+    from runtime.trt.build import default_engine_path
+
+    return [(default_engine_path(onnx, p), onnx, p) for onnx, p in _engines_wanted(L, variants)]
+
+
 def run_tensorrt(ctx: Context, onnx: Path, precision: str) -> dict[str, Any]:
     """Build (or reuse) one engine with the same defaults the ``trt`` backend uses, so parity and bench reuse it."""
     from runtime.trt.build import BuildConfig, build_engine
@@ -853,10 +930,39 @@ def run_tensorrt(ctx: Context, onnx: Path, precision: str) -> dict[str, Any]:
     t = ctx.cfg.tensorrt
     cache = ctx.layout.out / t.timing_cache if t.timing_cache else None
     res = build_engine(BuildConfig(onnx=onnx, precision=precision, batch=t.batch, workspace_mib=t.workspace_mib,
-                                   timing_cache=cache, force=Stage.TENSORRT in ctx.force))
+                                   timing_cache=cache, force=Stage.TENSORRT in ctx.force, flavour=t.flavour,
+                                   targets=t.compute_capabilities))
     log.info("%s", res.summary())
     return {"engine": ctx.layout.rel(res.engine), "reused": res.reused, "reason": res.reason, "build_s": res.build_s,
-            "typing": res.typing}
+            "typing": res.typing, "flavour": res.flavour, "targets": list(res.targets)}
+
+
+def _engine_summaries(L: Layout, variants: Sequence[Variant]) -> list[dict[str, Any]]:
+    """What report.json says of each engine, from the engine sidecars (never imports TensorRT)."""
+    from runtime.artifacts import sidecar_path
+
+    out = []
+    for engine, onnx, precision in _engine_files(L, variants):
+        if not engine.is_file() or not sidecar_path(engine).is_file():
+            continue
+        side = _read_optional(sidecar_path(engine))
+        key = side.get("key") or {}
+        check = side.get("precision_check") or {}
+        out.append({
+            "engine": L.rel(engine), "onnx": L.rel(onnx), "precision": precision,
+            "flavour": side.get("flavour") or key.get("flavour") or "tensorrt",
+            "tensorrt": side.get("tensorrt") or f"TensorRT {key.get('tensorrt_version')}",
+            "ahead_of_time": bool(side.get("ahead_of_time")),
+            "targets": side.get("target_compute_capabilities") or [],
+            "targets_default": side.get("targets_default"),
+            "gpu": key.get("gpu_name") or None, "compute_capability": key.get("compute_capability") or None,
+            "size_bytes": engine.stat().st_size, "build_s": side.get("build_s"), "built_at": side.get("built_at"),
+            "typing": side.get("typing_used"),
+            "realized": {k: check.get(k) for k in ("requested", "share", "min_share", "passed", "compute_layers",
+                                                   "counts", "offenders")} if check else None,
+            "layers_md": L.rel(engine.with_name(side["layers_md"])) if side.get("layers_md") else None,
+        })
+    return out
 
 
 def _groups(ctx: Context, use_trt: bool, *, torch_ref: bool) -> list[tuple[list[Path], tuple[str, ...]]]:
@@ -945,7 +1051,7 @@ def run_report(ctx: Context, trt_ok: bool, trt_reason: str) -> dict[str, Any]:
 # The report a person reads: report.json (ferdeploy-report/1, kind "pipeline") + report.md + PNGs
 # --------------------------------------------------------------------------------------------
 _PARITY_COLUMNS = ("accuracy", "macro_f1", "top1_agreement", "max_abs_diff", "mean_abs_diff", "p99_abs_diff", "kl_mean",
-                   "accuracy_drop_pts", "passed")
+                   "accuracy_drop_pts", "passed", "verdict", "bounds", "max_prob_diff", "top1_agreement_ci", "notes")
 _BACKEND_ORDER = {"torch": 0, "ort": 1, "ort-cuda": 2, "ort-trt": 3, "trt": 4}
 
 
@@ -1021,9 +1127,7 @@ def build_report(ctx: Context, trt_ok: bool, trt_reason: str) -> dict[str, Any]:
                           "file_size_bytes": p.stat().st_size if p.is_file() else None,
                           "sidecar": {k: side[k] for k in ("precision", "method", "target", "calibration", "settings",
                                                            "quantize_s", "lint") if k in side}})
-    engines = []
-    for stamp_file in sorted(L.stamps.glob("tensorrt.*.json")) if L.stamps.is_dir() else []:
-        engines.append(_read_optional(stamp_file).get("info", {}))
+    engines = _engine_summaries(L, variants)
     stages = []
     for stamp_file in sorted(L.stamps.glob("*.json")) if L.stamps.is_dir() else []:
         s = _read_optional(stamp_file)
@@ -1034,13 +1138,17 @@ def build_report(ctx: Context, trt_ok: bool, trt_reason: str) -> dict[str, Any]:
     stages.sort(key=lambda s: (stage_order.get(s["stage"], 99), s.get("finished_at") or "", s["step"] or ""))
     failing = list(parity.get("failing", [])) + list(bench.get("failing", []))
     tensorrt = {"available": trt_ok, "reason": trt_reason, "reasons": list(tensorrt_status(ctx.cfg.tensorrt)[2]),
-                "engines": engines}
+                "engines": engines, "built": bool(engines)}
+    if not engines:
+        tensorrt["build_reason"] = tensorrt_build_status(ctx.cfg.tensorrt)[1]
     if not trt_ok:
-        tensorrt["how_to"] = ("on a machine with TensorRT and an NVIDIA GPU (a Jetson: docs/jetson.md) run "
+        tensorrt["how_to"] = ("on a machine with TensorRT and an NVIDIA GPU that runs the engines (a Jetson: docs/jetson.md; "
+                              "RTX engines: an RTX-class GPU of their target compute capabilities) run "
                               f"`python -m runtime pipeline --config {ctx.cfg.source or 'CONFIG'} --stages tensorrt,parity,bench,report`")
     return {
         "schema": SCHEMA,
         "kind": "pipeline",
+        "measurement": _measurement(ctx, parity, bench, quantized),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": ctx.command,
         "config": {"source": ctx.cfg.source, "fit": _jsonable(ctx.cfg.fit),
@@ -1060,6 +1168,47 @@ def build_report(ctx: Context, trt_ok: bool, trt_reason: str) -> dict[str, Any]:
         "environment": bench.get("environment", {}),
         "skipped_backends": {**parity.get("skipped", {}), **bench.get("skipped", {})},
         "reports": {"parity": "parity/parity.md", "bench": "bench/bench.md"},
+    }
+
+
+def _git_commit() -> str | None:
+    """The project's commit (with ``-dirty`` when the work tree has changes), or None outside git."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                              text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("-dirty" if dirty else "") if head else None
+
+
+def _measurement(ctx: Context, parity: Mapping[str, Any], bench: Mapping[str, Any],
+                 quantized: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """How the report's numbers were measured: threads per backend, batches, data, calibration, commit."""
+    bcfg = bench.get("config") or {}
+    threads: dict[str, Any] = {}
+    for d in parity.get("details", []):
+        info = d.get("backend_info") or {}
+        if info.get("threads") is not None:
+            threads.setdefault(d.get("backend"), info.get("threads"))
+    for backend in sorted({r.get("backend") for r in bench.get("rows", []) if r.get("backend")}):
+        if backend in ("ort", "torch") and bcfg.get("threads") is not None:
+            threads[backend] = bcfg.get("threads")  # bench's explicit setting is what the latency used
+    calibration = {q["file"]: (q.get("sidecar") or {}).get("calibration") for q in quantized
+                   if (q.get("sidecar") or {}).get("calibration")}
+    return {
+        "bench_threads": bcfg.get("threads"),
+        "threads_per_backend": threads,
+        "batches": bcfg.get("batches"),
+        "seconds_per_measurement": bcfg.get("seconds"),
+        "parity_set": parity.get("dataset"),
+        "parity_count": (parity.get("reference") or {}).get("count"),
+        "calibration": calibration,
+        "commit": _git_commit(),
     }
 
 
@@ -1187,9 +1336,77 @@ def _mb(n: Any) -> str:
     return "–" if n is None else f"{n / 1e6:.2f} MB"
 
 
+def _agree_ci(r: Mapping[str, Any]) -> str:
+    ci = r.get("top1_agreement_ci")
+    a = r.get("top1_agreement")
+    if a is None:
+        return "–"
+    return f"{a:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else f"{a:.4f}"
+
+
+def _measurement_lines(m: Mapping[str, Any]) -> list[str]:
+    """The "how it was measured" paragraph of report.md (pure)."""
+    if not m:
+        return []
+    out = ["", "### How this was measured", ""]
+    threads = m.get("threads_per_backend") or {}
+    if threads:
+        out.append("- threads: " + ", ".join(f"`{b}` {t} intra-op" for b, t in sorted(threads.items()))
+                   + " (set explicitly; OMP_NUM_THREADS is not relied on)")
+    if m.get("batches"):
+        out.append(f"- batch sizes: {', '.join(str(b) for b in m['batches'])}; "
+                   f"{_fmt(m.get('seconds_per_measurement'), 'g')} s per measurement after warm-up")
+    if m.get("parity_set"):
+        out.append(f"- parity set: {m['parity_set']}")
+    for file, cal in sorted((m.get("calibration") or {}).items()):
+        counts = cal.get("class_counts") or {}
+        balance = (f"; per class {min(counts.values())}–{max(counts.values())}" if counts else "")
+        out.append(f"- INT8 calibration of `{file}`: {cal.get('source')} ({cal.get('size')} images, seed "
+                   f"{cal.get('seed')}{balance})")
+    out.append(f"- code: commit `{m.get('commit') or 'unknown (not a git checkout)'}`")
+    return out
+
+
+def _engine_lines(trt: Mapping[str, Any]) -> list[str]:
+    """The TensorRT section's engine table and what ran them (pure)."""
+    rows = []
+    for e in trt.get("engines", []):
+        if e.get("ahead_of_time"):
+            where = f"{', '.join(e.get('targets') or [])}{' (default)' if e.get('targets_default') else ''}"
+        else:
+            where = f"{e.get('gpu')} (sm {e.get('compute_capability')})"
+        r = e.get("realized") or {}
+        if r:
+            counts = ", ".join(f"{k} {v}" for k, v in sorted((r.get("counts") or {}).items()))
+            realized = (f"{r.get('requested')} in {_fmt(r.get('share'), '.0%')} of {r.get('compute_layers')} conv/GEMM "
+                        f"({counts}; need {_fmt(r.get('min_share'), '.0%')}): {'ok' if r.get('passed') else '**FAILED**'}")
+        else:
+            realized = "–"
+        table = f"[layers]({e['layers_md']})" if e.get("layers_md") else "–"
+        rows.append([f"`{Path(e.get('engine', '')).name}`", e.get("precision"), e.get("tensorrt"), where,
+                     _mb(e.get("size_bytes")), _fmt(e.get("build_s"), ".1f"), realized, table])
+    out = _md_table(["engine", "precision", "built by", "runs on (compute capability)", "size", "build s",
+                     "realized precision", "per layer"], rows)
+    short = [e for e in trt.get("engines", []) if (e.get("realized") or {}).get("requested") == "int8"
+             and (e.get("realized") or {}).get("share") is not None and e["realized"]["share"] < 0.9]
+    for e in short:
+        names = ", ".join(f"`{o}`" for o in e["realized"].get("offenders") or [])
+        out += ["", f"`{Path(e['engine']).name}`: conv/GEMM layers not in INT8: {names or 'none listed'}."]
+    if trt.get("available"):
+        out += ["", "The `trt` rows above ran these engines (CUDA-event device times are in the bench report)."]
+    else:
+        out += ["", "These engines were built here but **not run**: the parity and latency tables have no `trt` rows, "
+                "because:", ""]
+        out += [f"- {part}" for part in trt.get("reasons") or [trt.get("reason", "")]]
+        if trt.get("how_to"):
+            out += ["", f"To run them, {trt['how_to']}."]
+    return out
+
+
 def render_report(body: Mapping[str, Any]) -> str:
     """report.md from report.json's content (pure)."""
     from runtime.env import summary_line
+    from runtime.report import verdict_text
 
     rows = body.get("rows", [])
     tr = body.get("training") or {}
@@ -1219,7 +1436,9 @@ def render_report(body: Mapping[str, Any]) -> str:
     prow = [r for r in body.get("parity_rows", []) if not r.get("is_reference")]
     if prow:
         ok = sum(1 for r in prow if r.get("passed"))
+        unsure = [r for r in prow if r.get("passed") and r.get("verdict") == "uncertain"]
         summary.append(["parity vs the reference", f"{ok} of {len(prow)} rows pass"
+                        + (f" ({len(unsure)} uncertain: too few samples to tell)" if unsure else "")
                         + (f"; **failing: {', '.join(_row_name(r) for r in prow if not r.get('passed'))}**" if ok < len(prow) else "")])
     for batch in sorted({r["batch"] for r in rows if r.get("batch") is not None and r.get("latency_ms")}):
         at = [r for r in rows if r.get("batch") == batch and r.get("latency_ms")]
@@ -1227,9 +1446,13 @@ def render_report(body: Mapping[str, Any]) -> str:
         summary.append([f"fastest at batch {batch}", f"{_row_name(best)}: p50 {_fmt(best['latency_ms']['p50'], '.3f')} ms, "
                         f"{_fmt(best.get('throughput_ips'), '.0f')} img/s"])
     trt = body.get("tensorrt") or {}
-    if trt.get("available"):
-        built = ", ".join(f"{e.get('engine')} ({'reused' if e.get('reused') else 'built'})" for e in trt.get("engines", []))
-        summary.append(["TensorRT", f"engines: {built or 'none'}"])
+    if trt.get("engines"):
+        built = ", ".join(f"`{Path(e.get('engine', '')).name}`" for e in trt["engines"])
+        runs = "parity and latency rows below" if trt.get("available") else \
+            "**not run here** (details under [TensorRT](#tensorrt))"
+        summary.append(["TensorRT", f"{len(trt['engines'])} engines ({built}); {runs}"])
+    elif trt.get("available"):
+        summary.append(["TensorRT", "engines: none"])
     else:
         missing = [name for name in ("TensorRT", "CUDA/GPU") if any(r.startswith(name) for r in trt.get("reasons", []))]
         short = f"missing {' and '.join(missing)}" if missing else str(trt.get("reason", ""))
@@ -1241,24 +1464,26 @@ def render_report(body: Mapping[str, Any]) -> str:
             "One row per model × backend × batch. Latency is the host wall time of one call (p50 with its 95% bootstrap "
             "confidence interval; p99 is the tail), measured apart from accuracy on a fixed random batch. Accuracy and "
             "agreement are on the labelled split below; *acc. drop* is in points against the reference (positive = "
-            "less accurate), *top-1 agree* the share of "
-            "images whose top-1 class equals the reference's, and the verdict applies the per-precision tolerances of "
-            "`runtime/compare.py`.", ""]
+            "less accurate), *top-1 agree* the share of images whose top-1 class equals the reference's, *max Δprob* "
+            "the largest change of any class probability. Each verdict names the bounds it was held to (the "
+            "per-precision policy of docs/tolerances.md): a bound on a count fails only when its whole 95% interval "
+            "misses it.", ""]
     body_rows = []
     for r in rows:
         lat = r.get("latency_ms") or {}
         ci = lat.get("p50_ci") or [None, None]
-        verdict = "ref" if r.get("is_reference") else ("–" if r.get("passed") is None else ("PASS" if r["passed"] else "**FAIL**"))
+        verdict = verdict_text(r)
         body_rows.append([r.get("title"), f"`{r.get('file')}`", r.get("backend"), r.get("batch"),
                           f"{_fmt(lat.get('p50'), '.3f')} [{_fmt(ci[0], '.3f')}, {_fmt(ci[1], '.3f')}]",
                           _fmt(lat.get("p99"), ".3f"), _fmt(r.get("throughput_ips"), ".0f"), _fmt(r.get("accuracy")),
                           _fmt(r.get("accuracy_drop_pts"), "+.2f"), _fmt(r.get("top1_agreement")),
-                          _fmt(r.get("max_abs_diff"), ".3g"), _mb(r.get("file_size_bytes")), verdict,
+                          _fmt(r.get("max_prob_diff"), ".3g"), _mb(r.get("file_size_bytes")), verdict,
                           r.get("error") or ""])
     out += _md_table(["model", "file", "backend", "batch", "p50 ms [95% CI]", "p99 ms", "img/s", "accuracy", "acc. drop (pts)",
-                      "top-1 agree", "max abs Δlogit", "size", "parity", "error"], body_rows)
+                      "top-1 agree", "max Δprob", "size", "parity (bounds)", "error"], body_rows)
     if body.get("dataset"):
         out += ["", f"Labelled set: {body['dataset']}."]
+    out += _measurement_lines(body.get("measurement") or {})
     for key, title in sorted(((k, v) for k, v in plots.items() if k.startswith("pareto_b")), key=lambda kv: int(kv[0][8:])):
         out += ["", f"![Latency vs accuracy at batch {key[8:]}]({title})"]
     if "latency" in plots:
@@ -1271,9 +1496,19 @@ def render_report(body: Mapping[str, Any]) -> str:
     # ---- parity
     failing = [r for r in prow if not r.get("passed")]
     out += ["", "## Parity", ""]
+    out += _md_table(["model", "backend", "verdict", "top-1 agree [95% CI]", "acc. drop (pts)", "max Δprob", "bounds"],
+                     [[_row_name(r), r.get("backend"), verdict_text({**r, "bounds": ""}),
+                       _agree_ci(r), _fmt(r.get("accuracy_drop_pts"), "+.2f"), _fmt(r.get("max_prob_diff"), ".3g"),
+                       r.get("bounds") or "–"] for r in prow])
+    out.append("")
     if failing:
         out += ["Rows outside their tolerance (the reasons name the bound that was missed):", ""]
         out += [f"- **{_row_name(r)}**: {'; '.join(r.get('reasons') or []) or r.get('error')}" for r in failing]
+        out.append("")
+    unsure = [r for r in prow if r.get("passed") and r.get("notes")]
+    if unsure:
+        out += ["Rows that pass but whose point estimate misses a bound (too few samples to tell):", ""]
+        out += [f"- {_row_name(r)}: {'; '.join(r.get('notes') or [])}" for r in unsure]
         out.append("")
     out += [f"Per-class deltas and the flipped samples: [{body['reports']['parity']}]({body['reports']['parity']})."]
     if "confusion" in plots:
@@ -1308,11 +1543,10 @@ def render_report(body: Mapping[str, Any]) -> str:
 
     # ---- TensorRT
     out += ["", "## TensorRT", ""]
-    if trt.get("available"):
-        out += _md_table(["engine", "built or reused", "build s", "typing"],
-                         [[f"`{e.get('engine')}`", "reused" if e.get("reused") else "built", _fmt(e.get("build_s"), ".1f"),
-                           e.get("typing") or "–"] for e in trt.get("engines", [])])
-        out += ["", "The `trt` rows above ran these engines (CUDA-event device times are in the bench report)."]
+    if trt.get("engines"):
+        out += _engine_lines(trt)
+    elif trt.get("available"):
+        out += ["TensorRT is available but no engine was built (is the tensorrt stage in --stages?)."]
     else:
         out += ["No TensorRT engines were built on this machine, so the table has no `trt` rows. What is missing:", ""]
         out += [f"- {part}" for part in trt.get("reasons") or [trt.get("reason", "")]]

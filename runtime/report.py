@@ -74,6 +74,11 @@ class ReportRow:
     is_reference: bool = False
     reasons: tuple[str, ...] = ()
     error: str = ""
+    verdict: str | None = None
+    bounds: str = ""
+    max_prob_diff: float | None = None
+    top1_agreement_ci: tuple[float, float] | None = None
+    notes: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -98,7 +103,27 @@ class ReportRow:
             "is_reference": self.is_reference,
             "reasons": list(self.reasons),
             "error": self.error,
+            "verdict": self.verdict,
+            "bounds": self.bounds,
+            "max_prob_diff": self.max_prob_diff,
+            "top1_agreement_ci": list(self.top1_agreement_ci) if self.top1_agreement_ci else None,
+            "notes": list(self.notes),
         }
+
+
+def verdict_text(row: Mapping[str, Any] | ReportRow) -> str:
+    """``PASS (agree ≥ 0.98, drop ≤ 1 pt)``: the verdict with the bounds it was held to."""
+    get = row.get if isinstance(row, Mapping) else lambda k, d=None: getattr(row, k, d)
+    if get("is_reference"):
+        return "ref"
+    if get("error"):
+        return "**ERROR**"
+    verdict = get("verdict") or ("pass" if get("passed") else "fail" if get("passed") is False else None)
+    if verdict is None:
+        return "–"
+    word = {"pass": "PASS", "uncertain": "PASS (uncertain)", "fail": "**FAIL**"}[verdict]
+    bounds = get("bounds") or ""
+    return f"{word} ({bounds})" if bounds else word
 
 
 @dataclass(frozen=True)
@@ -200,6 +225,9 @@ def parity_report(run: Any, *, command: str = "", environment: Mapping[str, Any]
             mean_abs_diff=res.mean_abs_diff if res else None, p99_abs_diff=res.p99_abs_diff if res else None,
             kl_mean=res.kl_mean if res else None, accuracy_drop_pts=res.accuracy_drop_pts if res else None,
             passed=r.passed, is_reference=r.is_reference, reasons=res.reasons if res else (), error=r.error,
+            verdict=(res.verdict.value if res else None), bounds=res.bound_text() if res else "",
+            max_prob_diff=res.max_prob_diff if res else None,
+            top1_agreement_ci=tuple(res.top1_agreement_ci) if res else None, notes=res.notes if res else (),
         ))
         details.append({
             "label": r.label, "model": r.model, "backend": r.backend, "precision": r.precision.value,
@@ -245,6 +273,9 @@ def bench_report(run: Any, *, command: str = "", environment: Mapping[str, Any] 
             top1_agreement=p.get("top1_agreement"), max_abs_diff=p.get("max_abs_diff"),
             mean_abs_diff=p.get("mean_abs_diff"), p99_abs_diff=p.get("p99_abs_diff"), kl_mean=p.get("kl_mean"),
             accuracy_drop_pts=p.get("accuracy_drop_pts"), passed=p.get("passed"), latency_ms=_lat(st),
+            verdict=p.get("verdict"), bounds=p.get("bounds") or "", max_prob_diff=p.get("max_prob_diff"),
+            top1_agreement_ci=tuple(p["top1_agreement_ci"]) if p.get("top1_agreement_ci") else None,
+            notes=tuple(p.get("notes") or ()),
             device_latency_ms=_lat(st.device) if st is not None else None,
             throughput_ips=st.throughput_ips if st else None, error=r.error,
         )
@@ -290,6 +321,12 @@ def _f(v: Any, fmt: str = ".4f") -> str:
     return format(v, fmt)
 
 
+def _agree(value: float | None, ci: Sequence[float] | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else f"{value:.4f}"
+
+
 def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in body]
@@ -313,17 +350,24 @@ def render_markdown(report: Report) -> str:
         out += [f"Reference: `{report.reference.get('model')}` on {report.reference.get('backend')}", ""]
     if report.kind == "parity":
         body = [[r.label, r.backend, r.precision, _f(r.accuracy), _f(r.macro_f1), _f(r.accuracy_drop_pts, "+.2f"),
-                 _f(r.top1_agreement), _f(r.max_abs_diff, ".3g"), _f(r.mean_abs_diff, ".3g"), _f(r.p99_abs_diff, ".3g"),
-                 _f(r.kl_mean, ".3g"), ("ref" if r.is_reference else "PASS" if r.passed else "**FAIL**")]
+                 _agree(r.top1_agreement, r.top1_agreement_ci), _f(r.max_prob_diff, ".3g"), _f(r.max_abs_diff, ".3g"),
+                 _f(r.kl_mean, ".3g"), verdict_text(r)]
                 for r in report.rows]
-        out += _table(["model", "backend", "precision", "accuracy", "macro-F1", "Δacc (pts)", "top-1 agree",
-                       "max abs Δ", "mean abs Δ", "p99 abs Δ", "KL", "verdict"], body)
+        out += _table(["model", "backend", "precision", "accuracy", "macro-F1", "Δacc (pts)", "top-1 agree [95% CI]",
+                       "max Δprob", "max abs Δlogit", "KL", "verdict (bounds)"], body)
+        out += ["", "Verdicts follow the per-precision tolerance policy (docs/tolerances.md): a bound fails only when "
+                "its whole 95% interval is on the wrong side; *uncertain* means the point estimate misses but the "
+                "sample is too small to tell."]
         bad = [r for r in report.rows if not r.passed and not r.is_reference]
         if bad:
             out += ["", "## Failing rows", ""]
             for r in bad:
                 why = "; ".join(r.reasons) or r.error
                 out.append(f"- **{r.label} [{r.backend}, {r.precision}]**: {why}")
+        unsure = [r for r in report.rows if r.notes and r.passed]
+        if unsure:
+            out += ["", "## Uncertain rows (pass; more samples would settle them)", ""]
+            out += [f"- {r.label} [{r.backend}, {r.precision}]: {'; '.join(r.notes)}" for r in unsure]
         shown = [d for d in report.details if not d.get("is_reference") and d.get("per_class_accuracy_delta")]
         if shown and report.class_names:
             out += ["", "## Per-class accuracy delta (candidate − reference, pts)", ""]

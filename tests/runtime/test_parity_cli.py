@@ -42,7 +42,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 
 class Planted(OrtBackend):
-    """A faulty backend: swaps two classes' logits, or adds a tiny constant to every logit."""
+    """A faulty backend: swaps two classes' logits, or favours one class by a small logit bias."""
 
     name = "planted"
 
@@ -56,8 +56,8 @@ class Planted(OrtBackend):
         if self.fault == "swap":
             a, b = self.swap
             y[:, [a, b]] = y[:, [b, a]]
-        else:
-            y += np.float32(1e-3)
+        else:  # a per-class bias moves probabilities (a constant added to every logit would not)
+            y[:, 0] += np.float32(5e-3)
         return {"logits": y}
 
 
@@ -93,8 +93,8 @@ def test_planted_faulty_backends_fail_the_right_rows(models):
     assert delta[:, [a, b]].any() and not np.delete(delta, [a, b], axis=1).any()
     bias = rows[("copy", "bias")].result
     assert not bias.passed and bias.top1_agreement == 1.0 and bias.reasons == (
-        f"max |logit diff| {bias.max_abs_diff:.3g} > 0.0001",)
-    # FP16 candidate (detected from its float16 initializers): the bias is within 1e-2, the swap is not.
+        f"class probabilities differ by up to {bias.max_prob_diff:.3g}, above the bound 0.0001",)
+    # FP16 candidate (detected from its float16 initializers): the bias is within Δp 1e-2, the swap is not.
     assert rows[("fp16", "ort")].passed and rows[("fp16", "bias")].passed
     assert not rows[("fp16", "swap")].passed
     assert {r.name for r in run.failing} == {
