@@ -110,6 +110,7 @@ def fake_stages(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     monkeypatch.setattr(P, "run_bench", bench)
     monkeypatch.setattr(P, "run_report", report)
     monkeypatch.setattr(P, "tensorrt_status", lambda cfg: (False, "no TensorRT in tests", ("TensorRT: not in tests",)))
+    monkeypatch.setattr(P, "tensorrt_build_status", lambda cfg: (False, "TensorRT: not in tests"))
     monkeypatch.setattr(P, "_torch_available", lambda: True)
     return calls
 
@@ -269,9 +270,24 @@ def test_dry_run_says_what_would_run_and_writes_nothing(tmp_path: Path, fake_sta
     raw["bench"]["seconds"] = 0.3
     dry = run(raw, dry_run=True)
     would = {s.name: s.reason for s in dry.steps if s.status == "would-run"}
-    assert list(would) == ["bench"]  # report depends on bench's output, unknown until bench runs
-    assert "config changed: seconds" in would["bench"]
+    assert list(would) == ["bench", "report"]  # report reads bench's output, which bench would rewrite
+    assert "config changed: seconds" in would["bench"] and "bench/bench.json" in would["report"]
     assert fake_stages["bench"] == 1
+
+
+def test_dry_run_on_a_fresh_folder_prints_the_plan_and_exits_0(tmp_path: Path, fake_stages, capsys) -> None:
+    cfg_path = tmp_path / "p.yaml"
+    cfg_path.write_text(yaml.safe_dump(base_config(tmp_path / "fresh")))
+    assert P.pipeline_main(["--config", str(cfg_path), "--dry-run", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    for step in ALL_STEPS:
+        assert step in out
+    assert sum(fake_stages.values()) == 0 and not (tmp_path / "fresh" / "checkpoint.pt").exists()
+    dry = run(base_config(tmp_path / "fresh"), dry_run=True)
+    assert [s.name for s in dry.steps if s.status == "would-run"] == ALL_STEPS
+    # A stage selection that needs files no selected stage writes: the plan says so, still exit 0.
+    assert P.pipeline_main(["--config", str(cfg_path), "--dry-run", "--stages", "parity", "--no-progress"]) == 0
+    assert "blocked" in capsys.readouterr().out
 
 
 def test_config_errors(tmp_path: Path) -> None:
@@ -310,6 +326,7 @@ def test_join_rows_matches_file_and_backend() -> None:
 # The real stages on a tiny model
 # --------------------------------------------------------------------------------------------
 HAS_QUANTIZE_CLI = importlib.util.find_spec("quantize.__main__") is not None
+HAS_RTX = importlib.util.find_spec("tensorrt_rtx") is not None and importlib.util.find_spec("tensorrt") is None
 
 
 @pytest.mark.slow
@@ -338,7 +355,17 @@ def test_real_tiny_pipeline_and_rerun(tmp_path: Path) -> None:
     assert torch_row["is_reference"] and torch_row["accuracy"] is not None and torch_row["latency_ms"]["p50"] > 0
     assert body["tensorrt"]["available"] is False and body["tensorrt"]["reason"]
     md = (out / "report.md").read_text()
-    assert "## Accuracy and latency" in md and "](report.latency.png)" in md and "no engines built here" in md
+    assert "## Accuracy and latency" in md and "](report.latency.png)" in md
+    if HAS_RTX:  # TensorRT for RTX builds the engines without a GPU; they are listed but not run
+        engines = {Path(e["engine"]).name: e for e in body["tensorrt"]["engines"]}
+        assert set(engines) == {"model.fp32.engine"} | ({"model.fp16.engine", "model.nncf.int8.engine",
+                                                         "model.ort.int8.engine"} if HAS_QUANTIZE_CLI else set())
+        for name, e in engines.items():
+            assert e["flavour"] == "rtx" and e["targets"] and e["realized"]["passed"], (name, e)
+            assert (out / name).stat().st_size == e["size_bytes"] > 0 and (out / e["layers_md"]).is_file()
+        assert "not run" in md and "model.nncf.int8.engine" in md
+    else:
+        assert "no engines built here" in md
     for png in ("report.latency.png", "report.pareto.b1.png", "report.training.png"):
         assert (out / png).stat().st_size > 5000, png
 
@@ -346,11 +373,25 @@ def test_real_tiny_pipeline_and_rerun(tmp_path: Path) -> None:
     assert P.pipeline_main(["--config", str(cfg_path), "--no-progress"]) == 0
     assert time.perf_counter() - t0 < 15
     log = json.loads((out / "pipeline.json").read_text())
-    assert {s["status"] for s in log["steps"] if s["name"] != "tensorrt"} == {"reused"}
+    assert {s["status"] for s in log["steps"] if not s["name"].startswith("tensorrt")} == {"reused"}
+    # Engine steps defer to the engine cache: they "run" and reuse every engine.
+    assert all(s["info"].get("reused") for s in log["steps"] if s["name"].startswith("tensorrt."))
 
     # A changed bench setting reruns bench and the report, nothing else.
     raw["bench"]["batches"] = [1]
     cfg_path.write_text(yaml.safe_dump(raw))
     assert P.pipeline_main(["--config", str(cfg_path), "--no-progress"]) == 0
     log = json.loads((out / "pipeline.json").read_text())
-    assert [s["name"] for s in log["steps"] if s["status"] == "ran"] == ["bench", "report"]
+    assert [s["name"] for s in log["steps"] if s["status"] == "ran" and not s["name"].startswith("tensorrt.")] == \
+        ["bench", "report"]
+
+    if HAS_RTX:  # other target compute capabilities rebuild every engine, and the report names them
+        raw["tensorrt"] = {"compute_capabilities": ["8.6", "12.0"]}
+        cfg_path.write_text(yaml.safe_dump(raw))
+        assert P.pipeline_main(["--config", str(cfg_path), "--no-progress"]) == 0
+        log = json.loads((out / "pipeline.json").read_text())
+        trt_steps = [s for s in log["steps"] if s["name"].startswith("tensorrt.")]
+        assert trt_steps and all(not s["info"]["reused"] and "targets: default -> 8.6,12.0" in s["info"]["reason"]
+                                 for s in trt_steps)
+        body = json.loads((out / "report.json").read_text())
+        assert {tuple(e["targets"]) for e in body["tensorrt"]["engines"]} == {("8.6", "12.0")}
