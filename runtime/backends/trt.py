@@ -12,12 +12,15 @@
 - Execution: ``set_input_shape`` per call, ``set_tensor_address`` once per buffer,
   ``execute_async_v3`` on the stream; with ``cuda_graph=True`` the enqueue is captured once per
   input shape and replayed as a CUDA graph.
+- ``flavour="rtx"`` (or a plan whose sidecar says TensorRT for RTX) loads with ``tensorrt_rtx``;
+  such a plan was built ahead of time for target compute capabilities and loads only on a GPU
+  of one of them (the sidecar's ``target_compute_capabilities``).
 - ``lean=True`` loads with ``tensorrt_lean`` (a device with only the lean runtime); the plan must
   have been built version-compatible (``python -m runtime build --version-compatible``).
 - ``bench_fn(batch)`` returns a callable timing one enqueue with CUDA events (device ms).
 
 Options (constructor keywords): precision, batch ("1:8:32"), build (dict of other
-`BuildConfig` fields), cuda, device, lean, cuda_graph, verify (default True).
+`BuildConfig` fields), cuda, device, lean, flavour, cuda_graph, verify (default True).
 """
 
 from __future__ import annotations
@@ -55,7 +58,7 @@ class TrtBackend(Backend):
         from runtime.trt.cuda import get_cuda
 
         opts = self.options
-        self.trt = Trt.load(lean=bool(opts.get("lean", False)))
+        self.trt = Trt.load(lean=bool(opts.get("lean", False)), flavour=self._flavour())
         self.cuda = get_cuda(opts.get("cuda"), int(opts.get("device", 0)))
         self._buffers: list[Any] = []
         self._graphs: dict[tuple, Any] = {}
@@ -129,6 +132,20 @@ class TrtBackend(Backend):
                  self.cuda.name, trt.version, ", lean" if trt.lean else "", self._min_batch, self._max_batch or 0,
                  ", CUDA graphs" if self.options.get("cuda_graph") else "")
 
+    def _flavour(self) -> str | None:
+        """The ``flavour`` option, else (for a plan) the flavour its sidecar records, else auto."""
+        flavour = self.options.get("flavour") or (self.options.get("build") or {}).get("flavour")
+        if flavour or self.path.suffix.lower() == ".onnx":
+            return flavour
+        from runtime.artifacts import read_sidecar, sidecar_path
+
+        if sidecar_path(self.path).is_file():
+            try:
+                return read_sidecar(self.path).get("flavour")
+            except Exception:  # noqa: BLE001 - _verify reports an unreadable sidecar
+                return None
+        return None
+
     def _plan_path(self) -> Path:
         if self.path.suffix.lower() != ".onnx":
             return self.path
@@ -137,6 +154,7 @@ class TrtBackend(Backend):
         opts = self.options
         precision = opts.get("precision") or _precision_from_name(self.path)
         extra = dict(opts.get("build") or {})
+        extra.setdefault("flavour", self.trt.flavour.value)
         cfg = BuildConfig(onnx=self.path, precision=precision, batch=opts.get("batch", "1:8:32"), **extra)
         result = build_engine(cfg, trt=self.trt)
         log.info("%s", result.summary())
@@ -169,9 +187,20 @@ class TrtBackend(Backend):
                 problems.append(f"the plan's sha256 {actual[:12]}... differs from the {recorded[:12]}... its sidecar "
                                 f"recorded at build time ({plan.stat().st_size} bytes now): the file is corrupt, "
                                 "truncated or was replaced")
-        if key.tensorrt_version != str(self.trt.version) and not version_compatible:
+        from runtime.trt.compat import target_unsupported_reason
+
+        if key.flavour != self.trt.flavour.value:
+            problems.append(f"built by {'TensorRT for RTX' if key.flavour == 'rtx' else 'TensorRT'} "
+                            f"{key.tensorrt_version}, this is {self.trt.label}")
+        elif key.tensorrt_version != str(self.trt.version) and not version_compatible:
             problems.append(f"built by TensorRT {key.tensorrt_version}, this is {self.trt.version}")
-        if (key.gpu_name, key.compute_capability) != (dev.name, dev.compute_capability):
+        if key.targets:  # built ahead of time: runs on any GPU of its target compute capabilities
+            targets = tuple(side.get("target_compute_capabilities") or ())
+            why = target_unsupported_reason(dev.compute_capability, targets, dev.name) if targets else \
+                "its sidecar lists no target compute capabilities"
+            if why:
+                problems.append(why)
+        elif (key.gpu_name, key.compute_capability) != (dev.name, dev.compute_capability):
             problems.append(f"built on {key.gpu_name} (sm {key.compute_capability}), this is {dev.name} "
                             f"(sm {dev.compute_capability})")
         if self.trt.lean and not version_compatible:
@@ -179,7 +208,8 @@ class TrtBackend(Backend):
         if problems and self.options.get("verify", True):
             raise ArtifactError(f"{plan}: {'; '.join(problems)}. Rebuild it here: python -m runtime build --onnx "
                                 f"{side.get('onnx', 'MODEL.onnx')} --precision {key.precision} --batch {key.profile}"
-                                f"{' --version-compatible' if self.trt.lean else ''}")
+                                f"{' --version-compatible' if self.trt.lean else ''}"
+                                f"{' --flavour rtx --compute-capability ' + dev.compute_capability if key.targets else ''}")
         return version_compatible
 
     # ---- inference ------------------------------------------------------------------------------
@@ -263,6 +293,7 @@ class TrtBackend(Backend):
             dev = self.cuda.device()
             info.update({
                 "tensorrt": str(self.trt.version),
+                "tensorrt_flavour": self.trt.flavour.value,
                 "tensorrt_branch": self.trt.branch,
                 "lean": self.trt.lean,
                 "cuda": self.cuda.name,

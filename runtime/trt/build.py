@@ -37,6 +37,7 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -371,6 +372,7 @@ def build_engine(cfg: BuildConfig, *, trt: Trt | None = None, gpu: GpuIdentity |
                 "precision_flags": flags,
                 "version_compatible": cfg.version_compatible,
                 "build_s": round(seconds, 3),
+                "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "reason": reason,
                 "precision_check": check.to_dict(),
                 "timing_cache": str(cfg.timing_cache) if (cfg.timing_cache and trt.uses_timing_cache) else None,

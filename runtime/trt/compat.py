@@ -218,6 +218,23 @@ def import_tensorrt(*, lean: bool = False, flavour: str | Flavour | None = None)
     raise MissingDependencyError(f"{what} is not importable ({'; '.join(attempts)}); {hint}")
 
 
+def target_unsupported_reason(compute_capability: str, targets: Sequence[str] = RTX_DEFAULT_TARGETS,
+                              gpu_name: str = "this GPU") -> str:
+    """"" when an ahead-of-time plan for ``targets`` runs on a GPU of ``compute_capability``, else why not.
+
+    TensorRT for RTX supports RTX-class GPUs only (Turing 7.5 on request, Ampere 8.0/8.6, Ada 8.9,
+    Blackwell 12.0/12.1); data-centre Hopper (H100/H200, 9.0) is not in its support matrix.
+    """
+    cc = str(compute_capability).strip()
+    if cc in targets:
+        return ""
+    if cc not in RTX_TARGETS:
+        return (f"{gpu_name} has compute capability {cc}, which TensorRT for RTX does not support (it targets "
+                f"{', '.join(RTX_TARGETS)}; H100/H200 are 9.0): RTX engines cannot run here")
+    return (f"{gpu_name} has compute capability {cc}, not among the engine's targets {', '.join(targets)}; rebuild with "
+            f"--compute-capability {cc}")
+
+
 def flavour_of(module: Any) -> Flavour:
     """The flavour of an imported module, from its name (``tensorrt_rtx`` -> RTX)."""
     return Flavour.RTX if str(getattr(module, "__name__", "")).startswith("tensorrt_rtx") else Flavour.TENSORRT
