@@ -508,6 +508,7 @@ class Runner:
         self.force = set(force)
         self.dry_run = dry_run
         self._hashes: dict[Path, tuple[int, int, str]] = {}
+        self._will_write: set[Path] = set()  # dry run: outputs of the steps planned so far
 
     def sha(self, path: Path) -> str:
         # Cache by (size, mtime) within one run: parity and bench hash the same files again.
@@ -563,6 +564,22 @@ class Runner:
     def execute(self, step: Step, index: int, total: int) -> StepResult:
         where = f"[{index}/{total}] {step.name}"
         missing = [p for p in step.inputs if not p.is_file()]
+        if self.dry_run:
+            # A dry run prints the plan for any folder: inputs that an earlier planned step writes are
+            # not missing, and a step whose input will be rewritten would rerun (unless that rewrite
+            # comes out byte-identical, which only running can tell).
+            upstream = [p for p in step.inputs if p in self._will_write]
+            blocked = [p for p in missing if p not in self._will_write]
+            if blocked:
+                names = ", ".join(self.layout.rel(p) for p in blocked)
+                why = f"blocked: needs {names}, which no stage in this run writes (add its stage to --stages)"
+                log.warning("%s: %s", where, why)
+                return StepResult(step.name, step.stage.value, "blocked", why)
+            if upstream:
+                names = ", ".join(self.layout.rel(p) for p in upstream)
+                log.info("%s: would run (after an earlier step writes %s)", where, names)
+                self._will_write.update(step.outputs)
+                return StepResult(step.name, step.stage.value, "would-run", f"an earlier step writes {names}")
         if missing:
             names = ", ".join(self.layout.rel(p) for p in missing)
             raise StageError(
@@ -571,6 +588,8 @@ class Runner:
             )
         if not step.stamped:
             if self.dry_run:
+                log.info("%s: would run (its own cache decides reuse)", where)
+                self._will_write.update(step.outputs)
                 return StepResult(step.name, step.stage.value, "would-run", "decided by its own cache")
             log.info("%s: running (its own cache decides reuse)", where)
             t0 = time.perf_counter()
@@ -586,6 +605,7 @@ class Runner:
             return StepResult(step.name, step.stage.value, "reused", "stamp matches", 0.0, stamp.get("info") or {})
         if self.dry_run:
             log.info("%s: would run (%s)", where, reason)
+            self._will_write.update(step.outputs)
             return StepResult(step.name, step.stage.value, "would-run", reason)
         log.info("%s: running (%s)", where, reason)
         t0 = time.perf_counter()
