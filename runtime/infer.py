@@ -3,15 +3,21 @@
     python -m runtime infer --model runs/demo/model.onnx --source photo.jpg|DIR|clip.mp4|0 [--out DIR]
     python -m runtime infer --model runs/demo/model.int8.engine --source 0 --max-frames 300     # Jetson camera
 
-For every frame: detect faces (`runtime.detect`: Haar, YuNet, or ``--no-detect`` for pre-cropped
+For every frame: detect faces (`runtime.detect`: MTCNN by default, on a working copy at most
+``--detect-size`` pixels long, boxes mapped back; Haar, YuNet, or ``--no-detect`` for pre-cropped
 faces), grow each box by ``--margin``, preprocess the crops with the model's own contract (the same
 `runtime.preprocess.preprocess` training evaluated with), classify them in one batch, and draw the
 label and confidence. Written to ``--out``:
 
-- ``annotated/<name>``: annotated images (folder structure kept); ``<video>.annotated.mp4`` (or
-  ``.avi`` with MJPG where the mp4v encoder is missing) for videos and cameras;
+- ``annotated/<relative path>``: annotated images under the source's own name and extension
+  (folder structure kept; ``face.png`` and ``face.webp`` give two files). A format OpenCV cannot
+  write gets ``.png`` appended (``scan.pgm`` -> ``scan.pgm.png``), and a name already written in
+  this run gets ``.2``, ``.3``... before its extension, so no output is ever overwritten by another;
+- ``<relative path>.annotated.mp4`` (or ``.avi`` with MJPG where the mp4v encoder is missing) for
+  videos (``clips/a.mp4`` -> ``clips/a.mp4.annotated.mp4``) and cameras (``camera0.annotated.mp4``);
 - ``predictions.csv``: one row per face (source, frame, box, label, confidence, every class probability);
-- ``frames.csv``: one row per frame (faces, detect / preprocess / inference / total milliseconds);
+- ``frames.csv``: one row per frame (image size, faces, detect / preprocess / inference / total
+  milliseconds);
 - ``predictions.json``: the model, contract, detector, per-source status and the latency summary.
 
 Images without a face, unreadable files and empty folders are reported (log and JSON) and the run
@@ -40,7 +46,8 @@ import numpy as np
 
 from runtime.artifacts import atomic_write, atomic_write_json, atomic_write_text, read_json, sha256_file
 from runtime.contract import DeploymentContract, read_contract
-from runtime.detect import DETECTORS, Box, Detector, make_detector
+from runtime.detect import (DETECTORS, HUGE_PIXELS, MIN_FACE, WORK_SIDE, Box, Detector, check_min_face, make_detector,
+                            working_scale)
 from runtime.cli import add_debug_flag, cli_entry
 from runtime.errors import ArtifactError, ConfigError, DataError, MissingDependencyError
 from runtime.lock import output_lock
@@ -53,6 +60,8 @@ VIDEO_EXTS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg",
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_MISSING, EXIT_PARTIAL, EXIT_NOTHING = 0, 1, 2, 3, 4, 5
 # Annotations on a tiny image (a 64×64 crop) are unreadable: draw on a copy upscaled to this short side.
 MIN_ANNOTATED_SIDE = 256
+# Annotated images keep the source's extension when OpenCV writes that format; others get ".png" appended.
+WRITABLE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
 
 
 @dataclass(frozen=True)
@@ -63,13 +72,17 @@ class InferConfig:
         model: ``.onnx`` (ONNX Runtime by default) or ``.engine`` (TensorRT).
         source: Image file, folder (searched recursively), video file, or camera index (``0``).
         out: Output folder.
-        detector: ``auto``, ``haar``, ``yunet`` or ``none`` (see `runtime.detect`).
+        detector: ``auto`` (= ``mtcnn`` unless a YuNet model is given), ``mtcnn``, ``haar``, ``yunet``
+            or ``none`` (see `runtime.detect`).
         detector_model: YuNet ONNX file (``yunet``).
         cascade: Haar cascade XML (``haar``; default OpenCV's frontal-face cascade).
         margin: Each face box grows by this fraction of its size on every side before cropping.
             Match the framing of the training crops: OpenCV's Haar boxes span about brow to chin
             (on the synthetic faces, the whole rendered face: margin 0 frames them as in training).
-        min_face: Smallest face side in pixels the detector reports.
+        min_face: Smallest face the detector reports: below 1 a fraction of the image's shorter
+            side (default 0.04), from 1 up pixels of the original image.
+        detect_size: Detection runs on a copy whose longer side is at most this (boxes mapped back).
+        detector_backend: Backend of the MTCNN networks (``ort``; ``ort-cuda``/``ort-trt`` on a GPU).
         backend: Runtime backend (default ``ort`` for .onnx, ``trt`` for .engine).
         threads: CPU intra-op threads (default OMP_NUM_THREADS or 1).
         contract: ONNX file whose deployment contract an ``.engine`` uses (default: the ONNX
@@ -88,7 +101,9 @@ class InferConfig:
     detector_model: str | None = None
     cascade: str | None = None
     margin: float = 0.1
-    min_face: int = 32
+    min_face: float = MIN_FACE
+    detect_size: int = WORK_SIDE
+    detector_backend: str = "ort"
     backend: str | None = None
     threads: int | None = None
     contract: str | None = None
@@ -102,6 +117,9 @@ class InferConfig:
             raise ConfigError(f"--detector must be one of {', '.join(DETECTORS)}, got {self.detector!r}")
         if self.margin < 0 or self.margin > 2:
             raise ConfigError(f"--margin must be in [0, 2], got {self.margin}")
+        check_min_face(self.min_face)
+        if self.detect_size < 64:
+            raise ConfigError(f"--detect-size must be >= 64 pixels, got {self.detect_size}")
         if self.every < 1:
             raise ConfigError(f"--every must be >= 1, got {self.every}")
         if self.max_frames is not None and self.max_frames < 1:
@@ -134,6 +152,8 @@ class FrameRecord:
     preprocess_ms: float
     infer_ms: float
     total_ms: float
+    width: int = 0
+    height: int = 0
 
 
 @dataclass(frozen=True)
@@ -280,8 +300,48 @@ def annotation_scale(shape: Sequence[int]) -> float:
     return max(1.0, MIN_ANNOTATED_SIDE / max(1, short))
 
 
+def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def label_layout(boxes: Sequence[tuple[int, int, int, int]], sizes: Sequence[tuple[int, int]],
+                 shape: Sequence[int]) -> list[tuple[int, int, int, int]]:
+    """Where to draw each face's label: (x0, y0, x1, y1) rectangles inside the image, not overlapping.
+
+    Args:
+        boxes: Face boxes (x0, y0, x1, y1) in the drawn image's pixels.
+        sizes: Each label's (width, height) in pixels, background included.
+        shape: The drawn image's shape.
+
+    A label goes just above its box, else just below it, else inside its top edge; it is shifted
+    left to stay inside the image, and moved down (then up) past labels already placed, in order of
+    the boxes' top edges. A label that cannot fit anywhere without overlap (more labels than the
+    image can hold) keeps its first position.
+    """
+    H, W = int(shape[0]), int(shape[1])
+    placed: list[tuple[int, int, int, int] | None] = [None] * len(boxes)
+    done: list[tuple[int, int, int, int]] = []
+    for i in sorted(range(len(boxes)), key=lambda k: (boxes[k][1], boxes[k][0])):
+        x0, y0, x1, y1 = boxes[i]
+        tw, th = min(W, sizes[i][0]), min(H, sizes[i][1])
+        lx = min(max(0, x0), W - tw)
+        starts = [y0 - th, y1 + 1, y0]
+        cands = [min(max(0, y), H - th) for y in starts]
+        step = max(1, th // 2)
+        cands += list(range(cands[0], H - th + 1, step)) + list(range(cands[0], -1, -step))
+        first = (lx, cands[0], lx + tw, cands[0] + th)
+        chosen = next(((lx, y, lx + tw, y + th) for y in cands if not any(_overlaps((lx, y, lx + tw, y + th), d)
+                                                                           for d in done)), first)
+        placed[i] = chosen
+        done.append(chosen)
+    return [p for p in placed if p is not None]
+
+
 def annotate(image_bgr: np.ndarray, faces: Sequence[tuple[Box, str, float, int]], scale: float = 1.0) -> np.ndarray:
-    """A copy of ``image_bgr`` (upscaled by ``scale``) with a box and ``label confidence`` per face."""
+    """A copy of ``image_bgr`` (upscaled by ``scale``) with a box and ``label confidence`` per face.
+
+    Labels stay inside the image and do not overlap each other (`label_layout`).
+    """
     img = image_bgr if image_bgr.ndim == 3 else cv2.cvtColor(image_bgr, cv2.COLOR_GRAY2BGR)
     if scale != 1.0:
         img = cv2.resize(img, (round(img.shape[1] * scale), round(img.shape[0] * scale)), interpolation=cv2.INTER_NEAREST)
@@ -289,18 +349,38 @@ def annotate(image_bgr: np.ndarray, faces: Sequence[tuple[Box, str, float, int]]
         img = img.copy()
     thick = max(1, round(min(img.shape[:2]) / 200))
     font_scale = max(0.4, min(img.shape[:2]) / 600)
+    boxes, sizes, texts = [], [], []
     for box, label, conf, cls in faces:
-        color = _PALETTE[cls % len(_PALETTE)]
         x0, y0 = round(box.x * scale), round(box.y * scale)
         x1, y1 = round((box.x + box.w) * scale) - 1, round((box.y + box.h) * scale) - 1
-        cv2.rectangle(img, (x0, y0), (x1, y1), color, thick)
+        cv2.rectangle(img, (x0, y0), (x1, y1), _PALETTE[cls % len(_PALETTE)], thick)
         text = f"{label} {conf:.2f}"
         (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thick)
-        ty = y0 - 4 if y0 - th - base - 4 >= 0 else min(img.shape[0] - 1, y1 + th + base + 4)
-        cv2.rectangle(img, (x0, ty - th - base), (min(img.shape[1] - 1, x0 + tw + 4), ty + base // 2), color, -1)
-        cv2.putText(img, text, (x0 + 2, ty - base // 2), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), thick,
+        boxes.append((x0, y0, x1, y1))
+        sizes.append((tw + 4, th + base + 4))
+        texts.append((text, base))
+    for (lx0, ly0, lx1, ly1), (text, base), (_, _, _, cls) in zip(label_layout(boxes, sizes, img.shape), texts, faces):
+        cv2.rectangle(img, (lx0, ly0), (lx1 - 1, ly1 - 1), _PALETTE[cls % len(_PALETTE)], -1)
+        cv2.putText(img, text, (lx0 + 2, ly1 - 2 - base), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), thick,
                     cv2.LINE_AA)
     return img
+
+
+def annotated_name(rel: str | os.PathLike, used: set[str]) -> Path:
+    """The annotated image's path (relative to ``annotated/``) for a source at ``rel``; never one in ``used``.
+
+    The source's own name when OpenCV writes its format (``face.webp`` -> ``face.webp``), else the
+    name with ``.png`` appended (``scan.pgm`` -> ``scan.pgm.png``); ``.2``, ``.3``... before the
+    extension if that name was already taken in this run. Records the name in ``used``.
+    """
+    rel = Path(rel)
+    name = rel if rel.suffix.lower() in WRITABLE_EXTS else rel.with_name(rel.name + ".png")
+    cand, k = name, 1
+    while str(cand).lower() in used:  # case-insensitive: safe on case-insensitive file systems too
+        k += 1
+        cand = name.with_name(f"{name.stem}.{k}{name.suffix}")
+    used.add(str(cand).lower())
+    return cand
 
 
 # --------------------------------------------------------------------------------------------
@@ -359,8 +439,14 @@ class _Run:
         self.predictions: list[FacePrediction] = []
         self.frames: list[FrameRecord] = []
         self.sources: list[SourceResult] = []
+        self.used_names: set[str] = set()
 
     def process(self, name: str, index: int, frame_bgr: np.ndarray) -> list[tuple[Box, str, float, int]]:
+        H, W = frame_bgr.shape[:2]
+        if index == 0 and H * W > HUGE_PIXELS and self.cfg.detector != "none":
+            s = working_scale(frame_bgr.shape, self.cfg.detect_size)
+            log.warning("%s: %d×%d input (%.0f MP): faces are detected on a %d×%d copy and mapped back", name, W, H,
+                        H * W / 1e6, round(W * s), round(H * s))
         t0 = time.perf_counter()
         boxes = self.det.detect(frame_bgr)
         t1 = time.perf_counter()
@@ -382,7 +468,7 @@ class _Run:
                 self.predictions.append(FacePrediction(name, index, i, g, label, float(p[k]), tuple(float(v) for v in p)))
                 faces.append((g, label, float(p[k]), k))
         total = (time.perf_counter() - t0) * 1e3
-        self.frames.append(FrameRecord(name, index, len(kept), (t1 - t0) * 1e3, pre_ms, inf_ms, total))
+        self.frames.append(FrameRecord(name, index, len(kept), (t1 - t0) * 1e3, pre_ms, inf_ms, total, W, H))
         return faces
 
     def image(self, src: Source) -> SourceResult:
@@ -399,11 +485,9 @@ class _Run:
         faces = self.process(src.path, 0, img)
         written = ""
         if self.cfg.annotate:
-            rel = Path(src.rel)
-            ext = rel.suffix.lower() if rel.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp") else ".png"
-            dst = self.out / "annotated" / rel.with_suffix(ext)
+            dst = self.out / "annotated" / annotated_name(src.rel, self.used_names)
             vis = annotate(img, faces, annotation_scale(img.shape))
-            ok, buf = cv2.imencode(ext, vis)
+            ok, buf = cv2.imencode(dst.suffix.lower(), vis)
             if not ok:
                 raise ArtifactError(f"could not encode the annotated image for {src.path}")
             # One per input image, on the inference path: atomic but not fsynced (re-creatable).
@@ -413,6 +497,16 @@ class _Run:
             log.info("%s: no face found", src.path)
             return SourceResult(src.path, "image", "no_face", "no face found", 1, 0, written)
         return SourceResult(src.path, "image", "ok", "", 1, len(faces), written)
+
+    def _video_base(self, src: Source) -> Path:
+        """``<out>/<relative path>.annotated`` (the container suffix is added by `_writer`), unique in this run."""
+        rel = Path(src.rel)
+        base, k = rel.with_name(rel.name + ".annotated"), 1
+        while str(base).lower() in self.used_names:
+            k += 1
+            base = rel.with_name(f"{rel.name}.{k}.annotated")
+        self.used_names.add(str(base).lower())
+        return self.out / base
 
     def _writer(self, base: Path, fps: float, size: tuple[int, int]) -> tuple[Any, Path, Path]:
         """An open video writer, the final path and the temporary path it writes (renamed when done)."""
@@ -467,8 +561,7 @@ class _Run:
                     if writer is None:
                         scale = annotation_scale(frame.shape)
                         size = (round(frame.shape[1] * scale), round(frame.shape[0] * scale))
-                        writer, path, tmp_video = self._writer(self.out / f"{Path(src.rel).stem}.annotated",
-                                                               fps / self.cfg.every, size)
+                        writer, path, tmp_video = self._writer(self._video_base(src), fps / self.cfg.every, size)
                         written = str(path)
                     writer.write(annotate(frame, faces, scale))
                 if bar is not None:
@@ -521,9 +614,16 @@ def run_infer(cfg: InferConfig, *, detector: Detector | None = None, progress: b
             detector cannot be loaded (before anything is written).
     """
     sources = list_sources(cfg.source)
+    own_detector = detector is None
     if detector is None:
-        detector = make_detector(cfg.detector, model=cfg.detector_model, cascade=cfg.cascade, min_size=cfg.min_face)
-    clf = Classifier(cfg.model, backend=cfg.backend, threads=cfg.threads, contract=cfg.contract)
+        detector = make_detector(cfg.detector, model=cfg.detector_model, cascade=cfg.cascade, min_face=cfg.min_face,
+                                 work_side=cfg.detect_size, backend=cfg.detector_backend, threads=cfg.threads)
+    try:
+        clf = Classifier(cfg.model, backend=cfg.backend, threads=cfg.threads, contract=cfg.contract)
+    except BaseException:
+        if own_detector and hasattr(detector, "close"):
+            detector.close()
+        raise
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     run = _Run(cfg, clf, detector, out, progress)
@@ -556,7 +656,10 @@ def run_infer(cfg: InferConfig, *, detector: Detector | None = None, progress: b
             run.sources.append(run.stream(s))
     finally:
         clf_info = clf.describe()
+        det_info = detector.describe()
         clf.close()
+        if own_detector and hasattr(detector, "close"):
+            detector.close()
     elapsed = time.perf_counter() - t_start
 
     names = list(clf.class_names)
@@ -566,16 +669,17 @@ def run_infer(cfg: InferConfig, *, detector: Detector | None = None, progress: b
             [[p.source, p.frame, p.face, p.box.x, p.box.y, p.box.w, p.box.h, round(p.box.score, 4), p.label,
               round(p.confidence, 5), *(round(v, 5) for v in p.probs)] for p in run.predictions]))),
         "frames_csv": str(atomic_write_text(out / "frames.csv", _csv_text(
-            ["source", "frame", "faces", "detect_ms", "preprocess_ms", "infer_ms", "total_ms"],
+            ["source", "frame", "faces", "detect_ms", "preprocess_ms", "infer_ms", "total_ms", "width", "height",
+             "detector"],
             [[f.source, f.frame, f.faces, round(f.detect_ms, 3), round(f.preprocess_ms, 3), round(f.infer_ms, 3),
-              round(f.total_ms, 3)] for f in run.frames]))),
+              round(f.total_ms, 3), f.width, f.height, detector.name] for f in run.frames]))),
     }
     summary = _summary(run, elapsed)
     body = {
         "format": "ferdeploy-infer/1",
         "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
         "model": clf_info,
-        "detector": detector.describe(),
+        "detector": det_info,
         "summary": summary,
         "sources": [s.__dict__ for s in run.sources],
         "predictions": [{"source": p.source, "frame": p.frame, "face": p.face, "box": p.box.to_dict(), "label": p.label,
@@ -627,13 +731,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", required=True, help="image, folder (recursive), video file, or camera index (0)")
     p.add_argument("--out", default="runs/infer", help="output folder (default runs/infer)")
     p.add_argument("--detector", default="auto", choices=DETECTORS,
-                   help="face detector (default auto: yunet with --detector-model, else haar where OpenCV ships it)")
+                   help="face detector (default auto: yunet with --detector-model, else mtcnn, the shipped CNN; "
+                        "haar is OpenCV's cascade, a fallback)")
     p.add_argument("--no-detect", action="store_true", help="inputs are pre-cropped faces (same as --detector none)")
     p.add_argument("--detector-model", default=None, help="YuNet face_detection_yunet_*.onnx for --detector yunet")
     p.add_argument("--cascade", default=None, help="Haar cascade XML (default OpenCV's frontal-face cascade)")
     p.add_argument("--margin", type=float, default=0.1,
                    help="grow each face box by this fraction per side to match the training crops' framing (default 0.1)")
-    p.add_argument("--min-face", type=int, default=32, help="smallest face side in pixels (default 32)")
+    p.add_argument("--min-face", type=float, default=MIN_FACE,
+                   help=f"smallest face: below 1 a fraction of the image's shorter side, from 1 up pixels of the "
+                        f"original image (default {MIN_FACE})")
+    p.add_argument("--detect-size", type=int, default=WORK_SIDE,
+                   help=f"detection runs on a copy whose longer side is at most this many pixels, boxes mapped back "
+                        f"(default {WORK_SIDE}; bounds time and memory on any image size)")
+    p.add_argument("--detector-backend", default="ort",
+                   help="backend of the mtcnn networks: ort (CPU, default), ort-cuda or ort-trt on a GPU")
     p.add_argument("--backend", default=None, help="runtime backend (default ort for .onnx, trt for .engine)")
     p.add_argument("--contract", default=None, help="for an .engine: the ONNX whose contract it uses (default: from its sidecar)")
     p.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (default OMP_NUM_THREADS or 1)")
@@ -654,7 +766,8 @@ def infer_main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = InferConfig(model=args.model, source=args.source, out=args.out,
                       detector="none" if args.no_detect else args.detector, detector_model=args.detector_model,
-                      cascade=args.cascade, margin=args.margin, min_face=args.min_face, backend=args.backend,
+                      cascade=args.cascade, margin=args.margin, min_face=args.min_face, detect_size=args.detect_size,
+                      detector_backend=args.detector_backend, backend=args.backend,
                       threads=args.threads, contract=args.contract, max_frames=args.max_frames, every=args.every,
                       codec=args.codec, annotate=not args.no_annotate)
     with output_lock(cfg.out, "inference run"):

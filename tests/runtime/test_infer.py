@@ -137,7 +137,7 @@ def test_short_video_annotated_and_predictions_match_labels(model: Path, tmp_pat
     body = json.loads((out / "predictions.json").read_text())
     assert body["sources"][0]["status"] == "ok" and body["sources"][0]["frames"] == 28
     written = Path(body["sources"][0]["annotated"])
-    assert written.name.startswith("clip.annotated.") and written.is_file()
+    assert written.name.startswith("clip.avi.annotated.") and written.is_file()
     cap = cv2.VideoCapture(str(written))
     n = 0
     while cap.read()[0]:
@@ -223,10 +223,11 @@ def test_empty_folder_missing_source_and_closed_camera(model: Path, tmp_path: Pa
 
 
 def test_auto_detector_says_what_is_missing(model: Path, faces_dir: Path, tmp_path: Path, caplog, monkeypatch) -> None:
-    # What an OpenCV 5 install sees: no CascadeClassifier, and no YuNet file given.
+    # An install without the MTCNN files, on OpenCV 5 (no CascadeClassifier), and no YuNet file given.
     import runtime.detect as D
 
     monkeypatch.setattr(D, "haar_unavailable_reason", lambda cascade=None: "OpenCV 5.0.0 has no CascadeClassifier")
+    monkeypatch.setattr(D, "mtcnn_unavailable_reason", lambda: "pnet.onnx missing from this install")
     with pytest.raises(MissingDependencyError, match="--no-detect"):
         make_detector("auto")
     code = I.infer_main(["--model", str(model), "--source", str(faces_dir), "--out", str(tmp_path), "--no-progress"])
