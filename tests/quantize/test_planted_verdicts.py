@@ -41,7 +41,8 @@ def _scaled_conv_weight(src: Path, dst: Path, factor: float, which: int = 0) -> 
     if w in producers and producers[w].op_type == "DequantizeLinear":
         w = producers[w].input[1]  # the scale
     t = inits[w]
-    t.CopyFrom(numpy_helper.from_array((numpy_helper.to_array(t) * factor).astype(numpy_helper.to_array(t).dtype), t.name))
+    arr = numpy_helper.to_array(t)
+    t.CopyFrom(numpy_helper.from_array((arr.astype(np.float64) * factor).astype(arr.dtype), t.name))
     return _save(model, dst)
 
 
