@@ -325,8 +325,8 @@ def label_layout(boxes: Sequence[tuple[int, int, int, int]], sizes: Sequence[tup
         x0, y0, x1, y1 = boxes[i]
         tw, th = min(W, sizes[i][0]), min(H, sizes[i][1])
         lx = min(max(0, x0), W - tw)
-        starts = [y0 - th, y1 + 1, y0]
-        cands = [min(max(0, y), H - th) for y in starts]
+        cands = [y for y, fits in ((y0 - th, y0 - th >= 0), (y1 + 1, y1 + 1 + th <= H)) if fits]
+        cands.append(min(max(0, y0), H - th))  # inside the box's top edge
         step = max(1, th // 2)
         cands += list(range(cands[0], H - th + 1, step)) + list(range(cands[0], -1, -step))
         first = (lx, cands[0], lx + tw, cands[0] + th)

@@ -287,6 +287,10 @@ def test_infer_runs_without_torch(model: Path, faces_dir: Path, tmp_path: Path) 
         rc = main(["infer", "--model", {str(model)!r}, "--source", {str(faces_dir)!r}, "--out", {str(tmp_path)!r},
                    "--no-detect", "--no-progress"])
         assert "torch" not in sys.modules
+        # The default detector (MTCNN on ONNX Runtime) needs no torch either.
+        rc2 = main(["infer", "--model", {str(model)!r}, "--source", {str(PHOTOS / "astronaut.jpg")!r}, "--out",
+                    {str(tmp_path / "photo")!r}, "--no-progress"])
+        assert rc2 == 0 and "torch" not in sys.modules, rc2
         sys.exit(rc)
         """
     )
@@ -294,3 +298,104 @@ def test_infer_runs_without_torch(model: Path, faces_dir: Path, tmp_path: Path) 
     res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == I.EXIT_PARTIAL, res.stderr[-2000:]
     assert len((tmp_path / "predictions.csv").read_text().splitlines()) == 36
+
+
+# --------------------------------------------------------------------------------------------
+# No lost outputs, readable labels, real photos, huge inputs
+# --------------------------------------------------------------------------------------------
+PHOTOS = REPO / "tests" / "data" / "photos"
+
+
+def test_same_stem_inputs_and_subfolders_all_get_their_own_annotated_file(model: Path, tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    face = cv2.resize(frontal_faces(400_000, 1)[0][0], (96, 96))
+    for rel in ("face.png", "face.webp", "face.pgm", "a/face.png", "b/face.png", "b/face.PNG.png"):
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        assert cv2.imwrite(str(src / rel), face), rel
+    out = tmp_path / "out"
+    assert I.infer_main(["--model", str(model), "--source", str(src), "--out", str(out), "--no-detect",
+                         "--no-progress"]) == I.EXIT_OK
+    body = json.loads((out / "predictions.json").read_text())
+    written = sorted(str(Path(s["annotated"]).relative_to(out / "annotated")) for s in body["sources"])
+    assert written == ["a/face.png", "b/face.PNG.png", "b/face.png", "face.pgm.png", "face.png", "face.webp"]
+    assert all((out / "annotated" / w).is_file() for w in written)
+    # A name already taken in the run gets a counter instead of overwriting.
+    used: set[str] = set()
+    assert [str(I.annotated_name(n, used)) for n in ("x.pgm.png", "x.pgm", "X.pgm")] == ["x.pgm.png", "x.pgm.2.png",
+                                                                                      "X.pgm.3.png"]
+
+
+def test_videos_of_the_same_name_in_two_folders_both_survive(model: Path, tmp_path: Path) -> None:
+    frames = [cv2.resize(img, (64, 64)) for img, _ in frontal_faces(600_000, 2)]
+    for d in ("a", "b"):
+        (tmp_path / "in" / d).mkdir(parents=True)
+        _write_video(tmp_path / "in" / d / "clip.avi", frames, "MJPG")
+    out = tmp_path / "out"
+    assert I.infer_main(["--model", str(model), "--source", str(tmp_path / "in"), "--out", str(out), "--no-detect",
+                         "--no-progress"]) == I.EXIT_OK
+    body = json.loads((out / "predictions.json").read_text())
+    written = sorted(Path(s["annotated"]).relative_to(out).parts[0] for s in body["sources"])
+    assert written == ["a", "b"] and all(Path(s["annotated"]).is_file() for s in body["sources"])
+
+
+def test_labels_stay_inside_the_image_and_do_not_overlap() -> None:
+    rng = np.random.default_rng(3)
+    shape = (240, 320, 3)
+    for _ in range(200):
+        n = int(rng.integers(1, 6))
+        boxes = []
+        for _ in range(n):
+            x0, y0 = int(rng.integers(-10, 300)), int(rng.integers(-10, 230))
+            boxes.append((x0, y0, x0 + int(rng.integers(10, 120)), y0 + int(rng.integers(10, 120))))
+        sizes = [(int(rng.integers(40, 110)), 18) for _ in range(n)]
+        rects = I.label_layout(boxes, sizes, shape)
+        assert len(rects) == n
+        for (x0, y0, x1, y1), (w, h) in zip(rects, sizes):
+            assert 0 <= x0 and x1 <= shape[1] and 0 <= y0 and y1 <= shape[0] and (x1 - x0, y1 - y0) == (w, h)
+        for i in range(n):
+            for j in range(i):
+                assert not I._overlaps(rects[i], rects[j]), (boxes, rects)
+    # A face at the top edge: its label goes below the box rather than off the image.
+    assert I.label_layout([(10, 0, 60, 50)], [(80, 20)], shape) == [(10, 51, 90, 71)]
+    # A face at the right edge: the label is shifted left to fit.
+    assert I.label_layout([(300, 100, 319, 150)], [(80, 20)], shape) == [(240, 80, 320, 100)]
+    # The drawn image: the label's background fills the rectangle the layout gave.
+    face = (Box(300, 0, 19, 60), "happy", 0.93, 3)
+    img = I.annotate(np.zeros(shape, np.uint8), [face])
+    assert img.shape == shape and img[61:70, 300:318].any()
+
+
+def test_default_detector_on_real_photos_end_to_end(model: Path, tmp_path: Path) -> None:
+    from runtime.detect import mtcnn_unavailable_reason
+
+    if mtcnn_unavailable_reason():
+        pytest.skip(mtcnn_unavailable_reason())
+    import shutil
+
+    src = tmp_path / "photos"
+    src.mkdir()
+    for p in PHOTOS.glob("*.jpg"):
+        shutil.copy(p, src / p.name)
+    out = tmp_path / "out"
+    code = I.infer_main(["--model", str(model), "--source", str(src), "--out", str(out), "--no-progress"])
+    assert code == I.EXIT_OK
+    labels = json.loads((PHOTOS / "labels.json").read_text())["photos"]
+    body = json.loads((out / "predictions.json").read_text())
+    assert body["detector"]["detector"] == "mtcnn"
+    status = {Path(s["source"]).name: (s["status"], s["faces"]) for s in body["sources"] if s["source"].endswith(".jpg")}
+    assert status == {n: ("ok", 1) if e["faces"] else ("no_face", 0) for n, e in labels.items()}
+    rows = (out / "frames.csv").read_text().splitlines()
+    assert rows[0] == "source,frame,faces,detect_ms,preprocess_ms,infer_ms,total_ms,width,height,detector"
+    assert all(float(r.split(",")[3]) > 0 and r.endswith(",mtcnn") for r in rows[1:])
+
+
+def test_huge_input_gets_a_one_line_notice(model: Path, tmp_path: Path, caplog) -> None:
+    src = tmp_path / "huge.jpg"
+    cv2.imwrite(str(src), np.full((4000, 6100, 3), 127, np.uint8))  # 24.4 MP
+    det = PlantedDetector({})
+    with caplog.at_level("WARNING", logger="runtime.infer"):
+        res = I.run_infer(I.InferConfig(model=str(model), source=str(src), out=str(tmp_path / "o"), annotate=False),
+                          detector=det, progress=False)
+    notes = [r.getMessage() for r in caplog.records if "MP)" in r.getMessage()]
+    assert len(notes) == 1 and "6100×4000" in notes[0] and "1280×839" in notes[0], notes
+    assert res.sources[0].status == "no_face"
