@@ -4,6 +4,7 @@
     python -m export onnx --model MODULE:CALLABLE [--weights SD.pt] --contract C.yaml --out M.onnx
     python -m export adopt --onnx PLAIN.onnx --contract C.yaml --out MODEL.onnx
     python -m export check RUN/model.onnx [--checkpoint RUN/checkpoint.pt] [--batches 1,32]
+    python -m export deploy --model RUN/model.onnx --target triton|deepstream --out DIR [--allow-approximate]
 
 Exit codes: 0 success, 1 a pipeline error (logged with what to fix), 2 bad command-line usage.
 """
@@ -62,9 +63,62 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--batches", default="1,32", help="parity batch sizes (default 1,32)")
     c.add_argument("--atol", type=float, default=1e-4, help="max abs logit difference allowed (default 1e-4)")
     c.add_argument("--report", default=None, help="report path (default <model stem>.preflight.json beside the model)")
-    for each in (*parsers, c):
+    parsers.append(c)
+    parsers.append(_deploy_parser(sub))
+    for each in parsers:
         add_debug_flag(each)
     return parser
+
+
+def _deploy_parser(sub) -> argparse.ArgumentParser:
+    d = sub.add_parser("deploy", help="a Triton model repository entry or a DeepStream nvinfer config, from the contract, "
+                                      "checked by emulation (docs/deploy.md)")
+    d.add_argument("--model", required=True, help="model.onnx (any precision) or a TensorRT .engine with its sidecar")
+    d.add_argument("--target", required=True, choices=["triton", "deepstream"])
+    d.add_argument("--out", required=True, help="triton: the model repository (REPO/<name>/ is written); "
+                                                "deepstream: the folder to write")
+    d.add_argument("--name", default=None, help="model name (default: the contract's model name)")
+    d.add_argument("--allow-approximate", action="store_true",
+                   help="deepstream: write a config that only approximates the contract (per-channel std, letterbox, "
+                        "centre crop, area filter); the report states the error")
+    d.add_argument("--force", action="store_true", help="replace an existing destination (after the new one is checked)")
+    d.add_argument("--onnx", default=None, help="for an .engine: the ONNX it was built from (default: from its sidecar)")
+    d.add_argument("--gpu", default=None, help="triton + .engine: the server's GPU, a name or a compute capability "
+                                               "(e.g. 8.7); a plan built for another GPU is refused")
+    d.add_argument("--batch", default=None, help="triton + .onnx: MIN:OPT:MAX (max_batch_size, preferred sizes; "
+                                                 "default 1:8:32); deepstream: nvinfer batch-size (default 16)")
+    d.add_argument("--instance", default="gpu", choices=["gpu", "cpu"], help="triton instance_group kind (default gpu)")
+    d.add_argument("--precision", default=None, choices=["fp32", "fp16", "int8"],
+                   help="deepstream: network-mode (default: the file's precision; fp32 -> fp16 allowed)")
+    d.add_argument("--gpu-id", type=int, default=0, help="deepstream gpu-id (default 0)")
+    d.add_argument("--gie-id", type=int, default=2, help="deepstream gie-unique-id of this classifier (default 2)")
+    d.add_argument("--detector-gie-id", type=int, default=1, help="gie-unique-id of the face detector (default 1)")
+    d.add_argument("--face-class-id", default="0", help="the detector's face class id(s), e.g. 0 or '0;2' (default 0)")
+    d.add_argument("--classifier-threshold", type=float, default=0.0,
+                   help="nvinfer classifier-threshold on the softmax (default 0: always the top-1 class)")
+    d.add_argument("--samples", type=int, default=48, help="synthetic face crops for the emulation check (default 48)")
+    return d
+
+
+def _deploy(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    """``python -m export deploy`` (export/deploy/, docs/deploy.md)."""
+    from export.deploy import DeployConfig, deploy
+    from runtime.errors import ConfigError
+
+    try:
+        face_ids = tuple(int(v) for v in str(args.face_class_id).replace(",", ";").split(";") if v.strip())
+    except ValueError:
+        raise ConfigError(f"--face-class-id takes integers separated by ';', got {args.face_class_id!r}") from None
+    cfg = DeployConfig(
+        model=args.model, target=args.target, out=args.out, name=args.name, allow_approximate=args.allow_approximate,
+        force=args.force, onnx=args.onnx, gpu=args.gpu, batch=args.batch, instance=args.instance,
+        precision=args.precision, gpu_id=args.gpu_id, gie_id=args.gie_id, detector_gie_id=args.detector_gie_id,
+        face_class_ids=face_ids or (0,), classifier_threshold=args.classifier_threshold, samples=args.samples,
+        command="python -m export " + " ".join(argv),
+    )
+    result = deploy(cfg)
+    log.info("deploy report: %s", result.report_md)
+    return 0
 
 
 def _check_source(args: argparse.Namespace) -> None:
@@ -83,6 +137,8 @@ def main(argv: Sequence[str]) -> int:
     """``python -m export``; errors become a message and an exit code (runtime.cli, docs/errors.md)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "deploy":
+        return _deploy(args, argv)
     if args.command == "adopt":
         from export.adopt import adopt_onnx
 
