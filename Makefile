@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-stamp
 EXTRAS := train,quantize,dev,rtx,deploy
 
-.PHONY: setup demo test clean
+.PHONY: setup demo bench test clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,12 @@ $(STAMP): pyproject.toml constraints.txt
 # runs/demo/; a rerun reuses every up-to-date artifact (docs/pipeline.md).
 demo: setup
 	$(PY) -m runtime pipeline --config configs/demo.yaml
+
+# Reproduces every speed figure README.md quotes: the demo's models (made by `make demo`, reused when
+# current) timed against FP32 in alternating rounds, 1 and 2 threads, batch 1 and 32, three repeats:
+# median and range per cell (scripts/bench_headline.py; runs/demo/headline/headline.md).
+bench: demo
+	$(PY) scripts/bench_headline.py --run runs/demo --repeats 3
 
 test: setup
 	$(PY) scripts/run_tests.py
