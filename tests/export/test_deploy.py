@@ -431,3 +431,31 @@ def test_deploy_needs_no_torch(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "ds" / "nvinfer_config.txt").is_file()
+
+
+# ---- colour order and precision --------------------------------------------------------------------------
+def test_bgr_contract_uses_color_format_1(tmp_path):
+    from runtime.preprocess import ColorMode
+
+    if "BGR" not in ColorMode.__members__:  # pragma: no cover - older checkouts
+        pytest.skip("this checkout's contract has no bgr colour mode")
+    model = tiny_model(tmp_path / "bgr.onnx", PreprocessSpec(input_size=(16, 16), color_mode="bgr", scale=1 / 255))
+    assert deploy(model, "deepstream", tmp_path / "ds") == 0
+    assert read_nvinfer(tmp_path / "ds" / "nvinfer_config.txt")["model-color-format"] == "1"
+    v = report(tmp_path / "ds")["emulation"]["verdict"]
+    assert v["max_abs_input_diff"] <= 1e-6 and v["top1_agreement"] == 1.0
+
+
+def test_network_mode_follows_the_file_precision(tmp_path, caplog):
+    spec = PreprocessSpec(input_size=(8, 8))
+    q = tiny_model(tmp_path / "model.int8.onnx", spec)
+    q.with_name(q.name + ".json").write_text(json.dumps({"stage": "quantize", "precision": "int8"}))  # quantize's sidecar
+    assert deploy(q, "deepstream", tmp_path / "int8") == 0
+    props = read_nvinfer(tmp_path / "int8" / "nvinfer_config.txt")
+    assert props["network-mode"] == "1" and props["model-engine-file"].endswith("_int8.engine")
+    f = tiny_model(tmp_path / "model.onnx", spec)
+    assert deploy(f, "deepstream", tmp_path / "fp16", "--precision", "fp16", "--batch", "4") == 0
+    props = read_nvinfer(tmp_path / "fp16" / "nvinfer_config.txt")
+    assert props["network-mode"] == "2" and props["model-engine-file"] == "tiny.onnx_b4_gpu0_fp16.engine"
+    assert deploy(f, "deepstream", tmp_path / "bad", "--precision", "int8") == EXIT_USAGE
+    assert "Q/DQ" in caplog.text and not (tmp_path / "bad").exists()
