@@ -197,3 +197,42 @@ def _commit(stage: Path, final: Path) -> None:
         raise
     if backup is not None:
         shutil.rmtree(backup, ignore_errors=True)
+
+
+# ---- for an optional `deploy:` stage of `python -m runtime pipeline` -----------------------------
+PIPELINE_NAME = "fer"
+
+
+def pipeline_report_path(root: str | os.PathLike, target: str, name: str | None = None) -> Path:
+    """Where `pipeline_step` writes ``target``'s report under ``root`` (known before the model exists).
+
+    ``root/triton/<name>/deploy_report.json`` (``root/triton`` is the model repository) or
+    ``root/deepstream/deploy_report.json``.
+    """
+    root = Path(root)
+    if target == "triton":
+        return root / "triton" / (name or PIPELINE_NAME) / REPORT_JSON
+    if target == "deepstream":
+        return root / "deepstream" / REPORT_JSON
+    raise ConfigError(f"deploy target must be one of {list(TARGETS)}, got {target!r}")
+
+
+def pipeline_step(model: str | os.PathLike, root: str | os.PathLike, target: str,
+                  options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Deploy ``model`` to ``target`` under ``root`` (replacing the previous output): one pipeline step.
+
+    ``options`` are `DeployConfig` fields (``name``, ``allow_approximate``, ``gpu``, ``batch``,
+    ``samples``...). Returns the facts a stamp records. Raises what `deploy` raises.
+    """
+    opts = dict(options or {})
+    opts.setdefault("name", PIPELINE_NAME)
+    unknown = sorted(set(opts) - set(DeployConfig.__dataclass_fields__) - {"targets"})
+    if unknown:
+        raise ConfigError(f"deploy: unknown option(s) {unknown}; valid: {sorted(DeployConfig.__dataclass_fields__)}")
+    opts.pop("targets", None)
+    out = pipeline_report_path(root, target, opts["name"]).parent
+    out = out.parent if target == "triton" else out
+    res = deploy(DeployConfig(model=Path(model), target=target, out=out, force=True,
+                              **{k: v for k, v in opts.items() if k not in ("model", "target", "out", "force")}))
+    return {"folder": str(res.folder), "exact": res.exact, "max_abs_input_diff": res.verdict["max_abs_input_diff"],
+            "top1_agreement": res.verdict["top1_agreement"], "files": list(res.files)}

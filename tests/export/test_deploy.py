@@ -10,6 +10,7 @@ bad inputs refused with a clear message, a non-zero exit and nothing written.
 from __future__ import annotations
 
 import configparser
+import importlib.util
 import errno
 import json
 import os
@@ -459,3 +460,20 @@ def test_network_mode_follows_the_file_precision(tmp_path, caplog):
     assert props["network-mode"] == "2" and props["model-engine-file"] == "tiny.onnx_b4_gpu0_fp16.engine"
     assert deploy(f, "deepstream", tmp_path / "bad", "--precision", "int8") == EXIT_USAGE
     assert "Q/DQ" in caplog.text and not (tmp_path / "bad").exists()
+
+
+def test_pipeline_step_writes_where_it_says(tmp_path):
+    from export.deploy import pipeline_report_path, pipeline_step
+
+    model = tiny_model(tmp_path / "model.onnx", PreprocessSpec(input_size=(8, 8)))
+    for _ in range(2):  # a rerun replaces the previous output
+        facts = pipeline_step(model, tmp_path / "deploy", "deepstream", {"samples": 4})
+        assert pipeline_report_path(tmp_path / "deploy", "deepstream").is_file()
+        assert facts["exact"] and facts["top1_agreement"] == 1.0
+    if importlib.util.find_spec("tritonclient") is not None:
+        pipeline_step(model, tmp_path / "deploy", "triton", {"samples": 4})
+        assert pipeline_report_path(tmp_path / "deploy", "triton").is_file()
+    from runtime.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown option"):
+        pipeline_step(model, tmp_path / "deploy", "deepstream", {"sample": 4})
