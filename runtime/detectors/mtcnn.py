@@ -130,6 +130,10 @@ class MtcnnNets:
                                 "onet.onnx; regenerate them with scripts/export_mtcnn.py or reinstall the package)")
         if len(thresholds) != 3 or not all(0.0 < t < 1.0 for t in thresholds):
             raise ConfigError(f"MTCNN thresholds must be three probabilities in (0, 1), got {thresholds}")
+        if not backend.startswith("ort"):
+            raise ConfigError(f"--detector-backend {backend!r}: the MTCNN networks run on ONNX Runtime backends (ort on the "
+                              "CPU, ort-cuda or ort-trt on a GPU); P-Net takes any image size, which a prebuilt "
+                              "TensorRT engine does not")
         cls = get_backend(backend)
         reason = cls.unavailable_reason()
         if reason:

@@ -132,6 +132,8 @@ def test_nms_regress_square_and_pyramid() -> None:
 def test_missing_network_file_says_how_to_fix(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="export_mtcnn"):
         M.MtcnnNets(tmp_path)
+    with pytest.raises(ConfigError, match="ort-trt"):
+        M.MtcnnNets(backend="trt")
 
 
 def test_shipped_files_match_their_sidecar_and_carry_the_contract() -> None:
