@@ -247,8 +247,10 @@ def write_deepstream(src: ModelSource, cfg: Any, name: str, planned: dict[str, A
                                 "top-1 by nvinfer's classifier rule with the written label file",
                       "sets": rows, "verdict": verdict},
         "needs_device": [
-            "the device scaler's resampling and its RGBA->GRAY8 conversion (VIC on Jetson, CUDA on a dGPU): emulated "
-            "here with OpenCV; crops at the network size need no resampling",
+            "the device scaler's resampling (VIC on Jetson, CUDA on a dGPU): emulated here with OpenCV; crops at "
+            "the network size need no resampling",
+            "the device's colour conversion from the decoded frames (NV12/RGBA -> GRAY8/RGB: its matrix and value "
+            "range), emulated here as OpenCV's RGB->GRAY (BT.601, full range) on RGB crops",
             f"the engine build from {s.onnx_file} at the first start and its reuse from {engine} at the second",
             "a face detector as the primary GIE (operate-on-gie-id) and the labels on the OSD",
         ] + (["INT8: nvinfer releases that print 'INT8 calibration file not specified. Trying FP16 mode.' build the "
