@@ -74,6 +74,10 @@ def plan_triton(src: ModelSource, cfg: Any, name: str) -> dict[str, Any]:
         if src.input.dynamic_batch and profile is None:
             raise ConfigError(f"{e.sidecar}: the sidecar records no batch profile, so max_batch_size is unknown; "
                               "rebuild the engine with python -m runtime build")
+        if src.input.dynamic_batch and profile[0] > 1:  # type: ignore[index]
+            raise ConfigError(f"the plan's batch profile {':'.join(map(str, profile))} starts at {profile[0]}: Triton "  # type: ignore[arg-type]
+                              "would fail every request smaller than that; rebuild it with python -m runtime build "
+                              "--batch 1:OPT:MAX")
     else:
         if cfg.gpu:
             log.info("--gpu %s ignored: it checks a TensorRT plan, and %s is an ONNX model", cfg.gpu, src.path.name)

@@ -291,7 +291,7 @@ def test_letterbox_maps_to_aspect_and_symmetric_padding(tmp_path):
 
 # ---- engines (Triton tensorrt_plan) --------------------------------------------------------------------
 def fake_engine(tmp_path: Path, *, gpu: str = "Orin", cc: str = "8.7", flavour: str | None = None,
-                onnx_path: Path | None = None) -> Path:
+                onnx_path: Path | None = None, profile: str = "1:4:16") -> Path:
     """A stand-in plan (bytes only) with the sidecar python -m runtime build writes."""
     from runtime.artifacts import sha256_file
     from runtime.trt.cache import EngineKey, write_engine_sidecar
@@ -299,7 +299,7 @@ def fake_engine(tmp_path: Path, *, gpu: str = "Orin", cc: str = "8.7", flavour: 
     src = onnx_path or tiny_model(tmp_path / "model.onnx", PreprocessSpec(input_size=(8, 8)))
     plan = tmp_path / "model.fp16.engine"
     plan.write_bytes(b"not a real plan: its bytes are only copied")
-    key = EngineKey(sha256_file(src), "10.3.0", gpu, cc, "fp16", "1:4:16", {"typing": "strong"})
+    key = EngineKey(sha256_file(src), "10.3.0", gpu, cc, "fp16", profile, {"typing": "strong"})
     extra = {"onnx": str(src)} | ({"flavour": flavour} if flavour else {})
     write_engine_sidecar(plan, key, extra)
     return plan
@@ -344,6 +344,8 @@ def test_engine_refusals(tmp_path, caplog):
     assert deploy(plan, "deepstream", tmp_path / "ds") == EXIT_USAGE and "onnx-file" in caplog.text
     rtx = fake_engine(tmp_path / "rtx", flavour="tensorrt-rtx")
     assert deploy(rtx, "triton", repo, "--gpu", "8.7") == EXIT_USAGE and "RTX" in caplog.text
+    big = fake_engine(tmp_path / "big", profile="8:8:32")
+    assert deploy(big, "triton", repo, "--gpu", "8.7") == EXIT_USAGE and "starts at 8" in caplog.text
     other = tiny_model(tmp_path / "other.onnx", PreprocessSpec(input_size=(8, 8)), seed=5)
     assert deploy(plan, "triton", repo, "--gpu", "8.7", "--onnx", str(other)) == EXIT_ERROR
     assert "not the ONNX" in caplog.text
