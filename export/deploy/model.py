@@ -214,8 +214,10 @@ def _read_engine_sidecar(plan: Path) -> tuple[EngineInfo, dict[str, Any]]:
                             "not an engine sidecar of python -m runtime build: rebuild the engine")
     ccs: list[str] = []
     for holder in (key, side, options):
-        for name in ("compute_capability", "target_compute_capabilities", "compute_capabilities", "target_ccs"):
+        for name in ("compute_capability", "target_compute_capabilities", "compute_capabilities", "targets"):
             value = holder.get(name)
+            if isinstance(value, str) and "," in value:  # TensorRT-for-RTX key: "8.9,12.0"
+                value = value.split(",")
             values = value if isinstance(value, (list, tuple)) else [value]
             ccs += [_norm_cc(v) for v in values if v not in (None, "")]
     flavour = str(side.get("flavour") or side.get("flavor") or key.get("flavour") or options.get("flavour")
@@ -276,7 +278,7 @@ def _norm_cc(value: Any) -> str:
     m = re.fullmatch(r"(\d+)\.(\d+)", text)
     if m:
         return f"{int(m.group(1))}.{int(m.group(2))}"
-    m = re.fullmatch(r"(\d)(\d+)", text)
+    m = re.fullmatch(r"(\d+)(\d)", text)  # sm_87 -> 8.7, sm_120 -> 12.0
     return f"{m.group(1)}.{m.group(2)}" if m else ""
 
 

@@ -479,3 +479,10 @@ def test_pipeline_step_writes_where_it_says(tmp_path):
 
     with pytest.raises(ConfigError, match="unknown option"):
         pipeline_step(model, tmp_path / "deploy", "deepstream", {"sample": 4})
+
+
+def test_compute_capability_spellings():
+    from export.deploy.model import _norm_cc
+
+    assert [_norm_cc(v) for v in ("8.7", "sm_87", "87", "sm_120", "12.0", (9, 0), "default")] == \
+        ["8.7", "8.7", "8.7", "12.0", "12.0", "9.0", ""]
