@@ -27,6 +27,7 @@ from runtime.errors import DataError
 log = logging.getLogger(__name__)
 
 UNLABELLED = -1
+_SAID: set[str] = set()
 
 
 @dataclass(frozen=True)
@@ -159,10 +160,9 @@ def is_class_folder_tree(root: str | os.PathLike) -> bool:
     try:
         load_folder(Path(root))
     except DataError as exc:
-        why = str(exc).split(";")[0]
-        # Sub-folders that look like classes but are not: say so loudly, accuracy is lost.
-        level = logging.WARNING if "unknown class folder" in str(exc) else logging.INFO
-        log.log(level, "%s is read as a folder of images, labelled only where a folder is named after one of the "
-                "model's classes (%s)", root, why)
+        if str(root) not in _SAID:  # once per folder and process (quantize and parity each ask)
+            _SAID.add(str(root))
+            log.info("%s is read as a folder of images, labelled only where a folder is named after one of the "
+                     "model's classes (%s)", root, str(exc).split(";")[0])
         return False
     return True

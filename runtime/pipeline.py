@@ -82,10 +82,10 @@ STAGES: tuple[Stage, ...] = tuple(Stage)
 STAGE_CODE: dict[Stage, tuple[str, ...]] = {
     Stage.TRAIN: ("train", "runtime/preprocess.py"),
     Stage.EXPORT: ("export", "runtime/contract.py"),
-    Stage.QUANTIZE: ("quantize", "runtime/preprocess.py", "runtime/contract.py"),
+    Stage.QUANTIZE: ("quantize", "runtime/preprocess.py", "runtime/contract.py", "runtime/images.py"),
     Stage.TENSORRT: ("runtime/trt", "runtime/backends/trt.py"),
     Stage.PARITY: ("runtime/parity.py", "runtime/compare.py", "runtime/metrics.py", "runtime/preprocess.py",
-                   "runtime/backends"),
+                   "runtime/backends", "runtime/images.py"),
     Stage.BENCH: ("runtime/bench.py", "runtime/latency.py", "runtime/backends"),
     Stage.REPORT: ("runtime/report.py", "runtime/pipeline.py"),
 }
@@ -228,6 +228,45 @@ class BenchSection:
     repeat: int = 1
 
 
+SOURCE_KINDS = ("checkpoint", "module", "onnx")
+
+
+@dataclass(frozen=True)
+class ModelSourceSection:
+    """``source:`` section: start from the user's model instead of training one (docs/contract.md).
+
+    Attributes:
+        kind: ``""`` (train from ``fit:``), ``checkpoint``, ``module`` or ``onnx``; the stages before
+            it are skipped (no train; the export stage copies/exports/adopts the model).
+        path: The checkpoint.pt, ``MODULE:CALLABLE`` (or a registered model name), or the ONNX file.
+        contract: Contract YAML (``module`` and ``onnx``).
+        weights: ``state_dict`` file (``module``; loaded with ``weights_only=True``).
+        data: Calibration and parity data: any folder of images (labels optional) or a dataset
+            YAML; None = the model's own dataset.
+    """
+
+    kind: str = ""
+    path: str = ""
+    contract: str | None = None
+    weights: str | None = None
+    data: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind and self.kind not in SOURCE_KINDS:
+            raise ConfigError(f"source.kind must be one of {list(SOURCE_KINDS)} (or left out to train), got {self.kind!r}")
+        if self.kind and not self.path:
+            raise ConfigError(f"source.path is required for source.kind {self.kind!r}")
+        if self.kind in ("module", "onnx") and not self.contract:
+            raise ConfigError(f"source.kind {self.kind!r} needs source.contract (a contract YAML, docs/contract.md)")
+        if self.weights and self.kind != "module":
+            raise ConfigError("source.weights goes with source.kind module")
+
+    @property
+    def has_checkpoint(self) -> bool:
+        """Whether a PyTorch checkpoint exists (trained here or given): the reference of parity/bench."""
+        return self.kind in ("", "checkpoint")
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """The whole pipeline config: the raw ``fit:`` section (resolved by `train.config`) plus ours."""
@@ -240,6 +279,7 @@ class PipelineConfig:
     parity: ParitySection = field(default_factory=ParitySection)
     bench: BenchSection = field(default_factory=BenchSection)
     source: str = ""
+    model_source: ModelSourceSection = field(default_factory=ModelSourceSection)  # the YAML's ``source:``
 
     @property
     def out(self) -> Path:
@@ -258,14 +298,15 @@ _SECTIONS: dict[str, type] = {
 
 def config_from_mapping(data: Mapping[str, Any], source: str = "config") -> PipelineConfig:
     """Build a `PipelineConfig`; unknown sections or keys raise `ConfigError`."""
-    unknown = sorted(set(data) - set(_SECTIONS) - {"fit"})
+    unknown = sorted(set(data) - set(_SECTIONS) - {"fit", "source"})
     if unknown:
-        raise ConfigError(f"{source}: unknown section(s) {unknown}; valid: {['fit', *_SECTIONS]}")
+        raise ConfigError(f"{source}: unknown section(s) {unknown}; valid: {['fit', 'source', *_SECTIONS]}")
     fit = data.get("fit") or {}
     if not isinstance(fit, Mapping):
         raise ConfigError(f"{source}: fit: expected a mapping, got {type(fit).__name__}")
     kwargs = {name: from_mapping(cls, data.get(name), where=f"{source}: {name}") for name, cls in _SECTIONS.items()}
-    cfg = PipelineConfig(fit=dict(fit), source=source, **kwargs)
+    model_source = from_mapping(ModelSourceSection, data.get("source"), where=f"{source}: source")
+    cfg = PipelineConfig(fit=dict(fit), source=source, model_source=model_source, **kwargs)
     parse_stages(cfg.pipeline.stages)  # validate names early
     return cfg
 
@@ -777,20 +818,31 @@ def build_plan(ctx: Context, stages: Sequence[Stage]) -> tuple[list[Step], dict[
     trt_ok, trt_reason, _ = tensorrt_status(cfg.tensorrt)
     engines_wanted = _engines_wanted(L, variants)
     models = [L.onnx] + [L.quantized(v) for v in variants]
-    if Stage.TRAIN in stages:
+    src = cfg.model_source
+    if Stage.TRAIN in stages and src.kind:
+        skipped["train"] = f"source: {src.kind} {src.path} (the pipeline starts from the given model)"
+    elif Stage.TRAIN in stages:
         if not cfg.fit:
             raise ConfigError(f"{cfg.source}: the train stage needs a `fit:` section (or leave train out of --stages)")
         fit_dict = to_dict(ctx.fit_config)
         fit_dict.pop("out", None)  # where it is written does not change what is trained
         steps.append(Step("train", Stage.TRAIN, lambda: run_train(ctx), (), (L.checkpoint, L.checkpoint_json),
                           fit_dict, ("torch", "numpy", "cv2"), {"dataset": _dataset_fingerprint(fit_dict.get("data", {}))}))
-    if Stage.EXPORT in stages:
+    if Stage.EXPORT in stages and src.kind:
+        given = [Path(p) for p in (src.path if src.kind != "module" else None, src.contract, src.weights) if p]
+        outs = (L.checkpoint, L.onnx, L.onnx_sidecar, L.preflight) if src.kind == "checkpoint" else (
+            L.onnx, L.onnx_sidecar, L.preflight)
+        steps.append(Step("export", Stage.EXPORT, lambda: run_source_export(ctx), tuple(given), outs,
+                          {**to_dict(cfg.export), "source": to_dict(src)}, ("torch", "onnx", "onnxslim", "onnxruntime")))
+    elif Stage.EXPORT in stages:
         steps.append(Step("export", Stage.EXPORT, lambda: run_export(ctx), (L.checkpoint,),
                           (L.onnx, L.onnx_sidecar, L.preflight), to_dict(cfg.export),
                           ("torch", "onnx", "onnxslim", "onnxruntime")))
     if Stage.QUANTIZE in stages:
         for v in variants:
             args = cfg.quantize.fp16_args if v.kind == "fp16" else cfg.quantize.int8_args
+            if src.data:
+                args = [*args, "--data", src.data]
             steps.append(Step(f"quantize.{v.name}", Stage.QUANTIZE, lambda v=v: run_quantize(ctx, v), (L.onnx,),
                               (L.quantized(v),), {"kind": v.kind, "method": v.method, "target": v.target, "args": list(args)},
                               ("onnx", "onnxruntime", "nncf", "numpy")))
@@ -806,16 +858,17 @@ def build_plan(ctx: Context, stages: Sequence[Stage]) -> tuple[list[Step], dict[
     # With TensorRT here, parity and bench add `trt` rows; the trt backend reuses the engines the
     # tensorrt stage built (same build defaults) or builds them through the same cache.
     use_trt = trt_ok
-    reference = L.checkpoint if _torch_available() else L.onnx
+    reference = L.checkpoint if _torch_available() and src.has_checkpoint else L.onnx
     if Stage.PARITY in stages:
         steps.append(Step("parity", Stage.PARITY, lambda: run_parity(ctx, reference, use_trt),
                           (reference, *([] if reference == L.onnx else [L.onnx]), *models[1:]),
                           (L.parity_dir / "parity.json", L.parity_dir / "parity.md"),
-                          {**to_dict(cfg.parity), "reference": L.rel(reference), "tensorrt": use_trt},
+                          {**to_dict(cfg.parity), "reference": L.rel(reference), "tensorrt": use_trt,
+                           **({"data": src.data} if src.data else {})},
                           ("torch", "onnxruntime", "numpy", "cv2"),
                           {"tensorrt": _trt_identity() if use_trt else None}))
     if Stage.BENCH in stages:
-        bench_inputs = ([L.checkpoint] if cfg.bench.torch and _torch_available() else []) + models
+        bench_inputs = ([L.checkpoint] if cfg.bench.torch and _torch_available() and src.has_checkpoint else []) + models
         steps.append(Step("bench", Stage.BENCH, lambda: run_bench(ctx, use_trt), tuple(bench_inputs),
                           (L.bench_dir / "bench.json", L.bench_dir / "bench.md"),
                           {**to_dict(cfg.bench), "tensorrt": use_trt}, ("torch", "onnxruntime", "numpy"),
@@ -894,14 +947,45 @@ def run_export(ctx: Context) -> dict[str, Any]:
             "size_bytes": ctx.layout.onnx.stat().st_size}
 
 
+def run_source_export(ctx: Context) -> dict[str, Any]:
+    """The export stage of a ``source:`` model: copy + export a checkpoint, export a module, or adopt an ONNX."""
+    from export.config import ExportConfig
+
+    src, L, e = ctx.cfg.model_source, ctx.layout, ctx.cfg.export
+    if src.kind == "onnx":
+        from export.adopt import adopt_onnx
+
+        res = adopt_onnx(src.path, src.contract, L.onnx)
+        return {"adopted": src.path, "batch": res.batch_note, "size_bytes": L.onnx.stat().st_size}
+    cfg = ExportConfig(checkpoint=Path(src.weights or src.path) if src.kind == "module" else L.checkpoint, out=L.onnx,
+                       opset=e.opset, exporter=e.exporter, slim=e.slim, parity_batches=e.parity_batches,
+                       parity_atol=e.parity_atol)
+    if src.kind == "module":
+        from export.onnx import export_module
+
+        res = export_module(src.path, src.contract, cfg, weights=src.weights)
+    else:  # checkpoint: a copy in the run folder is the PyTorch reference of parity and bench
+        import shutil
+
+        from export.onnx import export_onnx
+        from runtime.artifacts import atomic_write
+
+        if not Path(src.path).is_file():
+            raise StageError(f"export: source.path {src.path} not found; point it at the checkpoint.pt to deploy")
+        atomic_write(L.checkpoint, lambda p: shutil.copyfile(src.path, p))
+        res = export_onnx(cfg, force=True)
+    return {"exporter": res.exporter, "source": src.path, "size_bytes": L.onnx.stat().st_size}
+
+
 def quantize_argv(ctx: Context, v: Variant) -> list[str]:
     """The ``python -m quantize`` arguments of one variant (``--force`` when the stage is forced)."""
     L = ctx.layout
     force = ["--force"] if Stage.QUANTIZE in ctx.force else []
+    data = ["--data", ctx.cfg.model_source.data] if ctx.cfg.model_source.data else []  # a source: section's images
     if v.kind == "fp16":
-        return ["fp16", "--onnx", str(L.onnx), "--out", str(L.quantized(v)), *ctx.cfg.quantize.fp16_args, *force]
+        return ["fp16", "--onnx", str(L.onnx), "--out", str(L.quantized(v)), *ctx.cfg.quantize.fp16_args, *data, *force]
     return ["int8", "--onnx", str(L.onnx), "--method", str(v.method), "--out", str(L.quantized(v)),
-            "--target", str(v.target), *ctx.cfg.quantize.int8_args, *force]
+            "--target", str(v.target), *ctx.cfg.quantize.int8_args, *data, *force]
 
 
 def run_quantize(ctx: Context, v: Variant) -> dict[str, Any]:
@@ -1009,7 +1093,8 @@ def run_parity(ctx: Context, reference: Path, use_trt: bool) -> dict[str, Any]:
 
     p = ctx.cfg.parity
     ref = describe_model(reference)
-    labelled = load_labelled_set(ref.dataset, ref.class_names, split=p.split, limit=p.limit)
+    labelled = load_labelled_set(ref.dataset, ref.class_names, split=p.split, limit=p.limit,
+                                 data=ctx.cfg.model_source.data)
     runs: list[ParityRun] = []
     for files, backends in _groups(ctx, use_trt, torch_ref=False):
         cands = [f for f in files if f != reference]
@@ -1040,7 +1125,7 @@ def run_bench(ctx: Context, use_trt: bool) -> dict[str, Any]:
     from runtime.report import bench_report, write_report
 
     b = ctx.cfg.bench
-    torch_ref = b.torch and _torch_available()
+    torch_ref = b.torch and _torch_available() and ctx.cfg.model_source.has_checkpoint
     runs: list[BenchRun] = []
     for files, backends in _groups(ctx, use_trt, torch_ref=torch_ref):
         cfg = BenchConfig(models=tuple(str(f) for f in files), batches=b.batches, backends=backends,
