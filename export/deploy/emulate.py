@@ -124,13 +124,23 @@ def contract_input(images: Sequence[np.ndarray], spec: PreprocessSpec) -> np.nda
 
 
 def run_model(path: Path, input_name: str, x: np.ndarray, output: str, *, batch: int = 32) -> np.ndarray:
-    """``output`` of the ONNX model at ``path`` on ``x`` (onnxruntime, CPU, one thread), in batches."""
+    """``output`` of the ONNX model at ``path`` on ``x`` (onnxruntime, CPU, one thread), in batches.
+
+    A model with a fixed batch N is fed N at a time, the last call padded with copies of the last sample.
+    """
     from runtime.backends import get_backend
 
     outs = []
     with get_backend("ort")(path, provider="cpu", threads=1) as backend:
-        for i in range(0, len(x), batch):
-            outs.append(np.asarray(backend.infer({input_name: x[i:i + batch]})[output], dtype=np.float32))
+        spec = next(s for s in backend.input_specs if s.name == input_name)
+        fixed = spec.shape[0] if spec.shape and isinstance(spec.shape[0], int) else None
+        step = fixed or batch
+        for i in range(0, len(x), step):
+            chunk = x[i:i + step]
+            n = len(chunk)
+            if fixed and n < fixed:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - n, axis=0)])
+            outs.append(np.asarray(backend.infer({input_name: chunk})[output], dtype=np.float32)[:n])
     return np.concatenate(outs)
 
 
@@ -187,9 +197,12 @@ def triton_input(images: Sequence[np.ndarray], spec: PreprocessSpec, cfg: Any) -
     x = contract_input(images, spec)
     inp = cfg.input[0]
     dtype = NUMPY_TYPES[pb.DataType.Name(inp.data_type)]
-    per_sample = list(x.shape[1:]) if cfg.max_batch_size > 0 else list(x.shape)
-    if per_sample != list(inp.dims) and cfg.max_batch_size > 0:
-        raise ValueError(f"the client's tensor {list(x.shape)} does not fit dims {list(inp.dims)}")
+    dims = list(inp.dims) if cfg.max_batch_size > 0 else list(inp.dims)[1:]  # max_batch_size 0: dims hold the batch
+    if list(x.shape[1:]) != dims:
+        from runtime.errors import ExportError
+
+        raise ExportError(f"the client's tensor {list(x.shape)} does not fit the config's dims {list(inp.dims)} "
+                          f"(max_batch_size {cfg.max_batch_size}); this is a bug")
     return x.astype(dtype)
 
 
@@ -204,13 +217,7 @@ def check_triton(model_dir: Path, cfg: Any, sets: Sequence[SampleSet], *, spec: 
         ref_x = contract_input(s.images, spec)
         sent = triton_input(s.images, spec, cfg)
         ref_top = [class_names[i] for i in run_model(reference_onnx, inp, ref_x, logits.name).argmax(1)]
-        if batch is None:  # a fixed-batch model: one request per fixed-size batch
-            n = list(cfg.input[0].dims)[0]
-            pad = (-len(sent)) % n
-            padded = np.concatenate([sent, np.repeat(sent[-1:], pad, axis=0)]) if pad else sent
-            out = run_model(run_onnx, inp, padded, logits.name, batch=n)[: len(sent)]
-        else:
-            out = run_model(run_onnx, inp, sent, logits.name, batch=batch)
+        out = run_model(run_onnx, inp, sent, logits.name, batch=batch or 32)  # a fixed batch: padded requests
         got_top: list[str | None] = [labels[i] if i < len(labels) else None for i in out.argmax(1)]
         rows.append(_summary(s.name, s.description, ref_x, sent, ref_top, got_top, True))  # the client resizes as the contract
     return rows

@@ -486,3 +486,16 @@ def test_compute_capability_spellings():
 
     assert [_norm_cc(v) for v in ("8.7", "sm_87", "87", "sm_120", "12.0", (9, 0), "default")] == \
         ["8.7", "8.7", "8.7", "12.0", "12.0", "9.0", ""]
+
+
+def test_fixed_batch_model_gets_max_batch_size_zero(tmp_path):
+    _schema_or_skip()
+    model = tiny_model(tmp_path / "fixed.onnx", PreprocessSpec(input_size=(8, 8)), batch=4)
+    assert deploy(model, "triton", tmp_path / "repo", "--batch", "1:2:4") == EXIT_USAGE  # a fixed batch cannot change
+    assert deploy(model, "triton", tmp_path / "repo") == 0
+    cfg = triton_schema.parse_config((tmp_path / "repo" / "tiny" / "config.pbtxt").read_text())
+    assert cfg.max_batch_size == 0 and list(cfg.input[0].dims) == [4, 1, 8, 8]
+    assert not cfg.HasField("dynamic_batching")
+    assert report(tmp_path / "repo" / "tiny")["emulation"]["verdict"]["matches"]
+    assert deploy(model, "deepstream", tmp_path / "ds") == 0  # nvinfer's batch-size is the fixed batch
+    assert read_nvinfer(tmp_path / "ds" / "nvinfer_config.txt")["batch-size"] == "4"
