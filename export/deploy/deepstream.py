@@ -303,6 +303,8 @@ def softmax_model(onnx_path: Path, out: Path, logits: str, extra_props: Mapping[
     props.update(extra_props or {})
     del model.metadata_props[:]
     helper.set_model_props(model, props)
-    onnx.checker.check_model(model)
-    onnx.save(model, str(out))
+    from export.gate import write_onnx
+
+    # The one artifact gate (onnx.checker full check + preflight); nothing is written on failure.
+    write_onnx(model, out, stage="export deploy (deepstream)", target="tensorrt")
     return {"appended": f"Softmax({src}) -> {probs}", "outputs_replaced": dropped, "output": probs}
