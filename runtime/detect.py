@@ -6,8 +6,9 @@ Four detectors behind one small interface (``detect(image) -> list[Box]``), chos
   files shipped in ``runtime/detectors/mtcnn/`` (~2 MB, exported by ``scripts/export_mtcnn.py`` from
   the authors' trained weights), run through the project's backends: ONNX Runtime on the CPU,
   ``ort-cuda`` / ``ort-trt`` on a GPU (`runtime.detectors.mtcnn`). On the labelled public photos
-  in ``tests/data/photos`` it finds every face, 3/4 profiles included (BENCHMARKS.md).
-- ``haar``: Viola-Jones with ``cv2.CascadeClassifier`` and the frontal-face cascade that OpenCV 4.x
+  in ``tests/data/photos`` it finds all 8 hand-marked faces, a 3/4 profile among them, where
+  Haar finds 6 (BENCHMARKS.md).
+- ``haar`` (the fallback): Viola-Jones with ``cv2.CascadeClassifier`` and the frontal-face cascade that OpenCV 4.x
   wheels ship in ``cv2.data.haarcascades`` (constraints.txt pins opencv-python-headless 4.14 for
   this; JetPack's system OpenCV 4 ships the same files in ``/usr/share/opencv4/haarcascades``).
   **OpenCV 5 removed both** the class and the files from the main module: there the Haar detector
@@ -34,7 +35,7 @@ the image: ``min_face`` < 1 is a fraction of the image's shorter side (default 0
 least the detector's own window in the working copy (MTCNN 12 px, Haar 24 px), i.e. 1 % (MTCNN) of
 the working copy's longer side; raise ``work_side`` to find smaller faces in very large photos.
 
-No torch; numpy and OpenCV only.
+No torch: numpy, OpenCV and, for mtcnn, a runtime backend (ONNX Runtime).
 """
 
 from __future__ import annotations
