@@ -155,22 +155,26 @@ def test_shipped_files_match_their_sidecar_and_carry_the_contract() -> None:
 
 
 def test_reexport_matches_the_shipped_onnx(tmp_path: Path) -> None:
-    """Rebuild each network in PyTorch from the shipped weights, export it again, compare outputs."""
+    """The export script's path: state dicts (rebuilt from the shipped weights) -> export_mtcnn -> same outputs."""
     pytest.importorskip("torch")
     import onnxruntime as ort
     import torch
 
-    from export.mtcnn import build_net, export_net, state_dict_from_onnx
+    from export.mtcnn import build_net, export_mtcnn, state_dict_from_onnx
 
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for net in M.NETS:
+        torch.save(state_dict_from_onnx(M.MODEL_DIR / f"{net}.onnx", net), weights / f"{net}.pt")
+    body = export_mtcnn(weights, tmp_path / "out")
+    assert sorted(body["nets"]) == sorted(M.NETS) and (tmp_path / "out" / "mtcnn.json").is_file()
     rng = np.random.default_rng(0)
     shapes = {"pnet": [(1, 3, 37, 53), (2, 3, 12, 12)], "rnet": [(3, 3, 24, 24)], "onet": [(2, 3, 48, 48)]}
     for net in M.NETS:
         shipped = M.MODEL_DIR / f"{net}.onnx"
         module = build_net(net, state_dict_from_onnx(shipped, net))
-        again = tmp_path / f"{net}.onnx"
-        export_net(module, net, again, {"net": net})
         a = ort.InferenceSession(str(shipped), providers=["CPUExecutionProvider"])
-        b = ort.InferenceSession(str(again), providers=["CPUExecutionProvider"])
+        b = ort.InferenceSession(str(tmp_path / "out" / f"{net}.onnx"), providers=["CPUExecutionProvider"])
         for shape in shapes[net]:
             x = (rng.random(shape) * 255).astype(np.float32)
             ya, yb = a.run(None, {"input": x}), b.run(None, {"input": x})
@@ -180,6 +184,14 @@ def test_reexport_matches_the_shipped_onnx(tmp_path: Path) -> None:
                 np.testing.assert_allclose(u, v, atol=1e-5)
                 np.testing.assert_allclose(u, t.numpy(), atol=1e-4)
             assert np.allclose(ya[0].sum(axis=1), 1.0, atol=1e-5)  # softmax over face / not face
+    # The detector runs on the re-exported files and finds the same face.
+    img = cv2.imread(str(PHOTOS / "astronaut.jpg"))
+    again = MtcnnDetector(tmp_path / "out")
+    try:
+        ref = make_detector("mtcnn")
+        assert again.detect(img) == ref.detect(img) and len(ref.detect(img)) == 1
+    finally:
+        again.close()
 
 
 def test_boxes_map_back_and_clip() -> None:
