@@ -9,7 +9,8 @@
    detector and thread count; ``--rounds`` passes over the frames, each summarised by its median;
    the median and range of those medians are printed. The classifier is ``--model`` (default: an
    untrained LANMSFF exported here: latency does not depend on the weights).
-3. Huge input: ``python -m runtime infer`` on an 8000×6000 JPEG in a fresh process: wall time,
+3. Spinning: MTCNN detect with 1 or 2 ORT threads, intra-op spin-waiting on (ORT's default) or off.
+4. Huge input: ``python -m runtime infer`` on an 8000×6000 JPEG in a fresh process: wall time,
    peak resident memory, and the boxes against the same photo's 1280×960 copy.
 
 ``--int8`` adds the MTCNN networks quantized by ONNX Runtime (static, QDQ, per-channel, calibrated
@@ -184,6 +185,48 @@ def latency(make, model: Path, threads: int, rounds: int) -> dict:
             "detect_classify_ms": [statistics.median(tot_med), min(tot_med), max(tot_med)]}
 
 
+def spinning(rounds: int = 15) -> dict:
+    """MTCNN detect on one 640×480 photo with ORT sessions built here: 1 or 2 threads, spin-waiting on or off.
+
+    Each of the three networks has its own ORT thread pool; with spinning on (ORT's default), a pool
+    that just finished keeps its threads busy-waiting while the next network runs.
+    """
+    import onnxruntime as ort
+
+    from runtime.detectors import mtcnn as M
+
+    class Bare:
+        def __init__(self, path: Path, threads: int, spin: bool) -> None:
+            so = ort.SessionOptions()
+            so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+            so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+            self.sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            self.names = [o.name for o in self.sess.get_outputs()]
+
+        def infer(self, feeds):
+            return dict(zip(self.names, self.sess.run(None, feeds)))
+
+        def close(self) -> None:
+            pass
+
+    img = cv2.cvtColor(letterbox(cv2.imread(str(PHOTOS / "obama.jpg"))), cv2.COLOR_BGR2RGB)
+    res = {}
+    for threads in (1, 2):
+        for spin in (True, False):
+            nets = M.MtcnnNets(threads=1)
+            nets.nets = {k: Bare(M.MODEL_DIR / f"{k}.onnx", threads, spin) for k in M.NETS}
+            nets.detect_rgb(img, 19)
+            times = []
+            for _ in range(rounds):
+                t0 = time.perf_counter()
+                nets.detect_rgb(img, 19)
+                times.append((time.perf_counter() - t0) * 1e3)
+            key = f"threads {threads} spinning {'on' if spin else 'off'}"
+            res[key] = [statistics.median(times), min(times), max(times)]
+            print(f"  {key}: detect {res[key][0]:.1f} ms [{res[key][1]:.1f}, {res[key][2]:.1f}]", flush=True)
+    return res
+
+
 _HUGE = r"""
 import json, resource, sys, time, cv2, numpy as np
 sys.path.insert(0, {repo!r})
@@ -233,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", default="1,2")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--int8", action="store_true", help="also the MTCNN networks quantized to INT8")
-    p.add_argument("--skip", default="", help="comma list of sections to skip: accuracy,latency,huge")
+    p.add_argument("--skip", default="", help="comma list of sections to skip: accuracy,latency,spinning,huge")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
     import logging
@@ -265,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {name:>10} threads {t}: detect {r['detect_ms'][0]:.1f} ms [{r['detect_ms'][1]:.1f}, "
                       f"{r['detect_ms'][2]:.1f}], detect+classify {r['detect_classify_ms'][0]:.1f} ms "
                       f"[{r['detect_classify_ms'][1]:.1f}, {r['detect_classify_ms'][2]:.1f}]", flush=True)
+    if "spinning" not in skip:
+        print("MTCNN detect per 640×480 frame, ORT intra-op spin-waiting on/off (median [min, max] of 15 calls):")
+        results["spinning"] = spinning()
     if "huge" not in skip:
         results["huge"] = huge(model, tmp)
     results["load_after"] = os.getloadavg()

@@ -109,6 +109,27 @@ def pyramid_scales(short_side: int, min_face: float, factor: float = PYRAMID_FAC
     return scales
 
 
+def _make(cls: Any, path: Path, opts: dict[str, Any]) -> Any:
+    """A backend for one network; with more than one thread, ORT's intra-op spin-waiting is turned off.
+
+    Each network has its own ORT thread pool: with spinning on (ORT's default) the pool that just
+    ran keeps its threads busy-waiting while the next network runs, and on 2 cores MTCNN took
+    156 ms per 640×480 frame with 2 threads against 40 ms with spinning off (BENCHMARKS.md). The
+    ``spinning`` option is used where the ORT backend offers it.
+    """
+    from runtime.backends.ort import default_threads
+
+    threads = int(opts.get("threads") or default_threads())
+    if threads > 1:
+        try:
+            return cls(path, **opts, spinning=False)
+        except ConfigError as exc:
+            if "spinning" not in str(exc):
+                raise
+            log.debug("this ORT backend has no 'spinning' option; its threads spin-wait between calls")
+    return cls(path, **opts)
+
+
 class MtcnnNets:
     """The three loaded networks plus the cascade.
 
@@ -138,9 +159,9 @@ class MtcnnNets:
         reason = cls.unavailable_reason()
         if reason:
             raise MissingDependencyError(f"detector backend {backend!r} is not available here: {reason}")
-        opts = {"threads": threads} if threads and backend.startswith("ort") else {}
+        opts = {"threads": threads} if threads else {}
         self.backend_name = backend
-        self.nets = {n: cls(self.dir / f"{n}.onnx", **opts).load() for n in NETS}
+        self.nets = {n: _make(cls, self.dir / f"{n}.onnx", opts).load() for n in NETS}
         self.thresholds = tuple(float(t) for t in thresholds)
 
     def _run(self, net: str, x: np.ndarray) -> dict[str, np.ndarray]:

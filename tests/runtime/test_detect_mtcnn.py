@@ -218,3 +218,25 @@ def test_shipped_weights_are_the_facenet_pytorch_ones() -> None:
         assert digest == side["nets"][net]["weights_sha256"]
         shipped = state_dict_from_onnx(M.MODEL_DIR / f"{net}.onnx", net)
         assert all(torch.equal(shipped[k], v.float()) for k, v in sd.items())
+
+
+def test_two_threads_ask_the_backend_not_to_spin() -> None:
+    class Accepts:
+        def __init__(self, path, **opts):
+            self.opts = opts
+
+    class Rejects(Accepts):
+        def __init__(self, path, **opts):
+            if "spinning" in opts:
+                raise ConfigError("unknown ort backend option(s) ['spinning']; valid: provider, threads")
+            super().__init__(path, **opts)
+
+    class Broken(Accepts):
+        def __init__(self, path, **opts):
+            raise ConfigError("threads must be >= 1")
+
+    assert M._make(Accepts, Path("p.onnx"), {"threads": 2}).opts == {"threads": 2, "spinning": False}
+    assert M._make(Accepts, Path("p.onnx"), {"threads": 1}).opts == {"threads": 1}
+    assert M._make(Rejects, Path("p.onnx"), {"threads": 2}).opts == {"threads": 2}
+    with pytest.raises(ConfigError, match="threads must be"):
+        M._make(Broken, Path("p.onnx"), {"threads": 2})
