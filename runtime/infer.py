@@ -249,7 +249,12 @@ class Classifier:
         if reason:
             raise MissingDependencyError(f"backend {name!r} is not available here: {reason}")
         opts = {"threads": threads} if threads and name in ("ort", "ort-cuda", "ort-trt") else {}
-        self.backend = cls(self.path, **opts).load()
+        if name in ("ort", "ort-cuda", "ort-trt"):
+            from runtime.detectors.mtcnn import make_backend
+
+            self.backend = make_backend(cls, self.path, opts).load()  # no spin-waiting beside the detector
+        else:
+            self.backend = cls(self.path, **opts).load()
         spec = self.backend.input_specs[0]
         self.input_name, self.dtype = spec.name, spec.dtype
         self.fixed_batch = spec.shape[0] if isinstance(spec.shape[0], int) else None

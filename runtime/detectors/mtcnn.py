@@ -109,13 +109,14 @@ def pyramid_scales(short_side: int, min_face: float, factor: float = PYRAMID_FAC
     return scales
 
 
-def _make(cls: Any, path: Path, opts: dict[str, Any]) -> Any:
-    """A backend for one network; with more than one thread, ORT's intra-op spin-waiting is turned off.
+def make_backend(cls: Any, path: str | os.PathLike, opts: dict[str, Any]) -> Any:
+    """``cls(path, **opts)``; with more than one thread, ORT's intra-op spin-waiting is turned off.
 
     Each network has its own ORT thread pool: with spinning on (ORT's default) the pool that just
     ran keeps its threads busy-waiting while the next network runs, and on 2 cores MTCNN took
     156 ms per 640×480 frame with 2 threads against 40 ms with spinning off (BENCHMARKS.md). The
-    ``spinning`` option is used where the ORT backend offers it.
+    ``spinning`` option is used where the ORT backend offers it. `runtime.infer` builds its
+    classifier with this too, so that the classifier's pool does not spin while the detector runs.
     """
     from runtime.backends.ort import default_threads
 
@@ -161,7 +162,7 @@ class MtcnnNets:
             raise MissingDependencyError(f"detector backend {backend!r} is not available here: {reason}")
         opts = {"threads": threads} if threads else {}
         self.backend_name = backend
-        self.nets = {n: _make(cls, self.dir / f"{n}.onnx", opts).load() for n in NETS}
+        self.nets = {n: make_backend(cls, self.dir / f"{n}.onnx", opts).load() for n in NETS}
         self.thresholds = tuple(float(t) for t in thresholds)
 
     def _run(self, net: str, x: np.ndarray) -> dict[str, np.ndarray]:

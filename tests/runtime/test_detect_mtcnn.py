@@ -235,8 +235,8 @@ def test_two_threads_ask_the_backend_not_to_spin() -> None:
         def __init__(self, path, **opts):
             raise ConfigError("threads must be >= 1")
 
-    assert M._make(Accepts, Path("p.onnx"), {"threads": 2}).opts == {"threads": 2, "spinning": False}
-    assert M._make(Accepts, Path("p.onnx"), {"threads": 1}).opts == {"threads": 1}
-    assert M._make(Rejects, Path("p.onnx"), {"threads": 2}).opts == {"threads": 2}
+    assert M.make_backend(Accepts, Path("p.onnx"), {"threads": 2}).opts == {"threads": 2, "spinning": False}
+    assert M.make_backend(Accepts, Path("p.onnx"), {"threads": 1}).opts == {"threads": 1}
+    assert M.make_backend(Rejects, Path("p.onnx"), {"threads": 2}).opts == {"threads": 2}
     with pytest.raises(ConfigError, match="threads must be"):
-        M._make(Broken, Path("p.onnx"), {"threads": 2})
+        M.make_backend(Broken, Path("p.onnx"), {"threads": 2})
