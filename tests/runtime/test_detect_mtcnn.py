@@ -143,6 +143,8 @@ def test_shipped_files_match_their_sidecar_and_carry_the_contract() -> None:
 
     side = json.loads((M.MODEL_DIR / "mtcnn.json").read_text())
     assert "MIT" in side["licence"]["weights"]
+    notice = (M.MODEL_DIR / "LICENSE").read_text()
+    assert "Copyright (c) 2016 Kaipeng Zhang" in notice and "Copyright (c) 2019 Timothy Esler" in notice
     total = 0
     for net in M.NETS:
         path = M.MODEL_DIR / f"{net}.onnx"
