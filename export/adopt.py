@@ -268,6 +268,7 @@ def adopt_onnx(
     """
     import onnx
 
+    from export.onnx import _save
     from export.preflight import report_path, run_preflight, write_report
     from runtime.contract import read_metadata
 
@@ -284,7 +285,7 @@ def adopt_onnx(
     except Exception as exc:
         raise ExportError(str(exc)) from None
     head = onnx.load(str(src), load_external_data=False)
-    external = check_external_data(head, src.parent, src)
+    check_external_data(head, src.parent, src)
     try:
         onnx.checker.check_model(str(src), full_check=True)
     except Exception as exc:
@@ -352,11 +353,10 @@ def adopt_onnx(
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         candidate = work / out.name
-        if external or model.ByteSize() > 2**31 - 1:
-            onnx.save_model(model, str(candidate), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=out.name + ".data")
-        else:
-            onnx.save_model(model, str(candidate))
+        # export's writer: weights inside the file below protobuf's 2 GB (external weights of the source are
+        # inlined, so the adopted model is self-contained), beside it above; the full preflight below is the
+        # artifact gate (a superset of export.gate's checks) before the rename.
+        _save(model, candidate)
         after = _run(str(candidate), INPUT_NAME, x)
         diff = max(float(np.max(np.abs(before[o].astype(np.float64) - after[n]))) for o, n in
                    zip([orig_out] + [n for n in names if n != LOGITS_NAME], names))

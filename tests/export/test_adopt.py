@@ -174,6 +174,21 @@ def test_adopt_refuses_external_data_outside_the_model_folder(tmp_path):
     assert not (tmp_path / "out" / "m.onnx").exists()
 
 
+def test_adopt_inlines_external_data_beside_the_model(tmp_path):
+    plain = A.plain_onnx("mobilenet_gray", tmp_path / "m" / "plain.onnx")
+    onnx.save_model(onnx.load(str(plain)), str(tmp_path / "m" / "ext.onnx"), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location="ext.onnx.data", size_threshold=0)
+    from export.adopt import adopt_onnx
+    from onnx.external_data_helper import uses_external_data
+
+    res = adopt_onnx(tmp_path / "m" / "ext.onnx", A.write_contract("mobilenet_gray", tmp_path / "c.yaml"),
+                     tmp_path / "out" / "m.onnx")
+    written = onnx.load(str(res.model), load_external_data=False)
+    assert not any(uses_external_data(t) for t in written.graph.initializer)
+    x = np.random.default_rng(1).random((1, 1, 64, 64), dtype=np.float32)
+    np.testing.assert_allclose(_run(res.model, x), _run(plain, x), atol=1e-5, rtol=0)
+
+
 def test_adopt_rejects_a_file_that_is_not_onnx(tmp_path, caplog):
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"\x00not onnx at all" * 10)
