@@ -7,7 +7,9 @@ can check predictions against labels: a wrong crop, colour order, preprocessing 
 would drop that to chance. OpenCV's Haar cascade finds only about a quarter of these cartoon faces,
 so the folder and the video are pre-cropped faces (``--no-detect``); the crop-with-margin path runs
 with a planted detector on composed scenes (exact boxes), and the real Haar detector runs end to end
-on scenes where OpenCV ships the cascade.
+on scenes where OpenCV ships the cascade. The default detector (MTCNN) runs end to end on the labelled
+public photos in ``tests/data/photos``; output naming, label placement and the huge-input notice
+have their own tests.
 """
 
 from __future__ import annotations
