@@ -72,6 +72,8 @@ class OrtBackend(Backend):
         threads: Intra-op threads (default `default_threads()`); inter-op is 1 (sequential).
         optimization: Graph optimisation level: ``disable``, ``basic``, ``extended`` or ``all``.
         provider_options: Extra options for the first provider (e.g. ``{"device_id": 0}``).
+        spinning: Let idle intra-op threads spin-wait (ORT's default, True); False for several
+            sessions used in turn on few cores.
     """
 
     name: ClassVar[str] = "ort"
@@ -80,10 +82,10 @@ class OrtBackend(Backend):
 
     def __init__(self, path: str | os.PathLike, **options: Any) -> None:
         super().__init__(path, **options)
-        unknown = set(options) - {"provider", "threads", "optimization", "provider_options"}
+        unknown = set(options) - {"provider", "threads", "optimization", "provider_options", "spinning"}
         if unknown:
             raise ConfigError(
-                f"unknown ort backend option(s) {sorted(unknown)}; valid: provider, threads, optimization, provider_options"
+                f"unknown ort backend option(s) {sorted(unknown)}; valid: provider, threads, optimization, provider_options, spinning"
             )
         self.provider = str(options.get("provider", self.default_provider))
         if self.provider not in PROVIDERS:
@@ -92,6 +94,11 @@ class OrtBackend(Backend):
         self.threads = default_threads() if threads in (None, 0) else int(threads)
         if self.threads < 1:
             raise ConfigError(f"threads must be >= 1, got {threads}")
+        # Intra-op threads spin-wait between calls by default. Off: several sessions used in turn
+        # (the detector's three networks + the classifier) stop stealing each other's cores
+        # (measured 156 -> 40 ms per 640x480 frame at 2 threads, BENCHMARKS.md). On (the default)
+        # keeps a lone session's latency lowest.
+        self.spinning = bool(options.get("spinning", True))
         self.optimization = str(options.get("optimization", "all"))
         if self.optimization not in _OPT_LEVELS:
             raise ConfigError(f"optimization must be one of {_OPT_LEVELS}, got {self.optimization!r}")
@@ -129,6 +136,8 @@ class OrtBackend(Backend):
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[self.optimization]
         so.log_severity_level = 3  # warnings from the graph optimiser are noise here
+        if not self.spinning:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers: list[Any] = list(want)
         if self.options.get("provider_options"):
             providers[0] = (want[0], dict(self.options["provider_options"]))
@@ -173,6 +182,7 @@ class OrtBackend(Backend):
             "provider": self.provider,
             "providers_used": list(self._providers_used),
             "threads": self.threads,
+            "spinning": self.spinning,
             "inter_op_threads": 1,
             "optimization": self.optimization,
             "onnxruntime": ort.__version__,

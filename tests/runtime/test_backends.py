@@ -57,6 +57,17 @@ def test_ort_infer_matches_numpy_and_records_threads(model):
     be.close()  # twice is fine
 
 
+def test_spinning_off_is_applied_and_reported(model):
+    x = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    with OrtBackend(model, threads=2, spinning=False) as be:
+        assert be.describe()["spinning"] is False
+        assert be.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        ref = OrtBackend(model, threads=2).load()
+        np.testing.assert_array_equal(be.infer({"input": x})["logits"], ref.infer({"input": x})["logits"])
+        assert ref.describe()["spinning"] is True
+        ref.close()
+
+
 def test_default_threads_follow_omp(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert default_threads() == 2 and OrtBackend("x.onnx").threads == 2
