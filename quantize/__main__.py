@@ -42,6 +42,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None,
                    help="dataset YAML (a data: section or a training config), an ImageFolder, or any folder of images (labels not needed); default: the model contract's dataset")  # fmt: skip
     p.add_argument("--val-limit", type=int, default=0, help="score on at most N validation samples (default: all)")
+    from runtime.images import add_detect_options
+
+    add_detect_options(p)  # --detect: --data holds whole photos, faces are cropped first
     p.add_argument("--no-latency", action="store_true", help="skip the side-by-side CPU latency measurement")
     p.add_argument("--latency-batches", type=_batches, default=(1, 32), help="batch sizes (default 1,32)")
     p.add_argument("--latency-rounds", type=int, default=6, help="interleaved FP32/candidate rounds (default 6)")
@@ -124,10 +127,17 @@ def main(argv: Sequence[str]) -> int:
     from quantize.config import CalibrationConfig, Fp16Config, Int8Config
     from quantize.report import run_fp16, run_int8
 
+    data = args.data
+    if args.detect:  # faces cropped from the photos into <out stem>.faces/ beside the output
+        from runtime.images import detected_data
+
+        out = Path(args.out)
+        with output_lock(out.parent, "quantization"):
+            data = detected_data(args, out.with_name(out.name.removesuffix(".onnx") + ".faces"))
     if args.command == "int8":
         cfg = Int8Config(
             onnx=args.onnx, out=args.out, method=args.method, target=args.target, max_drop_pts=args.max_drop,
-            data=args.data, ignore=(args.ignore,), bias_correction=args.bias_correction, val_limit=args.val_limit,
+            data=data, ignore=(args.ignore,), bias_correction=args.bias_correction, val_limit=args.val_limit,
             calibration=CalibrationConfig(size=args.calib_size, seed=args.calib_seed, min_size=args.min_calib_size),
             latency=_latency(args),
         )  # fmt: skip
@@ -135,7 +145,7 @@ def main(argv: Sequence[str]) -> int:
             result = run_int8(cfg, force=args.force)
     else:
         keep = tuple(t.strip() for t in args.keep_fp32.split(",") if t.strip())
-        cfg = Fp16Config(onnx=args.onnx, out=args.out, keep_fp32=keep, data=args.data, val_limit=args.val_limit,
+        cfg = Fp16Config(onnx=args.onnx, out=args.out, keep_fp32=keep, data=data, val_limit=args.val_limit,
                          latency=_latency(args))  # fmt: skip
         with output_lock(Path(args.out).parent, "quantization"):
             result = run_fp16(cfg, force=args.force)

@@ -91,6 +91,9 @@ def build_parity_parser() -> argparse.ArgumentParser:
                    help="ImageFolder, any folder of images (labels not needed: agreement with the reference is "
                         "reported), or dataset YAML (default: the reference's dataset, regenerated)")
     p.add_argument("--split", default="val", choices=("train", "val", "test"), help="split to score (default val)")
+    from runtime.images import add_detect_options
+
+    add_detect_options(p)  # --detect: --data holds whole photos, faces are cropped first (into OUT/faces/)
     p.add_argument("--out", default=None, help="report folder (default: <reference folder>/parity)")
     p.add_argument("--backends", default=None, help="comma-separated backends (default: every available one)")
     p.add_argument("--reference-backend", default=None, help="default: torch for .pt, ort for .onnx")
@@ -114,15 +117,21 @@ def parity_main(argv: list[str]) -> int:
     from runtime.parity import ParityConfig, run_parity
     from runtime.report import parity_report
 
+    out = Path(args.out) if args.out else Path(args.reference).parent / "parity"
+    data = args.data
+    if args.detect:  # faces cropped from the photos into OUT/faces/ first
+        from runtime.images import detected_data
+
+        with output_lock(out, "parity report"):
+            data = detected_data(args, out / "faces")
     cfg = ParityConfig(
-        reference=args.reference, candidates=tuple(args.candidates), data=args.data, split=args.split,
+        reference=args.reference, candidates=tuple(args.candidates), data=data, split=args.split,
         backends=_csv(args.backends), reference_backend=args.reference_backend, batch_size=args.batch_size,
         threads=args.threads, limit=args.limit,
     )
     run = run_parity(cfg, progress=not args.no_progress)
     report = parity_report(run, command=_command("parity", argv), environment=capture_environment(),
                            config=to_dict(cfg))
-    out = Path(args.out) if args.out else Path(args.reference).parent / "parity"
     _write_locked(report, out, "parity report", plots=not args.no_plots)
     if not report.passed:
         for r in run.failing:

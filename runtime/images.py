@@ -166,3 +166,103 @@ def is_class_folder_tree(root: str | os.PathLike) -> bool:
                      "model's classes (%s)", root, str(exc).split(";")[0])
         return False
     return True
+
+
+# --------------------------------------------------------------------------------------------
+# --detect: faces cropped from whole photos first (the detectors of `runtime.detect`)
+# --------------------------------------------------------------------------------------------
+FACES_MANIFEST = "faces.json"
+
+
+def crop_faces(root: str | os.PathLike, dest: str | os.PathLike, detector, *, margin: float = 0.1) -> dict:
+    """Detect the faces in every image under ``root`` and write each face crop under ``dest``.
+
+    The crops keep the source's relative folders (so class folders keep labelling them) and are
+    named ``<image stem>.face<k>.png``. ``dest`` is replaced as a whole, atomically: it is built in a
+    temporary folder beside it and renamed into place, with ``faces.json`` (source, detector,
+    margin, counts) inside.
+
+    Returns:
+        The ``faces.json`` content.
+
+    Raises:
+        DataError: no image is readable, or no face is found in any image (nothing is written).
+    """
+    import json
+    import shutil
+    import tempfile
+
+    import cv2
+
+    from runtime.artifacts import atomic_write_json
+
+    folder, images = load_images(scan_image_folder(root))
+    out = Path(dest)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    faces, without = 0, []
+    try:
+        for rel, img in zip(folder.ids, images):
+            bgr = cv2.cvtColor(img, cv2.COLOR_RGB2BGR) if img.ndim == 3 else img
+            boxes = detector.detect(bgr)
+            if not boxes:
+                without.append(rel)
+            for k, box in enumerate(boxes):
+                crop = box.expand(margin, bgr.shape).crop(bgr)
+                target = work / Path(rel).parent / f"{Path(rel).stem}.face{k}.png"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                ok, buf = cv2.imencode(".png", crop)
+                if ok:  # the folder as a whole is renamed into place below
+                    target.write_bytes(buf.tobytes())
+                    faces += 1
+        if faces == 0:
+            raise DataError(f"--detect: no face found in any of the {len(folder)} image(s) under {root}; "
+                            "if they are face crops already, drop --detect")
+        info = {"source": str(root), "images": len(folder), "faces": faces, "images_without_face": len(without),
+                "without_face": without[:50], "margin": margin, "detector": detector.describe()}
+        atomic_write_json(work / FACES_MANIFEST, json.loads(json.dumps(info, default=str)))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(work, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    if without:
+        log.warning("--detect: no face in %d of %d image(s) (e.g. %s)", len(without), len(folder), without[0])
+    log.info("--detect: %d face(s) from %d image(s) of %s written to %s", faces, len(folder), root, out)
+    return info
+
+
+def add_detect_options(parser) -> None:
+    """``--detect`` and the detector options of ``runtime infer``, for commands that take ``--data``."""
+    from runtime.detect import DETECTORS, MIN_FACE
+
+    parser.add_argument("--detect", action="store_true",
+                        help="--data holds whole photos: crop the faces first (default: images are face crops, used as given)")
+    parser.add_argument("--detector", default="auto", choices=[d for d in DETECTORS if d != "none"],
+                        help="face detector for --detect (default auto: yunet with --detector-model, else mtcnn)")
+    parser.add_argument("--detector-model", default=None, help="YuNet face_detection_yunet_*.onnx for --detector yunet")
+    parser.add_argument("--margin", type=float, default=0.1, help="--detect: grow each face box by this fraction per side (default 0.1)")
+    parser.add_argument("--min-face", type=float, default=MIN_FACE,
+                        help=f"--detect: smallest face, below 1 a fraction of the shorter side (default {MIN_FACE})")
+
+
+def detected_data(args, dest: str | os.PathLike) -> str | None:
+    """``args.data``, or with ``--detect`` the folder of face crops written to ``dest`` from it."""
+    from runtime.errors import ConfigError
+
+    if not getattr(args, "detect", False):
+        return args.data
+    if not args.data or not Path(args.data).is_dir():
+        raise ConfigError(f"--detect needs --data FOLDER of photos, got {args.data!r}")
+    if not 0 <= args.margin <= 2:
+        raise ConfigError(f"--margin must be in [0, 2], got {args.margin}")
+    from runtime.detect import make_detector
+
+    detector = make_detector(args.detector, model=args.detector_model, min_face=args.min_face)
+    try:
+        crop_faces(args.data, dest, detector, margin=args.margin)
+    finally:
+        close = getattr(detector, "close", None)
+        if close is not None:
+            close()
+    return str(dest)

@@ -166,3 +166,34 @@ def test_manet_through_the_same_route(tmp_path):
                  "--out", str(tmp_path / "parity"), "--no-progress", "--no-plots"])  # fmt: skip
     rows = json.loads((tmp_path / "parity" / "parity.json").read_text())["rows"]
     assert len(rows) == 3 and all(np.isfinite(r["top1_agreement"]) for r in rows)
+
+
+def test_detect_crops_faces_from_whole_photos_first(tmp_path):
+    """--detect (runtime.detect's detector, as `runtime infer` uses it): real photos -> face crops -> parity/int8."""
+    import shutil
+
+    photos = tmp_path / "photos"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "data" / "photos", photos)
+    _, model = _adopt(tmp_path, "mobilenet_gray")
+    report = tmp_path / "parity"
+    parity_main(["--reference", str(model), "--candidates", str(model), "--data", str(photos), "--detect",
+                 "--out", str(report), "--no-progress", "--no-plots"])  # fmt: skip
+    faces = json.loads((report / "faces" / "faces.json").read_text())
+    assert faces["faces"] >= 6 and faces["images_without_face"] >= 2 and faces["source"] == str(photos)
+    body = json.loads((report / "parity.json").read_text())
+    assert f"({faces['faces']} images, unlabelled)" in body["dataset"]
+    out = model.with_name("model.int8.onnx")
+    assert quantize_cli(["int8", "--method", "ort", "--target", "cpu", "--onnx", str(model), "--out", str(out),
+                         "--data", str(photos), "--detect", "--no-latency", "--calib-size", "8",
+                         "--min-calib-size", "4"]) == 0  # fmt: skip
+    manifest = json.loads(model.with_name("model.int8.calibration.json").read_text())
+    assert manifest["dataset"]["root"] == str(model.with_name("model.int8.faces"))
+    # No face anywhere: a clear error, no crops folder left behind.
+    empty = tmp_path / "no_faces"
+    empty.mkdir()
+    import cv2
+
+    cv2.imwrite(str(empty / "flat.png"), np.full((120, 160, 3), 128, np.uint8))
+    assert parity_main(["--reference", str(model), "--candidates", str(model), "--data", str(empty), "--detect",
+                        "--out", str(tmp_path / "p2"), "--no-progress", "--no-plots"]) != 0  # fmt: skip
+    assert not (tmp_path / "p2" / "faces").exists() and not (tmp_path / "p2" / "parity.json").exists()
