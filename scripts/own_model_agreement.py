@@ -7,9 +7,10 @@ What a new user does (issue 15), end to end, with the README's commands:
 2. ``export adopt`` it with a contract file;
 3. ``quantize int8`` (nncf, ort, ort --target cpu) and ``quantize fp16``, calibrated on a folder of
    unlabelled images A (synthetic seed 0 training images, written as PNG files without class folders);
-4. ``runtime parity --data FOLDER`` on held-out images of A, and on folder B: "photo-like" images of
+4. ``runtime parity --data FOLDER`` on held-out images of A, on folder B: "photo-like" images of
    another distribution (synthetic seed 7, rendered 96×96 RGB with more noise, more occlusion and
-   weaker expressions), unlabelled; then again with the INT8 files calibrated on part of B.
+   weaker expressions), unlabelled, and on folder C: 80 crops of the 8 real faces hand-marked in
+   tests/data/photos (10 jittered crops each); the INT8 files calibrated on part of B are compared too.
 
     OMP_NUM_THREADS=1 .venv/bin/python scripts/own_model_agreement.py --out runs/own_model [--epochs 6]
 
@@ -52,6 +53,26 @@ def dump(records, folder: Path) -> Path:
     for r in records:
         img = r.pixels if r.pixels.ndim == 2 else r.pixels[:, :, ::-1]
         cv2.imwrite(str(folder / f"{r.id.replace('/', '_').replace(':', '_')}.png"), img)
+    return folder
+
+
+def real_crops(folder: Path, per_face: int = 10, seed: int = 0) -> Path:
+    """C: the hand-marked faces of tests/data/photos (8 real faces), each cropped ``per_face`` times with
+    the box jittered (shift and size up to ±10 %, every other crop mirrored): 80 real-photo crops."""
+    rng = np.random.default_rng(seed)
+    labels = json.loads((REPO / "tests" / "data" / "photos" / "labels.json").read_text())["photos"]
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, entry in sorted(labels.items()):
+        img = cv2.imread(str(REPO / "tests" / "data" / "photos" / name))
+        for f, (x0, y0, x1, y1) in enumerate(entry["faces"]):
+            w, h = x1 - x0, y1 - y0
+            for k in range(per_face):
+                dx, dy, ds = rng.uniform(-0.1, 0.1, 3)
+                cx, cy, s = x0 + w / 2 + dx * w, y0 + h / 2 + dy * h, 1 + ds
+                a, b = int(max(0, cx - s * w / 2)), int(max(0, cy - s * h / 2))
+                c, d = int(min(img.shape[1], cx + s * w / 2)), int(min(img.shape[0], cy + s * h / 2))
+                crop = img[b:d, a:c]
+                cv2.imwrite(str(folder / f"{Path(name).stem}_{f}_{k}.png"), crop[:, ::-1] if k % 2 else crop)
     return folder
 
 
@@ -124,6 +145,7 @@ def main() -> int:
     eval_a = dump(held_a[:300], out / "photos_A_heldout")
     calib_b = dump(b.split("train")[:300], out / "photos_B_calib")
     eval_b = dump(b.split("val")[:300], out / "photos_B_eval")
+    eval_c = real_crops(out / "photos_C_real")
     print(f"data written in {time.perf_counter() - t0:.1f} s", flush=True)
 
     t0 = time.perf_counter()
@@ -151,7 +173,7 @@ def main() -> int:
     sh("quantize", "fp16", "--onnx", str(m), "--out", str(fp16), "--data", str(calib_a), "--no-latency")
 
     table: dict[tuple[str, str], float] = {}
-    for eval_name, folder in (("A held-out", eval_a), ("B", eval_b)):
+    for eval_name, folder in (("A held-out", eval_a), ("B", eval_b), ("C", eval_c)):
         cands = [fp16, *files["A"].values(), *files["B"].values()]
         rep = out / f"parity_{eval_name.split()[0]}"
         sh("runtime", "parity", "--reference", str(m), "--candidates", *map(str, cands), "--data", str(folder),
@@ -161,11 +183,13 @@ def main() -> int:
     sh("runtime", "bench", "--models", str(plain), str(m), str(files["A"]["int8.cpu"]), "--batch", "1",
        "--seconds", "1", "--out", str(out / "bench"), "--no-progress", "--no-plots", "--backends", "ort")
 
-    print("\n| file | calibrated on | agreement on A held-out (300) | agreement on B (300) |")
-    print("|---|---|---|---|")
+    n_c = len(list(eval_c.glob("*.png")))
+    print(f"\n| file | calibrated on | agreement on A held-out (300) | agreement on B (300) | agreement on C ({n_c}) |")
+    print("|---|---|---|---|---|")
     for name in [fp16.name] + [p.name for d in files.values() for p in d.values()]:
         calib = "—" if "fp16" in name else ("A" if "calibA" in name else "B (other 300 images)")
-        print(f"| {name} | {calib} | {100 * table[(name, 'A held-out')]:.1f}% | {100 * table[(name, 'B')]:.1f}% |")
+        print(f"| {name} | {calib} | {100 * table[(name, 'A held-out')]:.1f}% | {100 * table[(name, 'B')]:.1f}% "
+              f"| {100 * table[(name, 'C')]:.1f}% |")
     print("\ncommands:\n" + "\n".join(COMMANDS))
     return 0
 
