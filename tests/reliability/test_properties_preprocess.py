@@ -193,12 +193,14 @@ def test_to_color_gives_the_mode_and_keeps_the_pixels(image: np.ndarray, mode: C
     if gray_in:
         plane = image.reshape(h, w)
         np.testing.assert_array_equal(out if mode is ColorMode.GRAY else out[:, :, 1], plane)
-        if mode is ColorMode.RGB:
+        if mode in (ColorMode.RGB, ColorMode.BGR):
             assert (out == plane[:, :, None]).all()
     else:
         rgb = image[:, :, :3]
         if mode is ColorMode.RGB:
             np.testing.assert_array_equal(out, rgb)  # alpha dropped, channel order kept
+        elif mode is ColorMode.BGR:
+            np.testing.assert_array_equal(out, rgb[:, :, ::-1])  # alpha dropped, channels reversed
         else:
             r, g, b = (rgb[:, :, k].astype(np.float64) for k in range(3))
             luma = 0.299 * r + 0.587 * g + 0.114 * b  # ITU-R BT.601, R first (not OpenCV's BGR order)
