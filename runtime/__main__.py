@@ -37,7 +37,7 @@ VERBS: dict[str, str] = {
     "bench": "runtime.__main__:bench_main",
     "build": "runtime.trt.cli:build_main",  # TensorRT (runtime/trt/cli.py VERB_TARGETS)
     "selftest": "runtime.trt.cli:selftest_main",
-    "pipeline": "runtime.pipeline:pipeline_main",
+    "pipeline": "pipeline.cli:pipeline_main",  # the top layer, reached by name (no upward import)
     "infer": "runtime.infer:infer_main",
 }
 VERB_HELP: dict[str, str] = {

@@ -13,19 +13,20 @@ import pytest
 import yaml
 
 import own_archs as A
-from runtime import pipeline as P
+import pipeline as P
+import pipeline.stages as S
 from runtime.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-FAST = {"int8_args": ["--no-latency", "--calib-size", "20", "--min-calib-size", "16"], "fp16_args": ["--no-latency"]}
+FAST = {"int8": {"calibration": {"size": 20, "min_size": 16}}}
 BENCH = {"batches": [1], "seconds": 0.05, "iterations": 2, "warmup_s": 0.0, "warmup_iterations": 1}
 
 
 @pytest.fixture(autouse=True)
 def _no_tensorrt(monkeypatch):
-    monkeypatch.setattr(P, "tensorrt_status", lambda cfg: (False, "no TensorRT in tests", ("TensorRT: not in tests",)))
-    monkeypatch.setattr(P, "tensorrt_build_status", lambda cfg: (False, "TensorRT: not in tests"))
+    monkeypatch.setattr(S, "tensorrt_status", lambda cfg: (False, "no TensorRT in tests", ("TensorRT: not in tests",)))
+    monkeypatch.setattr(S, "tensorrt_build_status", lambda cfg: (False, "TensorRT: not in tests"))
 
 
 def _config(name: str, tmp: Path, **source) -> Path:

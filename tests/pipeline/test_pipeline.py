@@ -18,7 +18,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-import runtime.pipeline as P
+import pipeline as P
+import pipeline.report as PR
+import pipeline.runner as R
+import pipeline.stages as S
+from runtime.configs import to_dict
 from runtime.errors import ConfigError
 
 ALL_STEPS = ["train", "export", "quantize.fp16", "quantize.int8-nncf", "quantize.int8-ort", "quantize.int8-nncf-cpu",
@@ -60,14 +64,14 @@ def fake_stages(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
         count("train")
         L = ctx.layout
         L.out.mkdir(parents=True, exist_ok=True)
-        L.checkpoint.write_bytes(_digest("ckpt", P.to_dict(ctx.fit_config)["train"], P.to_dict(ctx.fit_config)["model"]))
+        L.checkpoint.write_bytes(_digest("ckpt", to_dict(ctx.fit_config)["train"], to_dict(ctx.fit_config)["model"]))
         L.checkpoint_json.write_text(json.dumps({"metrics": {"val_accuracy": 0.5}}))
         return {"val_accuracy": 0.5}
 
     def export(ctx):
         count("export")
         L = ctx.layout
-        body = _digest("onnx", _read(L.checkpoint), P.to_dict(ctx.cfg.export))
+        body = _digest("onnx", _read(L.checkpoint), to_dict(ctx.cfg.export))
         L.onnx.write_bytes(body)
         L.onnx_sidecar.write_text("{}")
         L.preflight.write_text("{}")
@@ -75,7 +79,7 @@ def fake_stages(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
 
     def quantize(ctx, v):
         count(f"quantize.{v.name}")
-        ctx.layout.quantized(v).write_bytes(_digest(v.file, _read(ctx.layout.onnx), P.quantize_argv(ctx, v)[5:]))
+        ctx.layout.quantized(v).write_bytes(_digest(v.file, _read(ctx.layout.onnx), {k: x for k, x in to_dict(S.quantize_config(ctx, v)).items() if k not in ('onnx', 'out')}))
         return {}
 
     def models(ctx) -> list[str]:  # what a real parity/bench result depends on: every model's bytes
@@ -85,7 +89,7 @@ def fake_stages(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
         count("parity")
         d = ctx.layout.parity_dir
         d.mkdir(parents=True, exist_ok=True)
-        (d / "parity.json").write_text(json.dumps([P.to_dict(ctx.cfg.parity), models(ctx)]))
+        (d / "parity.json").write_text(json.dumps([to_dict(ctx.cfg.parity), models(ctx)]))
         (d / "parity.md").write_text("parity")
         return {"passed": True}
 
@@ -93,7 +97,7 @@ def fake_stages(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
         count("bench")
         d = ctx.layout.bench_dir
         d.mkdir(parents=True, exist_ok=True)
-        (d / "bench.json").write_text(json.dumps([P.to_dict(ctx.cfg.bench), models(ctx)]))
+        (d / "bench.json").write_text(json.dumps([to_dict(ctx.cfg.bench), models(ctx)]))
         (d / "bench.md").write_text("bench")
         return {}
 
@@ -103,15 +107,15 @@ def fake_stages(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
         ctx.layout.report_json.write_text("{}")
         return {}
 
-    monkeypatch.setattr(P, "run_train", train)
-    monkeypatch.setattr(P, "run_export", export)
-    monkeypatch.setattr(P, "run_quantize", quantize)
-    monkeypatch.setattr(P, "run_parity", parity)
-    monkeypatch.setattr(P, "run_bench", bench)
-    monkeypatch.setattr(P, "run_report", report)
-    monkeypatch.setattr(P, "tensorrt_status", lambda cfg: (False, "no TensorRT in tests", ("TensorRT: not in tests",)))
-    monkeypatch.setattr(P, "tensorrt_build_status", lambda cfg: (False, "TensorRT: not in tests"))
-    monkeypatch.setattr(P, "_torch_available", lambda: True)
+    monkeypatch.setattr(S, "run_train", train)
+    monkeypatch.setattr(S, "run_export", export)
+    monkeypatch.setattr(S, "run_quantize", quantize)
+    monkeypatch.setattr(S, "run_parity", parity)
+    monkeypatch.setattr(S, "run_bench", bench)
+    monkeypatch.setattr(S, "run_report", report)
+    monkeypatch.setattr(S, "tensorrt_status", lambda cfg: (False, "no TensorRT in tests", ("TensorRT: not in tests",)))
+    monkeypatch.setattr(S, "tensorrt_build_status", lambda cfg: (False, "TensorRT: not in tests"))
+    monkeypatch.setattr(S, "_torch_available", lambda: True)
     return calls
 
 
@@ -138,7 +142,7 @@ def test_second_run_reuses_everything(tmp_path: Path, fake_stages: dict[str, int
         ("bench", "seconds", 0.2, ["bench", "report"]),
         ("parity", "limit", 5, ["parity", "report"]),
         # int8 arguments change every INT8 file, not FP16; their consumers follow.
-        ("quantize", "int8_args", ["--calib-size", "64"], ["quantize.int8-nncf", "quantize.int8-ort",
+        ("quantize", "int8", {"calibration": {"size": 64}}, ["quantize.int8-nncf", "quantize.int8-ort",
                                                            "quantize.int8-nncf-cpu", "parity", "bench", "report"]),
         ("export", "opset", 18, ALL_STEPS[1:]),
         ("fit", "train", {"epochs": 2, "batch_size": 8, "num_threads": 1}, ALL_STEPS),
@@ -192,14 +196,14 @@ def test_checkpoint_replaced_reruns_downstream_only(tmp_path: Path, fake_stages)
 def test_library_version_change_reruns_dependent_steps(tmp_path: Path, fake_stages, monkeypatch) -> None:
     raw = base_config(tmp_path / "run")
     run(raw)
-    real = P.library_versions
+    real = R.library_versions
 
     def newer_nncf():
         v = real()
         v["nncf"] = "99.0"
         return v
 
-    monkeypatch.setattr(P, "library_versions", newer_nncf)
+    monkeypatch.setattr(R, "library_versions", newer_nncf)
     # Only the quantize steps depend on nncf; the stand-ins write the same bytes again, so
     # parity and bench stay current (a real new NNCF would change the files and rerun them too).
     assert run(raw).ran() == QUANTIZE
@@ -216,11 +220,11 @@ def test_changed_stage_code_reruns_that_stage_and_says_which_file(tmp_path: Path
             code["quantize/ort_ptq.py"] = "0" * 64  # an updated quantizer
         return code
 
-    monkeypatch.setattr(P, "stage_code", edited)
-    caplog.set_level(logging.INFO, logger="runtime.pipeline")
+    monkeypatch.setattr(R, "stage_code", edited)
+    caplog.set_level(logging.INFO, logger="pipeline")
     assert run(raw).ran() == QUANTIZE
     assert "code changed: quantize/ort_ptq.py" in caplog.text
-    monkeypatch.setattr(P, "stage_code", real)
+    monkeypatch.setattr(R, "stage_code", real)
     assert set(run(raw).ran()) == set(QUANTIZE)  # and back: the stamps follow the code
 
 
@@ -254,7 +258,7 @@ def test_a_failing_step_keeps_what_finished(tmp_path: Path, fake_stages, monkeyp
     def broken(ctx, v):
         raise P.StageError(f"quantize.{v.name}: exited 1")
 
-    monkeypatch.setattr(P, "run_quantize", broken)
+    monkeypatch.setattr(S, "run_quantize", broken)
     with pytest.raises(P.StageError, match="quantize.fp16: exited 1"):
         run(raw)
     stamps = tmp_path / "run" / "stamps"
@@ -318,7 +322,7 @@ def test_join_rows_matches_file_and_backend() -> None:
              {"sha256": "b", "backend": "torch", "batch": 1}]
     parity = [{"sha256": "a", "backend": "ort", "accuracy": 0.9, "passed": True},
               {"sha256": "b", "backend": "torch", "accuracy": 0.91, "passed": True, "is_reference": True}]
-    rows = P.join_rows(bench, parity)
+    rows = PR.join_rows(bench, parity)
     assert rows[0]["accuracy"] == 0.9 and "accuracy" not in rows[1] and rows[2]["is_reference"]
 
 
@@ -395,3 +399,16 @@ def test_real_tiny_pipeline_and_rerun(tmp_path: Path) -> None:
                                  for s in trt_steps)
         body = json.loads((out / "report.json").read_text())
         assert {tuple(e["targets"]) for e in body["tensorrt"]["engines"]} == {("8.6", "12.0")}
+
+
+def test_every_shipped_pipeline_config_loads() -> None:
+    root = Path(__file__).resolve().parents[2] / "configs"
+    loaded = []
+    for path in sorted(root.glob("*.yaml")):
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not {"pipeline", "source", "quantize", "parity", "bench"} & set(raw):
+            continue  # a training recipe or a contract
+        cfg = P.load_pipeline_config(path)
+        assert cfg.out
+        loaded.append(path.name)
+    assert {"demo.yaml", "own_onnx.yaml", "folder.yaml"} <= set(loaded)
