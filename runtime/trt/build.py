@@ -10,7 +10,7 @@ What a build does, in order:
    capabilities, precision, profile, options) and reuse the plan on disk only when its sidecar
    matches and the plan deserializes (RTX without a GPU: when its sha256 matches the sidecar's);
    otherwise log why and rebuild.
-2. A Q/DQ graph is linted first (`quantize.lint`): a file TensorRT refuses (UINT8, asymmetric zero
+2. A Q/DQ graph is linted first (`runtime.qdq_lint`): a file TensorRT refuses (UINT8, asymmetric zero
    points, INT32 bias DequantizeLinear: the x86 CPU form) fails with the lint's reasons before the
    parser sees it. Parse the ONNX into a strongly typed network (precision comes from the graph: an FP16-cast graph
    for FP16, Q/DQ for INT8). On TensorRT 10 only, ``Typing.AUTO`` falls back to a weakly typed
@@ -43,7 +43,7 @@ from typing import Any
 
 from runtime.artifacts import atomic_write_bytes, atomic_write_json, sha256_file
 from runtime.compare import Precision, as_precision
-from runtime.errors import ArtifactError, ConfigError
+from runtime.errors import ArtifactError, ConfigError, PipelineError
 from runtime.trt.cache import BatchProfile, EngineKey, GpuIdentity, decide, write_engine_sidecar
 from runtime.trt.compat import Trt, TrtError, Typing, parse_flavour, parse_targets
 from runtime.trt.inspect import (
@@ -230,7 +230,7 @@ def engine_key(cfg: BuildConfig, trt: Trt, gpu: GpuIdentity | None, targets: str
 
 
 def lint_before_parse(onnx: Path) -> dict[str, Any] | None:
-    """Lint a Q/DQ graph with `quantize.lint` before TensorRT's parser sees it.
+    """Lint a Q/DQ graph with `runtime.qdq_lint` before TensorRT's parser sees it.
 
     Returns:
         The lint summary (for the sidecar), or None when the file has no Q/DQ node or is not
@@ -240,13 +240,12 @@ def lint_before_parse(onnx: Path) -> dict[str, Any] | None:
         TrtError: the lint finds errors: TensorRT would refuse the graph (the x86 CPU form:
             UINT8, asymmetric zero points, INT32 bias DequantizeLinear) or build another precision.
     """
-    try:
-        import onnx as onnx_lib
+    import onnx as onnx_lib  # a core dependency
 
+    try:
+        from runtime.qdq_lint import lint_qdq
+    except ImportError:  # a checkout from before the lint moved out of quantize/
         from quantize.lint import lint_qdq
-    except ImportError as exc:  # onnx is a core dependency; quantize is in this repository
-        log.warning("Q/DQ lint skipped (%s)", exc)
-        return None
     try:
         model = onnx_lib.load(str(onnx), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - a malformed file is the parser's to report
@@ -416,56 +415,77 @@ def _write_layer_reports(plan: Path, report: PrecisionReport, check: PrecisionCh
     atomic_write_text(layers_markdown_path(plan), precision_table_markdown(report, check, title=title))
 
 
+def _serialize(cfg: BuildConfig, trt: Trt, typing: Typing, targets: tuple[str, ...], logger: Any) -> tuple[bytes, list[str], float]:
+    """Parse, configure and build; returns (plan bytes, precision flags set, build seconds).
+
+    Every TensorRT object is released here, in reverse order of creation, however this ends, and a
+    `PipelineError` leaves without the frames that held them: a builder freed later from a kept
+    traceback (by the garbage collector, possibly inside another TensorRT call that logs) can
+    deadlock TensorRT for RTX 1.7 on its global mutex (seen in the test suite).
+    """
+    builder = network = parser = config = plan = err = None
+    failure: BaseException | None = None
+    try:
+        builder = trt.get("Builder")(logger)
+        network = trt.call(builder, "Builder.create_network", trt.network_flags(typing))
+        parser = trt.get("OnnxParser")(network, logger)
+        if not trt.call(parser, "OnnxParser.parse_from_file", str(cfg.onnx)):
+            errors = []
+            for i in range(int(trt.read(parser, "OnnxParser.num_errors"))):
+                err = trt.call(parser, "OnnxParser.get_error", i)
+                node, desc = trt.call(err, "ParserError.node_name"), str(trt.call(err, "ParserError.desc")).strip().rstrip(".")
+                errors.append(f"{node}: {desc}" if node else desc)
+            raise TrtError(f"{trt.label}'s ONNX parser rejected {cfg.onnx}: {'; '.join(errors) or 'no detail'}. "
+                           "Run `python -m export check` on it (op support, dynamic shapes, INT64 traps)")
+
+        config = trt.call(builder, "Builder.create_builder_config")
+        if cfg.workspace_mib is not None:
+            trt.call(config, "IBuilderConfig.set_memory_pool_limit", trt.get("MemoryPoolType.WORKSPACE"), cfg.workspace_mib << 20)
+        if cfg.opt_level is not None:
+            trt.write(config, "IBuilderConfig.builder_optimization_level", cfg.opt_level)
+        if cfg.aux_streams is not None:
+            trt.write(config, "IBuilderConfig.max_aux_streams", cfg.aux_streams)
+        trt.write(config, "IBuilderConfig.profiling_verbosity", trt.get("ProfilingVerbosity.DETAILED"))
+        flags = trt.apply_precision_flags(config, cfg.precision.value, typing)
+        if cfg.version_compatible:
+            trt.call(config, "IBuilderConfig.set_flag", trt.get("BuilderFlag.VERSION_COMPATIBLE"))
+        if cfg.dla_core is not None:
+            available = int(trt.read(builder, "Builder.num_DLA_cores"))
+            if cfg.dla_core >= available:
+                raise ConfigError(f"--dla-core {cfg.dla_core} requested but this device has {available} DLA core(s) "
+                                  "(Jetson AGX Orin has 2, Orin NX 1 or 2, Orin Nano and desktop GPUs 0)")
+            trt.write(config, "IBuilderConfig.default_device_type", trt.get("DeviceType.DLA"))
+            trt.write(config, "IBuilderConfig.DLA_core", cfg.dla_core)
+            # Layers DLA cannot run (and batch sizes it cannot take) fall back to the GPU instead of failing.
+            trt.call(config, "IBuilderConfig.set_flag", trt.get("BuilderFlag.GPU_FALLBACK"))
+        trt.set_targets(config, targets)
+        _add_batch_profile(cfg, trt, builder, network, config)
+        _load_timing_cache(cfg, trt, config)
+
+        start = time.perf_counter()
+        plan = trt.call(builder, "Builder.build_serialized_network", network, config)
+        seconds = time.perf_counter() - start
+        if plan is None:
+            errors = [e.strip() for e in getattr(logger, "errors", []) if e.strip()]
+            why = ("TensorRT said: " + " | ".join(errors[-3:])) if errors else "the TensorRT log above says why"
+            hint = (f" (targets {', '.join(targets)}: an op may have no kernel for one of them, e.g. Turing 7.5 has no "
+                    "FP32 GEMM)" if targets else "")
+            raise TrtError(f"{trt.label} could not build an engine from {cfg.onnx} ({typing.value} typing){hint}; {why}")
+        _save_timing_cache(cfg, trt, config)
+        return bytes(memoryview(plan)), flags, seconds
+    except PipelineError as exc:
+        failure = exc.with_traceback(None)
+    finally:
+        err = plan = parser = config = None
+        network = None
+        builder = None
+    raise failure
+
+
 def _build_once(cfg: BuildConfig, trt: Trt, typing: Typing,
                 targets: tuple[str, ...] = ()) -> tuple[bytes, PrecisionReport, PrecisionCheck, list[str], float]:
     logger = trt.logger()
-    builder = trt.get("Builder")(logger)
-    network = trt.call(builder, "Builder.create_network", trt.network_flags(typing))
-    parser = trt.get("OnnxParser")(network, logger)
-    if not trt.call(parser, "OnnxParser.parse_from_file", str(cfg.onnx)):
-        errors = []
-        for i in range(int(trt.read(parser, "OnnxParser.num_errors"))):
-            err = trt.call(parser, "OnnxParser.get_error", i)
-            node, desc = trt.call(err, "ParserError.node_name"), str(trt.call(err, "ParserError.desc")).strip().rstrip(".")
-            errors.append(f"{node}: {desc}" if node else desc)
-        raise TrtError(f"{trt.label}'s ONNX parser rejected {cfg.onnx}: {'; '.join(errors) or 'no detail'}. "
-                       "Run `python -m export check` on it (op support, dynamic shapes, INT64 traps)")
-
-    config = trt.call(builder, "Builder.create_builder_config")
-    if cfg.workspace_mib is not None:
-        trt.call(config, "IBuilderConfig.set_memory_pool_limit", trt.get("MemoryPoolType.WORKSPACE"), cfg.workspace_mib << 20)
-    if cfg.opt_level is not None:
-        trt.write(config, "IBuilderConfig.builder_optimization_level", cfg.opt_level)
-    if cfg.aux_streams is not None:
-        trt.write(config, "IBuilderConfig.max_aux_streams", cfg.aux_streams)
-    trt.write(config, "IBuilderConfig.profiling_verbosity", trt.get("ProfilingVerbosity.DETAILED"))
-    flags = trt.apply_precision_flags(config, cfg.precision.value, typing)
-    if cfg.version_compatible:
-        trt.call(config, "IBuilderConfig.set_flag", trt.get("BuilderFlag.VERSION_COMPATIBLE"))
-    if cfg.dla_core is not None:
-        available = int(trt.read(builder, "Builder.num_DLA_cores"))
-        if cfg.dla_core >= available:
-            raise ConfigError(f"--dla-core {cfg.dla_core} requested but this device has {available} DLA core(s) "
-                              "(Jetson AGX Orin has 2, Orin NX 1 or 2, Orin Nano and desktop GPUs 0)")
-        trt.write(config, "IBuilderConfig.default_device_type", trt.get("DeviceType.DLA"))
-        trt.write(config, "IBuilderConfig.DLA_core", cfg.dla_core)
-        # Layers DLA cannot run (and batch sizes it cannot take) fall back to the GPU instead of failing.
-        trt.call(config, "IBuilderConfig.set_flag", trt.get("BuilderFlag.GPU_FALLBACK"))
-    trt.set_targets(config, targets)
-    _add_batch_profile(cfg, trt, builder, network, config)
-    _load_timing_cache(cfg, trt, config)
-
-    start = time.perf_counter()
-    plan = trt.call(builder, "Builder.build_serialized_network", network, config)
-    seconds = time.perf_counter() - start
-    if plan is None:
-        errors = [e.strip() for e in getattr(logger, "errors", []) if e.strip()]
-        why = ("TensorRT said: " + " | ".join(errors[-3:])) if errors else "the TensorRT log above says why"
-        hint = (f" (targets {', '.join(targets)}: an op may have no kernel for one of them, e.g. Turing 7.5 has no "
-                "FP32 GEMM)" if targets else "")
-        raise TrtError(f"{trt.label} could not build an engine from {cfg.onnx} ({typing.value} typing){hint}; {why}")
-    _save_timing_cache(cfg, trt, config)
-    plan_bytes = bytes(memoryview(plan))
+    plan_bytes, flags, seconds = _serialize(cfg, trt, typing, targets, logger)
 
     if trt.layers_from_build_log:
         report = parse_build_log(getattr(logger, "layer_log", []))
@@ -473,6 +493,7 @@ def _build_once(cfg: BuildConfig, trt: Trt, typing: Typing,
         engine, _runtime = deserialize(trt, plan_bytes, version_compatible=cfg.version_compatible, logger=logger)
         inspector = trt.call(engine, "ICudaEngine.create_engine_inspector")
         info = trt.call(inspector, "EngineInspector.get_engine_information", trt.get("LayerInformationFormat.JSON"))
+        engine = inspector = _runtime = None  # released before anything can raise (see `_serialize`)
         report = parse_engine_information(info)
     try:
         check = require_precision(report, cfg.precision.value, cfg.min_precision_share)

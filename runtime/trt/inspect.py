@@ -22,7 +22,10 @@ The two schemas (told apart by content, so a report can be parsed on any machine
   layer: ``Name: ..., LayerType: correlation|deconv|gemm|kgen|..., Inputs: [ { Name: ...,
   Dimensions: [...], ..., Datatype: Int8, Format: ... }], Constants: [...], Outputs: [...],
   TacticName: ..., StreamId: 0, Metadata: [ONNX Layer: /a/Conv][ONNX Layer: ...]``. Convolutions
-  are ``correlation`` layers; ``kgen`` layers are generated pointwise kernels (not counted).
+  are ``correlation`` layers, ConvTransposes ``deconv``, GEMMs ``gemm`` or, compiled with their
+  epilogue, ``runtime_fusion`` layers named ``__myl_Fc...`` (counted); ``kgen`` layers are
+  generated pointwise kernels (not counted, although their metadata names the conv whose bias or
+  activation they apply).
 
 Layers are plain strings when the engine was built without detailed verbosity; that is an error
 (there is nothing to check). No TensorRT import here.
@@ -283,6 +286,8 @@ _TENSOR_RE = re.compile(r"\{([^{}]*)\}")
 _TENSOR_NAME_RE = re.compile(r"Name: (.*?), (?:Dimensions|Datatype|Format):")
 _TENSOR_DTYPE_RE = re.compile(r"Datatype: ([A-Za-z0-9_]+)")
 _ONNX_NODE_RE = re.compile(r"\[ONNX Layer: ([^\]]*)\]")
+_FUSED_COMPUTE_NAME_RE = re.compile(r"^__myl_(Fc|Conv|Gemm|MatMul|Mm|Bmm)")
+_FUSED_COMPUTE_NODE_RE = re.compile(r"(^|/)(Gemm|MatMul|Conv|ConvTranspose)(_\d+)?$")
 _LAYER_HEAD_RE = re.compile(r"^Name: (?P<name>.*?), LayerType: (?P<type>[^,]*), Inputs: \[(?P<rest>.*)$")
 
 
@@ -313,15 +318,21 @@ def _log_layer(line: str) -> LayerInfo | None:
     if precision == "unknown" and outs:
         precision = outs[0][1]
     layer_type = m.group("type").strip()
+    name = m.group("name").strip()
+    onnx_nodes = tuple(dict.fromkeys(n.strip() for n in _ONNX_NODE_RE.findall(metadata)))
+    compute = _is_compute(layer_type, "")
+    if not compute and layer_type.lower() == "runtime_fusion":
+        # A GEMM compiled together with its epilogue (``__myl_FcAddRelu``): a compute layer too.
+        compute = bool(_FUSED_COMPUTE_NAME_RE.match(name)) or any(_FUSED_COMPUTE_NODE_RE.search(n) for n in onnx_nodes)
     return LayerInfo(
-        name=m.group("name").strip(),
+        name=name,
         layer_type=layer_type,
         parameter_type="",
         precision=precision,
-        compute=_is_compute(layer_type, ""),
+        compute=compute,
         input_dtypes=input_dtypes,
         constant_dtypes=constant_dtypes,
-        onnx_nodes=tuple(dict.fromkeys(n.strip() for n in _ONNX_NODE_RE.findall(metadata))),
+        onnx_nodes=onnx_nodes,
     )
 
 

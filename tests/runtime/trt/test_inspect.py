@@ -115,3 +115,53 @@ def test_bad_threshold_and_precision():
 ])
 def test_dtype_of(text, dtype):
     assert dtype_of(text) == dtype
+
+
+# ---- TensorRT for RTX: the build log's per-layer listing ------------------------------------------------
+# Captured from a real TensorRT for RTX 1.7.1 build (no GPU) of an NNCF INT8 lanmsff_tiny with
+# ProfilingVerbosity.DETAILED: the VERBOSE "Layers:" message, one line per engine layer.
+RTX_LOG = "rtx_build_layers_lanmsff_tiny_int8.txt"
+
+
+def test_rtx_build_log_gives_per_layer_precision(fixtures_dir):
+    from runtime.trt.inspect import parse_build_log, precision_table_markdown
+
+    rep = parse_build_log(["Engine generation completed", (fixtures_dir / RTX_LOG).read_text(), "Adding 1 engine(s)"])
+    assert rep.schema == "rtx-log" and len(rep.layers) > len(rep.compute_layers) > 30
+    by_type = {}
+    for layer in rep.compute_layers:
+        by_type.setdefault(layer.layer_type, set()).add(layer.precision)
+    # Convolutions ("correlation") mostly run Int8; the ConvTransposes ("deconv") read Float.
+    assert "int8" in by_type["correlation"] and by_type["deconv"] == {"fp32"}
+    assert not any(layer.compute for layer in rep.layers if layer.layer_type == "kgen")
+    for layer in rep.compute_layers:
+        if layer.precision == "int8":  # an Int8 convolution has Int8 weights among its constants
+            assert "int8" in layer.constant_dtypes, layer
+        assert layer.onnx_nodes and any(n.endswith(("Conv", "ConvTranspose", "Gemm")) for n in layer.onnx_nodes)
+    check = check_precision(rep, "int8")
+    assert check.passed and sum(check.counts.values()) == check.compute_layers
+    assert len(check.offenders) == check.compute_layers - check.counts["int8"]
+    assert any("ConvTranspose" in o for o in check.offenders)
+    md = precision_table_markdown(rep, check, title="t")
+    assert md.count("| **int8** |") == check.counts["int8"] and "## Other layers" in md
+
+
+def test_rtx_build_log_line_parsing():
+    from runtime.trt.inspect import parse_build_log
+
+    line = ("Name: /a/Conv_myl0_2, LayerType: correlation, Inputs: [ { Name: x, Dimensions: [-1,4,8,8], Strides: [1], "
+            "StrideOrder: [0], Datatype: Half, Format: (NHWC) Channel major format }], Constants: [ { Name: w, "
+            "Dimensions: [4,4,3,3], Datatype: Half, Format: (Linear) Row major linear format }], Outputs: [ { Name: y, "
+            "Dimensions: [-1,4,8,8], Datatype: Half, Format: (Linear) Row major linear format }], TacticName: t, "
+            "StreamId: 0, Metadata: [ONNX Layer: /a/Conv][ONNX Layer: /a/Relu]")
+    fused = line.replace("/a/Conv_myl0_2, LayerType: correlation", "__myl_FcAdd_myl0_3, LayerType: runtime_fusion")
+    rep = parse_build_log("Layers:\n" + line + "\n" + fused + "\nName: s, LayerType: shape_call, Inputs: [], "
+                          "Constants: [], Outputs: [], TacticName: , StreamId: 0, Metadata: \n")
+    conv, fc, shape = rep.layers
+    assert (conv.precision, conv.compute, conv.onnx_nodes) == ("fp16", True, ("/a/Conv", "/a/Relu"))
+    assert fc.compute and fc.layer_type == "runtime_fusion"  # a GEMM compiled with its epilogue
+    assert not shape.compute and shape.precision == "unknown"
+    with pytest.raises(TrtError, match="no 'Layers:' listing"):
+        parse_build_log(["Engine generation completed in 0.4 seconds."])
+    with pytest.raises(TrtError, match="has no line of the form"):
+        parse_build_log("Layers:\nsomething else entirely")
