@@ -831,7 +831,7 @@ def load_val_images(meta, count: int) -> tuple[np.ndarray | None, str, str]:
         return None, "", "the checkpoint records no dataset"
     try:
         from runtime.preprocess import preprocess
-        from train.data import load_dataset, load_image
+        from runtime.data import load_dataset, load_image
 
         index = load_dataset(**meta.dataset)
         split = "val" if index.split("val") else ("test" if index.split("test") else "train")

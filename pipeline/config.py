@@ -51,13 +51,14 @@ STAGES: tuple[Stage, ...] = tuple(Stage)
 # holding the packages). Their sha256 goes into the stamp, so a code update reruns what it affects
 # (a changed quantizer re-quantizes; a changed report template only rewrites the report).
 STAGE_CODE: dict[Stage, tuple[str, ...]] = {
-    Stage.TRAIN: ("train", "runtime/preprocess.py"),
+    Stage.TRAIN: ("train", "runtime/data", "runtime/preprocess.py"),
     Stage.EXPORT: ("export", "runtime/contract.py"),
-    Stage.QUANTIZE: ("quantize", "runtime/preprocess.py", "runtime/contract.py", "runtime/images.py"),
-    Stage.TENSORRT: ("runtime/trt", "runtime/backends/trt.py"),
+    Stage.QUANTIZE: ("quantize", "export/gate.py", "runtime/qdq_lint.py", "runtime/data", "runtime/preprocess.py",
+                     "runtime/contract.py", "runtime/images.py"),
+    Stage.TENSORRT: ("runtime/trt", "runtime/backends/trt.py", "runtime/qdq_lint.py"),
     Stage.PARITY: ("runtime/parity.py", "runtime/compare.py", "runtime/metrics.py", "runtime/preprocess.py",
-                   "runtime/backends", "runtime/images.py"),
-    Stage.BENCH: ("runtime/bench.py", "runtime/latency.py", "runtime/backends"),
+                   "runtime/backends", "runtime/images.py", "runtime/data", "train/backend.py"),
+    Stage.BENCH: ("runtime/bench.py", "runtime/latency.py", "runtime/backends", "train/backend.py"),
     Stage.REPORT: ("runtime/report.py", "pipeline/report.py", "pipeline/markdown.py"),
 }
 _code_cache: dict[Stage, dict[str, str]] = {}

@@ -1,4 +1,4 @@
-"""``python -m quantize int8|fp16|lint``: thin CLI over `quantize.report.run_int8` / `run_fp16` and `quantize.lint`.
+"""``python -m quantize int8|fp16|lint``: thin CLI over `quantize.report.run_int8` / `run_fp16` and `runtime.qdq_lint`.
 
     python -m quantize int8 --onnx RUN/model.onnx --method nncf|ort --out RUN/model.int8.onnx
         [--target tensorrt|cpu] [--max-drop PTS] [--calib-size N] [--data CONFIG_OR_DIR]
@@ -96,7 +96,7 @@ def _latency(args):
 
 
 def _lint(path: str, as_json: bool) -> int:
-    from quantize.lint import lint_qdq
+    from runtime.qdq_lint import lint_qdq
     from runtime.artifacts import read_sidecar, sidecar_path
 
     expected: list[str] = []

@@ -93,7 +93,7 @@ def tensor_sha256(array: np.ndarray) -> str:
 
 
 def dataset_config(contract: DeploymentContract, data: str | os.PathLike | None = None) -> dict[str, Any]:
-    """The `train.data.load_dataset` keyword arguments for ``data`` (or the contract's dataset).
+    """The `runtime.data.load_dataset` keyword arguments for ``data`` (or the contract's dataset).
 
     Raises:
         ConfigError: when ``data`` is neither a YAML file nor a folder, or the YAML holds no dataset.
@@ -143,7 +143,7 @@ def _image_folder_records(contract: DeploymentContract, root: Path):
     Decoded once here (unreadable files are skipped with a warning; none readable raises `DataError`).
     """
     from runtime.images import load_images, scan_image_folder
-    from train.data.base import Record
+    from runtime.data.base import Record
 
     folder, images = load_images(scan_image_folder(root, contract.class_names))
     records = [Record(i, int(y), "train", pixels=img) for i, y, img in zip(folder.ids, folder.labels, images)]
@@ -156,7 +156,7 @@ def _load_records(contract: DeploymentContract, data, split: str):
     A ``data`` folder that is not a class-folder tree is read as a folder of images
     (`runtime.images`): all of its images serve every split, labelled where a folder names a class.
     """
-    from train.data import load_dataset
+    from runtime.data import load_dataset
 
     if data is not None and Path(data).is_dir():
         from runtime.images import is_class_folder_tree
@@ -186,7 +186,7 @@ def _load_records(contract: DeploymentContract, data, split: str):
 
 def _preprocess(contract: DeploymentContract, records: Sequence[Any]) -> np.ndarray:
     from runtime.preprocess import preprocess
-    from train.data import load_image
+    from runtime.data import load_image
 
     return preprocess([load_image(r) for r in records], contract.preprocess)
 

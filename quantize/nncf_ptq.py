@@ -179,7 +179,7 @@ def quantize_nncf(
     """
     import nncf
 
-    from quantize.lint import quantized_ops
+    from runtime.qdq_lint import quantized_ops
 
     target = str(getattr(target, "value", target))
     settings = nncf_settings(target, bias_correction)

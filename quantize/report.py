@@ -27,7 +27,7 @@ import numpy as np
 
 from quantize.calibration import LabelledSet, build_calibration_set, build_holdout_set, build_validation_set, write_manifest, with_reference_labels
 from quantize.config import Fp16Config, Int8Config, LatencyConfig, Method, Target
-from quantize.lint import GROUPS, LintReport, flatten_scope, lint_qdq, resolve_ignore, sensitive_scopes
+from runtime.qdq_lint import GROUPS, LintReport, flatten_scope, lint_qdq, resolve_ignore, sensitive_scopes
 from quantize.ort_ptq import ort_session, predict
 from runtime.artifacts import atomic_write_json, atomic_write_text, library_versions, read_sidecar, sha256_file, sidecar_path, write_sidecar
 from runtime.compare import ParityResult, Tolerance, compare_outputs, tolerance_for

@@ -2,14 +2,14 @@
 
 ``--data DIR`` of ``quantize int8``/``fp16`` and ``runtime parity`` accepts any folder of images.
 A folder laid out as an ImageFolder (``DIR/<class>/*``, optionally under ``train``/``val``/``test``)
-keeps its labels through the dataset loaders (`train.data.load_dataset`); any other folder is read
+keeps its labels through the dataset loaders (`runtime.data.load_dataset`); any other folder is read
 here: every image below it (``.png .jpg .jpeg .bmp .tif .tiff .webp``, hidden folders skipped) in
 sorted order, and an image whose path passes through a folder named after one of the model's
 classes (or a known alias, case-insensitive) carries that class as its label; the others are
 unlabelled (label ``-1``). Calibration needs no labels, and parity on unlabelled images measures
 agreement with the reference instead of accuracy.
 
-Imports: numpy/OpenCV and the torch-free `train.data` helpers (no torch).
+Imports: numpy/OpenCV and the torch-free `runtime.data` helpers (no torch).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def _class_table(class_names: Sequence[str]) -> dict[str, int]:
     """Lower-case folder name -> index into ``class_names`` (exact names first, then known aliases)."""
     table = {str(c).lower(): i for i, c in enumerate(class_names)}
     try:
-        from train.data.folder import FOLDER_ALIASES  # torch-free; absent on a bare device install
+        from runtime.data.folder import FOLDER_ALIASES  # torch-free; absent on a bare device install
     except ImportError:
         return table
     for alias, canonical in FOLDER_ALIASES.items():
@@ -85,7 +85,7 @@ def scan_image_folder(root: str | os.PathLike, class_names: Sequence[str] = ()) 
     Raises:
         DataError: when ``root`` is not a folder or holds no image file.
     """
-    from train.data.base import IMAGE_SUFFIXES
+    from runtime.data.base import IMAGE_SUFFIXES
 
     base = Path(root)
     if not base.is_dir():
@@ -112,12 +112,12 @@ def scan_image_folder(root: str | os.PathLike, class_names: Sequence[str] = ()) 
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode one image file to uint8 gray (H×W) or RGB (H×W×3) (`train.data.base.read_image_file`).
+    """Decode one image file to uint8 gray (H×W) or RGB (H×W×3) (`runtime.data.base.read_image_file`).
 
     Raises:
         DataError: naming the file when it is empty, missing or cannot be decoded.
     """
-    from train.data.base import read_image_file  # numpy/OpenCV only
+    from runtime.data.base import read_image_file  # numpy/OpenCV only
 
     return read_image_file(path)
 
@@ -154,7 +154,7 @@ def load_images(folder: ImageFolder) -> tuple[ImageFolder, list[np.ndarray]]:
 def is_class_folder_tree(root: str | os.PathLike) -> bool:
     """True when ``root`` loads as a labelled ImageFolder (``root/<class>/*``, optionally split folders)."""
     try:
-        from train.data.folder import load_folder
+        from runtime.data.folder import load_folder
     except ImportError:
         return False
     try:

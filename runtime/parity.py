@@ -5,7 +5,7 @@
 1. The reference (a ``checkpoint.pt`` run by PyTorch, or a ``model.onnx`` run by ONNX Runtime CPU)
    names the class order, the preprocessing contract and the dataset it was trained on.
 2. The labelled set is that dataset's split, regenerated (``--data`` overrides it with an
-   ImageFolder directory or a dataset YAML), decoded with `train.data.load_image` and preprocessed
+   ImageFolder directory or a dataset YAML), decoded with `runtime.data.load_image` and preprocessed
    by `runtime.preprocess.preprocess` with each model's own contract — the same function training's
    evaluation uses, so the numbers are the device's numbers.
 3. Each candidate's precision comes from its sidecar (``X.onnx.json`` ``"precision"``, written by
@@ -31,7 +31,7 @@ import numpy as np
 
 from runtime.artifacts import read_json, sha256_file, sidecar_path
 from runtime.compare import ParityResult, Precision, Tolerance, as_precision, compare_outputs
-from runtime.errors import ArtifactError, ConfigError, DataError, PipelineError, require
+from runtime.errors import ArtifactError, ConfigError, DataError, PipelineError
 from runtime.preprocess import PreprocessSpec, preprocess
 
 log = logging.getLogger(__name__)
@@ -147,10 +147,10 @@ def describe_model(path: str | os.PathLike) -> ModelInfo:
     if not p.exists():
         raise ArtifactError(f"{p}: model file not found")
     if p.suffix.lower() in (".pt", ".pth"):
-        require("torch", "train")  # a checkpoint needs torch: say which extra, not a bare ImportError
-        from train.checkpoint import read_checkpoint
+        from runtime.backends import get_backend
 
-        payload = read_checkpoint(p)
+        # The backend that runs checkpoints (train/backend.py, through the registry) reads them too.
+        payload = get_backend("torch").read_model_info(p)
         return ModelInfo(
             path=str(p),
             kind="checkpoint",
@@ -250,7 +250,7 @@ def load_labelled_set(
     Raises:
         DataError: for an unknown dataset, an empty split, or classes the model does not have.
     """
-    from train.data import load_dataset, load_image  # torch-free
+    from runtime.data import load_dataset, load_image  # torch-free
 
     if data is not None and Path(data).is_dir():
         from runtime.images import is_class_folder_tree

@@ -134,7 +134,7 @@ def main() -> int:
     import torch
 
     import own_archs as A
-    from train.data import load_dataset
+    from runtime.data import load_dataset
 
     t0 = time.perf_counter()
     a = load_dataset("synthetic", seed=0, val_fraction=0.2, count=args.count, size=64, mode="gray")

@@ -69,12 +69,12 @@ def main(argv: list[str]) -> int:
     if args.verb == "models":
         return _models(args.num_classes)
     if args.verb == "data":
-        from train.data import list_datasets
+        from runtime.data import list_datasets
 
         if args.data_verb == "list":
             print("\n".join(list_datasets()))
             return 0
-        from train.data.synthetic import SynthConfig, write_image_folder
+        from runtime.data.synthetic import SynthConfig, write_image_folder
 
         counts = write_image_folder(
             SynthConfig(count=args.count, seed=args.seed, size=args.size, mode=args.mode), args.out

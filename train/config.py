@@ -48,7 +48,7 @@ class DataConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
     def loader_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments of `train.data.load_dataset` (also stored in checkpoints)."""
+        """Keyword arguments of `runtime.data.load_dataset` (also stored in checkpoints)."""
         return {"kind": self.kind, "root": self.root, "val_fraction": self.val_fraction, "seed": self.seed, **self.options}
 
 

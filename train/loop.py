@@ -31,7 +31,7 @@ from runtime.preprocess import PreprocessSpec, preprocess, resize_image, to_colo
 from train.augment import NUM_VARIANTS, augment
 from train.checkpoint import save_checkpoint
 from train.config import Augment, FitConfig, Optimizer, Scheduler
-from train.data import DatasetIndex, Record, load_dataset, load_image
+from runtime.data import DatasetIndex, Record, load_dataset, load_image
 from train.models import create_model, get_model_info
 
 log = logging.getLogger(__name__)

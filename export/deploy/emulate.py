@@ -49,12 +49,12 @@ class SampleSet:
 
 
 def sample_sets(spec: PreprocessSpec, count: int = 48, seed: int = 0) -> tuple[SampleSet, ...]:
-    """Synthetic RGB face crops (train.data.synthetic, torch-free): at the network size, and resized.
+    """Synthetic RGB face crops (runtime.data.synthetic, torch-free): at the network size, and resized.
 
     The off-size crops are the rendered faces stretched to other (non-square) sizes: even sizes
     (what nvinfer scales as is) and odd sizes (nvinfer first drops the last row/column).
     """
-    from train.data.synthetic import SynthConfig, render
+    from runtime.data.synthetic import SynthConfig, render
 
     h, w = spec.input_size
     side = max(16, h, w)

@@ -29,7 +29,9 @@ _REGISTRY: dict[str, str] = {
     "ort": "runtime.backends.ort:OrtBackend",
     "ort-cuda": "runtime.backends.ort:OrtCudaBackend",
     "ort-trt": "runtime.backends.ort:OrtTensorrtBackend",
-    "torch": "runtime.backends.torch_ref:TorchBackend",
+    # The PyTorch reference lives with train/ (it needs torch); reached by name, the registry is the
+    # documented plug-in point through which runtime uses a layer above it.
+    "torch": "train.backend:TorchBackend",
     "trt": "runtime.backends.trt:TrtBackend",
 }
 

@@ -242,10 +242,7 @@ def lint_before_parse(onnx: Path) -> dict[str, Any] | None:
     """
     import onnx as onnx_lib  # a core dependency
 
-    try:
-        from runtime.qdq_lint import lint_qdq
-    except ImportError:  # a checkout from before the lint moved out of quantize/
-        from quantize.lint import lint_qdq
+    from runtime.qdq_lint import lint_qdq
     try:
         model = onnx_lib.load(str(onnx), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - a malformed file is the parser's to report

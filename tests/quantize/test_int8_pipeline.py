@@ -12,7 +12,7 @@ import pytest
 
 from quantize.__main__ import main as cli
 from quantize.calibration import manifest_path
-from quantize.lint import lint_qdq, sensitive_scopes
+from runtime.qdq_lint import lint_qdq, sensitive_scopes
 from quantize.report import report_paths
 from runtime.artifacts import read_sidecar, sha256_file
 from runtime.contract import read_contract, read_metadata

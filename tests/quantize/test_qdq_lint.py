@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from quantize.__main__ import main as cli
-from quantize.lint import Severity, lint_qdq, resolve_ignore, sensitive_scopes
+from runtime.qdq_lint import Severity, lint_qdq, resolve_ignore, sensitive_scopes
 from runtime.errors import ArtifactError, ConfigError
 
 

@@ -1,4 +1,4 @@
-"""Property-based tests (hypothesis) for the dataset parsers in train/data/.
+"""Property-based tests (hypothesis) for the dataset parsers in runtime/data/.
 
 Two properties per format:
 
@@ -29,11 +29,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from runtime.errors import DataError
-from train.data.affectnet import AFFECTNET_LABELS, COLUMNS as AFFECTNET_COLUMNS, _parse_float, _read_list, load_affectnet
-from train.data.base import CANONICAL_CLASSES, IMAGE_SUFFIXES
-from train.data.caer_s import CAER_S_CLASSES, load_caer_s
-from train.data.fer2013 import FER2013_LABELS, FER2013_USAGE, LABEL_INDEX, parse_pixels, read_fer2013, load_fer2013
-from train.data.ferplus import (
+from runtime.data.affectnet import AFFECTNET_LABELS, COLUMNS as AFFECTNET_COLUMNS, _parse_float, _read_list, load_affectnet
+from runtime.data.base import CANONICAL_CLASSES, IMAGE_SUFFIXES
+from runtime.data.caer_s import CAER_S_CLASSES, load_caer_s
+from runtime.data.fer2013 import FER2013_LABELS, FER2013_USAGE, LABEL_INDEX, parse_pixels, read_fer2013, load_fer2013
+from runtime.data.ferplus import (
     CSV_HEADER,
     FERPLUS_FOLDERS,
     FERPLUS_USAGE,
@@ -45,10 +45,10 @@ from train.data.ferplus import (
     load_ferplus,
     majority_vote,
 )
-from train.data.folder import FOLDER_ALIASES, SPLIT_ALIASES, load_folder, parse_int, read_csv_rows
-from train.data.kdef import KDEF_EXPRESSIONS, KDEF_VIEWS, load_kdef
-from train.data.rafdb import RAF_LABELS, load_rafdb
-from train.data.sfew import SFEW_CLASSES, load_sfew
+from runtime.data.folder import FOLDER_ALIASES, SPLIT_ALIASES, load_folder, parse_int, read_csv_rows
+from runtime.data.kdef import KDEF_EXPRESSIONS, KDEF_VIEWS, load_kdef
+from runtime.data.rafdb import RAF_LABELS, load_rafdb
+from runtime.data.sfew import SFEW_CLASSES, load_sfew
 
 PROPS = settings(
     max_examples=40,

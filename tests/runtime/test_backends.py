@@ -170,7 +170,7 @@ def test_subclass_contract_is_enforced(tmp_path):
 def test_torch_reference_backend(tmp_path):
     import torch
 
-    from runtime.backends.torch_ref import TorchBackend
+    from train.backend import TorchBackend
     from train.checkpoint import save_checkpoint
     from train.models import create_model, get_model_info
 

@@ -31,7 +31,7 @@ from runtime.contract import DeploymentContract
 from runtime.detect import Box, haar_unavailable_reason, make_detector
 from runtime.errors import ArtifactError, MissingDependencyError
 from runtime.preprocess import PreprocessSpec
-from train.data.synthetic import CLASSES, SynthConfig, render
+from runtime.data.synthetic import CLASSES, SynthConfig, render
 
 REPO = Path(__file__).resolve().parents[2]
 # Frontal faces of three identities, no occluder, little noise: learnable by a linear model.

@@ -47,7 +47,7 @@ def test_runtime_imports_and_runs_without_torch(tmp_path):
         except ImportError:
             pass
         import runtime, runtime.latency, runtime.compare, runtime.env, runtime.report, runtime.parity, runtime.bench
-        import runtime.backends.ort, runtime.backends.torch_ref, runtime.__main__
+        import runtime.backends.ort, train.backend, runtime.__main__
         from runtime.backends import available_backends, get_backend
         from runtime.errors import MissingDependencyError
 

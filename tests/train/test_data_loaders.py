@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from runtime.errors import DataError
-from train.data import CANONICAL_CLASSES, Record, list_datasets, load_dataset, load_image, stratified_split
+from runtime.data import CANONICAL_CLASSES, Record, list_datasets, load_dataset, load_image, stratified_split
 
 C = {name: i for i, name in enumerate(CANONICAL_CLASSES)}
 
@@ -305,7 +305,7 @@ def test_kdef_meta_views_and_subjects(tmp_path):
 
 def test_kdef_session_subject_warns_about_identity_leak(tmp_path, caplog):
     write_kdef(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="train.data.kdef"):
+    with caplog.at_level(logging.WARNING, logger="runtime.data.kdef"):
         index = load_dataset("kdef", tmp_path, test_subjects=["AF01"], val_fraction=0)
     assert len(index.split("test")) == 15
     assert "F01" in caplog.text and "both train and test" in caplog.text
@@ -316,7 +316,7 @@ def test_kdef_bad_name(tmp_path, caplog):
     write_image(tmp_path / "KDEF" / "AF01" / "AF01XXS.JPG")
     with pytest.raises(DataError, match=r"AF01XXS\.JPG: not a KDEF file name"):
         load_dataset("kdef", tmp_path)
-    with caplog.at_level(logging.WARNING, logger="train.data.kdef"):
+    with caplog.at_level(logging.WARNING, logger="runtime.data.kdef"):
         index = load_dataset("kdef", tmp_path, on_bad_name="skip", val_fraction=0)
     assert len(index.records) == 45
     assert "AF01XXS.JPG" in caplog.text

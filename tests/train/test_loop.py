@@ -48,7 +48,7 @@ def test_fit_writes_checkpoint_and_sidecar(tmp_path: Path) -> None:
     assert meta.model_name == "lanmsff_tiny" and meta.dataset["kind"] == "synthetic"
     assert meta.sha256 == side["checkpoint_sha256"]
     # The saved model reproduces the reported validation accuracy through the shared preprocessing.
-    from train.data import load_dataset
+    from runtime.data import load_dataset
 
     val = load_dataset(**meta.dataset).split("val")
     x = loop.preprocess_records(val, meta.preprocess)

@@ -1,4 +1,4 @@
-"""train.data.synthetic: the procedural multi-view FER set (determinism, balance, ImageFolder, CLI)."""
+"""runtime.data.synthetic: the procedural multi-view FER set (determinism, balance, ImageFolder, CLI)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from runtime.errors import DataError
-from train.data import load_dataset
-from train.data.base import read_image_file
-from train.data.synthetic import CLASSES, VIEWS, SynthConfig, generate, render, write_image_folder
+from runtime.data import load_dataset
+from runtime.data.base import read_image_file
+from runtime.data.synthetic import CLASSES, VIEWS, SynthConfig, generate, render, write_image_folder
 
 REPO = Path(__file__).resolve().parents[2]
 KDEF_VIEWS = {"full_left", "half_left", "frontal", "half_right", "full_right"}

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import DataError
-from train.data.base import CANONICAL_CLASSES, DatasetIndex, Record, canonical_classes
-from train.data.folder import checked_utf8_lines, line_error, parse_int, reject_unknown_options
-from train.data.registry import register_dataset
+from runtime.data.base import CANONICAL_CLASSES, DatasetIndex, Record, canonical_classes
+from runtime.data.folder import checked_utf8_lines, line_error, parse_int, reject_unknown_options
+from runtime.data.registry import register_dataset
 
 # RAF-DB label (1-based, as in list_patition_label.txt) -> canonical class.
 RAF_LABELS: dict[int, str] = {

@@ -1,7 +1,9 @@
 """PyTorch reference backend: runs a ``checkpoint.pt`` exactly as training evaluated it.
 
-torch is imported inside `load()` only (and `_probe`), so ``runtime`` stays importable on a
-torch-free Jetson; there this backend simply reports itself unavailable. Outputs carry the same
+It lives with train/ (it needs torch to run) and reaches the runtime only through the backend
+registry (``runtime.backends``: ``"torch": "train.backend:TorchBackend"``), the documented plug-in
+point. torch is imported inside `load()` only (and `_probe`), so importing this module needs no
+torch; on a torch-free Jetson this backend simply reports itself unavailable. Outputs carry the same
 names as the exported ONNX: ``logits`` first, then any auxiliary heads of ``forward_heads``.
 """
 
@@ -52,6 +54,15 @@ class TorchBackend(Backend):
         except (ValueError, ImportError):
             found = False
         return None if found else "torch is not installed; pip install '.[train]'"
+
+    @classmethod
+    def read_model_info(cls, path: str | os.PathLike) -> dict[str, Any]:
+        """A checkpoint's deployment facts (model_name, class_names, preprocess, dataset) without building it."""
+        require("torch", "train")  # a checkpoint needs torch: say which extra, not a bare ImportError
+        from train.checkpoint import read_checkpoint
+
+        payload = read_checkpoint(path)
+        return {k: payload.get(k) for k in ("model_name", "class_names", "preprocess", "dataset")}
 
     def _load(self) -> None:
         torch = require("torch", "train")

@@ -23,8 +23,8 @@ import cv2
 import numpy as np
 
 from runtime.errors import DataError
-from train.data.base import CANONICAL_CLASSES, DatasetIndex, Record
-from train.data.registry import register_dataset
+from runtime.data.base import CANONICAL_CLASSES, DatasetIndex, Record
+from runtime.data.registry import register_dataset
 
 log = logging.getLogger(__name__)
 

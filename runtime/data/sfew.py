@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from train.data.base import DatasetIndex
-from train.data.folder import find_split_dirs, folder_resolver, index_class_folders, reject_unknown_options
-from train.data.registry import register_dataset
+from runtime.data.base import DatasetIndex
+from runtime.data.folder import find_split_dirs, folder_resolver, index_class_folders, reject_unknown_options
+from runtime.data.registry import register_dataset
 
 # SFEW class folder (lower-case) -> canonical class.
 SFEW_CLASSES: dict[str, str] = {

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import DataError
-from train.data.base import CANONICAL_CLASSES, IMAGE_SUFFIXES, DatasetIndex, Record, canonical_classes, iter_image_files
-from train.data.registry import register_dataset
+from runtime.data.base import CANONICAL_CLASSES, IMAGE_SUFFIXES, DatasetIndex, Record, canonical_classes, iter_image_files
+from runtime.data.registry import register_dataset
 
 log = logging.getLogger(__name__)
 

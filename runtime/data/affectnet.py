@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import DataError
-from train.data.base import CANONICAL_CLASSES, DatasetIndex, Record, canonical_classes
-from train.data.folder import find_file, line_error, parse_int, read_csv_rows, reject_unknown_options
-from train.data.registry import register_dataset
+from runtime.data.base import CANONICAL_CLASSES, DatasetIndex, Record, canonical_classes
+from runtime.data.folder import find_file, line_error, parse_int, read_csv_rows, reject_unknown_options
+from runtime.data.registry import register_dataset
 
 # AffectNet expression code -> canonical class; codes 8 None, 9 Uncertain, 10 No-Face are dropped.
 AFFECTNET_LABELS: dict[int, str | None] = {

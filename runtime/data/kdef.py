@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import DataError
-from train.data.base import CANONICAL_CLASSES, DatasetIndex, Record, canonical_classes, iter_image_files
-from train.data.folder import reject_unknown_options
-from train.data.registry import register_dataset
+from runtime.data.base import CANONICAL_CLASSES, DatasetIndex, Record, canonical_classes, iter_image_files
+from runtime.data.folder import reject_unknown_options
+from runtime.data.registry import register_dataset
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from runtime.errors import DataError
-from train.data.base import DatasetIndex, stratified_split
+from runtime.data.base import DatasetIndex, stratified_split
 
 Loader = Callable[..., DatasetIndex]
 _LOADERS: dict[str, Loader] = {}
@@ -57,8 +57,8 @@ def _load_all() -> None:
     import importlib
     import pkgutil
 
-    import train.data as pkg
+    import runtime.data as pkg
 
     for mod in pkgutil.iter_modules(pkg.__path__):
         if mod.name not in ("base", "registry", "torch_data"):
-            importlib.import_module(f"train.data.{mod.name}")
+            importlib.import_module(f"runtime.data.{mod.name}")

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from train.data.base import CANONICAL_CLASSES, DatasetIndex, Record, canonical_classes
-from train.data.folder import HEADER_FIX, find_file, line_error, parse_int, read_csv_rows, reject_unknown_options
-from train.data.registry import register_dataset
+from runtime.data.base import CANONICAL_CLASSES, DatasetIndex, Record, canonical_classes
+from runtime.data.folder import HEADER_FIX, find_file, line_error, parse_int, read_csv_rows, reject_unknown_options
+from runtime.data.registry import register_dataset
 
 # FER-2013 emotion code -> canonical class (the canonical order is FER-2013's own).
 FER2013_LABELS: dict[int, str] = {

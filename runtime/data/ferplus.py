@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import DataError
-from train.data.base import CANONICAL_CLASSES, DatasetIndex, Record, canonical_classes
-from train.data.fer2013 import read_fer2013
-from train.data.folder import HEADER_FIX, find_file, line_error, parse_int, read_csv_rows, reject_unknown_options
-from train.data.registry import register_dataset
+from runtime.data.base import CANONICAL_CLASSES, DatasetIndex, Record, canonical_classes
+from runtime.data.fer2013 import read_fer2013
+from runtime.data.folder import HEADER_FIX, find_file, line_error, parse_int, read_csv_rows, reject_unknown_options
+from runtime.data.registry import register_dataset
 
 log = logging.getLogger(__name__)
 
