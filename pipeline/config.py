@@ -27,9 +27,6 @@ STAMP_DIR = "stamps"
 STAMP_FORMAT = "ferdeploy-stamp/1"
 RUN_LOG = "pipeline.json"
 
-# Exit codes of `pipeline_main` (scripts rely on them).
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARITY, EXIT_INTERRUPTED = 0, 1, 2, 4, 130
-
 
 class StageError(PipelineError):
     """A pipeline stage could not run or failed; the message names the stage and the fix."""
@@ -42,6 +39,7 @@ class Stage(str, enum.Enum):
     TENSORRT = "tensorrt"
     PARITY = "parity"
     BENCH = "bench"
+    DEPLOY = "deploy"  # optional: only when the deploy: section names targets
     REPORT = "report"
 
 
@@ -60,6 +58,7 @@ STAGE_CODE: dict[Stage, tuple[str, ...]] = {
                    "runtime/backends", "runtime/images.py", "runtime/data", "train/backend.py"),
     Stage.BENCH: ("runtime/bench.py", "runtime/latency.py", "runtime/backends", "train/backend.py"),
     Stage.REPORT: ("runtime/report.py", "pipeline/report.py", "pipeline/markdown.py"),
+    Stage.DEPLOY: ("export/deploy", "runtime/preprocess.py", "runtime/contract.py"),
 }
 _code_cache: dict[Stage, dict[str, str]] = {}
 
@@ -271,6 +270,35 @@ class ModelSourceSection:
         return self.kind in ("", "checkpoint")
 
 
+DEPLOY_TARGETS = ("triton", "deepstream")
+
+
+@dataclass(frozen=True)
+class DeploySection:
+    """``deploy:`` section (optional last stage; docs/deploy.md).
+
+    Attributes:
+        targets: ``triton`` and/or ``deepstream``; empty (the default): no deploy stage.
+        model: The model file deployed, relative to the output folder (``model.onnx``,
+            ``model.ort.int8.onnx``...).
+        out: Folder (inside the output folder) for the Triton model repository / DeepStream config.
+        options: `export.deploy.DeployConfig` fields (``name``, ``allow_approximate``, ``gpu``,
+            ``batch``, ``samples``...).
+    """
+
+    targets: tuple[str, ...] = ()
+    model: str = "model.onnx"
+    out: str = "deploy"
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        bad = sorted(set(self.targets) - set(DEPLOY_TARGETS))
+        if bad:
+            raise ConfigError(f"deploy.targets: unknown target(s) {bad}; valid: {list(DEPLOY_TARGETS)}")
+        if Path(self.model).is_absolute() or ".." in Path(self.model).parts:
+            raise ConfigError(f"deploy.model names a file inside the output folder (e.g. model.onnx), got {self.model!r}")
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """The whole pipeline config: the raw ``fit:`` section (resolved by `train.config`) plus ours."""
@@ -282,6 +310,7 @@ class PipelineConfig:
     tensorrt: TensorrtSection = field(default_factory=TensorrtSection)
     parity: ParitySection = field(default_factory=ParitySection)
     bench: BenchSection = field(default_factory=BenchSection)
+    deploy: DeploySection = field(default_factory=DeploySection)
     source: str = ""
     model_source: ModelSourceSection = field(default_factory=ModelSourceSection)  # the YAML's ``source:``
 
@@ -297,6 +326,7 @@ _SECTIONS: dict[str, type] = {
     "tensorrt": TensorrtSection,
     "parity": ParitySection,
     "bench": BenchSection,
+    "deploy": DeploySection,
 }
 
 

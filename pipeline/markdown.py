@@ -249,6 +249,17 @@ def render_report(body: Mapping[str, Any]) -> str:
         out += [f"- {part}" for part in trt.get("reasons") or [trt.get("reason", "")]]
         out += ["", f"To add them, {trt.get('how_to', '')}; the other stages are reused."]
 
+    # ---- deploy
+    deploy = body.get("deploy") or []
+    if deploy:
+        out += ["", "## Deployment configs", "",
+                "Generated from the model's contract and checked by re-doing the target's preprocessing in numpy from "
+                "the written config (docs/deploy.md):", ""]
+        out += _md_table(["target", "folder", "model", "preprocessing", "max input diff", "top-1 agreement", "images", "report"],
+                         [[d["target"], f"`{d['folder']}`", f"`{d['model']}`", "exact" if d.get("exact") else "approximate",
+                           _fmt(d.get("max_abs_input_diff"), ".3g"), _fmt(d.get("top1_agreement")), d.get("images"),
+                           f"[{d['report']}]({d['report']})"] for d in deploy])
+
     # ---- stages
     stages = body.get("stages") or []
     if stages:

@@ -137,7 +137,34 @@ def build_report(ctx: Context, trt_ok: bool, trt_reason: str) -> dict[str, Any]:
         "environment": bench.get("environment", {}),
         "skipped_backends": {**parity.get("skipped", {}), **bench.get("skipped", {})},
         "reports": {"parity": "parity/parity.md", "bench": "bench/bench.md"},
+        "deploy": _deploy_summaries(ctx),
     }
+
+
+def _deploy_summaries(ctx: Context) -> list[dict[str, Any]]:
+    """One line of facts per deploy target that has a report (the deploy: section)."""
+    d = ctx.cfg.deploy
+    if not d.targets:
+        return []
+    from export.deploy import pipeline_report_path
+
+    out = []
+    for target in d.targets:
+        rep = pipeline_report_path(ctx.layout.out / d.out, target, d.options.get("name"))
+        body = _read_optional(rep)
+        if not body:
+            continue
+        sets = [s for s in (body.get("emulation") or {}).get("sets", []) if s.get("counts_for_verdict")]
+        out.append({
+            "target": target, "folder": ctx.layout.rel(rep.parent), "report": ctx.layout.rel(rep.with_suffix(".md")),
+            "exact": body.get("exact"), "model": Path(str((body.get("model") or {}).get("path", "")
+                                                             if isinstance(body.get("model"), dict) else body.get("model", ""))).name,
+            "max_abs_input_diff": max((s.get("max_abs_input_diff") or 0.0 for s in sets), default=None),
+            "top1_agreement": min((s.get("top1_agreement") for s in sets if s.get("top1_agreement") is not None),
+                                  default=None),
+            "images": sum(int(s.get("images") or 0) for s in sets),
+        })
+    return out
 
 
 def _git_commit() -> str | None:

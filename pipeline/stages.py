@@ -120,8 +120,18 @@ def build_plan(ctx: Context, stages: Sequence[Stage]) -> tuple[list[Step], dict[
                           (L.bench_dir / "bench.json", L.bench_dir / "bench.md"),
                           {**to_dict(cfg.bench), "tensorrt": use_trt}, ("torch", "onnxruntime", "numpy"),
                           {"machine": _machine(), "tensorrt": _trt_identity() if use_trt else None}))
+    deploy_reports: list[Path] = []
+    if Stage.DEPLOY in stages and cfg.deploy.targets:
+        from export.deploy import pipeline_report_path
+
+        d = cfg.deploy
+        for target in d.targets:
+            rep = pipeline_report_path(L.out / d.out, target, d.options.get("name"))
+            deploy_reports.append(rep)
+            steps.append(Step(f"deploy.{target}", Stage.DEPLOY, lambda t=target: run_deploy(ctx, t), (L.out / d.model,),
+                              (rep,), {**to_dict(d), "target": target}, ("onnx", "onnxruntime", "numpy", "cv2")))
     if Stage.REPORT in stages:
-        report_inputs = [L.parity_dir / "parity.json", L.bench_dir / "bench.json"]
+        report_inputs = [L.parity_dir / "parity.json", L.bench_dir / "bench.json", *deploy_reports]
         steps.append(Step("report", Stage.REPORT, lambda: run_report(ctx, trt_ok, trt_reason), tuple(report_inputs),
                           (L.report_md, L.report_json),
                           {"tensorrt": trt_reason or "available", "variants": [v.file for v in variants]},
@@ -356,6 +366,14 @@ def run_bench(ctx: Context, use_trt: bool) -> dict[str, Any]:
     report = bench_report(run, command=ctx.command, environment=capture_environment(), config=to_dict(b))
     write_report(report, ctx.layout.bench_dir, plots=True)
     return {"passed": report.passed, "rows": len(report.rows), "failing": list(report.failing)}
+
+
+def run_deploy(ctx: Context, target: str) -> dict[str, Any]:
+    """One deploy target (`export.deploy.pipeline_step`): a Triton repository or a DeepStream config, checked."""
+    from export.deploy import pipeline_step
+
+    d = ctx.cfg.deploy
+    return pipeline_step(ctx.layout.out / d.model, ctx.layout.out / d.out, target, d.options)
 
 
 def run_report(ctx: Context, trt_ok: bool, trt_reason: str) -> dict[str, Any]:

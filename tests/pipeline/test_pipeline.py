@@ -412,3 +412,30 @@ def test_every_shipped_pipeline_config_loads() -> None:
         assert cfg.out
         loaded.append(path.name)
     assert {"demo.yaml", "own_onnx.yaml", "folder.yaml"} <= set(loaded)
+
+
+def test_deploy_stage_runs_only_when_targets_are_named(tmp_path: Path, fake_stages, monkeypatch) -> None:
+    from export.deploy import pipeline_report_path
+
+    calls: list[str] = []
+
+    def deploy(ctx, target):
+        calls.append(target)
+        d = ctx.cfg.deploy
+        rep = pipeline_report_path(ctx.layout.out / d.out, target, d.options.get("name"))
+        rep.parent.mkdir(parents=True, exist_ok=True)
+        rep.write_text(json.dumps({"target": target, "options": dict(d.options), "model": _read(ctx.layout.onnx)}))
+        return {}
+
+    monkeypatch.setattr(S, "run_deploy", deploy)
+    raw = base_config(tmp_path / "run")
+    assert run(raw).ran() == ALL_STEPS and calls == []  # no deploy: section, no deploy step
+    raw["deploy"] = {"targets": ["triton", "deepstream"]}
+    assert run(raw).ran() == ["deploy.triton", "deploy.deepstream", "report"]
+    raw["deploy"]["options"] = {"samples": 8}  # a deploy option reruns deploy and the report only
+    assert run(raw).ran() == ["deploy.triton", "deploy.deepstream", "report"]
+    assert run(raw).ran() == []
+    with pytest.raises(ConfigError, match="unknown target"):
+        P.config_from_mapping({"deploy": {"targets": ["kserve"]}}, "x.yaml")
+    with pytest.raises(ConfigError, match="inside the output folder"):
+        P.config_from_mapping({"deploy": {"targets": ["triton"], "model": "../elsewhere.onnx"}}, "x.yaml")
