@@ -61,7 +61,7 @@ LOGITS_NAME = "logits"
 #
 # Both families use the TorchScript-based exporter (dynamo=False) at opset 17:
 # - MA-Net: the dynamo exporter (torch 2.13) emits opset 18 (its down-conversion to 17 fails on
-#   this graph) and writes the 202 MB of weights to an external ``.onnx.data`` file (models.md
+#   this graph) and writes the 202 MB of weights to an external ``.onnx.data`` file (docs/models.md
 #   §1.7.2), i.e. neither a TensorRT-10.3-safe opset nor a self-contained file. The legacy exporter
 #   at opset 17 with a dynamic batch axis is clean once CBAM pools with mean/amax instead of
 #   F.avg_pool2d(x, x.size()[2:]) (§1.7.1; train/models/manet.py does).
@@ -370,7 +370,7 @@ def export_model(model, meta, cfg: ExportConfig, *, reference: Reference | None 
         proto = onnx.load(str(raw))
         written = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
         if written != cfg.opset:
-            # dynamo implements opset >= 18 and keeps 18 when its down-conversion fails (models.md §1.7.2)
+            # dynamo implements opset >= 18 and keeps 18 when its down-conversion fails (docs/models.md §1.7.2)
             msg = f"asked for opset {cfg.opset}, the {exporter.value} exporter wrote opset {written}"
             fix = "use --exporter torchscript for opset 17, or accept it if every target TensorRT parses this opset"
             lint.append(Finding(Severity.WARNING, OPSET_NOT_DEFAULT, msg, fix))

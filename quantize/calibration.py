@@ -30,7 +30,7 @@ from runtime.errors import ConfigError, DataError
 log = logging.getLogger(__name__)
 
 MANIFEST_FORMAT = "ferdeploy-calibration/1"
-DEFAULT_CALIB_SIZE = 300  # models.md §5: calibrate on >= 300 images with per-class balance
+DEFAULT_CALIB_SIZE = 300  # docs/models.md §5: calibrate on >= 300 images with per-class balance
 DEFAULT_MIN_SIZE = 32
 
 

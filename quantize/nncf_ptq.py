@@ -5,7 +5,7 @@ Settings per target (`quantize.config.Target`):
 - ``tensorrt``: preset PERFORMANCE (symmetric), activations **per tensor** and symmetric,
   weights per-channel symmetric. NNCF's defaults put a per-channel activation quantizer on
   LANMSFF's first depthwise conv input, which neither TensorRT nor onnxruntime's optimized
-  session accepts (traps.md), hence the explicit ``activations_quantization_params``.
+  session accepts (docs/measured-facts.md), hence the explicit ``activations_quantization_params``.
   NNCF's ONNX backend writes a symmetric quantizer on a non-negative tensor (after ReLU, Sigmoid,
   the [0, 1] image) as UINT8 with zero point 0, and its hardware config refuses
   ``signedness_to_force=True`` for activations; TensorRT needs INT8, so `to_signed_int8` rewrites

@@ -7,7 +7,7 @@ ONNX graph, which it fuses into the neighbouring layers. Its rules (onnx-tensorr
 - zero points are 0 (symmetric) and the quantized type is INT8 (UINT8 is rejected);
 - scales are constant and positive; activations are quantized **per tensor** (a per-channel
   activation quantizer, which NNCF's ONNX default puts on depthwise-conv inputs, is rejected by
-  TensorRT and breaks onnxruntime's optimized session: traps.md);
+  TensorRT and breaks onnxruntime's optimized session: docs/measured-facts.md);
 - weights may be per channel, along the *output-channel* axis: 0 for Conv and Gemm(transB=1),
   1 for ConvTranspose (weights are (C_in, C_out/group, kH, kW)) and Gemm(transB=0)/MatMul;
 - biases stay float (an INT32 DequantizeLinear bias is an onnxruntime/QOperator idiom);
@@ -17,7 +17,7 @@ ONNX graph, which it fuses into the neighbouring layers. Its rules (onnx-tensorr
 
 `lint_qdq` returns a `LintReport` (findings with severity); `python -m quantize lint X.onnx`
 prints it. The module also holds the graph helpers the quantizers share: `GraphIndex`,
-`sensitive_scopes` (the parts models.md §5 suggests keeping in float) and `quantized_ops`.
+`sensitive_scopes` (the parts docs/models.md §5 suggests keeping in float) and `quantized_ops`.
 """
 
 from __future__ import annotations
@@ -430,7 +430,7 @@ def lint_qdq(model_or_path, *, expected_float: Iterable[str] = ()) -> LintReport
     )
 
 
-# --- sensitive parts (models.md §5) --------------------------------------------------------------
+# --- sensitive parts (docs/models.md §5) --------------------------------------------------------------
 
 REDUCE_OPS = ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "GlobalAveragePool", "GlobalMaxPool")
 GROUPS = ("gates", "pwfs", "heads", "stem")
@@ -463,7 +463,7 @@ class SensitiveScopes:
 
 
 def sensitive_scopes(model, *, max_depth: int = 10) -> SensitiveScopes:
-    """Find the parts models.md §5 suggests keeping in float, by graph structure (no names)."""
+    """Find the parts docs/models.md §5 suggests keeping in float, by graph structure (no names)."""
     g = model if isinstance(model, GraphIndex) else GraphIndex(model)
     gates: dict[str, None] = {}
     for sig in (n for n in g.nodes if n.op_type in ("Sigmoid", "HardSigmoid")):

@@ -86,7 +86,7 @@ class BuildConfig:
         typing: `Typing` (AUTO: strongly typed; flags fallback on TensorRT 10 only).
         version_compatible: Build a version-compatible plan (loadable by the lean runtime).
         aux_streams: ``max_aux_streams`` (None: TensorRT's heuristic; MA-Net's parallel branches
-            may gain from more, models.md §5).
+            may gain from more, docs/models.md §5).
         min_precision_share: Threshold of the precision check (None: `DEFAULT_MIN_SHARE`).
         force: Rebuild even when a matching cached plan exists.
         flavour: ``tensorrt``, ``rtx`` or None/``auto`` (full TensorRT when importable, else RTX).

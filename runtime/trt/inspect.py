@@ -43,7 +43,7 @@ from typing import Any
 from runtime.trt.compat import TrtError
 
 #: Smallest share of conv/GEMM layers that must run in the requested precision. INT8 is lower
-#: because the recipes keep attention gates, SE Gemms and the first convolution in FP16 (models.md §5).
+#: because the recipes keep attention gates, SE Gemms and the first convolution in FP16 (docs/models.md §5).
 DEFAULT_MIN_SHARE: Mapping[str, float] = {"fp32": 0.9, "fp16": 0.8, "int8": 0.5}
 
 # Tokens inside format strings / data type names -> precision. Order matters: BFloat16 before

@@ -70,7 +70,7 @@ def test_op_table_names_its_source_and_covers_both_model_families():
     table = pf.load_op_table()
     assert "onnx-tensorrt" in table.source and "operators.md" in table.source
     assert table.opset_min <= 17 <= table.opset_max
-    # every op the LANMSFF and MA-Net exports contain (models.md §1.7, §2.6)
+    # every op the LANMSFF and MA-Net exports contain (docs/models.md §1.7, §2.6)
     for op in "Conv ConvTranspose Gemm ReduceMean ReduceMax Sigmoid Mul Add Min Max Sub Split Slice Concat MaxPool Relu Reshape Transpose Expand Unsqueeze Flatten GlobalAveragePool".split():
         assert op in table.supported, op
     assert "Unique" in table.unsupported and "NonZero" in table.uncertain

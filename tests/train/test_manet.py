@@ -1,4 +1,4 @@
-"""MA-Net fidelity: sizes and MACs from models.md §1.6, block semantics, MS-Celeb loader, export."""
+"""MA-Net fidelity: sizes and MACs from docs/models.md §1.6, block semantics, MS-Celeb loader, export."""
 
 from __future__ import annotations
 
@@ -147,7 +147,7 @@ def test_channel_gate_pooling_equals_kernel_pooling() -> None:
 
 
 def _reference_mulscale(block: MulScaleBlock, x: torch.Tensor, descending: bool) -> torch.Tensor:
-    """models.md §1.3 written out group by group, with every ReLU out of place."""
+    """docs/models.md §1.3 written out group by group, with every ReLU out of place."""
     out = F.relu(block.bn1(block.conv1(x)))
     xs = torch.split(out, block.scale_width, dim=1)
 
@@ -285,7 +285,7 @@ def test_short_training_reduces_loss() -> None:
 
 
 class _Heads(torch.nn.Module):
-    """Exports all three outputs (models.md §1.7 item 5: parity must check both heads)."""
+    """Exports all three outputs (docs/models.md §1.7.5: parity must check both heads)."""
 
     def __init__(self, model: MANet) -> None:
         super().__init__()

@@ -1,7 +1,7 @@
 """LANMSFF: lightweight attention network with multi-scale feature fusion (Ezati et al., 2024).
 
 A PyTorch reconstruction faithful to the authors' Keras notebooks as described in
-`../shared/models.md` §2: 64×64 grayscale input, four blocks of 66/72/78/84 channels, TwoPath
+`docs/models.md` §2: 64×64 grayscale input, four blocks of 66/72/78/84 channels, TwoPath
 blocks (channel shuffle, plain vs dilation-2 paths) with MassAtt attention in blocks 2 and 4,
 parameter-free PWFS on blocks 1-3, and fusion of the globally pooled outputs of all four blocks.
 With Keras' conv biases kept and Keras BN settings it has exactly 356,294 trainable parameters

@@ -1,6 +1,6 @@
 """MA-Net: global multi-scale and local attention network for FER (Zhao, Liu, Wang, TIP 2021).
 
-A re-implementation of the official PyTorch code as described in `../shared/models.md` §1:
+A re-implementation of the official PyTorch code as described in `docs/models.md` §1:
 
 * feature pre-extractor: ResNet-18 stem + layer1 + layer2 (224×224 RGB -> 128×28×28);
 * local branch: the 28×28 map is cut into four 14×14 patches, each fed to its own (separately
@@ -13,12 +13,12 @@ A re-implementation of the official PyTorch code as described in `../shared/mode
 Module and parameter names follow the official ``model/manet.py`` so its state-dict keys (e.g. the
 MS-Celeb pre-trained checkpoint, after stripping ``module.``) load without renaming. The CBAM
 sub-module names (``ChannelGate.mlp``, ``SpatialGate.spatial.conv``/``.bn``) are not given in
-models.md (the official ``attention.py`` was not available); they follow the common CBAM
+docs/models.md (the official ``attention.py`` was not available); they follow the common CBAM
 reference layout that the official code imports, and the parameter counts match §1.6 exactly.
 
 Deviations that do not change the numbers: CBAM's channel pooling uses ``mean``/``amax`` over
 (H, W) instead of ``avg_pool2d``/``max_pool2d`` with a kernel taken from ``x.size()`` (the latter
-breaks dynamic-batch ONNX export, models.md §1.7); ``forward`` returns the fused logits and
+breaks dynamic-batch ONNX export, docs/models.md §1.7); ``forward`` returns the fused logits and
 ``forward_heads`` the individual heads (the official forward returns the tuple (local, global)).
 """
 
