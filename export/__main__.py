@@ -6,7 +6,7 @@
     python -m export check RUN/model.onnx [--checkpoint RUN/checkpoint.pt] [--batches 1,32]
     python -m export deploy --model RUN/model.onnx --target triton|deepstream --out DIR [--allow-approximate]
 
-Exit codes: 0 success, 1 a pipeline error (logged with what to fix), 2 bad command-line usage.
+Exit codes: `runtime.errors.EXIT_CODES` (docs/errors.md); a failed check is ``EXIT_ERROR``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 
 from export.config import DEFAULT_OPSET, ExportConfig, Exporter, PreflightConfig
 from runtime.cli import add_debug_flag, cli_entry
+from runtime.errors import EXIT_ERROR, EXIT_OK, exit_codes_help
 from runtime.lock import output_lock
 
 log = logging.getLogger("export")
@@ -26,7 +27,8 @@ log = logging.getLogger("export")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m export", description="Export FER checkpoints to ONNX and preflight them for TensorRT."
+        prog="python -m export", description="Export FER checkpoints to ONNX and preflight them for TensorRT.",
+        epilog=exit_codes_help(),
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -118,7 +120,7 @@ def _deploy(args: argparse.Namespace, argv: Sequence[str]) -> int:
     )
     result = deploy(cfg)
     log.info("deploy report: %s", result.report_md)
-    return 0
+    return EXIT_OK
 
 
 def _check_source(args: argparse.Namespace) -> None:
@@ -145,7 +147,7 @@ def main(argv: Sequence[str]) -> int:
         with output_lock(Path(args.out).parent, "export"):
             res = adopt_onnx(args.onnx, args.contract, args.out, dynamic_batch=not args.keep_batch)
         log.info("model: %s  report: %s  sidecar: %s", res.model, res.report_path, res.sidecar)
-        return 0
+        return EXIT_OK
     if args.command == "onnx":
         from export.onnx import export_onnx, export_module
 
@@ -166,14 +168,14 @@ def main(argv: Sequence[str]) -> int:
             else:
                 result = export_onnx(cfg, force=args.force)
         log.info("model: %s  report: %s  sidecar: %s", result.model, result.report_path, result.sidecar)
-        return 0
+        return EXIT_OK
     from export.preflight import preflight
 
     cfg = PreflightConfig(
         model=args.model, checkpoint=args.checkpoint, batches=args.batches, atol=args.atol, report=args.report
     )
     report = preflight(cfg)
-    return 0 if report.passed else 1
+    return EXIT_OK if report.passed else EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 from pipeline.cli import build_parser, pipeline_main, run_pipeline
 from pipeline.config import (
-    EXIT_OK,
-    EXIT_PARITY,
-    EXIT_USAGE,
     STAGES,
     PipelineConfig,
     Stage,
@@ -30,6 +27,7 @@ from pipeline.config import (
     stage_code,
 )
 from pipeline.runner import Layout, PipelineResult, StepResult
+from runtime.errors import EXIT_OK, EXIT_PARITY, EXIT_USAGE  # the one table; exit codes of pipeline_main
 
 __all__ = [
     "EXIT_OK", "EXIT_PARITY", "EXIT_USAGE", "STAGES", "Layout", "PipelineConfig", "PipelineResult", "Stage", "StageError",

@@ -16,8 +16,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from pipeline.config import (
-    EXIT_OK,
-    EXIT_PARITY,
     RUN_LOG,
     STAGES,
     PipelineConfig,
@@ -32,7 +30,7 @@ from runtime.artifacts import (
     atomic_write_json,
 )
 from runtime.cli import Terminated, add_debug_flag, cli_entry
-from runtime.errors import ConfigError, LockedError, PipelineError
+from runtime.errors import EXIT_OK, EXIT_PARITY, ConfigError, LockedError, PipelineError, exit_codes_help
 from runtime.lock import output_lock
 
 log = logging.getLogger(__name__)
@@ -111,10 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ferdeploy pipeline",
         description="Train -> export -> quantize -> TensorRT -> parity -> bench -> report, reusing every artifact "
                     "whose inputs, config and library versions are unchanged.",
-        epilog="exit codes: 0 done; 1 a stage failed (the log names it and the fix); 2 bad usage or config; "
-               "3 a missing optional dependency; 4 a parity row failed and parity.gate is true (the report is "
-               "written either way); 74 an output cannot be written; 75 the output folder is used by another "
-               "run; 130 interrupted; 143 terminated (docs/errors.md)",
+        epilog=exit_codes_help("pipeline"),
     )
     p.add_argument("--config", required=True, help="pipeline YAML (configs/demo.yaml): fit/export/quantize/... sections")
     p.add_argument("--stages", default=None,

@@ -20,6 +20,8 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 
+from runtime.errors import EXIT_MISSING, EXIT_OK, EXIT_USAGE, exit_codes_help
+
 # verb -> ("module:function(argv) -> int", help)
 VERBS: dict[str, tuple[str, str]] = {
     "train": ("train.__main__:main", "train a model (fit), list models, render the synthetic set (needs the train extra)"),
@@ -38,7 +40,7 @@ def usage() -> str:
     width = max(len(v) for v in VERBS)
     lines = ["usage: ferdeploy <verb> [options]   (ferdeploy <verb> --help for a verb's options)", "", "verbs:"]
     lines += [f"  {v:<{width}}  {h}" for v, (_, h) in VERBS.items()]
-    lines += ["", "Exit codes: docs/errors.md. Add --debug to any verb for the traceback of an error."]
+    lines += ["", exit_codes_help("all"), "Add --debug to any verb for the traceback of an error."]
     return "\n".join(lines)
 
 
@@ -52,21 +54,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
-        return 0 if argv else 2
+        return EXIT_OK if argv else EXIT_USAGE
     verb, rest = argv[0], argv[1:]
     if verb not in VERBS:
         print(f"ferdeploy: unknown verb {verb!r}; valid: {', '.join(VERBS)}\n\n{usage()}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     try:
         fn = resolve(verb)
     except ImportError as exc:
         print(f"ferdeploy {verb}: cannot load {VERBS[verb][0]} ({exc}); install the extra it needs, e.g. "
               "pip install '.[train,quantize]'", file=sys.stderr)
-        return 3
+        return EXIT_MISSING
     try:
-        return int(fn(rest) or 0)
+        return int(fn(rest) or EXIT_OK)
     except SystemExit as exc:  # argparse usage errors exit 2; keep the code
-        return int(exc.code) if isinstance(exc.code, int) else 2
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -6,8 +6,8 @@
     python -m quantize fp16 --onnx RUN/model.onnx --out RUN/model.fp16.onnx
     python -m quantize lint RUN/model.int8.onnx
 
-Exit codes: 0 success, 1 a pipeline error (logged with what to fix) or a failed gate
-(``lint`` errors, ``--fail-on-parity``), 2 bad command-line usage.
+Exit codes: `runtime.errors.EXIT_CODES` (docs/errors.md); a failed gate (``lint`` errors,
+``--fail-on-parity``) is ``EXIT_ERROR``.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from runtime.cli import add_debug_flag, cli_entry
-from runtime.errors import PipelineError
+from runtime.errors import EXIT_ERROR, EXIT_OK, PipelineError, exit_codes_help
 from runtime.lock import output_lock
 
 log = logging.getLogger("quantize")
@@ -55,7 +55,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m quantize", description="INT8 (Q/DQ) and FP16 models for TensorRT and onnxruntime.")
+    parser = argparse.ArgumentParser(prog="python -m quantize", description="INT8 (Q/DQ) and FP16 models for TensorRT and onnxruntime.",
+                                     epilog=exit_codes_help())
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -112,7 +113,7 @@ def _lint(path: str, as_json: bool) -> int:
         for finding in report.findings:
             print(finding)
         print(report.summary())
-    return 0 if report.passed else 1
+    return EXIT_OK if report.passed else EXIT_ERROR
 
 
 @cli_entry
@@ -154,8 +155,8 @@ def main(argv: Sequence[str]) -> int:
         if not result.report.parity.passed:
             log.warning("parity: %s", "; ".join(result.report.parity.reasons))
             if args.fail_on_parity:
-                return 1
-    return 0
+                return EXIT_ERROR
+    return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -9,10 +9,9 @@ modules add theirs with one line here (``build``, ``selftest``, ``infer``, ``pip
 `register_verb` at import time; the module is imported only when its verb runs, so a missing
 optional dependency (TensorRT) never breaks the other verbs.
 
-Every verb goes through `runtime.cli.cli_entry`: exit codes are listed in docs/errors.md (0 success,
-1 a pipeline error or a failing parity row, 2 bad usage or config, 3 a missing optional dependency,
-4 an output that cannot be written, 5 the output folder is locked by another run, 130/143
-interrupted/terminated); ``--debug`` adds the traceback to an error message.
+Every verb goes through `runtime.cli.cli_entry` and returns the exit codes of the one table,
+`runtime.errors.EXIT_CODES` (docs/errors.md; a failing parity row is ``EXIT_ERROR``);
+``--debug`` adds the traceback to an error message.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from runtime.cli import add_debug_flag, cli_entry
-from runtime.errors import ConfigError
+from runtime.errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, ConfigError, exit_codes_help
 from runtime.lock import output_lock
 
 log = logging.getLogger("runtime")
@@ -139,9 +138,9 @@ def parity_main(argv: list[str]) -> int:
             log.error("FAIL %s: %s", r.name, why)
         log.error("%d of %d parity rows failed: %s", len(run.failing), len(run.rows),
                   ", ".join(r.name for r in run.failing))
-        return 1
+        return EXIT_ERROR
     log.info("all %d parity rows passed", len(run.rows))
-    return 0
+    return EXIT_OK
 
 
 # --------------------------------------------------------------------------------------------
@@ -192,8 +191,8 @@ def bench_main(argv: list[str]) -> int:
     _write_locked(report, out, "bench report", plots=not args.no_plots)
     if not report.passed:
         log.error("%d bench row(s) failed: %s", len(report.failing), "; ".join(report.failing))
-        return 1
-    return 0
+        return EXIT_ERROR
+    return EXIT_OK
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m runtime",
         description="Torch-free runtime: parity, latency, (TensorRT build, inference) on the device.",
         epilog="verbs:\n" + "\n".join(f"  {v:<10} {VERB_HELP.get(v, '')}" for v in VERBS)
-        + "\n\n`python -m runtime VERB --help` shows a verb's options.",
+        + "\n\n`python -m runtime VERB --help` shows a verb's options.\n" + exit_codes_help("all"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("verb", choices=sorted(VERBS), help="what to do")
@@ -225,22 +224,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         build_parser().print_help()
-        return 0 if argv else 2
+        return EXIT_OK if argv else EXIT_USAGE
     verb, rest = argv[0], argv[1:]
     if verb not in VERBS:
         build_parser().print_usage(sys.stderr)
         print(f"python -m runtime: error: unknown verb {verb!r}; valid: {', '.join(sorted(VERBS))}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     try:
         fn = resolve_verb(verb)
     except (ImportError, AttributeError) as exc:
         _setup_logging(False)
         log.error("verb %r is registered as %s but cannot be loaded: %s", verb, VERBS[verb], exc)
-        return 1
+        return EXIT_ERROR
     try:
         return int(fn(rest))
     except SystemExit as exc:  # argparse usage errors exit 2; keep its code
-        return int(exc.code) if isinstance(exc.code, int) else 2
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@
 - a `PipelineError` into its one-paragraph message (what was received, what was expected, how to
   fix it) and the exit code of `runtime.errors.exit_code_for` (docs/errors.md);
 - an `OSError` that means "cannot write here" (permissions, read-only file system, disk full or
-  quota) into the same kind of message and exit code 4;
+  quota) into the same kind of message and exit code 74 (`EXIT_STORAGE`);
 - Ctrl-C into exit 130 and SIGTERM into exit 143, after the atomic writers have discarded their
   temporary files (finished artifacts are kept; a rerun resumes or reuses them);
 - any other exception (a bug) into exit 70 with a one-line summary.
@@ -25,9 +25,18 @@ from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from typing import Iterator
 
-from runtime.errors import EXIT_INTERRUPTED, EXIT_TERMINATED, PipelineError, exit_code_for, storage_error
+from runtime.errors import (
+    EXIT_BUG,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TERMINATED,
+    PipelineError,
+    exit_code_for,
+    storage_error,
+)
 
-EXIT_BUG = 70  # EX_SOFTWARE: an internal error, not the user's input
+__all__ = ["EXIT_BUG", "Terminated", "add_debug_flag", "cli_entry", "sigterm_raises"]
 
 DEBUG_HELP = "on an error, print the full traceback as well as the message"
 
@@ -84,7 +93,7 @@ def cli_entry(fn: Callable[[list[str]], int] | None = None, *, argv_start: int =
         try:
             with sigterm_raises():
                 code = fn(args)
-            return 0 if code is None else int(code)
+            return EXIT_OK if code is None else int(code)
         except PipelineError as exc:
             _report(log, f"error: {_message(exc)}", debug)
             return exit_code_for(exc)
@@ -92,7 +101,7 @@ def cli_entry(fn: Callable[[list[str]], int] | None = None, *, argv_start: int =
             mapped = storage_error(exc)
             if mapped is None:
                 _report(log, f"error: {type(exc).__name__}: {exc}. Rerun with --debug for the traceback.", debug)
-                return 1
+                return EXIT_ERROR
             _report(log, f"error: {mapped}", debug)
             return exit_code_for(mapped)
         except KeyboardInterrupt:

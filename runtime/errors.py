@@ -72,17 +72,58 @@ class LockedError(PipelineError):
     """Another run holds the lock on the output folder; two runs must not interleave there."""
 
 
-# Exit codes shared by every CLI (docs/errors.md): 0 done; 1 a pipeline error (bad input, a failed
-# check); 2 bad usage or config; 3 a missing optional dependency (TensorRT, a face detector);
-# 74 an output that cannot be written (permissions, disk full); 75 the output folder is locked by
-# another run; 130 interrupted (Ctrl-C / SIGINT); 143 terminated (SIGTERM).
-EXIT_ERROR, EXIT_USAGE, EXIT_MISSING = 1, 2, 3
-EXIT_STORAGE, EXIT_LOCKED = 74, 75  # sysexits EX_IOERR, EX_TEMPFAIL (4 and 5 mean other things to `infer`)
-EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
+# The one exit-code table. Every CLI returns these names, never a bare number; docs/errors.md is
+# tested against `EXIT_CODES` (tests/reliability/test_errors_doc.py). Codes 4 and 5 are outcomes of
+# one command each (infer, pipeline), not errors; 74/75/70 follow sysexits (EX_IOERR, EX_TEMPFAIL,
+# EX_SOFTWARE); 130/143 are the shell's 128 + SIGINT/SIGTERM.
+EXIT_OK = 0
+EXIT_ERROR = 1  # a pipeline error: bad input, a failed check (preflight, parity, lint), a failed stage
+EXIT_USAGE = 2  # bad usage or config (argparse uses 2 as well)
+EXIT_MISSING = 3  # a missing optional dependency
+EXIT_PARTIAL = 4  # infer: done, but some inputs were unreadable
+EXIT_PARITY = 4  # pipeline: a parity row failed and parity.gate is true (the report is written)
+EXIT_NOTHING = 5  # infer: nothing was classified
+EXIT_BUG = 70  # an internal error (a bug, not the user's input)
+EXIT_STORAGE = 74  # an output cannot be written
+EXIT_LOCKED = 75  # the output folder is locked by another run
+EXIT_INTERRUPTED = 130  # Ctrl-C / SIGINT
+EXIT_TERMINATED = 143  # SIGTERM
+
+#: code -> meaning, for help texts and docs/errors.md.
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "done",
+    EXIT_ERROR: "a pipeline error (bad input, a failed check or stage; the message says what to fix)",
+    EXIT_USAGE: "bad usage or config",
+    EXIT_MISSING: "a missing optional dependency (the message names the extra to install)",
+    EXIT_PARTIAL: "infer: done, but some inputs were unreadable; pipeline: a parity row failed and parity.gate is true",
+    EXIT_NOTHING: "infer: nothing was classified (no readable input, no face)",
+    EXIT_BUG: "an internal error (a bug): rerun with --debug and report it",
+    EXIT_STORAGE: "an output cannot be written (permissions, read-only, disk full)",
+    EXIT_LOCKED: "the output folder is in use by another run",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+    EXIT_TERMINATED: "terminated (SIGTERM)",
+}
+_GENERAL = (EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_MISSING, EXIT_BUG, EXIT_STORAGE, EXIT_LOCKED, EXIT_INTERRUPTED,
+            EXIT_TERMINATED)
+_OWN = {"infer": {EXIT_PARTIAL: "done, but some inputs were unreadable",
+                  EXIT_NOTHING: "nothing was classified (no readable input, no face)"},
+        "pipeline": {EXIT_PARITY: "a parity row failed and parity.gate is true (the report is written)"}}
+
+
+def exit_codes_help(command: str | None = None) -> str:
+    """The exit codes a command returns, as one line for an argparse epilog (from `EXIT_CODES`).
+
+    Args:
+        command: ``"infer"`` or ``"pipeline"`` add their own outcome codes (4, 5), ``"all"`` lists every
+            code (a dispatcher's help); others get the general ones.
+    """
+    meanings = {code: EXIT_CODES[code].split(" (")[0] for code in (EXIT_CODES if command == "all" else _GENERAL)}
+    meanings.update(_OWN.get(command or "", {}))
+    return "exit codes: " + "; ".join(f"{c} {m}" for c, m in sorted(meanings.items())) + " (docs/errors.md)"
 
 
 def exit_code_for(exc: PipelineError) -> int:
-    """The CLI exit code for a pipeline error (config 2, missing dependency 3, storage 74, lock 75, other 1)."""
+    """The CLI exit code for a pipeline error (`ConfigError` usage, missing dependency, storage, lock, else error)."""
     if isinstance(exc, ConfigError):
         return EXIT_USAGE
     if isinstance(exc, MissingDependencyError):

@@ -49,7 +49,8 @@ from runtime.contract import DeploymentContract, read_contract
 from runtime.detect import (DETECTORS, HUGE_PIXELS, MIN_FACE, WORK_SIDE, Box, Detector, check_min_face, make_detector,
                             working_scale)
 from runtime.cli import add_debug_flag, cli_entry
-from runtime.errors import ArtifactError, ConfigError, DataError, MissingDependencyError
+from runtime.errors import (EXIT_NOTHING, EXIT_OK, EXIT_PARTIAL, ArtifactError, ConfigError, DataError,
+                            MissingDependencyError, exit_codes_help)
 from runtime.lock import output_lock
 from runtime.preprocess import preprocess
 
@@ -57,7 +58,6 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".pgm", ".ppm", ".pbm"})
 VIDEO_EXTS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"})
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_MISSING, EXIT_PARTIAL, EXIT_NOTHING = 0, 1, 2, 3, 4, 5
 # Annotations on a tiny image (a 64×64 crop) are unreadable: draw on a copy upscaled to this short side.
 MIN_ANNOTATED_SIDE = 256
 # Annotated images keep the source's extension when OpenCV writes that format; others get ".png" appended.
@@ -727,10 +727,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m runtime infer",
         description="Detect faces, classify their expressions with an ONNX model or TensorRT engine, and write "
                     "annotated images/videos plus per-face predictions and per-frame latency.",
-        epilog="exit codes: 0 done; 1 error; 2 bad usage; 3 missing dependency (face detector, TensorRT); "
-               "4 done but some inputs were unreadable; 5 nothing classified (empty folder, no readable input, no face); "
-               "74 an output cannot be written; 75 the output folder is used by another run; 130/143 interrupted "
-               "(docs/errors.md)",
+        epilog=exit_codes_help("infer"),
     )
     p.add_argument("--model", required=True, help="model.onnx (ONNX Runtime) or model.engine (TensorRT)")
     p.add_argument("--source", required=True, help="image, folder (recursive), video file, or camera index (0)")

@@ -4,7 +4,7 @@
 holder's pid, command and start time into it; the file is removed on release. Whoever takes the
 lock first deletes the temporary files a killed run left behind (``.NAME.*.tmp``), since no other
 run can be writing there. A second run on the same folder fails at once with
-`LockedError` (exit code 5) naming the holder, instead of interleaving writes with it. The kernel
+`LockedError` (exit code 75, `EXIT_LOCKED`) naming the holder, instead of interleaving writes with it. The kernel
 drops the lock when the holder exits, however it exits (crash, SIGKILL, power cut on a local
 disk), so there is never a stale lock to delete by hand. The lock is re-entrant within a process:
 the pipeline holds its run folder while stages it calls in-process take their own.

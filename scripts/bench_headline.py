@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from quantize.config import LatencyConfig
+    from runtime.errors import EXIT_ERROR, EXIT_OK
     from quantize.report import compare_latency
     from runtime.bench import parse_batches
 
@@ -85,12 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     fp32 = run / "model.onnx"
     if not fp32.is_file():
         print(f"bench: {fp32} not found; run `make demo` first (it writes the models this benchmark times)", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     names = HEADLINE_FILES + (OTHER_FILES if args.all else ())
     files = [run / n for n in names if (run / n).is_file()]
     if not files:
         print(f"bench: none of {list(names)} in {run}; run `make demo` first", file=sys.stderr)
-        return 1
+        return EXIT_ERROR
     threads, batches = parse_batches(args.threads), parse_batches(args.batches)
     x = _inputs(fp32)
     agree = _agreement(run)

@@ -49,6 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from runtime.errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE  # noqa: E402 - after the sys.path line
+
 MIB = 1024 * 1024
 ALL_BACKENDS = ("ort", "ort-int8", "ort-fp16", "torch")
 # The default bound. Measured on the 2-core dev machine (BENCHMARKS.md, memory soak): after a
@@ -435,13 +437,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     bad = [b for b in backends if b not in ALL_BACKENDS]
     if bad or not backends:
         print(f"soak: unknown backend(s) {bad}; valid: {', '.join(ALL_BACKENDS)}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     if args.count < 2:
         print("soak: --count must be >= 2 (the growth needs two RSS samples)", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     if not args.max_growth_mib > 0 or not args.max_objects_per_1k >= 0:
         print("soak: --max-growth-mib must be > 0 and --max-objects-per-1k >= 0", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     results, skipped = run_soak(
         args.count, backends, model=args.model, threads=args.threads, warmup=args.warmup,
@@ -464,8 +466,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps(body, indent=2), encoding="utf-8")
     if not results:
         print("soak: no backend could run", file=sys.stderr)
-        return 1
-    return 0 if all(r.passed for r in results) else 1
+        return EXIT_ERROR
+    return EXIT_OK if all(r.passed for r in results) else EXIT_ERROR
 
 
 if __name__ == "__main__":

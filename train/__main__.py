@@ -1,6 +1,6 @@
 """``python -m train fit|models|data`` — thin CLI over the training library.
 
-Exit codes: 0 success, 1 a pipeline error (logged with what to fix), 2 bad command-line usage.
+Exit codes: `runtime.errors.EXIT_CODES` (docs/errors.md).
 """
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ import sys
 from pathlib import Path
 
 from runtime.cli import add_debug_flag, cli_entry
+from runtime.errors import EXIT_OK, exit_codes_help
 
 log = logging.getLogger("train")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m train", description="Train FER models and manage datasets.")
+    p = argparse.ArgumentParser(prog="python -m train", description="Train FER models and manage datasets.",
+                                epilog=exit_codes_help())
     sub = p.add_subparsers(dest="verb", required=True)
 
     f = sub.add_parser("fit", help="train a model from a YAML config")
@@ -58,7 +60,7 @@ def _models(num_classes: int) -> int:
     print(f"{'model':<14}{'family':<10}{'params':>14}{'MACs (M)':>12}  input (C×H×W)")
     for name, fam, params, macs, shape in rows:
         print(f"{name:<14}{fam:<10}{params:>14,}{macs:>12.1f}  {shape}")
-    return 0
+    return EXIT_OK
 
 
 @cli_entry
@@ -73,14 +75,14 @@ def main(argv: list[str]) -> int:
 
         if args.data_verb == "list":
             print("\n".join(list_datasets()))
-            return 0
+            return EXIT_OK
         from runtime.data.synthetic import SynthConfig, write_image_folder
 
         counts = write_image_folder(
             SynthConfig(count=args.count, seed=args.seed, size=args.size, mode=args.mode), args.out
         )
         log.info("wrote %d images to %s: %s", sum(counts.values()), args.out, counts)
-        return 0
+        return EXIT_OK
     from train.config import load_fit_config
     from train.loop import fit
 
@@ -103,7 +105,7 @@ def main(argv: list[str]) -> int:
     for title, key in (("per-view", "per_view_accuracy"), ("occlusion", "per_occlusion_accuracy")):
         if m.get(key):
             log.info("%s accuracy: %s", title, ", ".join(f"{k} {v:.3f}" for k, v in m[key].items()))
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

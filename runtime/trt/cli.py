@@ -37,12 +37,11 @@ from typing import Any
 import numpy as np
 
 from runtime.cli import add_debug_flag, cli_entry
-from runtime.errors import ConfigError, PipelineError
+from runtime.errors import EXIT_ERROR, EXIT_MISSING, EXIT_OK, ConfigError, PipelineError
 from runtime.lock import output_lock
 
 log = logging.getLogger("runtime.trt")
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_MISSING = 0, 1, 2, 3
 PRECISIONS = ("fp32", "fp16", "int8")
 FLAVOURS = ("auto", "tensorrt", "rtx")
 SELFTEST_MODELS = ("lanmsff", "manet")
@@ -427,7 +426,7 @@ def run_selftest_cli(args: argparse.Namespace) -> int:
     atomic_write_json(report, {"requirements": [asdict(r) for r in reqs], "rows": [asdict(r) for r in rows],
                                "seconds": round(time.time() - started, 1)})
     print(f"report: {report}")
-    return EXIT_OK if rows and all(r.passed for r in rows) else EXIT_FAILED
+    return EXIT_OK if rows and all(r.passed for r in rows) else EXIT_ERROR
 
 
 # ---- registration ---------------------------------------------------------------------------------------

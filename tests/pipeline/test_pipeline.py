@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from runtime import errors as E
 import pipeline as P
 import pipeline.report as PR
 import pipeline.runner as R
@@ -305,8 +306,8 @@ def test_config_errors(tmp_path: Path) -> None:
         P.parse_stages("train,exprot")
     bad = tmp_path / "bad.yaml"
     bad.write_text("bench: {secs: 1}\n")
-    assert P.pipeline_main(["--config", str(bad)]) == P.EXIT_USAGE
-    assert P.pipeline_main(["--config", str(tmp_path / "missing.yaml")]) == P.EXIT_USAGE
+    assert P.pipeline_main(["--config", str(bad)]) == E.EXIT_USAGE
+    assert P.pipeline_main(["--config", str(tmp_path / "missing.yaml")]) == E.EXIT_USAGE
 
 
 def test_demo_config_is_valid_and_complete() -> None:

@@ -26,6 +26,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from runtime import errors as E
 from runtime import infer as I
 from runtime.contract import DeploymentContract
 from runtime.detect import Box, haar_unavailable_reason, make_detector
@@ -101,7 +102,7 @@ def test_folder_of_faces_predictions_match_labels(model: Path, faces_dir: Path, 
     status = {Path(s.source).name: s.status for s in res.sources}
     assert status.pop("broken.png") == "unreadable" and status.pop("notes.txt") == "unreadable"
     assert set(status.values()) == {"ok"} and len(status) == 35
-    assert res.exit_code == I.EXIT_PARTIAL  # classified, but two inputs could not be read
+    assert res.exit_code == E.EXIT_PARTIAL  # classified, but two inputs could not be read
     correct = [p.label == _labels_of(p.source) for p in res.predictions]
     assert len(correct) == 35 and np.mean(correct) >= 0.8, np.mean(correct)
     # Outputs: annotated copies (folder structure kept), one CSV row per face and per frame, the JSON.
@@ -135,7 +136,7 @@ def test_short_video_annotated_and_predictions_match_labels(model: Path, tmp_pat
     _write_video(video, frames, "MJPG")
     out = tmp_path / "out"
     code = I.infer_main(["--model", str(model), "--source", str(video), "--out", str(out), "--no-detect", "--no-progress"])
-    assert code == I.EXIT_OK
+    assert code == E.EXIT_OK
     body = json.loads((out / "predictions.json").read_text())
     assert body["sources"][0]["status"] == "ok" and body["sources"][0]["frames"] == 28
     written = Path(body["sources"][0]["annotated"])
@@ -188,7 +189,7 @@ def test_scene_detection_crop_with_margin_and_no_face(model: Path, tmp_path: Pat
                       detector=det, progress=False)
     st = {Path(s.source).name: s for s in res.sources}
     assert st["empty_room.jpg"].status == "no_face" and st["group.png"].status == "ok" and st["group.png"].faces == 3
-    assert res.exit_code == I.EXIT_OK  # an image without a face is reported, not an error
+    assert res.exit_code == E.EXIT_OK  # an image without a face is reported, not an error
     got = [p.label for p in sorted(res.predictions, key=lambda p: p.box.x)]
     # The detect-and-crop path gives what the classifier says on the face tiles themselves (the
     # ~94% model misses some faces; the crop must not add misses of its own) ...
@@ -215,13 +216,13 @@ def test_empty_folder_missing_source_and_closed_camera(model: Path, tmp_path: Pa
     empty = tmp_path / "empty"
     empty.mkdir()
     args = ["--model", str(model), "--no-detect", "--no-progress", "--out", str(tmp_path / "o")]
-    assert I.infer_main([*args, "--source", str(empty)]) == I.EXIT_NOTHING
-    assert I.infer_main([*args, "--source", str(tmp_path / "nope")]) == I.EXIT_ERROR
-    assert I.infer_main([*args, "--source", "97"]) == I.EXIT_NOTHING  # no camera 97: reported, nothing classified
+    assert I.infer_main([*args, "--source", str(empty)]) == E.EXIT_NOTHING
+    assert I.infer_main([*args, "--source", str(tmp_path / "nope")]) == E.EXIT_ERROR
+    assert I.infer_main([*args, "--source", "97"]) == E.EXIT_NOTHING  # no camera 97: reported, nothing classified
     body = json.loads((tmp_path / "o" / "predictions.json").read_text())
     assert body["sources"][0]["status"] == "unreadable" and "camera" in body["sources"][0]["message"]
-    assert I.infer_main(["--model", str(tmp_path / "missing.onnx"), "--source", str(empty), "--no-detect"]) == I.EXIT_ERROR
-    assert I.infer_main([*args, "--source", str(empty), "--margin", "-1"]) == I.EXIT_USAGE
+    assert I.infer_main(["--model", str(tmp_path / "missing.onnx"), "--source", str(empty), "--no-detect"]) == E.EXIT_ERROR
+    assert I.infer_main([*args, "--source", str(empty), "--margin", "-1"]) == E.EXIT_USAGE
 
 
 def test_auto_detector_says_what_is_missing(model: Path, faces_dir: Path, tmp_path: Path, caplog, monkeypatch) -> None:
@@ -233,7 +234,7 @@ def test_auto_detector_says_what_is_missing(model: Path, faces_dir: Path, tmp_pa
     with pytest.raises(MissingDependencyError, match="--no-detect"):
         make_detector("auto")
     code = I.infer_main(["--model", str(model), "--source", str(faces_dir), "--out", str(tmp_path), "--no-progress"])
-    assert code == I.EXIT_MISSING
+    assert code == E.EXIT_MISSING
     assert "no face detector is available" in caplog.text and "--no-detect" in caplog.text
 
 
@@ -256,7 +257,7 @@ def test_haar_detector_on_synthetic_scenes(model: Path, tmp_path: Path) -> None:
     found = [s for s in res.sources if s.status == "ok"]
     assert {s.status for s in res.sources} <= {"ok", "no_face"} and len(res.sources) == 21
     assert 2 <= len(found) <= 21, f"Haar found {len(found)} of 21 synthetic faces"
-    assert res.exit_code == I.EXIT_OK
+    assert res.exit_code == E.EXIT_OK
     for p in res.predictions:  # every box is on the face tile
         assert 80 <= p.box.x + p.box.w / 2 <= 440 and 40 <= p.box.y + p.box.h / 2 <= 360
     body = json.loads((tmp_path / "out" / "predictions.json").read_text())
@@ -298,7 +299,7 @@ def test_infer_runs_without_torch(model: Path, faces_dir: Path, tmp_path: Path) 
     )
     env = {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
-    assert res.returncode == I.EXIT_PARTIAL, res.stderr[-2000:]
+    assert res.returncode == E.EXIT_PARTIAL, res.stderr[-2000:]
     assert len((tmp_path / "predictions.csv").read_text().splitlines()) == 36
 
 
@@ -316,7 +317,7 @@ def test_same_stem_inputs_and_subfolders_all_get_their_own_annotated_file(model:
         assert cv2.imwrite(str(src / rel), face), rel
     out = tmp_path / "out"
     assert I.infer_main(["--model", str(model), "--source", str(src), "--out", str(out), "--no-detect",
-                         "--no-progress"]) == I.EXIT_OK
+                         "--no-progress"]) == E.EXIT_OK
     body = json.loads((out / "predictions.json").read_text())
     written = sorted(str(Path(s["annotated"]).relative_to(out / "annotated")) for s in body["sources"])
     assert written == ["a/face.png", "b/face.PNG.png", "b/face.png", "face.pgm.png", "face.png", "face.webp"]
@@ -334,7 +335,7 @@ def test_videos_of_the_same_name_in_two_folders_both_survive(model: Path, tmp_pa
         _write_video(tmp_path / "in" / d / "clip.avi", frames, "MJPG")
     out = tmp_path / "out"
     assert I.infer_main(["--model", str(model), "--source", str(tmp_path / "in"), "--out", str(out), "--no-detect",
-                         "--no-progress"]) == I.EXIT_OK
+                         "--no-progress"]) == E.EXIT_OK
     body = json.loads((out / "predictions.json").read_text())
     written = sorted(Path(s["annotated"]).relative_to(out).parts[0] for s in body["sources"])
     assert written == ["a", "b"] and all(Path(s["annotated"]).is_file() for s in body["sources"])
@@ -380,7 +381,7 @@ def test_default_detector_on_real_photos_end_to_end(model: Path, tmp_path: Path)
         shutil.copy(p, src / p.name)
     out = tmp_path / "out"
     code = I.infer_main(["--model", str(model), "--source", str(src), "--out", str(out), "--no-progress"])
-    assert code == I.EXIT_OK
+    assert code == E.EXIT_OK
     labels = json.loads((PHOTOS / "labels.json").read_text())["photos"]
     body = json.loads((out / "predictions.json").read_text())
     assert body["detector"]["detector"] == "mtcnn"

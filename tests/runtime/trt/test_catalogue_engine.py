@@ -12,6 +12,7 @@ import logging
 import numpy as np
 import pytest
 
+from runtime import errors as E
 from runtime.artifacts import sidecar_path
 from runtime.backends.trt import TrtBackend
 from runtime.errors import ArtifactError
@@ -39,7 +40,7 @@ def built(tmp_path, monkeypatch, capsys):
     engine = tmp_path / "lanmsff.int8.engine"
     argv = ["--onnx", str(onnx), "--batch", "1:2:4", "--out", str(engine)]
     _install(monkeypatch, "10.3.0", ("Orin", "8.7"))
-    assert cli.build_main(argv) == cli.EXIT_OK
+    assert cli.build_main(argv) == E.EXIT_OK
     capsys.readouterr()
     return argv, engine
 
@@ -57,7 +58,7 @@ def test_engine_from_another_tensorrt_or_gpu_is_rebuilt_with_the_reason_logged(
         TrtBackend(engine).load()
     # ... and the build command rebuilds it, logging why.
     caplog.set_level(logging.INFO)
-    assert cli.build_main(argv) == cli.EXIT_OK
+    assert cli.build_main(argv) == E.EXIT_OK
     assert reason in caplog.text and "building" in caplog.text
     assert "reused" not in capsys.readouterr().out
     with TrtBackend(engine) as backend:
@@ -73,7 +74,7 @@ def test_corrupt_engine_is_refused_at_load_and_rebuilt_by_build(built, monkeypat
     assert engine.name in msg and "sha256" in msg and "corrupt, truncated or was replaced" in msg
     assert "Rebuild it here: python -m runtime build" in msg
     caplog.set_level(logging.INFO)
-    assert cli.build_main(argv) == cli.EXIT_OK
+    assert cli.build_main(argv) == E.EXIT_OK
     assert "building" in caplog.text and "reused" not in capsys.readouterr().out
     assert engine.read_bytes().startswith(b"PLAN") and len(engine.read_bytes()) > 7
     with TrtBackend(engine) as backend:
@@ -84,5 +85,5 @@ def test_corrupt_engine_sidecar_is_rebuilt(built, caplog, capsys):
     argv, engine = built
     sidecar_path(engine).write_text("{ not json")
     caplog.set_level(logging.INFO)
-    assert cli.build_main(argv) == cli.EXIT_OK
+    assert cli.build_main(argv) == E.EXIT_OK
     assert "building" in caplog.text and "reused" not in capsys.readouterr().out

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from runtime import errors as E
 from runtime.trt import cli, compat, cuda
 
 from .conftest import FIXTURES
@@ -56,13 +57,13 @@ def test_invalid_configuration_exits_2_before_tensorrt(onnx, caplog, argv, messa
     monkeypatch.setattr(compat, "import_tensorrt", lambda lean=False, **_: pytest.fail("TensorRT touched"))
     if "--onnx" not in argv:
         argv = ["--onnx", str(onnx), *argv]
-    assert cli.build_main(argv) == cli.EXIT_USAGE
+    assert cli.build_main(argv) == E.EXIT_USAGE
     assert message in caplog.text
 
 
 @pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed here")
 def test_build_without_tensorrt_exits_3_naming_the_extra(onnx, caplog):
-    assert cli.build_main(["--onnx", str(onnx), "--flavour", "tensorrt"]) == cli.EXIT_MISSING
+    assert cli.build_main(["--onnx", str(onnx), "--flavour", "tensorrt"]) == E.EXIT_MISSING
     assert "TensorRT is not importable" in caplog.text and "pip install '.[trt]'" in caplog.text
 
 
@@ -73,11 +74,11 @@ def test_build_with_fake_tensorrt(onnx, monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(cuda, "get_cuda", lambda prefer=None, device_index=0: fake_cuda)
     out = tmp_path / "custom.engine"
     argv = ["--onnx", str(onnx), "--batch", "2:4:8", "--timing-cache", str(tmp_path / "t.cache"), "--out", str(out)]
-    assert cli.build_main(argv) == cli.EXIT_OK
+    assert cli.build_main(argv) == E.EXIT_OK
     assert out.is_file() and "int8 realized in 67% of 6 conv/GEMM layers" in capsys.readouterr().out
-    assert cli.build_main(argv) == cli.EXIT_OK and "reused" in capsys.readouterr().out
+    assert cli.build_main(argv) == E.EXIT_OK and "reused" in capsys.readouterr().out
     # A precision the engine does not realize fails the build (exit 1), with the reason logged.
-    assert cli.build_main([*argv, "--precision", "fp16", "--out", str(tmp_path / "f.engine")]) == cli.EXIT_FAILED
+    assert cli.build_main([*argv, "--precision", "fp16", "--out", str(tmp_path / "f.engine")]) == E.EXIT_ERROR
 
 
 def test_selftest_without_tensorrt_says_what_is_missing(tmp_path, capsys, monkeypatch):
@@ -87,7 +88,7 @@ def test_selftest_without_tensorrt_says_what_is_missing(tmp_path, capsys, monkey
     monkeypatch.setattr(compat, "import_tensorrt", missing)
     code = cli.selftest_main(["--models", str(tmp_path / "models"), "--work", str(tmp_path / "w")])
     out, err = capsys.readouterr()
-    assert code == cli.EXIT_MISSING
+    assert code == E.EXIT_MISSING
     assert "[MISSING] TensorRT: TensorRT is not importable" in out and "pip install '.[trt]'" in out
     assert "[MISSING] ONNX models: missing" in out and "lanmsff.int8.onnx" in out and "manet.fp16.onnx" in out
     assert "[ok] onnxruntime" in out
@@ -100,7 +101,7 @@ def test_selftest_entry_point_in_a_fresh_process(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "runtime.trt.cli", "selftest", "--models", str(tmp_path),
                            "--flavour", "tensorrt"],
                           cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == cli.EXIT_MISSING
+    assert proc.returncode == E.EXIT_MISSING
     assert "[MISSING] TensorRT" in proc.stdout and "[MISSING] CUDA Python + GPU" in proc.stdout
     assert "selftest cannot run" in proc.stderr
 

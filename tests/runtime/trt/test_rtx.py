@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from runtime import errors as E
 from runtime.artifacts import read_sidecar
 from runtime.errors import ConfigError
 from runtime.trt import cli
@@ -189,11 +190,11 @@ def test_cli_builds_for_chosen_compute_capabilities(rtx, small, capsys):
     out = small.with_name("small.cli.engine")
     argv = ["--onnx", str(small), "--precision", "fp32", "--batch", BATCH, "--compute-capability", "8.6,8.9,12.0",
             "--flavour", "rtx", "--out", str(out)]
-    assert cli.build_main(argv) == cli.EXIT_OK
+    assert cli.build_main(argv) == E.EXIT_OK
     printed = capsys.readouterr().out
     assert "for compute capabilities 8.6,8.9,12.0" in printed and "fp32 realized in 100% of 3 conv/GEMM layers" in printed
-    assert cli.build_main(argv) == cli.EXIT_OK and "reused" in capsys.readouterr().out
-    assert cli.build_main([*argv[:-2], "--out", str(out), "--compute-capability", "6.1"]) == cli.EXIT_USAGE
+    assert cli.build_main(argv) == E.EXIT_OK and "reused" in capsys.readouterr().out
+    assert cli.build_main([*argv[:-2], "--out", str(out), "--compute-capability", "6.1"]) == E.EXIT_USAGE
 
 
 # ---- lanmsff_tiny at every precision ----------------------------------------------------------------------
