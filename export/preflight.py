@@ -13,13 +13,13 @@
 * with a checkpoint: ONNX Runtime FP32 vs PyTorch on real validation images from the checkpoint's
   dataset at batch 1 and 32: max abs difference of every output <= atol and top-1 agreement 100 %.
 
-The result is a frozen `PreflightReport` (JSON beside the model as ``<stem>.preflight.json``).
+The result is a frozen `PreflightReport` of `runtime.findings.Finding`s (the type the Q/DQ lint
+reports too), written as JSON beside the model as ``<stem>.preflight.json``.
 Graph checks need only onnx/onnxruntime; torch is imported only for the PyTorch parts.
 """
 
 from __future__ import annotations
 
-import enum
 import json
 import logging
 import os
@@ -35,17 +35,12 @@ import numpy as np
 
 from runtime.artifacts import atomic_write_json, library_versions, sha256_file
 from runtime.errors import ArtifactError, PipelineError
+from runtime.findings import Finding, Severity
 
 log = logging.getLogger(__name__)
 
 OPS_TABLE_PATH = Path(__file__).with_name("tensorrt_ops.json")
 REPORT_SUFFIX = ".preflight.json"
-
-
-class Severity(str, enum.Enum):
-    ERROR = "error"  # TensorRT will reject it, or the numbers are wrong: preflight fails
-    WARNING = "warning"  # parses, but slow, fragile or unverified: read the fix
-    INFO = "info"  # facts worth keeping in the report
 
 
 # Finding codes (stable: tests, reports and dashboards key on them).
@@ -91,36 +86,6 @@ _MEAN_AMAX_FIX = (
     "pool with x.mean((2, 3), keepdim=True) / x.amax((2, 3), keepdim=True) (or nn.AdaptiveAvgPool2d(1)), "
     "which export as ReduceMean/ReduceMax/GlobalAveragePool and keep the batch axis dynamic"
 )
-
-
-@dataclass(frozen=True)
-class Finding:
-    """One preflight observation.
-
-    Attributes:
-        severity: error (fails preflight), warning or info.
-        code: Stable identifier (module constants such as `POOL_KERNEL_FROM_SHAPE`).
-        message: What was found, with the numbers.
-        fix: What to change (empty for plain information).
-        node: ONNX node name, tensor name or PyTorch module path ("" for the whole model).
-    """
-
-    severity: Severity
-    code: str
-    message: str
-    fix: str = ""
-    node: str = ""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "severity", Severity(self.severity))
-
-    def to_dict(self) -> dict[str, str]:
-        return {"severity": self.severity.value, "code": self.code, "node": self.node, "message": self.message, "fix": self.fix}
-
-    def __str__(self) -> str:
-        where = f" [{self.node}]" if self.node else ""
-        fix = f" Fix: {self.fix}" if self.fix else ""
-        return f"{self.severity.value.upper()} {self.code}{where}: {self.message}{fix}"
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,13 @@ ONNX graph, which it fuses into the neighbouring layers. Its rules (onnx-tensorr
   from DequantizeLinear. Q/DQ in front of an op TensorRT has no INT8 kernel for (Min, Max, Mul,
   Sub, Reduce*, Softmax, ...) only adds rounding and a reformat: a warning.
 
-`lint_qdq` returns a `LintReport` (findings with severity); `python -m quantize lint X.onnx`
+`lint_qdq` returns a `LintReport` of `runtime.findings.Finding`s (the type preflight reports too); `python -m quantize lint X.onnx`
 prints it. The module also holds the graph helpers the quantizers share: `GraphIndex`,
 `sensitive_scopes` (the parts docs/models.md §5 suggests keeping in float) and `quantized_ops`.
 """
 
 from __future__ import annotations
 
-import enum
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from runtime.errors import ArtifactError
+from runtime.findings import Finding, Severity
 
 QUANT_OPS = ("QuantizeLinear", "DequantizeLinear")
 # Ops TensorRT runs in INT8 when their inputs are dequantized (the compute ops of the lint).
@@ -56,61 +56,32 @@ _UINT8 = 2  # onnx.TensorProto.UINT8
 _DTYPE_NAMES = {1: "FLOAT", 2: "UINT8", 3: "INT8", 6: "INT32", 10: "FLOAT16", 17: "FLOAT8E4M3FN", 22: "INT4"}
 
 
-class Severity(str, enum.Enum):
-    ERROR = "error"  # TensorRT rejects the graph or builds something else than intended
-    WARNING = "warning"  # legal but wasteful or surprising
-    INFO = "info"  # inventory (ops kept in float, ...)
-
-
-@dataclass(frozen=True)
-class LintFinding:
-    """One lint result.
-
-    Attributes:
-        severity: error, warning or info.
-        code: Stable short id (``asymmetric-zero-point``, ``quantized-bias``, ...).
-        node: The node it is about ("" for graph-wide findings).
-        message: What was found, what TensorRT expects, and how to fix it.
-    """
-
-    severity: Severity
-    code: str
-    node: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f" [{self.node}]" if self.node else ""
-        return f"{self.severity.value}: {self.code}{where}: {self.message}"
-
-    def to_dict(self) -> dict[str, str]:
-        return {"severity": self.severity.value, "code": self.code, "node": self.node, "message": self.message}
-
-
 @dataclass(frozen=True)
 class LintReport:
     """All findings of one model and a small inventory of its quantization.
 
     Attributes:
         model: Where the model came from ("" for an in-memory model).
-        findings: Every finding, errors first.
+        findings: Every finding, errors first (codes such as ``asymmetric-zero-point``; the message
+            says what was found, what TensorRT expects and how to fix it).
         quantize_nodes, dequantize_nodes: Q and DQ node counts.
         int8_ops: Compute ops (Conv/ConvTranspose/Gemm/MatMul) whose data and weight are dequantized.
         float_ops: Compute ops left in float.
     """
 
     model: str
-    findings: tuple[LintFinding, ...]
+    findings: tuple[Finding, ...]
     quantize_nodes: int
     dequantize_nodes: int
     int8_ops: tuple[str, ...]
     float_ops: tuple[str, ...]
 
     @property
-    def errors(self) -> tuple[LintFinding, ...]:
+    def errors(self) -> tuple[Finding, ...]:
         return tuple(f for f in self.findings if f.severity is Severity.ERROR)
 
     @property
-    def warnings(self) -> tuple[LintFinding, ...]:
+    def warnings(self) -> tuple[Finding, ...]:
         return tuple(f for f in self.findings if f.severity is Severity.WARNING)
 
     @property
@@ -306,11 +277,11 @@ def lint_qdq(model_or_path, *, expected_float: Iterable[str] = ()) -> LintReport
     """
     model, source = load_model(model_or_path)
     g = GraphIndex(model)
-    findings: list[LintFinding] = []
+    findings: list[Finding] = []
     expected_float = set(expected_float)
 
     def add(sev: Severity, code: str, node: str, msg: str) -> None:
-        findings.append(LintFinding(sev, code, node, msg))
+        findings.append(Finding(sev, code, msg, node=node))
 
     qnodes = [n for n in g.nodes if n.op_type == "QuantizeLinear"]
     dqnodes = [n for n in g.nodes if n.op_type == "DequantizeLinear"]

@@ -1,0 +1,67 @@
+"""One of each concept: a second copy of a shared helper or type fails here.
+
+Every module of the project is parsed (no import needed); the test names the file and line of a
+copy and says where the one definition lives.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("runtime", "train", "export", "quantize", "pipeline", "scripts")
+
+
+def _modules() -> list[tuple[str, ast.Module]]:
+    out = []
+    for pkg in PACKAGES:
+        for path in sorted((REPO / pkg).rglob("*.py")):
+            out.append((path.relative_to(REPO).as_posix(), ast.parse(path.read_text(encoding="utf-8"))))
+    return out
+
+
+MODULES = _modules()
+
+# name of a function or class -> the one module allowed to define it
+ONE_DEFINITION = {
+    "Finding": "runtime/findings.py",
+    "Severity": "runtime/findings.py",
+}
+# class names ending like this are a second finding type
+FINDING_SUFFIXES = ("Finding", "Severity")
+
+
+def test_the_modules_were_found() -> None:
+    names = {rel for rel, _ in MODULES}
+    assert len(names) > 50 and "runtime/findings.py" in names
+
+
+@pytest.mark.parametrize("name", sorted(ONE_DEFINITION))
+def test_defined_once(name: str) -> None:
+    where = [f"{rel}:{node.lineno}" for rel, tree in MODULES for node in ast.walk(tree)
+             if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name == name]
+    assert [w.split(":")[0] for w in where] == [ONE_DEFINITION[name]], (
+        f"{name} must be defined once, in {ONE_DEFINITION[name]} (import it from there); found: {where}")
+
+
+def test_one_finding_type() -> None:
+    copies = [f"{rel}:{node.lineno} class {node.name}" for rel, tree in MODULES for node in ast.walk(tree)
+              if isinstance(node, ast.ClassDef) and node.name.endswith(FINDING_SUFFIXES)
+              and rel != "runtime/findings.py"]
+    assert not copies, f"a second finding/severity type (use runtime.findings.Finding/Severity): {copies}"
+
+
+def test_preflight_and_lint_report_the_same_type() -> None:
+    from export import preflight
+    from runtime import findings, qdq_lint
+
+    assert preflight.Finding is findings.Finding is qdq_lint.Finding
+    assert preflight.Severity is findings.Severity is qdq_lint.Severity
+    f = findings.Finding("warning", "CODE", "what was found", "what to do", "node_1")
+    assert f.severity is findings.Severity.WARNING
+    assert f.to_dict() == {"severity": "warning", "code": "CODE", "node": "node_1", "message": "what was found",
+                           "fix": "what to do"}
+    assert str(f) == "WARNING CODE [node_1]: what was found Fix: what to do"
