@@ -106,15 +106,9 @@ def _dims(vi) -> list[int | str]:
 
 def _session(model: bytes | str):
     """A CPU onnxruntime session, graph optimizations off (the graph as written is what is compared)."""
-    import onnxruntime as ort
+    from runtime.backends.ort import make_session
 
-    so = ort.SessionOptions()
-    threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
-    if threads > 0:
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    return make_session(model, optimization="disable", log_severity=2)
 
 
 def _outputs(sess, name: str, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -307,6 +301,7 @@ def adopt_onnx(
     try:
         before = _run(model.SerializeToString(), orig_in, x)
     except Exception as exc:
+        exc = exc.__cause__ or exc  # make_session's ArtifactError: onnxruntime's own message
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         raise ExportError(f"{src}: onnxruntime cannot run the model on a {list(x.shape)} input built from {where}: "
                           f"{first}") from None

@@ -43,7 +43,6 @@ from export.preflight import (
     Severity,
     lint_module,
     load_val_images,
-    ort_session,
     report_path,
     run_preflight,
     write_report,
@@ -218,7 +217,9 @@ def _stdout_to_log():
 
 
 def _run(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    sess = ort_session(path, optimize=False)
+    from runtime.backends.ort import make_session
+
+    sess = make_session(path, optimization="disable", log_severity=2)
     names = [o.name for o in sess.get_outputs()]
     return dict(zip(names, sess.run(None, feeds)))
 

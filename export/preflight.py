@@ -824,29 +824,17 @@ def _input_batch(reference: Reference, n: int, seed: int = 0) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([imgs] * reps)[:n], dtype=np.float32)
 
 
-def ort_session(model_path: str | os.PathLike, *, optimize: bool = True):
-    """A CPU onnxruntime session that respects OMP_NUM_THREADS (machines here are shared)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    threads = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
-    if threads > 0:
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-    if not optimize:
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
-
-
 def check_parity(
     model_path: str | os.PathLike, reference: Reference, batches: Sequence[int], atol: float
 ) -> tuple[list[ParityResult], list[Finding]]:
     """ONNX Runtime FP32 vs PyTorch at each batch size (fixed-batch models: their batch only)."""
+    from runtime.backends.ort import make_session
+
     findings: list[Finding] = []
     try:
-        sess = ort_session(model_path)
+        sess = make_session(model_path, log_severity=2)  # OMP_NUM_THREADS, else onnxruntime's default
     except Exception as exc:
-        msg = f"onnxruntime cannot load the model: {_first_line(exc)}"
+        msg = f"onnxruntime cannot load the model: {_first_line(exc.__cause__ or exc)}"
         return [], [Finding(Severity.ERROR, PARITY_OUTPUTS, msg, "fix the checker/shape-inference errors above and re-export")]
     inp = sess.get_inputs()[0]
     fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None

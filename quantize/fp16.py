@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from quantize.ort_ptq import QuantizationError
+from runtime.errors import QuantizationError
 
 log = logging.getLogger(__name__)
 

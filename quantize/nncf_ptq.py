@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from quantize.ort_ptq import QuantizationError, ort_session, predict
+from runtime.backends.ort import make_session, predict
+from runtime.errors import QuantizationError
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ class _AccuracyFn:
 
                 scored = copy.deepcopy(model)
                 to_signed_int8(scored)
-            self._cache = (model, ort_session(scored))
+            self._cache = (model, make_session(scored))
         sess = self._cache[1]
         items = list(items)
         x = np.stack([np.asarray(t, dtype=np.float32) for t, _ in items])

@@ -1,4 +1,4 @@
-"""onnxruntime static QDQ quantization (the second method and a baseline), and CPU session helpers.
+"""onnxruntime static QDQ quantization (the second method and a baseline), and the cpu form's rewrites.
 
 Two forms (`quantize.config.Target`):
 
@@ -20,7 +20,6 @@ is set explicitly here.
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
@@ -30,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from runtime.errors import QuantizationError  # noqa: F401 - re-exported
+from runtime.backends.ort import make_session
+from runtime.errors import ArtifactError, QuantizationError
 
 log = logging.getLogger(__name__)
 
@@ -55,43 +55,6 @@ def cpu_op_types() -> tuple[str, ...]:
     from onnxruntime.quantization.registry import QDQRegistry, QLinearOpsRegistry
 
     return tuple(sorted((set(QLinearOpsRegistry) | set(QDQRegistry)) - set(CPU_OP_TYPES_DROPPED)))
-
-
-def session_threads() -> int:
-    """Threads for CPU sessions: OMP_NUM_THREADS when set (machines here are shared), else 0 (ORT default)."""
-    try:
-        return max(0, int(os.environ.get("OMP_NUM_THREADS", "0")))
-    except ValueError:
-        return 0
-
-
-def ort_session(model, *, threads: int | None = None, optimize: bool = True, profile_prefix: str | None = None):
-    """A CPU onnxruntime session from a path or a ModelProto."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    n = session_threads() if threads is None else threads
-    if n:
-        so.intra_op_num_threads = n
-        so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    if not optimize:
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    if profile_prefix:
-        so.enable_profiling = True
-        so.profile_file_prefix = profile_prefix
-    src = model if isinstance(model, (str, os.PathLike)) else model.SerializeToString()
-    try:
-        return ort.InferenceSession(str(src) if isinstance(src, os.PathLike) else src, so, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented types
-        raise QuantizationError(f"onnxruntime cannot load the model ({type(exc).__name__}: {exc})") from exc
-
-
-def predict(session, x: np.ndarray, *, batch: int = 64) -> np.ndarray:
-    """First output of ``session`` on ``x`` in batches, as float32 (N, classes)."""
-    name = session.get_inputs()[0].name
-    outs = [session.run(None, {name: x[i : i + batch]})[0] for i in range(0, len(x), batch)]
-    return np.concatenate(outs).astype(np.float32)
 
 
 class ArrayReader:
@@ -576,8 +539,8 @@ def _check_pwfs(model, x_name, nodes, out_name, channels) -> bool:
     m.ir_version = model.ir_version
     x = np.random.default_rng(0).normal(size=(2, channels, 5, 3)).astype(np.float32)
     try:
-        got = ort_session(m, threads=1, optimize=False).run(None, {x_name: x})[0]
-    except QuantizationError:
+        got = make_session(m, threads=1, optimization="disable").run(None, {x_name: x})[0]
+    except ArtifactError:
         return False
     a, b, c = np.split(x, 3, axis=1)
     want = 0.5 * (a + b + c - np.minimum(np.minimum(a, b), c))
@@ -698,8 +661,8 @@ def _channel_map(model, x_name, channels, hw, region, outs) -> list[list[int]] |
     m.ir_version = model.ir_version
     x = np.broadcast_to(np.arange(channels, dtype=np.float32)[None, :, None, None], (1, channels, *hw)).copy()
     try:
-        got = ort_session(m, threads=1, optimize=False).run(None, {x_name: x})
-    except QuantizationError:
+        got = make_session(m, threads=1, optimization="disable").run(None, {x_name: x})
+    except ArtifactError:
         return None
     maps = []
     for y in got:
@@ -924,8 +887,8 @@ def rewrite_for_cpu(model, samples: np.ndarray | None = None, *, rewrites: Seque
     if samples is not None and len(samples):
         name = input_name or model.graph.input[0].name
         x = np.ascontiguousarray(samples, dtype=np.float32)
-        want = ort_session(model, threads=1).run(None, {name: x})
-        got = ort_session(work, threads=1).run(None, {name: x})
+        want = make_session(model, threads=1).run(None, {name: x})
+        got = make_session(work, threads=1).run(None, {name: x})
         for a, b in zip(want, got):
             scale = float(np.abs(a).max()) or 1.0
             if a.shape != b.shape or float(np.abs(a - b).max()) > rtol * scale:

@@ -28,7 +28,7 @@ import numpy as np
 from quantize.calibration import LabelledSet, build_calibration_set, build_holdout_set, build_validation_set, write_manifest, with_reference_labels
 from quantize.config import Fp16Config, Int8Config, LatencyConfig, Method, Target
 from runtime.qdq_lint import GROUPS, LintReport, flatten_scope, lint_qdq, resolve_ignore, sensitive_scopes
-from quantize.ort_ptq import ort_session, predict
+from runtime.backends.ort import env_threads, make_session, predict
 from runtime.artifacts import atomic_write_json, atomic_write_text, library_versions, read_sidecar, sha256_file, sidecar_path, write_sidecar
 from runtime.compare import ParityResult, Tolerance, compare_outputs, tolerance_for
 from runtime.configs import to_dict
@@ -101,10 +101,8 @@ def compare_latency(
         cfg: Rounds, seconds, batches, threads.
         input_name: Graph input name.
     """
-    from quantize.ort_ptq import session_threads
-
-    threads = cfg.threads or session_threads()
-    sessions = {"reference": ort_session(reference, threads=threads), "candidate": ort_session(candidate, threads=threads)}
+    threads = cfg.threads or env_threads()
+    sessions = {"reference": make_session(reference, threads=threads), "candidate": make_session(candidate, threads=threads)}
     rows = []
     for batch in cfg.batches:
         reps = -(-batch // len(inputs))
@@ -414,7 +412,7 @@ def auto_scope(
         if progress:
             progress(label)
         q, _ = quantize(list(names))
-        return _fidelity(reference, predict(ort_session(q), samples))
+        return _fidelity(reference, predict(make_session(q), samples))
 
     meas = {"none": measure([], "everything quantized")}
     base = meas["none"]
@@ -470,7 +468,7 @@ def run_int8(cfg: Int8Config, *, force: bool = False, progress: Callable[[str], 
     val = build_validation_set(contract, data=cfg.data, limit=cfg.val_limit)
     timing["data_s"] = time.perf_counter() - t
     say(f"calibration: {calib.source}; validation: {val.source}")
-    ref_session = ort_session(model)
+    ref_session = make_session(model)
     ref_val = predict(ref_session, val.tensors)
     val = with_reference_labels(val, ref_val)  # an unlabelled image folder: judged against FP32 top-1
     quantize = _quantizer(cfg, model, calib.tensors, input_name)
@@ -525,7 +523,7 @@ def run_int8(cfg: Int8Config, *, force: bool = False, progress: Callable[[str], 
             log.debug("lint: %s", f)
 
     t = time.perf_counter()
-    cand_val = predict(ort_session(q), val.tensors)
+    cand_val = predict(make_session(q), val.tensors)
     tol = tolerance_for("int8")
     if cfg.max_drop_pts is not None:
         tol = Tolerance(min_top1_agreement=tol.min_top1_agreement, max_accuracy_drop_pts=cfg.max_drop_pts)
@@ -601,9 +599,9 @@ def run_fp16(cfg: Fp16Config, *, force: bool = False, progress: Callable[[str], 
     half, info = convert_fp16(model, keep_fp32_ops=keep)
     copy_contract(model, half, {KEY_PRECISION: "fp16", KEY_QUANTIZATION: json.dumps({"form": "fp16 graph, fp32 I/O"})})
     val = build_validation_set(contract, data=cfg.data, limit=cfg.val_limit)
-    ref = predict(ort_session(model), val.tensors)
+    ref = predict(make_session(model), val.tensors)
     val = with_reference_labels(val, ref)
-    out = predict(ort_session(half), val.tensors)
+    out = predict(make_session(half), val.tensors)
     parity = compare_outputs(ref, out, val.labels, precision="fp16", class_names=contract.class_names, sample_ids=val.ids)
     say(f"FP16 vs FP32 on {len(val)} samples: agreement {100 * parity.top1_agreement:.2f}%, max |Δ| {parity.max_abs_diff:.3g}")
     input_name = contract.input_name

@@ -191,16 +191,12 @@ def spinning(rounds: int = 15) -> dict:
     Each of the three networks has its own ORT thread pool; with spinning on (ORT's default), a pool
     that just finished keeps its threads busy-waiting while the next network runs.
     """
-    import onnxruntime as ort
-
+    from runtime.backends.ort import make_session
     from runtime.detectors import mtcnn as M
 
     class Bare:
         def __init__(self, path: Path, threads: int, spin: bool) -> None:
-            so = ort.SessionOptions()
-            so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-            so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-            self.sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            self.sess = make_session(path, threads=threads, spinning=spin)
             self.names = [o.name for o in self.sess.get_outputs()]
 
         def infer(self, feeds):

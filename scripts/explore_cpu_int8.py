@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from quantize import ort_ptq  # noqa: E402
-from quantize.ort_ptq import ort_session, predict  # noqa: E402
+from runtime.backends.ort import make_session, predict  # noqa: E402
 
 QDQ = {"QuantizeLinear", "DequantizeLinear"}
 LAYOUT = {"Transpose", "ReorderInput", "ReorderOutput"}
@@ -105,15 +105,11 @@ def variants(model, calib):
 
 def optimized_graph(model, threads=1):
     import onnx
-    import onnxruntime as ort
 
     with tempfile.TemporaryDirectory() as tmp:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.log_severity_level = 3
-        so.optimized_model_filepath = os.path.join(tmp, "opt.onnx")
-        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        return onnx.load(so.optimized_model_filepath)
+        path = os.path.join(tmp, "opt.onnx")
+        make_session(model, threads=threads, optimized_model_path=path)
+        return onnx.load(path)
 
 
 def structure(model) -> dict[str, int]:
@@ -131,15 +127,8 @@ def structure(model) -> dict[str, int]:
 
 
 def profile(model, x, runs=200, threads=1) -> list[tuple[str, float]]:
-    import onnxruntime as ort
-
     with tempfile.TemporaryDirectory() as tmp:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.log_severity_level = 3
-        so.enable_profiling = True
-        so.profile_file_prefix = os.path.join(tmp, "p")
-        s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        s = make_session(model, threads=threads, profile_prefix=os.path.join(tmp, "p"))
         name = s.get_inputs()[0].name
         for _ in range(runs):
             s.run(None, {name: x})
@@ -162,7 +151,7 @@ def time_interleaved(models: dict, x: np.ndarray, *, threads: int, rounds: int, 
     with 1 intra-op thread onnxruntime runs every kernel on the caller, so this drops the time the
     process spent descheduled by other jobs (a less noisy figure on a shared machine).
     """
-    sessions = {k: ort_session(m, threads=threads) for k, m in models.items()}
+    sessions = {k: make_session(m, threads=threads) for k, m in models.items()}
     name = next(iter(sessions.values())).get_inputs()[0].name
     feed = {name: x}
     for s in sessions.values():  # warm-up
@@ -231,7 +220,7 @@ def main(argv=None) -> int:
     contract = read_contract(path)
     calib = build_calibration_set(contract, size=args.calib_size, seed=0).tensors
     val = build_validation_set(contract)
-    ref = predict(ort_session(model, threads=2), val.tensors)
+    ref = predict(make_session(model, threads=2), val.tensors)
     print(f"model {path}; calibration {len(calib)}; validation {val.source}; FP32 accuracy {(ref.argmax(1) == val.labels).mean():.4f}")
     import onnxruntime
 
@@ -253,7 +242,7 @@ def main(argv=None) -> int:
 
             Path(args.save).mkdir(parents=True, exist_ok=True)
             onnx.save(q, str(Path(args.save) / f"{n}.onnx"))
-        out = predict(ort_session(q, threads=2), val.tensors)
+        out = predict(make_session(q, threads=2), val.tensors)
         agree = (out.argmax(1) == ref.argmax(1)).mean()
         d = np.abs(out - ref)
         st = structure(q)

@@ -106,13 +106,12 @@ def train(records, epochs: int, seed: int):
 
 def fp32_accuracy(model: Path, sets: dict) -> dict[str, float]:
     """Top-1 accuracy of the adopted FP32 model (onnxruntime) on labelled records, preprocessed by its contract."""
-    import onnxruntime as ort
-
+    from runtime.backends.ort import make_session
     from runtime.contract import read_contract
     from runtime.preprocess import preprocess
 
     spec = read_contract(model).preprocess
-    sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    sess = make_session(model, threads=0, log_severity=2)  # onnxruntime's defaults
     out = {}
     for name, recs in sets.items():
         x = preprocess([r.pixels for r in recs], spec)

@@ -1,5 +1,9 @@
 """ONNX Runtime backends: CPU (``ort``), CUDA EP (``ort-cuda``) and TensorRT EP (``ort-trt``).
 
+`make_session` is the project's one onnxruntime session factory: the backends, export's
+preflight and rewrite checks, quantization and the TensorRT tools all get their sessions from it
+(tests/runtime/test_session_factory.py keeps it so).
+
 The execution provider is an option (``provider="cpu"|"cuda"|"tensorrt"``); the registry also
 lists one name per provider so a parity sweep can try each where it is installed. The intra-op
 thread count is always set explicitly (``threads``; default ``OMP_NUM_THREADS`` or 1) and
@@ -44,16 +48,115 @@ PROVIDERS: dict[str, tuple[str, ...]] = {
     "tensorrt": ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"),
 }
 
-_OPT_LEVELS = ("disable", "basic", "extended", "all")
+OPT_LEVELS = ("disable", "basic", "extended", "all")
 
 
-def default_threads() -> int:
-    """``OMP_NUM_THREADS`` when set to a positive integer, else 1 (machines here are shared)."""
+def env_threads() -> int:
+    """``OMP_NUM_THREADS`` when set to a positive integer, else 0 (onnxruntime's own default)."""
     try:
         n = int(os.environ.get("OMP_NUM_THREADS", "0") or 0)
     except ValueError:
         n = 0
-    return n if n > 0 else 1
+    return max(n, 0)
+
+
+def default_threads() -> int:
+    """``OMP_NUM_THREADS`` when set to a positive integer, else 1 (machines here are shared)."""
+    return env_threads() or 1
+
+
+def make_session(
+    model: str | os.PathLike | bytes | Any,
+    *,
+    threads: int | None = None,
+    optimization: str = "all",
+    provider: str = "cpu",
+    provider_options: Mapping[str, Any] | None = None,
+    spinning: bool = True,
+    profile_prefix: str | None = None,
+    optimized_model_path: str | os.PathLike | None = None,
+    log_severity: int = 3,
+):
+    """An onnxruntime ``InferenceSession``: the one place the project makes one.
+
+    Args:
+        model: A path, a ``ModelProto`` or its serialized bytes.
+        threads: Intra-op threads, with one inter-op thread. None: `env_threads()`; 0: onnxruntime's
+            own default (all physical cores), thread options left unset.
+        optimization: Graph optimisation level: ``disable``, ``basic``, ``extended`` or ``all``
+            (onnxruntime's default). ``disable`` runs the graph as written (comparisons of two graphs).
+        provider: ``cpu``, ``cuda`` or ``tensorrt`` (`PROVIDERS`, with their fallbacks listed).
+        provider_options: Extra options for the first provider (e.g. ``{"device_id": 0}``).
+        spinning: Let idle intra-op threads spin-wait (onnxruntime's default); False for several
+            sessions used in turn on few cores.
+        profile_prefix: Write an onnxruntime profile with this file prefix.
+        optimized_model_path: Save the graph as onnxruntime optimised it (what its kernels run).
+        log_severity: onnxruntime's own log level (3: errors only; 2: its default, warnings too).
+
+    Raises:
+        MissingDependencyError: onnxruntime or the provider is missing, or onnxruntime fell back
+            from the provider asked for to another one.
+        ArtifactError: onnxruntime cannot load the model.
+        ConfigError: an unknown provider or optimisation level.
+    """
+    ort = require("onnxruntime", "runtime")
+    if provider not in PROVIDERS:
+        raise ConfigError(f"unknown ONNX Runtime provider {provider!r}; valid: {sorted(PROVIDERS)}")
+    if optimization not in OPT_LEVELS:
+        raise ConfigError(f"optimization must be one of {OPT_LEVELS}, got {optimization!r}")
+    want = list(PROVIDERS[provider])
+    if want[0] not in ort.get_available_providers():
+        raise MissingDependencyError(
+            f"ONNX Runtime provider {want[0]} is not available (have {ort.get_available_providers()}); "
+            "install onnxruntime-gpu with matching CUDA/TensorRT libraries, or use provider='cpu'"
+        )
+    so = ort.SessionOptions()
+    n = env_threads() if threads is None else int(threads)
+    if n > 0:
+        so.intra_op_num_threads = n
+        so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[optimization]
+    so.log_severity_level = log_severity
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
+    if optimized_model_path:
+        so.optimized_model_filepath = str(optimized_model_path)
+    providers: list[Any] = list(want)
+    if provider_options:
+        providers[0] = (want[0], dict(provider_options))
+    if isinstance(model, (str, os.PathLike)):
+        src, label, fix = str(model), str(model), "check the file is a complete ONNX model (re-export or re-quantize it)"
+    else:
+        src = model if isinstance(model, bytes) else model.SerializeToString()
+        label, fix = "in-memory model", "the graph is not one onnxruntime accepts"
+    try:
+        sess = ort.InferenceSession(src, so, providers=providers)
+    except Exception as exc:  # InvalidProtobuf, Fail, InvalidGraph, NotImplemented...
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:400]
+        raise ArtifactError(f"{label}: onnxruntime cannot load the model ({type(exc).__name__}: {first}); {fix}") from exc
+    used = list(sess.get_providers())
+    if used[0] != want[0]:
+        raise MissingDependencyError(
+            f"{label}: asked for {want[0]} but onnxruntime fell back to {used} "
+            "(CUDA/TensorRT libraries missing or mismatched); fix the GPU install or use provider='cpu'"
+        )
+    return sess
+
+
+def predict(session, x: np.ndarray, *, batch: int = 64) -> np.ndarray:
+    """First output of an onnxruntime ``session`` on ``x`` (first input), in batches, as float32."""
+    name = session.get_inputs()[0].name
+    outs = [session.run(None, {name: x[i : i + batch]})[0] for i in range(0, len(x), batch)]
+    return np.concatenate(outs).astype(np.float32)
 
 
 def _available_providers() -> list[str]:
@@ -100,8 +203,8 @@ class OrtBackend(Backend):
         # keeps a lone session's latency lowest.
         self.spinning = bool(options.get("spinning", True))
         self.optimization = str(options.get("optimization", "all"))
-        if self.optimization not in _OPT_LEVELS:
-            raise ConfigError(f"optimization must be one of {_OPT_LEVELS}, got {self.optimization!r}")
+        if self.optimization not in OPT_LEVELS:
+            raise ConfigError(f"optimization must be one of {OPT_LEVELS}, got {self.optimization!r}")
         self.session = None
         self._providers_used: list[str] = []
 
@@ -118,43 +221,15 @@ class OrtBackend(Backend):
         return None
 
     def _load(self) -> None:
-        ort = require("onnxruntime", "runtime")
-        want = list(PROVIDERS[self.provider])
-        if want[0] not in ort.get_available_providers():
-            raise MissingDependencyError(
-                f"ONNX Runtime provider {want[0]} is not available (have {ort.get_available_providers()}); "
-                "install onnxruntime-gpu with matching CUDA/TensorRT libraries, or use provider='cpu'"
-            )
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = self.threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = {
-            "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        }[self.optimization]
-        so.log_severity_level = 3  # warnings from the graph optimiser are noise here
-        if not self.spinning:
-            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        providers: list[Any] = list(want)
-        if self.options.get("provider_options"):
-            providers[0] = (want[0], dict(self.options["provider_options"]))
-        try:
-            sess = ort.InferenceSession(str(self.path), so, providers=providers)
-        except Exception as exc:  # InvalidProtobuf, Fail, InvalidGraph, NotImplemented...
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:400]
-            raise ArtifactError(
-                f"{self.path}: onnxruntime cannot load the model ({type(exc).__name__}: {first}); "
-                "check the file is a complete ONNX model (re-export or re-quantize it)"
-            ) from exc
+        sess = make_session(
+            self.path,
+            threads=self.threads,
+            optimization=self.optimization,
+            provider=self.provider,
+            provider_options=self.options.get("provider_options"),
+            spinning=self.spinning,
+        )
         used = list(sess.get_providers())
-        if used[0] != want[0]:
-            raise MissingDependencyError(
-                f"{self.path}: asked for {want[0]} but onnxruntime fell back to {used} "
-                "(CUDA/TensorRT libraries missing or mismatched); fix the GPU install or use provider='cpu'"
-            )
         self.session = sess
         self._providers_used = used
         self._input_specs = tuple(

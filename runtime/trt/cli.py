@@ -284,8 +284,6 @@ def _model_files(models_dir: Path) -> dict[tuple[str, str], Path]:
 
 def run_selftest(args: argparse.Namespace, progress: Callable[[str], None] = lambda _m: None) -> list[SelftestRow]:
     """Build, check parity and time every (model, precision); returns one row each (plus CUDA rows)."""
-    import onnxruntime as ort
-
     from runtime.backends.trt import TrtBackend
     from runtime.compare import compare_outputs
     from runtime.latency import measure_latency
@@ -315,7 +313,7 @@ def run_selftest(args: argparse.Namespace, progress: Callable[[str], None] = lam
                 row.cuda = backend.cuda.name
                 spec = backend.input_specs[0]
                 images = rng.random(spec.concrete_shape(args.parity_samples), dtype=np.float32).astype(spec.dtype)
-                ref = _ort_logits(ort, fp32, spec.name, images.astype(np.float32))
+                ref = _ort_logits(fp32, spec.name, images.astype(np.float32))
                 cand = _batched(backend, spec.name, images, args.batch.max)
                 parity = compare_outputs(ref, cand, ref.argmax(1), precision=precision,
                                          class_names=[str(i) for i in range(ref.shape[1])],
@@ -348,7 +346,7 @@ def run_selftest(args: argparse.Namespace, progress: Callable[[str], None] = lam
                     with TrtBackend(engine, cuda=impl) as backend:
                         spec = backend.input_specs[0]
                         images = rng.random(spec.concrete_shape(min(8, args.batch.max)), dtype=np.float32)
-                        ref = _ort_logits(ort, fp32, spec.name, images)
+                        ref = _ort_logits(fp32, spec.name, images)
                         cand = backend.infer({spec.name: images.astype(spec.dtype)})[backend.output_names[0]]
                         other.max_abs_diff = float(np.max(np.abs(ref - cand)))
                         other.parity_passed = bool(np.array_equal(ref.argmax(1), cand.argmax(1)) and other.max_abs_diff < 1e-3)
@@ -359,8 +357,10 @@ def run_selftest(args: argparse.Namespace, progress: Callable[[str], None] = lam
     return rows
 
 
-def _ort_logits(ort: Any, onnx: Path, input_name: str, images: np.ndarray) -> np.ndarray:
-    session = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"])
+def _ort_logits(onnx: Path, input_name: str, images: np.ndarray) -> np.ndarray:
+    from runtime.backends.ort import make_session
+
+    session = make_session(onnx, threads=0, log_severity=2)  # onnxruntime's defaults: the FP32 reference
     out = session.run(None, {input_name: images})[0]
     return np.asarray(out, dtype=np.float32)
 

@@ -18,19 +18,15 @@ import numpy as np
 import onnx
 import pytest
 
-from quantize.ort_ptq import ort_session, quantize_ort, rewrite_for_cpu
+from quantize.ort_ptq import quantize_ort, rewrite_for_cpu
+from runtime.backends.ort import make_session
 
 
 def _optimized(model):
-    import onnxruntime as ort
-
     with tempfile.TemporaryDirectory() as tmp:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 1
-        so.log_severity_level = 3
-        so.optimized_model_filepath = os.path.join(tmp, "opt.onnx")
-        ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        return onnx.load(so.optimized_model_filepath)
+        path = os.path.join(tmp, "opt.onnx")
+        make_session(model, threads=1, optimized_model_path=path)
+        return onnx.load(path)
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +56,8 @@ def test_rewrites_apply_and_keep_fp32_outputs(tiny, samples):
     assert ops["Max"] == 0 and ops["Sub"] == 0 and ops["Reshape"] == 0 and ops["Transpose"] == 0
     assert ops["ReduceMean"] == 0 and ops["GlobalAveragePool"] == 9
     x = samples[8:24]
-    want = ort_session(tiny, threads=1).run(None, {"input": x})[0]
-    got = ort_session(work, threads=1).run(None, {"input": x})[0]
+    want = make_session(tiny, threads=1).run(None, {"input": x})[0]
+    got = make_session(work, threads=1).run(None, {"input": x})[0]
     np.testing.assert_allclose(got, want, atol=1e-4 * float(np.abs(want).max()))
 
 
@@ -123,8 +119,8 @@ def test_no_weight_dequantized_at_run_time(cpu_int8):
 def test_cpu_form_matches_fp32_closely(tiny, cpu_int8, samples):
     q, _, _ = cpu_int8
     x = samples[:16]
-    want = ort_session(tiny, threads=1).run(None, {"input": x})[0]
-    got = ort_session(q, threads=1).run(None, {"input": x})[0]
+    want = make_session(tiny, threads=1).run(None, {"input": x})[0]
+    got = make_session(q, threads=1).run(None, {"input": x})[0]
     assert float(np.abs(got - want).mean()) < 0.1 * float(np.abs(want).mean()) + 0.05
 
 
@@ -160,8 +156,8 @@ def test_integer_min_is_exact(tiny, samples):
     finally:
         ort_ptq.min_in_integers = saved
     x = samples[32:48]
-    a = ort_session(with_min, threads=1).run(None, {"input": x})[0]
-    b = ort_session(without, threads=1).run(None, {"input": x})[0]
+    a = make_session(with_min, threads=1).run(None, {"input": x})[0]
+    b = make_session(without, threads=1).run(None, {"input": x})[0]
     # Only the requantization of the Min result is skipped (it read the inputs' scale before): the
     # logits move by far less than one quantization step of the pooled features.
     assert float(np.abs(a - b).max()) < 0.02 * float(np.abs(b).max())
