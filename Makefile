@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.setup-stamp
-EXTRAS := train,quantize,dev,rtx,deploy
+EXTRAS := train,quantize,dev,rtx,deploy,openvino
 
 .PHONY: setup demo bench test clean
 

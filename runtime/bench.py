@@ -211,7 +211,7 @@ def measure_overhead(
 def _make_backend(name: str, path: str, threads: int | None):
     from runtime.backends import get_backend
 
-    opts = {"threads": threads} if threads and name in ("ort", "torch") else {}
+    opts = {"threads": threads} if threads and name in ("ort", "torch", "openvino") else {}
     return get_backend(name)(path, **opts)
 
 

@@ -212,6 +212,13 @@ def row_key(row: ReportRow) -> str:
 # --------------------------------------------------------------------------------------------
 # Building reports
 # --------------------------------------------------------------------------------------------
+def ran_as(precision: str, backend_info: Mapping[str, Any] | None) -> str:
+    """The file's precision, plus the float precision the runtime chose when it differs
+    (OpenVINO picks bf16 on CPUs that have it): ``fp32 (ran bf16)``."""
+    chosen = (backend_info or {}).get("inference_precision")
+    return f"{precision} (ran {chosen})" if precision == "fp32" and chosen in ("bf16", "f16") else precision
+
+
 def parity_report(run: Any, *, command: str = "", environment: Mapping[str, Any] | None = None,
                   config: Mapping[str, Any] | None = None) -> Report:
     """`runtime.parity.ParityRun` -> `Report`."""
@@ -219,7 +226,8 @@ def parity_report(run: Any, *, command: str = "", environment: Mapping[str, Any]
     for r in run.rows:
         res = r.result
         rows.append(ReportRow(
-            model=r.model, label=r.label, backend=r.backend, precision=r.precision.value, batch=None, sha256=r.sha256,
+            model=r.model, label=r.label, backend=r.backend, precision=ran_as(r.precision.value, r.backend_info),
+            batch=None, sha256=r.sha256,
             accuracy=res.accuracy if res else None, macro_f1=res.macro_f1 if res else None,
             top1_agreement=res.top1_agreement if res else None, max_abs_diff=res.max_abs_diff if res else None,
             mean_abs_diff=res.mean_abs_diff if res else None, p99_abs_diff=res.p99_abs_diff if res else None,
@@ -268,7 +276,8 @@ def bench_report(run: Any, *, command: str = "", environment: Mapping[str, Any] 
         p = index.get((r.sha256, r.backend), {})
         st = r.stats
         row = ReportRow(
-            model=r.model, label=r.label, backend=r.backend, precision=r.precision.value, batch=r.batch,
+            model=r.model, label=r.label, backend=r.backend, precision=ran_as(r.precision.value, r.backend_info),
+            batch=r.batch,
             sha256=r.sha256, accuracy=p.get("accuracy"), macro_f1=p.get("macro_f1"),
             top1_agreement=p.get("top1_agreement"), max_abs_diff=p.get("max_abs_diff"),
             mean_abs_diff=p.get("mean_abs_diff"), p99_abs_diff=p.get("p99_abs_diff"), kl_mean=p.get("kl_mean"),

@@ -33,6 +33,7 @@ _REGISTRY: dict[str, str] = {
     # documented plug-in point through which runtime uses a layer above it.
     "torch": "train.backend:TorchBackend",
     "trt": "runtime.backends.trt:TrtBackend",
+    "openvino": "runtime.backends.openvino:OpenVinoBackend",  # the `openvino` extra; only when named
 }
 
 

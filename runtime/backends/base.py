@@ -172,6 +172,8 @@ class Backend(abc.ABC):
     extra: ClassVar[str] = ""
     #: File suffixes this backend runs (a parity/bench sweep pairs files with backends by them).
     suffixes: ClassVar[tuple[str, ...]] = (".onnx",)
+    #: False: a sweep with no --backends leaves it out (it runs only when named, e.g. ``openvino``).
+    default_sweep: ClassVar[bool] = True
 
     def __init__(self, path: str | os.PathLike, **options: Any) -> None:
         self.path = Path(path)

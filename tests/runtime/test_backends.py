@@ -27,7 +27,7 @@ def test_registry_lists_and_rejects():
     assert {"ort", "ort-cuda", "ort-trt", "torch", "trt"} <= set(backend_names())
     assert get_backend("ort") is OrtBackend
     with pytest.raises(ConfigError, match="valid"):
-        get_backend("openvino")
+        get_backend("nosuch")
     with pytest.raises(ConfigError, match="already registered"):
         register_backend("ort", "x:Y")
     avail = available_backends()

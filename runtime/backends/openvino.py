@@ -1,0 +1,171 @@
+"""OpenVINO CPU backend (``openvino``): FP32 ONNX, OpenVINO's own default precision, and Q/DQ INT8 ONNX.
+
+    with get_backend("openvino")("model.int8.onnx", threads=1) as be:
+        logits = be.infer({"input": batch})["logits"]
+
+OpenVINO reads ONNX files directly, Q/DQ INT8 files included (it fuses the QuantizeLinear /
+DequantizeLinear pairs into INT8 kernels itself), so the project's files run unchanged.
+
+Two settings are always explicit and recorded in `describe()`, because OpenVINO's defaults make
+numbers from a shared machine hard to read (docs/measured-facts.md, section 6.1):
+
+- ``threads`` -> ``INFERENCE_NUM_THREADS`` (default ``OMP_NUM_THREADS`` or 1, like the ORT backend),
+  with one stream and the LATENCY hint.
+- the inference precision. OpenVINO runs float layers in bf16 on CPUs that have it (AVX-512 BF16,
+  AMX), which changes the numbers a parity row compares. `describe()` reads the compiled model's
+  ``INFERENCE_PRECISION_HINT`` and says which it chose; ``precision="f32"`` forces FP32
+  (``"bf16"``/``"f16"`` ask for those; ``"default"`` leaves OpenVINO's choice).
+
+``profile=True`` turns on OpenVINO's per-layer counters (``PERF_COUNT``); `profile_records()` then
+returns the last inference's per-layer times (runtime/profile.py makes the tables).
+
+Install: ``pip install '.[openvino]'``. No torch here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import numpy as np
+
+from runtime.backends.base import Backend, TensorSpec
+from runtime.errors import ArtifactError, ConfigError, require
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("default", "f32", "bf16", "f16")
+_OPTIONS = ("threads", "precision", "device", "profile")
+
+
+def _ov_precision(value: Any) -> str:
+    """OpenVINO's element type (or its string) -> a short name: ``f32``, ``bf16``, ``f16``..."""
+    text = str(getattr(value, "get_type_name", lambda: value)())
+    return {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}.get(text, text)
+
+
+class OpenVinoBackend(Backend):
+    """OpenVINO compiled model on the CPU.
+
+    Options:
+        threads: ``INFERENCE_NUM_THREADS`` (default ``OMP_NUM_THREADS`` or 1).
+        precision: ``default`` (OpenVINO's choice: bf16 on CPUs that have it), ``f32``, ``bf16``, ``f16``.
+        device: OpenVINO device (default ``CPU``).
+        profile: Enable per-layer counters (``PERF_COUNT``) for `profile_records()`.
+    """
+
+    name: ClassVar[str] = "openvino"
+    extra: ClassVar[str] = "openvino"
+    default_sweep: ClassVar[bool] = False  # opt-in: name it in --backends (a second CPU runtime doubles a sweep)
+
+    def __init__(self, path: str | os.PathLike, **options: Any) -> None:
+        super().__init__(path, **options)
+        unknown = set(options) - set(_OPTIONS)
+        if unknown:
+            raise ConfigError(f"unknown openvino backend option(s) {sorted(unknown)}; valid: {', '.join(_OPTIONS)}")
+        from runtime.backends.ort import default_threads
+
+        threads = options.get("threads")
+        self.threads = default_threads() if threads in (None, 0) else int(threads)
+        if self.threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {threads}")
+        self.precision = str(options.get("precision") or "default").lower()
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"openvino precision must be one of {PRECISIONS}, got {self.precision!r}")
+        self.device = str(options.get("device") or "CPU")
+        self.profile = bool(options.get("profile", False))
+        self.compiled = None
+        self.request = None
+        self.inference_precision = ""
+        self._ports: list[Any] = []
+
+    @classmethod
+    def _probe(cls) -> str | None:
+        try:
+            import openvino  # noqa: F401
+        except ImportError as exc:
+            return f"openvino is not installed ({exc}); pip install '.[openvino]'"
+        return None
+
+    def config(self) -> dict[str, Any]:
+        """The ``compile_model`` properties this backend sets."""
+        cfg: dict[str, Any] = {
+            "INFERENCE_NUM_THREADS": self.threads,
+            "PERFORMANCE_HINT": "LATENCY",
+            "NUM_STREAMS": 1,
+        }
+        if self.precision != "default":
+            cfg["INFERENCE_PRECISION_HINT"] = self.precision
+        if self.profile:
+            cfg["PERF_COUNT"] = True
+        return cfg
+
+    def _load(self) -> None:
+        ov = require("openvino", "openvino")
+        core = ov.Core()
+        try:
+            model = core.read_model(str(self.path))
+        except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError/its own types
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:400]
+            raise ArtifactError(f"{self.path}: OpenVINO cannot read the model ({type(exc).__name__}: {first}); "
+                                "check the file is a complete ONNX model (re-export or re-quantize it)") from exc
+        try:
+            self.compiled = core.compile_model(model, self.device, self.config())
+        except Exception as exc:  # noqa: BLE001
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:400]
+            raise ArtifactError(f"{self.path}: OpenVINO cannot compile the model for {self.device} "
+                                f"with {self.config()} ({type(exc).__name__}: {first})") from exc
+        self.request = self.compiled.create_infer_request()
+        self.inference_precision = _ov_precision(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        specs = []
+        for port in self.compiled.inputs:
+            dims = tuple(d.get_length() if d.is_static else None for d in port.get_partial_shape())
+            specs.append(TensorSpec(port.get_any_name(), port.get_element_type().to_dtype(), dims))
+        self._input_specs = tuple(specs)
+        self._ports = list(self.compiled.outputs)
+        self._output_names = tuple(p.get_any_name() for p in self._ports)
+        log.info("openvino %s: %d thread(s), inference precision %s (%s)", self.path.name, self.threads,
+                 self.inference_precision, "forced" if self.precision != "default" else "OpenVINO's choice")
+
+    def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        res = self.request.infer(dict(feeds))
+        return {name: np.asarray(res[port]) for name, port in zip(self._output_names, self._ports)}
+
+    def profile_records(self) -> list[dict[str, Any]]:
+        """Per-layer times of the last inference (needs ``profile=True``): name, type, exec type, status, ms."""
+        if not self.profile:
+            raise ConfigError("openvino per-layer times need the backend created with profile=True")
+        self._require_loaded()
+        out = []
+        for info in self.request.get_profiling_info():
+            out.append({
+                "name": info.node_name,
+                "op_type": info.node_type,
+                "exec_type": info.exec_type,
+                "status": str(info.status).rsplit(".", 1)[-1],
+                "ms": info.real_time.total_seconds() * 1e3,
+            })
+        return out
+
+    def _close(self) -> None:
+        self.request = None
+        self.compiled = None
+
+    def describe(self) -> dict[str, Any]:
+        import openvino as ov
+
+        return {
+            "backend": self.name,
+            "path": str(self.path),
+            "device": self.device,
+            "threads": self.threads,
+            "streams": 1,
+            "hint": "LATENCY",
+            "precision_requested": self.precision,
+            "inference_precision": self.inference_precision,
+            "precision_note": (f"OpenVINO chose {self.inference_precision} for float layers"
+                               if self.precision == "default" else f"forced {self.precision}"),
+            "openvino": ov.__version__.split("-")[0],
+        }
