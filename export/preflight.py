@@ -89,15 +89,15 @@ _MEAN_AMAX_FIX = (
 
 
 @dataclass(frozen=True)
-class ParityResult:
-    """ONNX Runtime FP32 vs PyTorch at one batch size.
+class BatchParity:
+    """ONNX Runtime FP32 vs PyTorch at one batch size, every output judged by `runtime.compare`.
 
     Attributes:
         batch: Batch size.
-        max_abs_diff: Output name -> max |onnx - torch|.
-        top1_agreement: Output name -> fraction of samples with the same argmax.
+        max_abs_diff: Output name -> max |onnx - torch| (NaN when the ONNX output holds NaN/inf).
+        top1_agreement: Output name -> fraction of samples with the same argmax (over axis 1).
         atol: The tolerance on ``max_abs_diff``.
-        passed: All outputs within ``atol`` and 100 % top-1 agreement.
+        passed: Every output within ``atol``, finite, and 100 % top-1 agreement.
         flipped: Output name -> sample indices whose argmax differs.
     """
 
@@ -109,25 +109,56 @@ class ParityResult:
     flipped: dict[str, list[int]] = field(default_factory=dict, hash=False)
 
 
-def compare_outputs(
+def export_tolerance(atol: float):
+    """The export check's bounds: an absolute logit bound against PyTorch and identical decisions.
+
+    Stricter than the FP32 row of `runtime.compare.TOLERANCES` on purpose: the exported graph must
+    compute the checkpoint's function itself, so the logits (not only the probabilities) must agree
+    to ``atol`` (1e-4 by default) and no sample may change class.
+    """
+    from runtime.compare import Tolerance
+
+    return Tolerance(min_top1_agreement=1.0, max_abs_diff=atol)
+
+
+def batch_parity(
     onnx_out: Mapping[str, np.ndarray], torch_out: Mapping[str, np.ndarray], *, batch: int, atol: float
-) -> ParityResult:
-    """Pure comparison of two sets of named (N, C) outputs (max abs diff, top-1 agreement)."""
-    diffs, agree, flipped = {}, {}, {}
+) -> BatchParity:
+    """Compare named ONNX outputs with PyTorch's, each through `runtime.compare.compare_outputs`.
+
+    Outputs of rank 2 are (N, C) logits; higher ranks are judged along axis 1 at every position,
+    lower ranks as one value per sample (agreement 1 by definition).
+
+    Raises:
+        ArtifactError: when an ONNX output's shape differs from PyTorch's.
+    """
+    from runtime.compare import Verdict, compare_outputs
+
+    tol = export_tolerance(atol)
+    diffs, agree, flipped, passed = {}, {}, {}, True
     for name, ref in torch_out.items():
         got = np.asarray(onnx_out[name], dtype=np.float64)
         ref = np.asarray(ref, dtype=np.float64)
         if got.shape != ref.shape:
             raise ArtifactError(f"output {name!r}: ONNX shape {got.shape} != PyTorch shape {ref.shape}")
-        diffs[name] = float(np.max(np.abs(got - ref))) if got.size else 0.0
-        if got.ndim >= 2:
-            same = np.argmax(got, axis=1) == np.argmax(ref, axis=1)
-            agree[name] = float(np.mean(same))
-            flipped[name] = [int(i) for i in np.flatnonzero(~same)]
+        if not got.size:
+            diffs[name], agree[name] = 0.0, 1.0
+            continue
+        if got.ndim >= 2:  # classes on axis 1; (sample, position...) rows in row-major order
+            got2, ref2 = (np.moveaxis(a, 1, -1).reshape(-1, a.shape[1]) for a in (got, ref))
         else:
-            agree[name] = 1.0
-    passed = all(d <= atol for d in diffs.values()) and all(a == 1.0 for a in agree.values())
-    return ParityResult(batch, diffs, agree, atol, passed, {k: v for k, v in flipped.items() if v})
+            got2, ref2 = got.reshape(-1, 1), ref.reshape(-1, 1)
+        res = compare_outputs(ref2, got2, None, precision="fp32", tolerance=tol,
+                              class_names=[str(c) for c in range(got2.shape[1])],
+                              sample_ids=[str(i) for i in range(got2.shape[0])])
+        finite = bool(np.all(np.isfinite(got)))
+        diffs[name] = res.max_abs_diff if finite else float("nan")
+        agree[name] = res.top1_agreement if got.ndim >= 2 else 1.0
+        flips = [int(i) for i in res.flipped_ids] if got.ndim >= 2 else []
+        if flips:
+            flipped[name] = flips  # row indices: the sample for (N, C) outputs
+        passed = passed and res.verdict is Verdict.PASS
+    return BatchParity(batch, diffs, agree, atol, passed, flipped)
 
 
 @dataclass(frozen=True)
@@ -143,7 +174,7 @@ class PreflightReport:
     op_counts: dict[str, int] = field(hash=False)
     inputs: dict[str, list] = field(hash=False)
     outputs: dict[str, list] = field(hash=False)
-    parity: tuple[ParityResult, ...] = ()
+    parity: tuple[BatchParity, ...] = ()
     parity_inputs: str = ""
     checkpoint: str = ""
     elapsed_s: float = 0.0
@@ -826,7 +857,7 @@ def _input_batch(reference: Reference, n: int, seed: int = 0) -> np.ndarray:
 
 def check_parity(
     model_path: str | os.PathLike, reference: Reference, batches: Sequence[int], atol: float
-) -> tuple[list[ParityResult], list[Finding]]:
+) -> tuple[list[BatchParity], list[Finding]]:
     """ONNX Runtime FP32 vs PyTorch at each batch size (fixed-batch models: their batch only)."""
     from runtime.backends.ort import make_session
 
@@ -843,7 +874,7 @@ def check_parity(
         findings.append(Finding(Severity.INFO, PARITY_SKIPPED, msg))
         batches = [fixed]
     onnx_names = [o.name for o in sess.get_outputs()]
-    results: list[ParityResult] = []
+    results: list[BatchParity] = []
     for b in dict.fromkeys(batches):
         x = _input_batch(reference, b)
         ref = torch_outputs(reference.model, x)
@@ -855,11 +886,11 @@ def check_parity(
             ref = {k: v for k, v in ref.items() if k in got}
         if not ref:
             continue
-        res = compare_outputs(got, ref, batch=b, atol=atol)
+        res = batch_parity(got, ref, batch=b, atol=atol)
         results.append(res)
         for name in ref:
             d, a = res.max_abs_diff[name], res.top1_agreement[name]
-            if d > atol:
+            if not d <= atol:  # NaN: the ONNX output holds NaN/inf
                 msg = f"batch {b}, output {name!r}: max |onnxruntime - PyTorch| = {d:.3g} > {atol:g}"
                 findings.append(Finding(Severity.ERROR, PARITY_MAX_ABS, msg, _FIX_PARITY, name))
             if a < 1.0:
@@ -939,7 +970,7 @@ def run_preflight(
     findings, facts = check_graph(model_path)
     findings += list(extra_findings)
     findings += _contract_findings(facts["metadata"], reference, str(display_path or model_path))
-    parity: list[ParityResult] = []
+    parity: list[BatchParity] = []
     parity_inputs = ""
     if reference is None:
         findings.append(Finding(Severity.INFO, PARITY_SKIPPED, "no checkpoint given: PyTorch parity not checked",

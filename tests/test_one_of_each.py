@@ -29,6 +29,8 @@ MODULES = _modules()
 ONE_DEFINITION = {
     "Finding": "runtime/findings.py",
     "Severity": "runtime/findings.py",
+    "compare_outputs": "runtime/compare.py",  # the one comparator, with the tolerance policy
+    "ParityResult": "runtime/compare.py",
 }
 # class names ending like this are a second finding type
 FINDING_SUFFIXES = ("Finding", "Severity")

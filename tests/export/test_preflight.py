@@ -304,13 +304,36 @@ def test_parity_on_random_inputs_is_a_warning(tmp_path):
     assert report.passed and pf.PARITY_RANDOM_INPUTS in report.codes
 
 
-def test_compare_outputs_numbers():
+def test_batch_parity_numbers():
     ref = {"logits": np.array([[1.0, 2.0, 0.0], [3.0, 0.0, 0.0]])}
     got = {"logits": np.array([[1.0, 2.00001, 0.0], [0.0, 3.0, 0.0]])}
-    r = pf.compare_outputs(got, ref, batch=2, atol=1e-4)
+    r = pf.batch_parity(got, ref, batch=2, atol=1e-4)
     assert not r.passed and r.max_abs_diff["logits"] == pytest.approx(3.0) and r.top1_agreement["logits"] == 0.5
     assert r.flipped == {"logits": [1]}
-    assert pf.compare_outputs(ref, ref, batch=2, atol=1e-4).passed
+    assert pf.batch_parity(ref, ref, batch=2, atol=1e-4).passed
+    # the absolute logit bound: 5e-5 passes, 2e-4 fails, with no class changed
+    assert pf.batch_parity({"logits": ref["logits"] + 5e-5}, ref, batch=2, atol=1e-4).passed
+    near = pf.batch_parity({"logits": ref["logits"] + 2e-4}, ref, batch=2, atol=1e-4)
+    assert not near.passed and near.top1_agreement["logits"] == 1.0
+    # NaN in the ONNX output fails and is reported as such
+    nan = pf.batch_parity({"logits": np.where(ref["logits"] > 2, np.nan, ref["logits"])}, ref, batch=2, atol=1e-4)
+    assert not nan.passed and np.isnan(nan.max_abs_diff["logits"])
+
+
+def test_batch_parity_numbers_come_from_the_one_comparator(monkeypatch):
+    import runtime.compare as C
+
+    calls = []
+    real = C.compare_outputs
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs["tolerance"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(C, "compare_outputs", spy)
+    x = np.random.default_rng(0).normal(size=(4, 7))
+    assert pf.batch_parity({"a": x, "b": x}, {"a": x, "b": x}, batch=4, atol=1e-4).passed
+    assert calls == [C.Tolerance(min_top1_agreement=1.0, max_abs_diff=1e-4)] * 2
 
 
 def test_report_is_frozen_json_beside_the_model(tmp_path):
