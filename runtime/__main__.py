@@ -159,6 +159,9 @@ def build_bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--overhead-batches", default="1", help="batches for the harness-vs-bare check ('' = none)")
     p.add_argument("--repeat", type=int, default=1, help="back-to-back sweeps; >1 reports run-to-run spread")
     p.add_argument("--parity", default=None, help="parity report JSON whose accuracy columns join the rows")
+    p.add_argument("--profile", action="store_true",
+                   help="also write per-node and per-op-type time tables (ORT profiling, OpenVINO PERF_COUNT) "
+                        "into OUT/profile/")
     p.add_argument("--out", default=None, help="report folder (default: <first model folder>/bench)")
     p.add_argument("--no-plots", action="store_true", help="skip PNG plots")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -182,13 +185,19 @@ def bench_main(argv: list[str]) -> int:
         models=tuple(args.models), batches=parse_batches(args.batch), backends=_csv(args.backends),
         seconds=args.seconds, iterations=args.iterations, warmup_s=args.warmup, threads=args.threads,
         overhead_batches=parse_batches(args.overhead_batches) if args.overhead_batches.strip() else (),
-        repeat=args.repeat,
+        repeat=args.repeat, profile=args.profile,
     )
     run = run_bench(cfg, progress=not args.no_progress)
     report = bench_report(run, command=_command("bench", argv), environment=capture_environment(),
                           config=to_dict(cfg), parity=parity)
     out = Path(args.out) if args.out else Path(args.models[0]).parent / "bench"
     _write_locked(report, out, "bench report", plots=not args.no_plots)
+    if run.profiles:
+        from runtime.profile import write_profile
+
+        with output_lock(out, "bench profile"):
+            written = [write_profile(p, out)[1] for p in run.profiles]
+        log.info("profiles: %s", ", ".join(str(w) for w in written))
     if not report.passed:
         log.error("%d bench row(s) failed: %s", len(report.failing), "; ".join(report.failing))
         return EXIT_ERROR

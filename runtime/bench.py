@@ -48,6 +48,8 @@ class BenchConfig:
         overhead_batches: Batches at which harness overhead vs bare ``session.run`` is measured.
         repeat: Run the whole sweep this many times back to back (run-to-run spread is reported).
         seed: Seed of the random feeds and bootstrap.
+        profile: Also write per-node / per-op-type time tables for ORT and OpenVINO rows (runtime/profile.py).
+        profile_runs: Profiled calls per (model, backend, batch).
     """
 
     models: tuple[str, ...]
@@ -61,6 +63,8 @@ class BenchConfig:
     overhead_batches: tuple[int, ...] = (1,)
     repeat: int = 1
     seed: int = 0
+    profile: bool = False
+    profile_runs: int = 20
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -158,6 +162,7 @@ class BenchRun:
     config: BenchConfig
     skipped: dict[str, str] = field(default_factory=dict, hash=False)
     elapsed_s: float = 0.0
+    profiles: tuple[dict[str, Any], ...] = field(default=(), hash=False)  # runtime/profile.py tables (--profile)
 
 
 def measure_overhead(
@@ -281,6 +286,7 @@ def run_bench(cfg: BenchConfig, *, progress: bool = False) -> BenchRun:
         raise ConfigError(f"no available backend runs {[i.label for i in infos]} ({why})")
     rows: list[BenchRow] = []
     overhead: list[OverheadResult] = []
+    profiles: list[dict[str, Any]] = []
     total = len(plan) * len(cfg.batches) * cfg.repeat
     bar = None
     if progress:
@@ -318,6 +324,8 @@ def run_bench(cfg: BenchConfig, *, progress: bool = False) -> BenchRun:
                              stats.p50_ms, *stats.p50_ci_ms, stats.p99_ms, stats.throughput_ips)
                     if bar is not None:
                         bar.update(1)
+                    if cfg.profile and rep == 0:
+                        _profile(profiles, name, info.path, feeds, cfg)
                     session = getattr(be, "session", None)
                     if rep == 0 and b in cfg.overhead_batches and session is not None and hook is None:
                         bare_feeds = dict(feeds)
@@ -336,7 +344,21 @@ def run_bench(cfg: BenchConfig, *, progress: bool = False) -> BenchRun:
                 be.close()
     if bar is not None:
         bar.close()
-    return BenchRun(tuple(rows), tuple(overhead), spread_of(rows), cfg, skipped, time.perf_counter() - t_start)
+    return BenchRun(tuple(rows), tuple(overhead), spread_of(rows), cfg, skipped, time.perf_counter() - t_start,
+                    tuple(profiles))
+
+
+def _profile(sink: list[dict[str, Any]], backend: str, path: str, feeds: dict, cfg: BenchConfig) -> None:
+    """Append the per-node time tables of one (model, backend, batch) when the backend has counters."""
+    from runtime.profile import PROFILED_BACKENDS, profile_row
+
+    if backend not in PROFILED_BACKENDS:
+        log.info("--profile: no per-node counters for backend %s (covered: %s)", backend, PROFILED_BACKENDS)
+        return
+    try:
+        sink.append(profile_row(backend, path, feeds, threads=cfg.threads, runs=cfg.profile_runs))
+    except PipelineError as exc:
+        log.warning("--profile %s on %s failed: %s", path, backend, exc)
 
 
 def parse_batches(text: str) -> tuple[int, ...]:
