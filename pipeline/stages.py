@@ -244,9 +244,9 @@ def quantize_config(ctx: Context, v: Variant) -> Any:
 
 
 def run_quantize(ctx: Context, v: Variant) -> dict[str, Any]:
-    """One quantize stage call (`quantize.report.run_int8` / `run_fp16`): its config in, its result out."""
+    """One quantize stage call (`quantize.orchestrate.run_int8` / `run_fp16`): its config in, its result out."""
     try:
-        from quantize.report import run_fp16, run_int8
+        from quantize.orchestrate import run_fp16, run_int8
     except ImportError as exc:
         raise StageError(
             f"quantize.{v.name}: the quantize package cannot be imported ({exc}); it needs the quantize extra: "

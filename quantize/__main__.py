@@ -1,4 +1,4 @@
-"""``python -m quantize int8|fp16|lint``: thin CLI over `quantize.report.run_int8` / `run_fp16` and `runtime.qdq_lint`.
+"""``python -m quantize int8|fp16|lint``: thin CLI over `quantize.orchestrate.run_int8` / `run_fp16` and `runtime.qdq_lint`.
 
     python -m quantize int8 --onnx RUN/model.onnx --method nncf|ort --out RUN/model.int8.onnx
         [--target tensorrt|cpu] [--max-drop PTS] [--calib-size N] [--data CONFIG_OR_DIR]
@@ -126,7 +126,7 @@ def main(argv: Sequence[str]) -> int:
     if args.command == "lint":
         return _lint(args.model, args.json)
     from quantize.config import CalibrationConfig, Fp16Config, Int8Config
-    from quantize.report import run_fp16, run_int8
+    from quantize.orchestrate import run_fp16, run_int8
 
     data = args.data
     if args.detect:  # faces cropped from the photos into <out stem>.faces/ beside the output

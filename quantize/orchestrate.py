@@ -1,11 +1,12 @@
-"""The INT8 and FP16 pipelines, and the reports they write.
+"""The quantize stage: `run_int8` and `run_fp16`, the API its CLI and the pipeline call.
 
 `run_int8` does issue 5 end to end: contract -> calibration set (+ manifest) -> ignored scope
-(``auto``: measured) -> NNCF or onnxruntime quantization -> contract copied -> Q/DQ lint (must
-pass for the TensorRT form) -> parity against FP32 on the validation split
-(`runtime.compare.compare_outputs`) -> onnxruntime CPU latency FP32 vs INT8 side by side
-(`runtime.latency.measure_latency`, interleaved rounds) -> atomic writes of the model, the
-manifest, the sidecar and the report (JSON + Markdown). `run_fp16` does the same for FP16.
+(``auto``: measured by `auto_scope`) -> NNCF or onnxruntime quantization (`quantize.methods`,
+with the target's rewrites of `quantize.targets`) -> contract copied -> Q/DQ lint (must pass for
+the TensorRT form) -> parity against FP32 on the validation split (`runtime.compare.compare_outputs`)
+-> onnxruntime CPU latency FP32 vs INT8 side by side (`compare_latency`, interleaved rounds) ->
+atomic writes of the model, the manifest, the sidecar and the report (`quantize.report`, JSON +
+Markdown). `run_fp16` does the same for FP16 (`quantize.fp16`).
 
 Outputs beside ``RUN/model.int8.onnx``: ``model.int8.onnx.json`` (sidecar),
 ``model.int8.calibration.json`` (manifest), ``model.int8.report.json`` and ``.md``.
@@ -14,12 +15,11 @@ Outputs beside ``RUN/model.int8.onnx``: ``model.int8.onnx.json`` (sidecar),
 from __future__ import annotations
 
 import contextlib
-
 import json
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +27,15 @@ import numpy as np
 
 from quantize.calibration import LabelledSet, build_calibration_set, build_holdout_set, build_validation_set, write_manifest, with_reference_labels
 from quantize.config import Fp16Config, Int8Config, LatencyConfig, Method, Target
-from runtime.qdq_lint import GROUPS, LintReport, flatten_scope, lint_qdq, resolve_ignore, sensitive_scopes
+from quantize.report import LatencyComparison, LatencyRow, QuantReport, report_paths, write_report
+from runtime.artifacts import library_versions, read_sidecar, sha256_file, sidecar_path, write_sidecar
 from runtime.backends.ort import env_threads, make_session, predict
-from runtime.artifacts import atomic_write_json, atomic_write_text, library_versions, read_sidecar, sha256_file, sidecar_path, write_sidecar
-from runtime.compare import ParityResult, Tolerance, compare_outputs, tolerance_for
+from runtime.compare import Tolerance, compare_outputs, tolerance_for
 from runtime.configs import to_dict
 from runtime.contract import read_contract
 from runtime.errors import ArtifactError
-from runtime.latency import LatencyStats, measure_latency, summarize
+from runtime.latency import measure_latency, summarize
+from runtime.qdq_lint import GROUPS, flatten_scope, lint_qdq, resolve_ignore, sensitive_scopes
 
 log = logging.getLogger(__name__)
 
@@ -43,45 +44,6 @@ KEY_QUANTIZATION = "ferdeploy.quantization"  # metadata_props: JSON {method, tar
 
 
 # --- latency -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LatencyRow:
-    """FP32 and candidate latency at one batch size, measured in alternating rounds."""
-
-    batch: int
-    reference: LatencyStats
-    candidate: LatencyStats
-
-    @property
-    def speedup_p50(self) -> float:
-        return self.reference.p50_ms / self.candidate.p50_ms
-
-    @property
-    def speedup_throughput(self) -> float:
-        return self.candidate.throughput_ips / self.reference.throughput_ips
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "batch": self.batch,
-            "reference": self.reference.to_dict(),
-            "candidate": self.candidate.to_dict(),
-            "speedup_p50": self.speedup_p50,
-            "speedup_throughput": self.speedup_throughput,
-        }
-
-
-@dataclass(frozen=True)
-class LatencyComparison:
-    """Side-by-side CPU latency of a reference and a candidate model."""
-
-    rows: tuple[LatencyRow, ...]
-    threads: int
-    rounds: int
-    provider: str = "onnxruntime CPUExecutionProvider"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"provider": self.provider, "threads": self.threads, "rounds": self.rounds, "rows": [r.to_dict() for r in self.rows]}
 
 
 def compare_latency(
@@ -131,139 +93,6 @@ def compare_latency(
     return LatencyComparison(tuple(rows), threads, cfg.rounds)
 
 
-# --- the report ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class QuantReport:
-    """What a quantized/converted model costs and gains against its FP32 source."""
-
-    precision: str
-    model: str
-    reference: str
-    method: str
-    target: str
-    form: str
-    validation: str
-    parity: ParityResult
-    lint: LintReport | None
-    latency: LatencyComparison | None
-    ignored_scope: dict[str, Any] = field(default_factory=dict)
-    accuracy_control: dict[str, Any] | None = None
-    calibration: dict[str, Any] = field(default_factory=dict)
-    conversion: dict[str, Any] = field(default_factory=dict)
-    timing: dict[str, float] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "precision": self.precision,
-            "model": self.model,
-            "reference": self.reference,
-            "method": self.method,
-            "target": self.target,
-            "form": self.form,
-            "validation": self.validation,
-            "parity": self.parity.to_dict(),
-            "lint": self.lint.to_dict() if self.lint else None,
-            "latency": self.latency.to_dict() if self.latency else None,
-            "ignored_scope": self.ignored_scope,
-            "accuracy_control": self.accuracy_control,
-            "calibration": self.calibration,
-            "conversion": self.conversion,
-            "timing": self.timing,
-        }
-
-    def to_markdown(self) -> str:
-        p = self.parity
-        lines = [
-            f"# {self.precision.upper()} report: {Path(self.model).name}",
-            "",
-            f"- reference: `{self.reference}` (FP32)",
-            f"- method: {self.method}; target: {self.target}",
-            f"- form: {self.form}",
-            f"- validation: {self.validation}",
-        ]
-        if self.calibration:
-            cc = ", ".join(f"{k} {v}" for k, v in self.calibration.get("class_counts", {}).items())
-            lines.append(f"- calibration: {self.calibration.get('source', '')}; classes: {cc}")
-        lines += [
-            "",
-            "## Parity against FP32 (onnxruntime CPU)",
-            "",
-            "| | FP32 | " + self.precision.upper() + " |",
-            "|---|---|---|",
-            f"| top-1 accuracy | {p.reference_accuracy:.4f} | {p.accuracy:.4f} |",
-            f"| macro-F1 | {p.reference_macro_f1:.4f} | {p.macro_f1:.4f} |",
-            "",
-            f"- accuracy drop: **{p.accuracy_drop_pts:+.2f} pts**; top-1 agreement with FP32: **{100 * p.top1_agreement:.2f}%** "
-            f"({len(p.flipped_ids)} of {p.count} flipped)",
-            f"- logit difference: max {p.max_abs_diff:.4g}, mean {p.mean_abs_diff:.4g}, p99 {p.p99_abs_diff:.4g}; mean KL {p.kl_mean:.3g}",
-            f"- verdict ({p.precision.value} tolerances {p.tolerance.to_dict()}): **{'PASSED' if p.passed else 'FAILED'}**"
-            + (f": {'; '.join(p.reasons)}" if p.reasons else ""),
-            "",
-            "| class | accuracy delta (pts) |",
-            "|---|---|",
-        ]
-        lines += [f"| {c} | {100 * d:+.2f} |" for c, d in zip(p.class_names, p.per_class_accuracy_delta)]
-        if p.flipped_ids:
-            shown = ", ".join(f"`{i}`" for i in p.flipped_ids[:30])
-            lines += ["", f"Flipped samples: {shown}" + (f" and {len(p.flipped_ids) - 30} more" if len(p.flipped_ids) > 30 else "")]
-        if self.ignored_scope:
-            sc = self.ignored_scope
-            lines += ["", "## Kept in float (ignored scope)", "", f"- mode: {sc.get('mode')}; chosen groups: {sc.get('chosen') or 'none'}"]
-            lines.append(f"- nodes kept in float: {len(sc.get('nodes', []))}")
-            meas = sc.get("measurements")
-            if meas:
-                lines += ["", f"Measured on {sc.get('measured_on', '')}:", "", "| kept in float | top-1 agreement | mean abs logit diff | max abs logit diff |", "|---|---|---|---|"]
-                for name, m in meas.items():
-                    lines.append(f"| {name} | {100 * m['top1_agreement']:.2f}% | {m['mean_abs_diff']:.4f} | {m['max_abs_diff']:.4f} |")
-        if self.accuracy_control:
-            ac = self.accuracy_control
-            rev = ac.get("reverted_to_float", [])
-            lines += ["", "## Accuracy control (NNCF)", "", f"- bound: top-1 drop <= {ac.get('max_drop_pts')} pts on {ac.get('validation_size')} validation samples",
-                      f"- layers reverted to float: {len(rev)}"]  # fmt: skip
-            lines += [f"  - `{n}`" for n in rev]
-        if self.lint is not None and self.target != "tensorrt":
-            lines += ["", "## Q/DQ lint (TensorRT rules)", "",
-                      f"- not applicable: this is the {self.target} form, made for onnxruntime on the CPU; its "
-                      f"unsigned, asymmetric activations break TensorRT's rules by design ({len(self.lint.errors)} "
-                      "finding(s)). For TensorRT use the file quantized with --target tensorrt."]
-        elif self.lint is not None:
-            lines += ["", "## Q/DQ lint (TensorRT rules)", "", f"- {self.lint.summary()}"]
-            lines += [f"- {f}" for f in self.lint.findings if f.severity.value != "info"][:20]
-        if self.latency:
-            lat = self.latency
-            lines += [
-                "",
-                f"## Latency ({lat.provider}, {lat.threads or 'default'} thread(s), {lat.rounds} interleaved rounds)",
-                "",
-                f"| batch | FP32 p50 ms [95% CI] | {self.precision.upper()} p50 ms [95% CI] | FP32 img/s | {self.precision.upper()} img/s | speed-up (p50) | speed-up (throughput) |",
-                "|---|---|---|---|---|---|---|",
-            ]
-            for r in lat.rows:
-                a, b = r.reference, r.candidate
-                lines.append(
-                    f"| {r.batch} | {a.p50_ms:.3f} [{a.p50_ci_ms[0]:.3f}, {a.p50_ci_ms[1]:.3f}] | {b.p50_ms:.3f} "
-                    f"[{b.p50_ci_ms[0]:.3f}, {b.p50_ci_ms[1]:.3f}] | {a.throughput_ips:.1f} | {b.throughput_ips:.1f} | "
-                    f"{r.speedup_p50:.2f}× | {r.speedup_throughput:.2f}× |"
-                )
-        if self.timing:
-            lines += ["", "Timing: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.timing.items())]
-        return "\n".join(lines) + "\n"
-
-
-def report_paths(out: str | Path) -> tuple[Path, Path]:
-    """``RUN/model.int8.onnx`` -> (``model.int8.report.json``, ``model.int8.report.md``)."""
-    p = Path(out)
-    stem = p.name[: -len(".onnx")] if p.name.endswith(".onnx") else p.name
-    return p.with_name(stem + ".report.json"), p.with_name(stem + ".report.md")
-
-
-def write_report(report: QuantReport, out: str | Path) -> tuple[Path, Path]:
-    jpath, mpath = report_paths(out)
-    atomic_write_json(jpath, report.to_dict())
-    atomic_write_text(mpath, report.to_markdown())
-    return jpath, mpath
 
 
 # --- shared helpers ------------------------------------------------------------------------------
@@ -344,8 +173,8 @@ def _fidelity(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
 
 def _quantizer(cfg: Int8Config, model, calib: np.ndarray, input_name: str):
     """``fn(ignored, max_drop_pts=None, validation=None) -> (ModelProto, info)`` for the method."""
-    from quantize.nncf_ptq import quantize_nncf
-    from quantize.ort_ptq import quantize_ort
+    from quantize.methods.nncf_ptq import quantize_nncf
+    from quantize.methods.ort_ptq import quantize_ort
 
     def run(ignored: Sequence[str], max_drop_pts: float | None = None, validation=None):
         if cfg.method is Method.NNCF:

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from quantize.config import LatencyConfig
     from runtime.errors import EXIT_ERROR, EXIT_OK
-    from quantize.report import compare_latency
+    from quantize.orchestrate import compare_latency
     from runtime.bench import parse_batches
 
     run = Path(args.run)

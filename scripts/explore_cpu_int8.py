@@ -32,7 +32,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from quantize import ort_ptq  # noqa: E402
+from quantize.methods import ort_ptq  # noqa: E402
+from quantize.targets import cpu  # noqa: E402
 from runtime.backends.ort import make_session, predict  # noqa: E402
 
 QDQ = {"QuantizeLinear", "DequantizeLinear"}
@@ -48,7 +49,7 @@ def _quantize(model, calib, *, op_types=None, exclude=(), extra=None, rewrite=Fa
     src = copy.deepcopy(model)
     done = {}
     if rewrite:
-        done = ort_ptq.rewrite_for_cpu(src, calib[:16], rewrites=rewrite if isinstance(rewrite, tuple) else ort_ptq.CPU_REWRITES)
+        done = cpu.rewrite_for_cpu(src, calib[:16], rewrites=rewrite if isinstance(rewrite, tuple) else cpu.CPU_REWRITES)
     opts = dict(settings.extra_options)
     opts.update(extra or {})
     s = ort_ptq.OrtSettings(settings.quant_format, settings.activation_type, settings.weight_type, settings.per_channel,
@@ -94,7 +95,7 @@ def variants(model, calib):
         "rewrite+no_convT+float_head2+float_stem": lambda: _quantize(model, calib, rewrite=True, op_types=no_convt, exclude=head_concat + stem),
         # the cpu target before reduce_mean_as_pool_and_conv (session 11's first version)
         "rewrite3+no_convT+float_head2": lambda: _quantize(model, calib, rewrite=("relu_before_maxpool", "pwfs_into_head", "fold_channel_shuffle"), op_types=no_convt, exclude=head_concat),
-        # what quantize/ort_ptq.py's cpu target does now (= rewrite+no_convT+float_head2)
+        # what quantize_ort's cpu target (quantize/targets/cpu.py) does now (= rewrite+no_convT+float_head2)
         "cpu_target": lambda: (lambda qi: (qi[0], qi[1].get("cpu_rewrites", {})))(ort_ptq.quantize_ort(model, calib, target="cpu")),
     }
     return v
@@ -212,7 +213,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from quantize.calibration import build_calibration_set, build_validation_set
-    from quantize.report import name_nodes
+    from quantize.orchestrate import name_nodes
     from runtime.contract import read_contract
 
     path, model = load_model(args.model)
@@ -232,8 +233,11 @@ def main(argv=None) -> int:
     if unknown:
         ap.error(f"unknown variants {unknown}; known: {', '.join(builders)}")
     quantized = {}
-    print("\n| variant | agreement | flipped | mean/max abs dlogit | acc | nodes | QLinear | Q | DQ | layout | float conv | float MaxPool | rewrite |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    from runtime.report import md_table
+
+    header = ["variant", "agreement", "flipped", "mean/max abs dlogit", "acc", "nodes", "QLinear", "Q", "DQ", "layout",
+              "float conv", "float MaxPool", "rewrite"]
+    print("\n" + "\n".join(md_table(header, [])))  # rows follow as each variant finishes
     for n in names:
         q, done = builders[n]()
         quantized[n] = q
@@ -246,10 +250,10 @@ def main(argv=None) -> int:
         agree = (out.argmax(1) == ref.argmax(1)).mean()
         d = np.abs(out - ref)
         st = structure(q)
-        print(f"| {n} | {100 * agree:.2f}% | {int((out.argmax(1) != ref.argmax(1)).sum())} | {d.mean():.4f} / {d.max():.3f} | "
-              f"{(out.argmax(1) == val.labels).mean():.4f} | {st['nodes']} | {st['qlinear']} | {st['Q']} | {st['DQ']} | "
-              f"{st['layout']} | {st['float_conv']} | {st['float_MaxPool']} | {', '.join(f'{k}: {len(v)}' for k, v in done.items()) or '-'} |",
-              flush=True)
+        row = [n, f"{100 * agree:.2f}%", int((out.argmax(1) != ref.argmax(1)).sum()), f"{d.mean():.4f} / {d.max():.3f}",
+               f"{(out.argmax(1) == val.labels).mean():.4f}", st["nodes"], st["qlinear"], st["Q"], st["DQ"], st["layout"],
+               st["float_conv"], st["float_MaxPool"], ", ".join(f"{k}: {len(v)}" for k, v in done.items()) or "-"]
+        print(md_table(header, [row])[-1], flush=True)
 
     if args.profile:  # batch 1, at each --threads count
         x1 = np.ascontiguousarray(val.tensors[:1])

@@ -4,7 +4,7 @@
     python scripts/soak.py --count 2000 --backends ort,torch --json runs/soak.json
 
 What runs: a freshly initialised (seed 0) model exported to a temporary folder with the project's
-own code (`export.onnx.export_onnx`; `quantize.ort_ptq.quantize_ort` for the INT8 model, CPU
+own code (`export.onnx.export_onnx`; `quantize.methods.ort_ptq.quantize_ort` for the INT8 model, CPU
 form; `quantize.fp16.convert_fp16` for the FP16 model), then loaded through the project's backend
 classes (`runtime.backends.get_backend`), i.e. the code path ``parity``, ``bench`` and ``infer``
 use. Backends (``--backends``):
@@ -251,7 +251,7 @@ def prepare_models(model_name: str, folder: Path, backends: Sequence[str]) -> di
     out["ort"] = ("ort", fp32)
     proto = onnx.load(str(fp32))
     if "ort-int8" in backends:
-        from quantize.ort_ptq import quantize_ort
+        from quantize.methods.ort_ptq import quantize_ort
 
         rng = np.random.default_rng(1)
         calib = rng.random((32, *spec.input_shape), dtype=np.float32)  # in [0, 1), like preprocessed images

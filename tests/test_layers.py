@@ -61,7 +61,7 @@ def test_layers_import_downward_only():
         ("runtime", "def f():\n    from train.checkpoint import load_checkpoint\n", "runtime/bad.py:2 imports train"),
         ("runtime", "import torch\n", "runtime/bad.py:1 imports torch"),
         ("runtime", "import pipeline.cli\n", "runtime/bad.py:1 imports pipeline"),
-        ("train", "from quantize.report import run_int8\n", "train/bad.py:1 imports quantize"),
+        ("train", "from quantize.orchestrate import run_int8\n", "train/bad.py:1 imports quantize"),
         ("quantize", "import train.loop\n", "quantize/bad.py:1 imports train"),
         ("export", "from pipeline import run_pipeline\n", "export/bad.py:1 imports pipeline"),
     ],
@@ -77,7 +77,7 @@ def test_a_planted_upward_import_is_caught(tmp_path, package, source, needle):
 def test_downward_and_plugin_imports_are_allowed(tmp_path):
     for pkg in ALLOWED:
         (tmp_path / pkg).mkdir()
-    (tmp_path / "pipeline" / "ok.py").write_text("import train.loop\nfrom quantize.report import run_int8\n")
+    (tmp_path / "pipeline" / "ok.py").write_text("import train.loop\nfrom quantize.orchestrate import run_int8\n")
     (tmp_path / "quantize" / "ok.py").write_text("from export.gate import write_onnx\nfrom runtime.errors import ConfigError\n")
     # The backend registry names a module above runtime as a string: not an import statement.
     (tmp_path / "runtime" / "ok.py").write_text('REGISTRY = {"torch": "train.backend:TorchBackend"}\n')

@@ -218,19 +218,19 @@ def test_changed_stage_code_reruns_that_stage_and_says_which_file(tmp_path: Path
     def edited(stage):
         code = dict(real(stage))
         if stage is P.Stage.QUANTIZE:
-            code["quantize/ort_ptq.py"] = "0" * 64  # an updated quantizer
+            code["quantize/methods/ort_ptq.py"] = "0" * 64  # an updated quantizer
         return code
 
     monkeypatch.setattr(R, "stage_code", edited)
     caplog.set_level(logging.INFO, logger="pipeline")
     assert run(raw).ran() == QUANTIZE
-    assert "code changed: quantize/ort_ptq.py" in caplog.text
+    assert "code changed: quantize/methods/ort_ptq.py" in caplog.text
     monkeypatch.setattr(R, "stage_code", real)
     assert set(run(raw).ran()) == set(QUANTIZE)  # and back: the stamps follow the code
 
 
 def test_stage_code_covers_the_files_that_implement_each_stage() -> None:
-    assert "quantize/ort_ptq.py" in P.stage_code(P.Stage.QUANTIZE)
+    assert "quantize/methods/ort_ptq.py" in P.stage_code(P.Stage.QUANTIZE)
     assert "train/loop.py" in P.stage_code(P.Stage.TRAIN) and "runtime/preprocess.py" in P.stage_code(P.Stage.TRAIN)
     assert "runtime/report.py" in P.stage_code(P.Stage.REPORT)
     assert not any(f.startswith("quantize/") for f in P.stage_code(P.Stage.BENCH))

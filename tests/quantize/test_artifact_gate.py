@@ -114,7 +114,7 @@ ALLOWED_SAVES = {
     "export/gate.py": "the gate itself",
     "export/onnx.py": "export writes into a private folder and runs the full preflight (a superset of the gate) before its rename",
     "export/adopt.py": "adopt, like export, writes into a private folder and runs the full preflight before its rename",
-    "quantize/ort_ptq.py": "a temporary FP32 input for onnxruntime's quantize_static, never an artifact",
+    "quantize/methods/ort_ptq.py": "a temporary FP32 input for onnxruntime's quantize_static, never an artifact",
 }
 
 

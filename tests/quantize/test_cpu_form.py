@@ -18,7 +18,8 @@ import numpy as np
 import onnx
 import pytest
 
-from quantize.ort_ptq import quantize_ort, rewrite_for_cpu
+from quantize.methods.ort_ptq import quantize_ort
+from quantize.targets.cpu import rewrite_for_cpu
 from runtime.backends.ort import make_session
 
 
@@ -62,14 +63,14 @@ def test_rewrites_apply_and_keep_fp32_outputs(tiny, samples):
 
 
 def test_rewrite_refuses_a_graph_it_would_change(tiny, samples, monkeypatch):
-    import quantize.ort_ptq as ort_ptq
+    import quantize.targets.cpu as cpu
 
     def broken(model):  # a "rewrite" that changes the function: must be caught and undone
         w = next(t for t in model.graph.initializer if t.name == "fc.bias")
         w.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(w) + 1.0, "fc.bias"))
         return ["fc.bias"]
 
-    monkeypatch.setattr(ort_ptq, "relu_before_maxpool", broken)
+    monkeypatch.setattr(cpu, "relu_before_maxpool", broken)
     work = copy.deepcopy(tiny)
     assert rewrite_for_cpu(work, samples[:4], rewrites=("relu_before_maxpool",)) == {}
     assert work == tiny
@@ -144,17 +145,17 @@ def test_pwfs_min_runs_on_the_quantized_tensor(cpu_int8):
 
 def test_integer_min_is_exact(tiny, samples):
     """``min`` commutes with a shared monotonic dequantization: the rewrite changes no output."""
-    import quantize.ort_ptq as ort_ptq
+    import quantize.targets.cpu as cpu
 
     calib = samples[:32]
     with_min, info = quantize_ort(tiny, calib, target="cpu")
     assert info["integer_min"]
-    saved = ort_ptq.min_in_integers
+    saved = cpu.min_in_integers
     try:
-        ort_ptq.min_in_integers = lambda model: []
+        cpu.min_in_integers = lambda model: []
         without, _ = quantize_ort(tiny, calib, target="cpu")
     finally:
-        ort_ptq.min_in_integers = saved
+        cpu.min_in_integers = saved
     x = samples[32:48]
     a = make_session(with_min, threads=1).run(None, {"input": x})[0]
     b = make_session(without, threads=1).run(None, {"input": x})[0]

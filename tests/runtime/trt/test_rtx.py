@@ -208,8 +208,8 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 
     from export.__main__ import main as export_cli
     from quantize.fp16 import convert_fp16
-    from quantize.nncf_ptq import quantize_nncf
-    from quantize.ort_ptq import quantize_ort
+    from quantize.methods.nncf_ptq import quantize_nncf
+    from quantize.methods.ort_ptq import quantize_ort
     from train.checkpoint import save_checkpoint
     from train.models import create_model, get_model_info
 
