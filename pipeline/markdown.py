@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from runtime.report import md_table
 
 log = logging.getLogger(__name__)
 
@@ -21,12 +23,6 @@ def _fmt(v: Any, spec: str = ".4f") -> str:
         return format(v, spec)
     except (TypeError, ValueError):
         return str(v)
-
-
-def _md_table(header: Sequence[str], body: Sequence[Sequence[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in body]
-    return lines
 
 
 def _mb(n: Any) -> str:
@@ -82,7 +78,7 @@ def _engine_lines(trt: Mapping[str, Any]) -> list[str]:
         table = f"[layers]({e['layers_md']})" if e.get("layers_md") else "–"
         rows.append([f"`{Path(e.get('engine', '')).name}`", e.get("precision"), e.get("tensorrt"), where,
                      _mb(e.get("size_bytes")), _fmt(e.get("build_s"), ".1f"), realized, table])
-    out = _md_table(["engine", "precision", "built by", "runs on (compute capability)", "size", "build s",
+    out = md_table(["engine", "precision", "built by", "runs on (compute capability)", "size", "build s",
                      "realized precision", "per layer"], rows)
     short = [e for e in trt.get("engines", []) if (e.get("realized") or {}).get("requested") == "int8"
              and (e.get("realized") or {}).get("share") is not None and e["realized"]["share"] < 0.9]
@@ -154,7 +150,7 @@ def render_report(body: Mapping[str, Any]) -> str:
         missing = [name for name in ("TensorRT", "CUDA/GPU") if any(r.startswith(name) for r in trt.get("reasons", []))]
         short = f"missing {' and '.join(missing)}" if missing else str(trt.get("reason", ""))
         summary.append(["TensorRT", f"**no engines built here** ({short}; details under [TensorRT](#tensorrt))"])
-    out += _md_table(["", ""], summary)
+    out += md_table(["", ""], summary)
 
     # ---- accuracy × latency
     out += ["", "## Accuracy and latency", "",
@@ -176,7 +172,7 @@ def render_report(body: Mapping[str, Any]) -> str:
                           _fmt(r.get("accuracy_drop_pts"), "+.2f"), _fmt(r.get("top1_agreement")),
                           _fmt(r.get("max_prob_diff"), ".3g"), _mb(r.get("file_size_bytes")), verdict,
                           r.get("error") or ""])
-    out += _md_table(["model", "file", "backend", "batch", "p50 ms [95% CI]", "p99 ms", "img/s", "accuracy", "acc. drop (pts)",
+    out += md_table(["model", "file", "backend", "batch", "p50 ms [95% CI]", "p99 ms", "img/s", "accuracy", "acc. drop (pts)",
                       "top-1 agree", "max Δprob", "size", "parity (bounds)", "error"], body_rows)
     if body.get("dataset"):
         out += ["", f"Labelled set: {body['dataset']}."]
@@ -193,7 +189,7 @@ def render_report(body: Mapping[str, Any]) -> str:
     # ---- parity
     failing = [r for r in prow if not r.get("passed")]
     out += ["", "## Parity", ""]
-    out += _md_table(["model", "backend", "verdict", "top-1 agree [95% CI]", "acc. drop (pts)", "max Δprob", "bounds"],
+    out += md_table(["model", "backend", "verdict", "top-1 agree [95% CI]", "acc. drop (pts)", "max Δprob", "bounds"],
                      [[_row_name(r), r.get("backend"), verdict_text({**r, "bounds": ""}),
                        _agree_ci(r), _fmt(r.get("accuracy_drop_pts"), "+.2f"), _fmt(r.get("max_prob_diff"), ".3g"),
                        r.get("bounds") or "–"] for r in prow])
@@ -216,7 +212,7 @@ def render_report(body: Mapping[str, Any]) -> str:
         out += ["", "## Training", ""]
         views = m.get("per_view_accuracy") or {}
         if views:
-            out += _md_table(["head pose", *views.keys()], [["val accuracy", *(_fmt(v, ".3f") for v in views.values())]])
+            out += md_table(["head pose", *views.keys()], [["val accuracy", *(_fmt(v, ".3f") for v in views.values())]])
         occl = m.get("per_occlusion_accuracy") or {}
         if occl:
             out += ["", "Occlusion: " + ", ".join(f"{k} {_fmt(v, '.3f')}" for k, v in occl.items()) + "."]
@@ -236,7 +232,7 @@ def render_report(body: Mapping[str, Any]) -> str:
         s = q.get("sidecar") or {}
         detail = ", ".join(f"{k} {s[k]}" for k in ("precision", "method", "target") if s.get(k)) or "–"
         mrows.append([q["title"], f"`{q['file']}`", _mb(q.get("file_size_bytes")), detail])
-    out += _md_table(["model", "file", "size", "how it was made"], mrows)
+    out += md_table(["model", "file", "size", "how it was made"], mrows)
 
     # ---- TensorRT
     out += ["", "## TensorRT", ""]
@@ -255,7 +251,7 @@ def render_report(body: Mapping[str, Any]) -> str:
         out += ["", "## Deployment configs", "",
                 "Generated from the model's contract and checked by re-doing the target's preprocessing in numpy from "
                 "the written config (docs/deploy.md):", ""]
-        out += _md_table(["target", "folder", "model", "preprocessing", "max input diff", "top-1 agreement", "images", "report"],
+        out += md_table(["target", "folder", "model", "preprocessing", "max input diff", "top-1 agreement", "images", "report"],
                          [[d["target"], f"`{d['folder']}`", f"`{d['model']}`", "exact" if d.get("exact") else "approximate",
                            _fmt(d.get("max_abs_input_diff"), ".3g"), _fmt(d.get("top1_agreement")), d.get("images"),
                            f"[{d['report']}]({d['report']})"] for d in deploy])
@@ -266,7 +262,7 @@ def render_report(body: Mapping[str, Any]) -> str:
         out += ["", "## Stages", "",
                 "When each artifact was produced and how long it took. A rerun reuses every step whose inputs "
                 "(sha256), config and library versions are unchanged (docs/pipeline.md).", ""]
-        out += _md_table(["step", "seconds", "finished (UTC)", "outputs"],
+        out += md_table(["step", "seconds", "finished (UTC)", "outputs"],
                          [[s["step"], _fmt(s.get("seconds"), ".1f"), s.get("finished_at"),
                            ", ".join(f"`{o}`" for o in s.get("outputs", []))] for s in stages])
     skipped = body.get("skipped_backends") or {}

@@ -152,15 +152,19 @@ def profile_stem(model: str, backend: str, batch: int) -> str:
 
 def render_profile(p: Mapping[str, Any]) -> str:
     """Pure: one profile as Markdown."""
+    from runtime.report import md_table
+
     out = [f"# Profile: `{Path(p['model']).name}` on {p['backend']}, batch {p['batch']}", "",
            f"{p['source']}; mean of {p['runs']} calls, {p.get('threads') or 'default'} thread(s)"
            + (f"; float layers in {p['inference_precision']}" if p.get("inference_precision") else "")
            + f". Profiled total {p['total_ms']:.3f} ms per call over {p['node_count']} nodes "
            "(counters cost time: the latency report is the un-instrumented figure).", "",
-           "## Op types", "", "| op type | nodes | ms per call | share |", "|---|---|---|---|"]
-    out += [f"| {t['op_type']} | {t['count']} | {t['ms']:.4f} | {t['share']:.1f}% |" for t in p["op_types"]]
-    out += ["", f"## Top {len(p['nodes'])} nodes", "", "| node | op type | ms per call | share |", "|---|---|---|---|"]
-    out += [f"| `{n['name']}` | {n['op_type']} | {n['ms']:.4f} | {n['share']:.1f}% |" for n in p["nodes"]]
+           "## Op types", ""]
+    out += md_table(["op type", "nodes", "ms per call", "share"],
+                    [[t["op_type"], t["count"], f"{t['ms']:.4f}", f"{t['share']:.1f}%"] for t in p["op_types"]])
+    out += ["", f"## Top {len(p['nodes'])} nodes", ""]
+    out += md_table(["node", "op type", "ms per call", "share"],
+                    [[f"`{n['name']}`", n["op_type"], f"{n['ms']:.4f}", f"{n['share']:.1f}%"] for n in p["nodes"]])
     return "\n".join(out) + "\n"
 
 

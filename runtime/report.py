@@ -336,10 +336,32 @@ def _agree(value: float | None, ci: Sequence[float] | None) -> str:
     return f"{value:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else f"{value:.4f}"
 
 
-def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in body]
-    return lines
+def md_table(header: Sequence[Any], rows: Sequence[Sequence[Any]], *, align: str = "") -> list[str]:
+    """A Markdown table as lines: the one table renderer of every report (parity, bench, pipeline,
+    quantization, deploy, TensorRT layers, scripts).
+
+    Args:
+        header: Column titles.
+        rows: Cells, any value (``str()`` is applied); a ``|`` inside a cell is escaped and a
+            newline becomes a space.
+        align: One character per column, ``l`` (default) or ``r`` (numbers); shorter strings
+            leave the remaining columns left-aligned.
+
+    Raises:
+        ValueError: when a row has another number of cells than the header, or ``align`` has
+            a character other than ``l``/``r`` or more characters than columns.
+    """
+    if len(align) > len(header) or set(align) - {"l", "r"}:
+        raise ValueError(f"align {align!r}: one of 'l'/'r' per column (at most {len(header)})")
+    bad = [i for i, row in enumerate(rows) if len(row) != len(header)]
+    if bad:
+        raise ValueError(f"rows {bad[:5]} have other than {len(header)} cells (header {list(header)})")
+
+    def line(cells: Sequence[Any]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+
+    rule = "|" + "|".join("---:" if a == "r" else "---" for a in align.ljust(len(header), "l")) + "|"
+    return [line(header), rule, *(line(row) for row in rows)]
 
 
 def render_markdown(report: Report) -> str:
@@ -362,7 +384,7 @@ def render_markdown(report: Report) -> str:
                  _agree(r.top1_agreement, r.top1_agreement_ci), _f(r.max_prob_diff, ".3g"), _f(r.max_abs_diff, ".3g"),
                  _f(r.kl_mean, ".3g"), verdict_text(r)]
                 for r in report.rows]
-        out += _table(["model", "backend", "precision", "accuracy", "macro-F1", "Δacc (pts)", "top-1 agree [95% CI]",
+        out += md_table(["model", "backend", "precision", "accuracy", "macro-F1", "Δacc (pts)", "top-1 agree [95% CI]",
                        "max Δprob", "max abs Δlogit", "KL", "verdict (bounds)"], body)
         out += ["", "Verdicts follow the per-precision tolerance policy (docs/tolerances.md): a bound fails only when "
                 "its whole 95% interval is on the wrong side; *uncertain* means the point estimate misses but the "
@@ -380,7 +402,7 @@ def render_markdown(report: Report) -> str:
         shown = [d for d in report.details if not d.get("is_reference") and d.get("per_class_accuracy_delta")]
         if shown and report.class_names:
             out += ["", "## Per-class accuracy delta (candidate − reference, pts)", ""]
-            out += _table(["model", "backend", *report.class_names],
+            out += md_table(["model", "backend", *report.class_names],
                           [[d["label"], d["backend"], *(_f(100 * d["per_class_accuracy_delta"][c], "+.1f")
                                                         for c in report.class_names)] for d in shown])
             flips = [d for d in shown if d.get("flipped_ids")]
@@ -401,18 +423,18 @@ def render_markdown(report: Report) -> str:
                          _f(lat.get("p90"), ".3f"), f"{_f(lat.get('p99'), '.3f')} [{_f(ci99[0], '.3f')}, {_f(ci99[1], '.3f')}]",
                          _f(lat.get("mean"), ".3f"), str(lat.get("count", "–")), _f(r.throughput_ips, ".1f"),
                          _f(r.accuracy), _f(r.top1_agreement), _f(r.max_abs_diff, ".3g"), r.error or ""])
-        out += _table(["model", "backend", "precision", "batch", "p50 ms [95% CI]", "p90 ms", "p99 ms [95% CI]",
+        out += md_table(["model", "backend", "precision", "batch", "p50 ms [95% CI]", "p90 ms", "p99 ms [95% CI]",
                        "mean ms", "n", "img/s", "accuracy", "top-1 agree", "max abs Δ", "error"], body)
         dev = [r for r in report.rows if r.device_latency_ms]
         if dev:
             out += ["", "## Device (CUDA event) time", ""]
-            out += _table(["model", "backend", "batch", "host p50 ms", "device p50 ms", "device p99 ms"],
+            out += md_table(["model", "backend", "batch", "host p50 ms", "device p50 ms", "device p99 ms"],
                           [[r.label, r.backend, str(r.batch), _f((r.latency_ms or {}).get("p50"), ".3f"),
                             _f(r.device_latency_ms.get("p50"), ".3f"), _f(r.device_latency_ms.get("p99"), ".3f")]
                            for r in dev])
         if report.overhead:
             out += ["", "## Harness overhead (call-by-call ABBA interleaving with a bare `session.run` loop)", ""]
-            out += _table(["model", "backend", "batch", "harness p50 ms [CI]", "bare p50 ms [CI]", "overhead (p50s)",
+            out += md_table(["model", "backend", "batch", "harness p50 ms [CI]", "bare p50 ms [CI]", "overhead (p50s)",
                            "paired median Δ µs [CI]", "within 2%"],
                           [[Path(o["model"]).name, o["backend"], str(o["batch"]),
                             f"{_f(o['harness_ms']['p50'], '.4f')} [{_f(o['harness_ms']['p50_ci'][0], '.4f')}, "
@@ -426,7 +448,7 @@ def render_markdown(report: Report) -> str:
                            for o in report.overhead])
         if report.spread:
             out += ["", "## Run-to-run spread (back-to-back repeats)", ""]
-            out += _table(["model", "backend", "batch", "p50 per run (ms)", "spread", "CIs overlap"],
+            out += md_table(["model", "backend", "batch", "p50 per run (ms)", "spread", "CIs overlap"],
                           [[Path(s["model"]).name, s["backend"], str(s["batch"]),
                             ", ".join(_f(v, ".3f") for v in s["p50_ms"]), f"{s['spread_pct']:.2f}%",
                             "yes" if s["agree"] else "**no**"] for s in report.spread])

@@ -128,14 +128,17 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "elapsed_s": round(time.perf_counter() - t0, 1),
     }
-    lines = [f"Date {body['date']}; {body['machine']}; {body['method']}.", "",
-             "| file | threads | batch | speed-up vs FP32, median [range] | FP32 p50 ms | file p50 ms | top-1 agreement |",
-             "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        s = r["speedup"]
-        ag = f"{100 * r['top1_agreement']:.2f}%" if r["top1_agreement"] is not None else "–"
-        lines.append(f"| `{r['file']}` | {r['threads']} | {r['batch']} | {s['median']:.2f}× [{s['min']:.2f}–{s['max']:.2f}] | "
-                     f"{r['fp32_p50_ms']['median']:.3f} | {r['p50_ms']['median']:.3f} | {ag} |")
+    from runtime.report import md_table
+
+    def _agree(r):
+        return f"{100 * r['top1_agreement']:.2f}%" if r["top1_agreement"] is not None else "–"
+
+    lines = [f"Date {body['date']}; {body['machine']}; {body['method']}.", ""]
+    lines += md_table(
+        ["file", "threads", "batch", "speed-up vs FP32, median [range]", "FP32 p50 ms", "file p50 ms", "top-1 agreement"],
+        [[f"`{r['file']}`", r["threads"], r["batch"],
+          f"{r['speedup']['median']:.2f}× [{r['speedup']['min']:.2f}–{r['speedup']['max']:.2f}]",
+          f"{r['fp32_p50_ms']['median']:.3f}", f"{r['p50_ms']['median']:.3f}", _agree(r)] for r in rows])
     md = "\n".join(lines) + "\n"
     out = run / "headline"
     out.mkdir(parents=True, exist_ok=True)

@@ -182,13 +182,14 @@ def main() -> int:
     sh("runtime", "bench", "--models", str(plain), str(m), str(files["A"]["int8.cpu"]), "--batch", "1",
        "--seconds", "1", "--out", str(out / "bench"), "--no-progress", "--no-plots", "--backends", "ort")
 
+    from runtime.report import md_table
+
     n_c = len(list(eval_c.glob("*.png")))
-    print(f"\n| file | calibrated on | agreement on A held-out (300) | agreement on B (300) | agreement on C ({n_c}) |")
-    print("|---|---|---|---|---|")
-    for name in [fp16.name] + [p.name for d in files.values() for p in d.values()]:
-        calib = "—" if "fp16" in name else ("A" if "calibA" in name else "B (other 300 images)")
-        print(f"| {name} | {calib} | {100 * table[(name, 'A held-out')]:.1f}% | {100 * table[(name, 'B')]:.1f}% "
-              f"| {100 * table[(name, 'C')]:.1f}% |")
+    names = [fp16.name] + [p.name for d in files.values() for p in d.values()]
+    rows = [[name, "—" if "fp16" in name else ("A" if "calibA" in name else "B (other 300 images)"),
+             *(f"{100 * table[(name, e)]:.1f}%" for e in ("A held-out", "B", "C"))] for name in names]
+    print("\n" + "\n".join(md_table(["file", "calibrated on", "agreement on A held-out (300)", "agreement on B (300)",
+                                      f"agreement on C ({n_c})"], rows)))
     print("\ncommands:\n" + "\n".join(COMMANDS))
     return 0
 

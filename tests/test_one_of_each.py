@@ -67,3 +67,26 @@ def test_preflight_and_lint_report_the_same_type() -> None:
     assert f.to_dict() == {"severity": "warning", "code": "CODE", "node": "node_1", "message": "what was found",
                            "fix": "what to do"}
     assert str(f) == "WARNING CODE [node_1]: what was found Fix: what to do"
+
+
+def _is_table_rule(text: str) -> bool:
+    """A Markdown table's header rule (``|---|``, ``---:``) or the ``---`` cell a renderer joins."""
+    return "|---" in text or "|:--" in text or text.strip() in ("---", "---:", ":---")
+
+
+def test_one_markdown_table_renderer() -> None:
+    copies = [f"{rel}:{node.lineno}" for rel, tree in MODULES for node in ast.walk(tree)
+              if isinstance(node, ast.Constant) and isinstance(node.value, str) and _is_table_rule(node.value)
+              and rel != "runtime/report.py"]
+    assert not copies, f"Markdown table rules written by hand (use runtime.report.md_table): {copies}"
+
+
+def test_md_table_renders_escapes_and_aligns() -> None:
+    from runtime.report import md_table
+
+    lines = md_table(["a", "b"], [[1, "x|y"], ["two\nlines", None]], align="lr")
+    assert lines == ["| a | b |", "|---|---:|", "| 1 | x\\|y |", "| two lines | None |"]
+    with pytest.raises(ValueError, match="cells"):
+        md_table(["a", "b"], [[1]])
+    with pytest.raises(ValueError, match="align"):
+        md_table(["a"], [], align="c")

@@ -9,6 +9,7 @@ from typing import Any
 
 from export.deploy.model import ModelSource
 from runtime.artifacts import atomic_write_json, atomic_write_text, library_versions, sha256_file
+from runtime.report import md_table
 
 REPORT_FORMAT = "ferdeploy-deploy/1"
 
@@ -78,12 +79,12 @@ def markdown(r: Mapping[str, Any]) -> str:
         lines += [f"- {a}" for a in m.get("approximations", [])]
         lines += [f"- worst-case input error from the single net-scale-factor: "
                   f"{m.get('worst_case_normalisation_error', 0.0):.4g}", ""]
-    lines += ["| sample set | images | max abs input diff | mean abs input diff | top-1 agreement | unlabelled | counts |",
-              "|---|---:|---:|---:|---:|---:|---|"]
-    for s in r["emulation"]["sets"]:
-        lines.append(f"| {s['set']}: {s['description']} | {s['images']} | {s['max_abs_input_diff']:.3g} | "
-                     f"{s['mean_abs_input_diff']:.3g} | {_pct(s['top1_agreement'])} | {s['unlabelled']} | "
-                     f"{'yes' if s['counts_for_verdict'] else 'no (informative)'} |")
+    lines += md_table(
+        ["sample set", "images", "max abs input diff", "mean abs input diff", "top-1 agreement", "unlabelled", "counts"],
+        [[f"{s['set']}: {s['description']}", s["images"], f"{s['max_abs_input_diff']:.3g}",
+          f"{s['mean_abs_input_diff']:.3g}", _pct(s["top1_agreement"]), s["unlabelled"],
+          "yes" if s["counts_for_verdict"] else "no (informative)"] for s in r["emulation"]["sets"]],
+        align="lrrrrrl")
     lines += [""]
     if r.get("schema"):
         lines += ["## Config", "", f"- {r['schema']}"]

@@ -422,25 +422,24 @@ def precision_table_markdown(report: PrecisionReport, check: PrecisionCheck | No
     Compute (conv/GEMM) layers first with their precision, then the share line; every other layer
     follows in a second table so the whole engine is visible.
     """
-    def cell(text: Any) -> str:
-        return str(text).replace("|", "\\|").replace("\n", " ")
+    from runtime.report import md_table
 
     out = [f"# {title or 'Realized precision per layer'}", ""]
     if check is not None:
         out += [f"Requested **{check.requested}**: {check.summary()}.", ""]
         if check.offenders:
-            out += [f"Conv/GEMM layers not in {check.requested}: " + ", ".join(f"`{cell(o)}`" for o in check.offenders), ""]
+            out += [f"Conv/GEMM layers not in {check.requested}: " + ", ".join(f"`{o}`" for o in check.offenders), ""]
     counts = report.counts()
     out += [f"{len(report.compute_layers)} conv/GEMM layers of {len(report.layers)} engine layers; by precision: "
             + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none") + f" (source: {report.schema}).", ""]
-    out += ["## Conv/GEMM layers", "", "| # | layer | type | precision | inputs | constants | ONNX nodes |",
-            "|---|---|---|---|---|---|---|"]
-    for i, layer in enumerate(report.compute_layers, 1):
-        out.append(f"| {i} | `{cell(layer.name)}` | {cell(layer.layer_type)} | **{layer.precision}** | "
-                   f"{', '.join(layer.input_dtypes) or '–'} | {', '.join(layer.constant_dtypes) or '–'} | "
-                   f"{cell(', '.join(layer.onnx_nodes)) or '–'} |")
+    out += ["## Conv/GEMM layers", ""]
+    out += md_table(["#", "layer", "type", "precision", "inputs", "constants", "ONNX nodes"],
+                    [[i, f"`{layer.name}`", layer.layer_type, f"**{layer.precision}**",
+                      ", ".join(layer.input_dtypes) or "–", ", ".join(layer.constant_dtypes) or "–",
+                      ", ".join(layer.onnx_nodes) or "–"] for i, layer in enumerate(report.compute_layers, 1)])
     others = [layer for layer in report.layers if not layer.compute]
     if others:
-        out += ["", "## Other layers", "", "| layer | type | precision |", "|---|---|---|"]
-        out += [f"| `{cell(layer.name)}` | {cell(layer.layer_type)} | {layer.precision} |" for layer in others]
+        out += ["", "## Other layers", ""]
+        out += md_table(["layer", "type", "precision"], [[f"`{layer.name}`", layer.layer_type, layer.precision]
+                                                         for layer in others])
     return "\n".join(out) + "\n"
