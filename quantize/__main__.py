@@ -5,6 +5,8 @@
         [--ignore auto|none|gates,pwfs,heads,stem,type:OpType,NODE]
     python -m quantize fp16 --onnx RUN/model.onnx --out RUN/model.fp16.onnx
     python -m quantize lint RUN/model.int8.onnx
+    python -m quantize explain --fp32 RUN/model.onnx --int8 RUN/model.int8.onnx [--data DIR]
+        [--target-agreement 0.99] [--out DIR]
 
 Exit codes: `runtime.errors.EXIT_CODES` (docs/errors.md); a failed gate (``lint`` errors,
 ``--fail-on-parity``) is ``EXIT_ERROR``.
@@ -19,21 +21,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from runtime.cli import add_debug_flag, cli_entry
+from runtime.cli import add_debug_flag, cli_entry, int_list_arg
 from runtime.errors import EXIT_ERROR, EXIT_OK, PipelineError, exit_codes_help
 from runtime.lock import output_lock
 
 log = logging.getLogger("quantize")
-
-
-def _batches(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated batch sizes, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"batch sizes must be >= 1, got {text!r}")
-    return values
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -46,7 +38,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
     add_detect_options(p)  # --detect: --data holds whole photos, faces are cropped first
     p.add_argument("--no-latency", action="store_true", help="skip the side-by-side CPU latency measurement")
-    p.add_argument("--latency-batches", type=_batches, default=(1, 32), help="batch sizes (default 1,32)")
+    p.add_argument("--latency-batches", type=int_list_arg("--latency-batches"), default=(1, 32), help="batch sizes (default 1,32)")
     p.add_argument("--latency-rounds", type=int, default=6, help="interleaved FP32/candidate rounds (default 6)")
     p.add_argument("--latency-seconds", type=float, default=0.5, help="timed seconds per model per round (default 0.5)")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads for latency (default: OMP_NUM_THREADS)")
@@ -82,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     lint = sub.add_parser("lint", help="check a Q/DQ model against TensorRT's explicit-quantization rules")
     lint.add_argument("model", help="Q/DQ model.onnx")
     lint.add_argument("--json", action="store_true", help="print the full report as JSON")
-    for each in (parser, p, f, lint):
+    _add_explain(sub)
+    for each in (parser, p, f, lint, sub.choices["explain"]):
         add_debug_flag(each)
     return parser
 
@@ -116,6 +109,35 @@ def _lint(path: str, as_json: bool) -> int:
     return EXIT_OK if report.passed else EXIT_ERROR
 
 
+def _add_explain(sub) -> None:
+    e = sub.add_parser("explain", help="rank the INT8 file's quantized nodes by the agreement their return to float recovers")
+    e.add_argument("--fp32", required=True, help="the FP32 model.onnx the INT8 file was made from")
+    e.add_argument("--int8", required=True, help="the Q/DQ INT8 model.onnx")
+    e.add_argument("--data", default=None, help="dataset YAML, ImageFolder or image folder (default: the contract's dataset)")
+    e.add_argument("--target-agreement", type=float, default=0.99, help="top-1 agreement with FP32 to reach (default 0.99)")
+    e.add_argument("--out", default=None, help="report folder (default: <int8 stem>.explain/)")
+    e.add_argument("--limit", type=int, default=0, help="score at most N validation samples (default: all)")
+    e.add_argument("--max-float", type=int, default=12, help="most nodes the recommendation may return to float (default 12)")
+    e.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default OMP_NUM_THREADS or 1)")
+    e.add_argument("--no-plots", action="store_true", help="skip the PNG plot")
+
+
+def _explain(args, argv: Sequence[str]) -> int:
+    import shlex
+
+    from quantize.explain import ExplainConfig, explain, summary_table, write_explain
+
+    cfg = ExplainConfig(fp32=args.fp32, int8=args.int8, data=args.data, target_agreement=args.target_agreement,
+                        out=args.out, limit=args.limit, max_float=args.max_float, threads=args.threads)
+    res = explain(cfg)
+    out = cfg.out_dir()
+    with output_lock(out, "explain report"):
+        paths = write_explain(res, out, command="python -m quantize " + shlex.join(list(argv)), plots=not args.no_plots)
+    print(summary_table(res))
+    log.info("report: %s", ", ".join(str(p) for p in paths.values()))
+    return EXIT_OK
+
+
 @cli_entry
 def main(argv: Sequence[str]) -> int:
     """``python -m quantize``; errors become a message and an exit code (runtime.cli, docs/errors.md)."""
@@ -125,6 +147,8 @@ def main(argv: Sequence[str]) -> int:
         logging.getLogger("nncf").setLevel(logging.WARNING)
     if args.command == "lint":
         return _lint(args.model, args.json)
+    if args.command == "explain":
+        return _explain(args, argv)
     from quantize.config import CalibrationConfig, Fp16Config, Int8Config
     from quantize.orchestrate import run_fp16, run_int8
 
