@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from export.config import DEFAULT_OPSET, ExportConfig, Exporter, PreflightConfig
-from runtime.cli import add_debug_flag, cli_entry
+from runtime.cli import add_debug_flag, cli_entry, parse_int_list
 from runtime.errors import EXIT_ERROR, EXIT_OK, exit_codes_help
 from runtime.lock import output_lock
 
@@ -105,12 +105,8 @@ def _deploy_parser(sub) -> argparse.ArgumentParser:
 def _deploy(args: argparse.Namespace, argv: Sequence[str]) -> int:
     """``python -m export deploy`` (export/deploy/, docs/deploy.md)."""
     from export.deploy import DeployConfig, deploy
-    from runtime.errors import ConfigError
 
-    try:
-        face_ids = tuple(int(v) for v in str(args.face_class_id).replace(",", ";").split(";") if v.strip())
-    except ValueError:
-        raise ConfigError(f"--face-class-id takes integers separated by ';', got {args.face_class_id!r}") from None
+    face_ids = parse_int_list(str(args.face_class_id).replace(";", ","), "--face-class-id (';'-separated)", minimum=0)
     cfg = DeployConfig(
         model=args.model, target=args.target, out=args.out, name=args.name, allow_approximate=args.allow_approximate,
         force=args.force, onnx=args.onnx, gpu=args.gpu, batch=args.batch, instance=args.instance,

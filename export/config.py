@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from runtime.cli import parse_int_list
 from runtime.errors import ConfigError
 
 # An opset both TensorRT 10.3 (JetPack 6) and TensorRT 11 parse. onnx-tensorrt documents opset 9-20
@@ -57,18 +58,6 @@ def parse_batch(value: str | int | None) -> int | None:
     if not 1 <= n <= MAX_FIXED_BATCH:
         raise ConfigError(f"--batch must be 'dynamic' or an integer in 1..{MAX_FIXED_BATCH}, got {value!r}")
     return n
-
-
-def parse_batches(value: str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
-    """``"1,32"`` -> (1, 32): the batch sizes the parity check runs."""
-    items = value.split(",") if isinstance(value, str) else list(value)
-    try:
-        out = tuple(int(v) for v in items if str(v).strip())
-    except ValueError:
-        raise ConfigError(f"parity batches must be comma-separated positive integers, got {value!r}") from None
-    if not out or any(b < 1 for b in out):
-        raise ConfigError(f"parity batches must be comma-separated positive integers, got {value!r}")
-    return out
 
 
 def _check_opset(opset: int) -> int:
@@ -150,7 +139,7 @@ class PreflightConfig(_Loadable):
             object.__setattr__(self, "checkpoint", Path(self.checkpoint))
         if self.report is not None:
             object.__setattr__(self, "report", Path(self.report))
-        object.__setattr__(self, "batches", parse_batches(self.batches))
+        object.__setattr__(self, "batches", parse_int_list(self.batches, "parity batches"))
         object.__setattr__(self, "atol", _positive("atol", self.atol))
 
 
@@ -195,7 +184,7 @@ class ExportConfig(_Loadable):
         except ValueError:
             valid = ", ".join(e.value for e in Exporter)
             raise ConfigError(f"exporter must be one of {valid}, got {self.exporter!r}") from None
-        object.__setattr__(self, "parity_batches", parse_batches(self.parity_batches))
+        object.__setattr__(self, "parity_batches", parse_int_list(self.parity_batches, "parity batches"))
         object.__setattr__(self, "slim_atol", _positive("slim_atol", self.slim_atol))
         object.__setattr__(self, "parity_atol", _positive("parity_atol", self.parity_atol))
 

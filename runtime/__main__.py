@@ -24,7 +24,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from runtime.cli import add_debug_flag, cli_entry
+from runtime.cli import add_debug_flag, cli_entry, parse_int_list
 from runtime.errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, ConfigError, exit_codes_help
 from runtime.lock import output_lock
 
@@ -175,16 +175,16 @@ def bench_main(argv: list[str]) -> int:
     """``python -m runtime bench``; errors become a message and an exit code (docs/errors.md)."""
     args = build_bench_parser().parse_args(argv)
     _setup_logging(args.verbose)
-    from runtime.bench import BenchConfig, parse_batches, run_bench
+    from runtime.bench import BenchConfig, run_bench
     from runtime.configs import to_dict
     from runtime.env import capture_environment
     from runtime.report import bench_report, load_report
 
     parity = load_report(args.parity) if args.parity else None
     cfg = BenchConfig(
-        models=tuple(args.models), batches=parse_batches(args.batch), backends=_csv(args.backends),
+        models=tuple(args.models), batches=parse_int_list(args.batch, "--batch"), backends=_csv(args.backends),
         seconds=args.seconds, iterations=args.iterations, warmup_s=args.warmup, threads=args.threads,
-        overhead_batches=parse_batches(args.overhead_batches) if args.overhead_batches.strip() else (),
+        overhead_batches=parse_int_list(args.overhead_batches, "--overhead-batches") if args.overhead_batches.strip() else (),
         repeat=args.repeat, profile=args.profile,
     )
     run = run_bench(cfg, progress=not args.no_progress)

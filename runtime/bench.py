@@ -361,17 +361,6 @@ def _profile(sink: list[dict[str, Any]], backend: str, path: str, feeds: dict, c
         log.warning("--profile %s on %s failed: %s", path, backend, exc)
 
 
-def parse_batches(text: str) -> tuple[int, ...]:
-    """``"1,8,32"`` -> (1, 8, 32) with a clear error for anything else."""
-    try:
-        out = tuple(int(t) for t in str(text).split(",") if t.strip())
-    except ValueError:
-        raise ConfigError(f"batch sizes must be comma-separated integers like 1,8,32, got {text!r}") from None
-    if not out or any(b < 1 for b in out):
-        raise ConfigError(f"batch sizes must be positive integers like 1,8,32, got {text!r}")
-    return out
-
-
 def samples_array(stats: LatencyStats) -> np.ndarray:
     """Raw samples as a float64 array (for plots)."""
     return np.asarray(stats.samples_ms, dtype=np.float64)

@@ -12,10 +12,14 @@
 
 Tracebacks are printed only with ``--debug`` (each command's parser accepts it; see
 `add_debug_flag`).
+
+It also holds the argument helpers every command shares: `parse_int_list` (batch sizes, thread
+counts: ``1,8,32``) and `int_list_arg`, its argparse form.
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
 import logging
 import signal
@@ -31,12 +35,13 @@ from runtime.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_TERMINATED,
+    ConfigError,
     PipelineError,
     exit_code_for,
     storage_error,
 )
 
-__all__ = ["EXIT_BUG", "Terminated", "add_debug_flag", "cli_entry", "sigterm_raises"]
+__all__ = ["EXIT_BUG", "Terminated", "add_debug_flag", "cli_entry", "int_list_arg", "parse_int_list", "sigterm_raises"]
 
 DEBUG_HELP = "on an error, print the full traceback as well as the message"
 
@@ -48,6 +53,43 @@ class Terminated(BaseException):
 def add_debug_flag(parser) -> None:
     """Give an argparse parser the shared ``--debug`` option."""
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+
+
+def parse_int_list(text: str | Sequence[int], what: str = "batch sizes", *, minimum: int = 1) -> tuple[int, ...]:
+    """The one list-of-integers parser: ``"1,8,32"`` (or a sequence of ints) -> ``(1, 8, 32)``.
+
+    Args:
+        text: Comma-separated integers (spaces allowed), or a list/tuple of them (from YAML).
+        what: What the numbers are, for the message (``"--latency-batches"``, ``"parity batches"``).
+        minimum: Smallest allowed value (1 for batch sizes and thread counts, 0 for class ids).
+
+    Raises:
+        ConfigError: when an item is not an integer, is below ``minimum``, or the list is empty;
+            the message quotes what was received and shows the expected form.
+    """
+    items = str(text).split(",") if isinstance(text, str) else list(text)
+    example = ",".join(str(minimum + v) for v in (0, 7, 31))
+    try:
+        values = tuple(int(str(v).strip()) for v in items if str(v).strip())
+    except ValueError:
+        raise ConfigError(f"{what} must be comma-separated integers like {example}, got {text!r}") from None
+    if not values or any(v < minimum for v in values):
+        kind = "positive integers" if minimum == 1 else f"integers >= {minimum}"
+        raise ConfigError(f"{what} must be comma-separated {kind} like {example}, got {text!r}")
+    return values
+
+
+def int_list_arg(what: str = "batch sizes", *, minimum: int = 1) -> Callable[[str], tuple[int, ...]]:
+    """`parse_int_list` as an argparse ``type=``: a bad value is a usage error naming the option."""
+
+    def convert(text: str) -> tuple[int, ...]:
+        try:
+            return parse_int_list(text, what, minimum=minimum)
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = what
+    return convert
 
 
 @contextmanager

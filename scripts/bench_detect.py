@@ -278,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     logging.basicConfig(level=logging.ERROR)
+    from runtime.cli import parse_int_list
     from runtime.detect import HaarDetector, MtcnnDetector, haar_unavailable_reason
 
     skip = set(args.skip.split(","))
@@ -297,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     if "latency" not in skip:
         print(f"latency per 640×480 frame, median [range] of {args.rounds} rounds' medians:")
         results["latency"] = {}
-        for t in (int(x) for x in args.threads.split(",")):
+        for t in parse_int_list(args.threads, "--threads"):
             for name, make in makers.items():
                 r = latency(make, model, t, args.rounds)
                 results["latency"][f"{name} threads {t}"] = r

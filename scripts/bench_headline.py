@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     from quantize.config import LatencyConfig
     from runtime.errors import EXIT_ERROR, EXIT_OK
     from quantize.orchestrate import compare_latency
-    from runtime.bench import parse_batches
+    from runtime.cli import parse_int_list
 
     run = Path(args.run)
     fp32 = run / "model.onnx"
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     if not files:
         print(f"bench: none of {list(names)} in {run}; run `make demo` first", file=sys.stderr)
         return EXIT_ERROR
-    threads, batches = parse_batches(args.threads), parse_batches(args.batches)
+    threads, batches = parse_int_list(args.threads, "--threads"), parse_int_list(args.batches, "--batches")
     x = _inputs(fp32)
     agree = _agreement(run)
     cells: dict[tuple[str, int, int], list[dict[str, float]]] = {}

@@ -29,11 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import torch.nn.functional as F
 
+    from runtime.cli import parse_int_list
     from train.models import create_model, get_model_info
 
     torch.set_num_threads(args.threads)
     shape = get_model_info(args.model).preprocess.input_shape
-    variants = [(b, cl) for b in map(int, args.batches.split(",")) for cl in (False, True)]
+    variants = [(b, cl) for b in parse_int_list(args.batches, "--batches") for cl in (False, True)]
     state = {}
     for b, cl in variants:
         torch.manual_seed(0)

@@ -233,6 +233,7 @@ def main(argv=None) -> int:
     if unknown:
         ap.error(f"unknown variants {unknown}; known: {', '.join(builders)}")
     quantized = {}
+    from runtime.cli import parse_int_list
     from runtime.report import md_table
 
     header = ["variant", "agreement", "flipped", "mean/max abs dlogit", "acc", "nodes", "QLinear", "Q", "DQ", "layout",
@@ -257,7 +258,7 @@ def main(argv=None) -> int:
 
     if args.profile:  # batch 1, at each --threads count
         x1 = np.ascontiguousarray(val.tensors[:1])
-        for threads in [int(t) for t in args.threads.split(",")]:
+        for threads in parse_int_list(args.threads, "--threads"):
             for n, m in [("FP32", model)] + list(quantized.items()):
                 prof = profile(m, x1, threads=threads)
                 total = sum(t for _, t in prof)
@@ -266,8 +267,8 @@ def main(argv=None) -> int:
 
     models = {"FP32": model, **quantized}
     print("\nratio = FP32 p50 / variant p50 per round; median [min, max] over rounds; p50 ms = median over rounds")
-    for threads in [int(t) for t in args.threads.split(",")]:
-        for batch in [int(b) for b in args.batches.split(",")]:
+    for threads in parse_int_list(args.threads, "--threads"):
+        for batch in parse_int_list(args.batches, "--batches"):
             reps = -(-batch // len(val.tensors))
             x = np.ascontiguousarray(np.concatenate([val.tensors] * reps)[:batch], dtype=np.float32)
             clock = time.thread_time if args.clock == "thread" and threads == 1 else time.perf_counter

@@ -90,3 +90,44 @@ def test_md_table_renders_escapes_and_aligns() -> None:
         md_table(["a", "b"], [[1]])
     with pytest.raises(ValueError, match="align"):
         md_table(["a"], [], align="c")
+
+
+def _int_list_parsers(tree: ast.Module) -> list[int]:
+    """Lines where integers are parsed out of a comma list by hand (``int(t) for t in s.split(",")``)."""
+    out = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.GeneratorExp, ast.ListComp, ast.SetComp)):
+            splits = any(isinstance(g.iter, ast.Call) and isinstance(g.iter.func, ast.Attribute)
+                         and g.iter.func.attr == "split" and [ast.unparse(a) for a in g.iter.args] == ["','"]
+                         for g in node.generators)  # comma lists; "C;H;W", "8.6", "1:8:32" are formats
+            ints = any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "int"
+                       for n in ast.walk(node.elt))
+            if splits and ints:
+                out.append(node.lineno)
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "map" and node.args
+              and isinstance(node.args[0], ast.Name) and node.args[0].id == "int"):
+            out.append(node.lineno)
+    return out
+
+
+def test_one_int_list_parser() -> None:
+    copies = [f"{rel}:{line}" for rel, tree in MODULES if rel != "runtime/cli.py" for line in _int_list_parsers(tree)]
+    assert not copies, f"integer lists parsed by hand (use runtime.cli.parse_int_list / int_list_arg): {copies}"
+
+
+def test_parse_int_list() -> None:
+    import argparse
+
+    from runtime.cli import int_list_arg, parse_int_list
+    from runtime.errors import ConfigError
+
+    assert parse_int_list(" 1, 8,32 ") == (1, 8, 32) and parse_int_list([2, "4"]) == (2, 4)
+    assert parse_int_list("0,2", "class ids", minimum=0) == (0, 2)
+    for bad in ("", "1,x", "0", "1,-2"):
+        with pytest.raises(ConfigError, match=r"--batch must be comma-separated (positive )?integers .*got"):
+            parse_int_list(bad, "--batch")
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--b", type=int_list_arg("--b"))
+    assert parser.parse_args(["--b", "1,2"]).b == (1, 2)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--b", "1,y"])

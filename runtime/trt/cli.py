@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.cli import add_debug_flag, cli_entry
+from runtime.cli import add_debug_flag, cli_entry, int_list_arg
 from runtime.errors import EXIT_ERROR, EXIT_MISSING, EXIT_OK, ConfigError, PipelineError
 from runtime.lock import output_lock
 
@@ -75,16 +75,6 @@ def _share_arg(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value}")
     return value
-
-
-def _batches_arg(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated batch sizes like 1,8, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"batch sizes must be >= 1, got {text!r}")
-    return values
 
 
 # ---- build -------------------------------------------------------------------------------------------
@@ -188,7 +178,7 @@ def _add_selftest_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "manet.int8.onnx (see docs/tensorrt.md for how to make them)")
     p.add_argument("--work", default="runs/selftest", help="engines, timing cache and the report go here")
     p.add_argument("--batch", type=_batch_arg, default="1:8:32", help="optimization profile MIN:OPT:MAX")
-    p.add_argument("--bench-batches", type=_batches_arg, default=(1, 8), help="latency batch sizes (default 1,8)")
+    p.add_argument("--bench-batches", type=int_list_arg("--bench-batches"), default=(1, 8), help="latency batch sizes (default 1,8)")
     p.add_argument("--parity-samples", type=_positive_int, default=64, help="random images for parity (default 64)")
     p.add_argument("--seconds", type=float, default=2.0, help="minimum timed seconds per latency figure")
     p.add_argument("--cuda", choices=("auto", "cuda-python", "pycuda", "all"), default="all",

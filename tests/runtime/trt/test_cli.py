@@ -109,7 +109,7 @@ def test_selftest_entry_point_in_a_fresh_process(tmp_path):
 def test_selftest_rejects_bad_arguments(capsys):
     with pytest.raises(SystemExit) as exc:
         cli.selftest_main(["--bench-batches", "0,8"])
-    assert exc.value.code == 2 and "batch sizes must be >= 1" in capsys.readouterr().err
+    assert exc.value.code == 2 and "--bench-batches must be comma-separated positive integers" in capsys.readouterr().err
 
 
 def test_verb_registration_targets_resolve():
