@@ -1,4 +1,4 @@
-"""``python -m export onnx|check``: thin CLI over `export.onnx.export_onnx` and `export.preflight.preflight`.
+"""``python -m export onnx|check``: thin CLI over `export.exporter.export_onnx` and `export.preflight.preflight`.
 
     python -m export onnx --checkpoint RUN/checkpoint.pt --out RUN/model.onnx [--opset 17] [--batch dynamic|N]
     python -m export onnx --model MODULE:CALLABLE [--weights SD.pt] --contract C.yaml --out M.onnx
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch", default="dynamic", help="'dynamic' (default) or a fixed batch size")
     p.add_argument("--exporter", default=Exporter.AUTO.value, choices=[e.value for e in Exporter],
-                   help="auto = per model family (see export/onnx.py)")
+                   help="auto = per model family (see export/exporter.py)")
     p.add_argument("--no-slim", action="store_true", help="skip the onnxslim graph cleanup")
     p.add_argument("--parity-batches", default="1,32", help="batch sizes of the parity check (default 1,32)")
     p.add_argument("--atol", type=float, default=1e-4, help="max abs logit difference allowed vs PyTorch (default 1e-4)")
@@ -145,7 +145,7 @@ def main(argv: Sequence[str]) -> int:
         log.info("model: %s  report: %s  sidecar: %s", res.model, res.report_path, res.sidecar)
         return EXIT_OK
     if args.command == "onnx":
-        from export.onnx import export_onnx, export_module
+        from export.exporter import export_onnx, export_module
 
         _check_source(args)
         cfg = ExportConfig(

@@ -262,7 +262,7 @@ def adopt_onnx(
     """
     import onnx
 
-    from export.onnx import _save
+    from export.exporter import _save
     from export.preflight import report_path, run_preflight, write_report
     from runtime.contract import read_metadata
 

@@ -30,7 +30,7 @@ PROTOBUF_LIMIT_BYTES = 2**31 - 1
 class Exporter(str, enum.Enum):
     """Which ``torch.onnx.export`` path writes the graph."""
 
-    AUTO = "auto"  # per model family, see export.onnx.EXPORTER_BY_FAMILY
+    AUTO = "auto"  # per model family, see export.exporter.EXPORTER_BY_FAMILY
     TORCHSCRIPT = "torchscript"  # torch.onnx.export(dynamo=False)
     DYNAMO = "dynamo"  # torch.onnx.export(dynamo=True), torch.export based
 

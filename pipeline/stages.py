@@ -192,9 +192,9 @@ def run_train(ctx: Context) -> dict[str, Any]:
 
 
 def run_export(ctx: Context) -> dict[str, Any]:
-    """`export.onnx.export_onnx` with the ``export:`` section (preflight included)."""
+    """`export.exporter.export_onnx` with the ``export:`` section (preflight included)."""
     from export.config import ExportConfig
-    from export.onnx import export_onnx
+    from export.exporter import export_onnx
 
     e = ctx.cfg.export
     cfg = ExportConfig(checkpoint=ctx.layout.checkpoint, out=ctx.layout.onnx, opset=e.opset, exporter=e.exporter,
@@ -218,13 +218,13 @@ def run_source_export(ctx: Context) -> dict[str, Any]:
                        opset=e.opset, exporter=e.exporter, slim=e.slim, parity_batches=e.parity_batches,
                        parity_atol=e.parity_atol)
     if src.kind == "module":
-        from export.onnx import export_module
+        from export.exporter import export_module
 
         res = export_module(src.path, src.contract, cfg, weights=src.weights)
     else:  # checkpoint: a copy in the run folder is the PyTorch reference of parity and bench
         import shutil
 
-        from export.onnx import export_onnx
+        from export.exporter import export_onnx
         from runtime.artifacts import atomic_write
 
         if not Path(src.path).is_file():

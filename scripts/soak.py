@@ -4,7 +4,7 @@
     python scripts/soak.py --count 2000 --backends ort,torch --json runs/soak.json
 
 What runs: a freshly initialised (seed 0) model exported to a temporary folder with the project's
-own code (`export.onnx.export_onnx`; `quantize.methods.ort_ptq.quantize_ort` for the INT8 model, CPU
+own code (`export.exporter.export_onnx`; `quantize.methods.ort_ptq.quantize_ort` for the INT8 model, CPU
 form; `quantize.fp16.convert_fp16` for the FP16 model), then loaded through the project's backend
 classes (`runtime.backends.get_backend`), i.e. the code path ``parity``, ``bench`` and ``infer``
 use. Backends (``--backends``):
@@ -227,7 +227,7 @@ def prepare_models(model_name: str, folder: Path, backends: Sequence[str]) -> di
     import torch
 
     from export.config import ExportConfig
-    from export.onnx import export_onnx
+    from export.exporter import export_onnx
     from train.checkpoint import save_checkpoint
     from train.models import create_model, get_model_info
 

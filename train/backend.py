@@ -19,7 +19,7 @@ import numpy as np
 from runtime.backends.base import Backend, TensorSpec
 from runtime.errors import ConfigError, require
 
-INPUT_NAME = "input"  # export/onnx.py's INPUT_NAME: the reference and the ONNX take the same feeds
+INPUT_NAME = "input"  # export/exporter.py's INPUT_NAME: the reference and the ONNX take the same feeds
 LOGITS_NAME = "logits"
 
 

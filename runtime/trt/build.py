@@ -22,7 +22,7 @@ What a build does, in order:
    that is read before and written back after the build.
 4. Build, read the per-layer information (TensorRT 10/11: the engine inspector of the deserialized
    plan; TensorRT for RTX: the build's ``Layers:`` log, no GPU needed), and fail when the requested
-   precision covers less than the threshold share of conv/GEMM layers (`runtime.trt.inspect`).
+   precision covers less than the threshold share of conv/GEMM layers (`runtime.trt.engine_layers`).
 5. Write the plan atomically, the layer report beside it (``.layers.json`` and the ``.layers.md``
    table) and the JSON sidecar.
 
@@ -46,7 +46,7 @@ from runtime.compare import Precision, as_precision
 from runtime.errors import ArtifactError, ConfigError, PipelineError
 from runtime.trt.cache import BatchProfile, EngineKey, GpuIdentity, decide, write_engine_sidecar
 from runtime.trt.compat import Trt, TrtError, Typing, parse_flavour, parse_targets
-from runtime.trt.inspect import (
+from runtime.trt.engine_layers import (
     PrecisionCheck,
     PrecisionNotRealizedError,
     PrecisionReport,

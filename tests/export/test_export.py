@@ -21,7 +21,7 @@ from export import preflight as pf
 from export.__main__ import main as cli
 from export.config import ExportConfig, parse_batch
 from runtime.errors import ConfigError, ExportError
-from export.onnx import EXPORTER_BY_FAMILY, export_model
+from export.exporter import EXPORTER_BY_FAMILY, export_model
 from runtime.artifacts import read_sidecar, sha256_file
 from runtime.preprocess import PreprocessSpec
 from train.checkpoint import CheckpointMeta, save_checkpoint

@@ -112,7 +112,7 @@ def test_tensorrt_only_findings_do_not_block_the_cpu_form(tmp_path):
 # Library modules allowed to call onnx.save / save_model directly, and why.
 ALLOWED_SAVES = {
     "export/gate.py": "the gate itself",
-    "export/onnx.py": "export writes into a private folder and runs the full preflight (a superset of the gate) before its rename",
+    "export/exporter.py": "export writes into a private folder and runs the full preflight (a superset of the gate) before its rename",
     "export/adopt.py": "adopt, like export, writes into a private folder and runs the full preflight before its rename",
     "quantize/methods/ort_ptq.py": "a temporary FP32 input for onnxruntime's quantize_static, never an artifact",
 }

@@ -9,7 +9,7 @@ Every scenario runs the real CLI in a subprocess and stops it with a real signal
   ``checkpoint.pt`` is written. With SIGKILL nothing runs after the signal, so what is on disk is
   exactly what a kill -9 or the OOM killer leaves;
 - export waits just before its final rename onto ``--out`` (test-only hook
-  ``FER_EXPORT_HOLD_BEFORE_REPLACE``, export/onnx.py) and this test sends SIGKILL, SIGTERM or
+  ``FER_EXPORT_HOLD_BEFORE_REPLACE``, export/exporter.py) and this test sends SIGKILL, SIGTERM or
   SIGINT from outside, the worst moment: the new model is complete in the temporary folder.
 
 A resumed run must end with the same checkpoint metrics, history and bit-identical weights as

@@ -272,7 +272,7 @@ def test_cli_parity_pytorch_reference(tmp_path):
     import torch
 
     from export.config import ExportConfig
-    from export.onnx import export_onnx
+    from export.exporter import export_onnx
     from train.checkpoint import save_checkpoint
     from train.models import create_model, get_model_info
 

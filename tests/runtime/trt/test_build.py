@@ -18,7 +18,7 @@ from runtime.trt.api_surface import names_for
 from runtime.trt.build import BuildConfig, build_engine, default_engine_path, layers_report_path
 from runtime.trt.cache import GpuIdentity
 from runtime.trt.compat import Trt, TrtError, TrtVersion
-from runtime.trt.inspect import PrecisionNotRealizedError
+from runtime.trt.engine_layers import PrecisionNotRealizedError
 
 from .conftest import FIXTURES, surface
 from .fakes import make_fake_trt

@@ -26,7 +26,7 @@ from runtime.errors import ConfigError
 from runtime.trt import cli
 from runtime.trt.build import BuildConfig, build_engine, layers_markdown_path, layers_report_path
 from runtime.trt.compat import RTX_DEFAULT_TARGETS, Flavour, Trt, TrtError, parse_targets, target_unsupported_reason
-from runtime.trt.inspect import PrecisionNotRealizedError
+from runtime.trt.engine_layers import PrecisionNotRealizedError
 
 HAVE_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
 pytestmark = [pytest.mark.tensorrt, pytest.mark.skipif(not HAVE_RTX, reason="TensorRT for RTX is not installed "

@@ -454,7 +454,7 @@ def export_model(model, meta, cfg: ExportConfig, *, reference: Reference | None 
             "name": exporter.value,
             "description": exporter_desc,
             "opset": report.opset,
-            "reason": "per family, see EXPORTER_BY_FAMILY in export/onnx.py" if cfg.exporter is Exporter.AUTO else "requested",
+            "reason": "per family, see EXPORTER_BY_FAMILY in export/exporter.py" if cfg.exporter is Exporter.AUTO else "requested",
         },
         "inputs": report.inputs,
         "outputs": report.outputs,

@@ -1,6 +1,6 @@
 """Realized precision from engine-inspector JSON, TensorRT 10.x and 11.x schemas.
 
-The fixtures are authored from the documented formats (see fixtures/ and runtime/trt/inspect.py):
+The fixtures are authored from the documented formats (see fixtures/ and runtime/trt/engine_layers.py):
 no engine could be built here to capture real output. Both describe the same LANMSFF-like INT8
 engine: six conv/GEMM layers, four in INT8, the stem conv and the attention Gemm in FP16.
 """
@@ -12,7 +12,7 @@ import json
 import pytest
 
 from runtime.trt.compat import TrtError
-from runtime.trt.inspect import (
+from runtime.trt.engine_layers import (
     DEFAULT_MIN_SHARE,
     PrecisionNotRealizedError,
     check_precision,
@@ -124,7 +124,7 @@ RTX_LOG = "rtx_build_layers_lanmsff_tiny_int8.txt"
 
 
 def test_rtx_build_log_gives_per_layer_precision(fixtures_dir):
-    from runtime.trt.inspect import parse_build_log, precision_table_markdown
+    from runtime.trt.engine_layers import parse_build_log, precision_table_markdown
 
     rep = parse_build_log(["Engine generation completed", (fixtures_dir / RTX_LOG).read_text(), "Adding 1 engine(s)"])
     assert rep.schema == "rtx-log" and len(rep.layers) > len(rep.compute_layers) > 30
@@ -147,7 +147,7 @@ def test_rtx_build_log_gives_per_layer_precision(fixtures_dir):
 
 
 def test_rtx_build_log_line_parsing():
-    from runtime.trt.inspect import parse_build_log
+    from runtime.trt.engine_layers import parse_build_log
 
     line = ("Name: /a/Conv_myl0_2, LayerType: correlation, Inputs: [ { Name: x, Dimensions: [-1,4,8,8], Strides: [1], "
             "StrideOrder: [0], Datatype: Half, Format: (NHWC) Channel major format }], Constants: [ { Name: w, "
