@@ -1,5 +1,8 @@
 """Configuration of the export stage: frozen dataclasses, loadable from YAML, unknown keys rejected.
 
+YAML and dicts go through the one config loader, `runtime.configs` (`load_yaml`, `from_mapping`,
+`to_dict`), like every other stage's config.
+
 `ExportConfig` drives ``python -m export onnx`` and `PreflightConfig` drives ``python -m export
 check``. Both are resolved once (paths, batch, opset validated) and saved beside every artifact.
 """
@@ -8,11 +11,12 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from runtime.cli import parse_int_list
+from runtime.configs import from_mapping, load_yaml, to_dict
 from runtime.errors import ConfigError
 
 # An opset both TensorRT 10.3 (JetPack 6) and TensorRT 11 parse. onnx-tensorrt documents opset 9-20
@@ -78,41 +82,20 @@ def _positive(name: str, value: float) -> float:
 
 
 class _Loadable:
-    """``from_dict``/``from_yaml``/``to_dict`` shared by the stage configs."""
+    """``from_dict``/``from_yaml``/``to_dict`` of the stage configs, through `runtime.configs`."""
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]):
-        known = {f.name for f in fields(cls)}  # type: ignore[arg-type]
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(f"unknown {cls.__name__} keys {sorted(unknown)}; valid keys: {sorted(known)}")
-        return cls(**dict(d))
+        """Unknown keys and wrong types raise `ConfigError` (`runtime.configs.from_mapping`)."""
+        return from_mapping(cls, d, where=cls.__name__)
 
     @classmethod
     def from_yaml(cls, path: str | Path):
-        import yaml
-
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"{p}: config file not found")
-        try:
-            data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{p}: not valid YAML ({exc})") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"{p}: expected a mapping of config keys, got {type(data).__name__}")
-        return cls.from_dict(data)
+        """A YAML file of this config's keys (`runtime.configs.load_yaml`: clear errors for a missing file)."""
+        return from_mapping(cls, load_yaml(path), where=str(path))
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)  # type: ignore[call-overload]
-        for k, v in d.items():
-            if isinstance(v, Path):
-                d[k] = str(v)
-            elif isinstance(v, enum.Enum):
-                d[k] = v.value
-            elif isinstance(v, tuple):
-                d[k] = list(v)
-        return d
+        return to_dict(self)
 
 
 @dataclass(frozen=True)
@@ -162,7 +145,7 @@ class ExportConfig(_Loadable):
     checkpoint: Path
     out: Path
     opset: int = DEFAULT_OPSET
-    batch: int | None = None
+    batch: int | str | None = None  # "dynamic" or an int on input; None or an int once resolved
     exporter: Exporter = Exporter.AUTO
     slim: bool = True
     slim_atol: float = 1e-6

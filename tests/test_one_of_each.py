@@ -131,3 +131,27 @@ def test_parse_int_list() -> None:
     assert parser.parse_args(["--b", "1,2"]).b == (1, 2)
     with pytest.raises(SystemExit):
         parser.parse_args(["--b", "1,y"])
+
+
+def test_one_config_loader() -> None:
+    """Every YAML config is read by runtime.configs.load_yaml (clear errors for a missing or malformed file)."""
+    readers = [f"{rel}:{node.lineno}" for rel, tree in MODULES if rel != "runtime/configs.py" for node in ast.walk(tree)
+               if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+               and node.func.attr in ("safe_load", "load", "full_load", "unsafe_load", "safe_load_all", "load_all")
+               and isinstance(node.func.value, ast.Name) and node.func.value.id == "yaml"]
+    assert not readers, f"YAML read outside runtime/configs.py (use load_yaml and from_mapping): {readers}"
+
+
+def test_export_configs_load_through_runtime_configs(tmp_path) -> None:
+    from export.config import ExportConfig, PreflightConfig
+    from runtime.errors import ConfigError
+
+    path = tmp_path / "export.yaml"
+    path.write_text("checkpoint: c.pt\nout: m.onnx\nbatch: dynamic\nparity_batches: [1, 2]\n", encoding="utf-8")
+    cfg = ExportConfig.from_yaml(path)
+    assert cfg.dynamic_batch and cfg.parity_batches == (1, 2)
+    assert ExportConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match="config file not found"):
+        ExportConfig.from_yaml(tmp_path / "missing.yaml")
+    with pytest.raises(ConfigError, match=r"PreflightConfig.atol: expected float"):
+        PreflightConfig.from_dict({"model": "m.onnx", "atol": "small"})

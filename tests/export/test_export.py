@@ -263,7 +263,7 @@ def test_config_validation():
         ExportConfig(checkpoint="c.pt", out="model.bin")
     with pytest.raises(ConfigError, match="exporter"):
         ExportConfig(checkpoint="c.pt", out="m.onnx", exporter="magic")
-    with pytest.raises(ConfigError, match="unknown ExportConfig keys"):
+    with pytest.raises(ConfigError, match=r"ExportConfig: unknown key\(s\) \['batchsize'\]"):
         ExportConfig.from_dict({"checkpoint": "c.pt", "out": "m.onnx", "batchsize": 3})
     cfg = ExportConfig.from_dict({"checkpoint": "c.pt", "out": "m.onnx", "batch": "4"})
     assert cfg.batch == 4 and not cfg.dynamic_batch and cfg.to_dict()["exporter"] == "auto"
