@@ -141,11 +141,11 @@ def sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
                                                             np.asarray(candidate, np.float32)))
 
 
-def _float_source(g, tensor: str) -> tuple[str, list[Any]] | None:
-    """The float tensor before the Q/DQ pair feeding ``tensor``, and the pass-through nodes between.
+def _float_source(g, tensor: str) -> tuple[Any, list[Any]] | None:
+    """The QuantizeLinear of the Q/DQ pair feeding ``tensor``, and the pass-through nodes between.
 
     ``tensor`` is a DequantizeLinear output (or reaches one through single-input data-movement ops:
-    Reshape, Flatten, MaxPool...). Returns (float tensor entering the QuantizeLinear, the chain of
+    Reshape, Flatten, MaxPool...). Returns (the QuantizeLinear, the chain of
     nodes from the DequantizeLinear's consumer down to ``tensor``), or None when there is no such
     pair (a Concat of several dequantized inputs, a constant, an input already float).
     """
@@ -159,12 +159,46 @@ def _float_source(g, tensor: str) -> tuple[str, list[Any]] | None:
             q = g.producer.get(node.input[0])
             if q is None or q.op_type != "QuantizeLinear":
                 return None  # a constant (weight) or an int8 graph input
-            return q.input[0], list(reversed(chain))
+            return q, list(reversed(chain))
         if node.op_type in ("Concat",) or not node.input:
             return None
         chain.append(node)
         name = node.input[0]
     return None
+
+
+# A dequantized INT8 weight is within ~30-45 dB of its float original (even a poor per-tensor scale
+# stays above ~10 dB); permuted or folded weights (the CPU form folds channel shuffles and PWFS into
+# them) are near 0 dB: then the FP32 node of the same name holds other weights.
+MIN_WEIGHT_SQNR_DB = 6.0
+
+
+def _dequantize_const(g, dq) -> np.ndarray | None:
+    """The float value of a DequantizeLinear of constants (per-tensor or per-axis), or None."""
+    x, scale = g.constants.get(dq.input[0]), g.constants.get(dq.input[1])
+    if x is None or scale is None:
+        return None
+    zp = g.constants.get(dq.input[2]) if len(dq.input) > 2 and dq.input[2] else None
+    zp = np.zeros_like(scale, dtype=np.float32) if zp is None else zp.astype(np.float32)
+    scale = scale.astype(np.float32)
+    if scale.ndim == 1 and scale.size > 1:
+        axis = int(g.attr(dq, "axis", 1)) % x.ndim
+        shape = [1] * x.ndim
+        shape[axis] = -1
+        scale, zp = scale.reshape(shape), zp.reshape(shape)
+    return ((x.astype(np.float32) - zp) * scale).astype(np.float32)
+
+
+def _q_range(g, q) -> tuple[float, float] | None:
+    """The float interval a per-tensor QuantizeLinear can represent, or None (per-axis, unknown)."""
+    scale = g.constants.get(q.input[1])
+    zp = g.constants.get(q.input[2]) if len(q.input) > 2 and q.input[2] else None
+    if scale is None or scale.size != 1:
+        return None
+    info = np.iinfo(zp.dtype) if zp is not None and zp.dtype.kind in "iu" else np.iinfo(np.uint8)
+    z = float(zp.reshape(-1)[0]) if zp is not None else 0.0
+    s = float(scale.reshape(-1)[0])
+    return (info.min - z) * s, (info.max - z) * s
 
 
 def _fp32_params(fp32_index, node) -> dict[int, str] | None:
@@ -183,7 +217,7 @@ def float_variant(int8_model, fp32_model, names: Sequence[str]) -> tuple[Any, di
     and bias from the FP32 model's node of the same name (copied in as initializers). Returns the
     model and, per node, where its weight came from (``fp32`` or ``dequantized``).
     """
-    from onnx import numpy_helper
+    from onnx import helper, numpy_helper
 
     from runtime.qdq_lint import GraphIndex
 
@@ -201,9 +235,19 @@ def float_variant(int8_model, fp32_model, names: Sequence[str]) -> tuple[Any, di
             raise ConfigError(f"node {name!r} is not in {int8_model.graph.name or 'the INT8 graph'}")
         found = _float_source(g, node.input[0])
         if found is not None:
-            src, chain = found
-            prev = src
-            clones = []
+            q, chain = found
+            prev, clones = q.input[0], []
+            bounds = _q_range(g, q)
+            if bounds is not None:  # keep the quantizer's range (it may carry an absorbed ReLU/Clip)
+                lo_name, hi_name = f"{q.name}__explain_lo", f"{q.name}__explain_hi"
+                if lo_name not in have:
+                    model.graph.initializer.extend([numpy_helper.from_array(np.array(bounds[0], np.float32), lo_name),
+                                                    numpy_helper.from_array(np.array(bounds[1], np.float32), hi_name)])
+                    have.update((lo_name, hi_name))
+                clip = helper.make_node("Clip", [prev, lo_name, hi_name], [f"{prev}__explain_clip_{name}"],
+                                        name=f"{q.name}__explain_clip_{name}")
+                prev = clip.output[0]
+                clones.append(clip)
             for k, c in enumerate(chain):
                 clone = copy.deepcopy(c)
                 clone.name = f"{c.name}__explain_float_{name}"
@@ -225,10 +269,10 @@ def float_variant(int8_model, fp32_model, names: Sequence[str]) -> tuple[Any, di
                 dq = g.producer.get(node.input[i])
                 if dq is None or dq.op_type != "DequantizeLinear":
                     continue  # already float in the INT8 file
-                want = g.constants.get(dq.input[0])
-                arr = numpy_helper.to_array(fp32_inits[init_name])
-                if want is not None and tuple(want.shape) != tuple(arr.shape):
-                    ok = False  # a rewritten graph (folded weights): keep the dequantized one
+                deq = _dequantize_const(g, dq)
+                arr = numpy_helper.to_array(fp32_inits[init_name]).astype(np.float32)
+                if deq is None or deq.shape != arr.shape or sqnr_db(arr, deq) < MIN_WEIGHT_SQNR_DB:
+                    ok = False  # a rewritten graph (folded/permuted weights): keep the dequantized one
                     break
             if ok:
                 for i, init_name in params.items():
@@ -420,6 +464,9 @@ def explain(cfg: ExplainConfig) -> ExplainResult:
         names = [n for n in nodes if gname in member[n]]
         if names:
             groups.append(measure(gname, "group", names))
+    # Every quantized compute node in float: what remains is the error of the other Q/DQ pairs
+    # (Add, Concat, pooling, outputs) and of the quantizers' ranges.
+    groups.append(measure("all compute nodes", "group", nodes))
     notes = []
     kept_dq = [v.name for v in per_node if v.weight_source != "fp32"]
     if kept_dq:
@@ -451,10 +498,16 @@ def explain(cfg: ExplainConfig) -> ExplainResult:
             message = (f"returning {len(chosen)} node(s) to float raises agreement from {agree0:.2%} to "
                        f"{best_agree:.2%} (target {cfg.target_agreement:.2%}): {', '.join(chosen)}")
         else:
+            every = groups[-1].agreement
+            why = (f"even with every quantized compute node in float agreement is {every:.2%}: the rest of the error "
+                   "is in the other Q/DQ pairs (Add, Concat, pooling, output quantizers) and their ranges — try a "
+                   "larger or more representative calibration set, or another method"
+                   if every < cfg.target_agreement else
+                   "the error is spread over many nodes — raise --max-float, or use accuracy-aware "
+                   "quantization (--max-drop)")
             message = (f"cannot reach {cfg.target_agreement:.2%} agreement by returning up to {cfg.max_float} node(s) to "
                        f"float: the best set found ({len(chosen)} node(s)) gives {best_agree:.2%} "
-                       f"(INT8 file {agree0:.2%}); the error is spread over many nodes — consider per-channel "
-                       "activations, a larger calibration set, or accuracy-aware quantization (--max-drop)")
+                       f"(INT8 file {agree0:.2%}); {why}")
     log.info("%s", message)
     return ExplainResult(
         fp32=str(cfg.fp32), int8=str(cfg.int8), samples=int(len(x)), source=val.source,

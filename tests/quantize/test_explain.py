@@ -100,7 +100,7 @@ def test_bad_inputs_are_clear(lanmsff_tiny_onnx, manet_tiny_onnx, int8_file, tmp
 
 
 def test_planted_bad_node_is_ranked_first_and_recommended(lanmsff_tiny_onnx, int8_file, tmp_path):
-    """Scramble one conv's INT8 weights: explain must name that node and recover agreement."""
+    """Coarsen one conv's INT8 weights: explain must name that node and recover agreement."""
     from onnx import numpy_helper
 
     from runtime.qdq_lint import GraphIndex, quantized_ops
@@ -112,8 +112,8 @@ def test_planted_bad_node_is_ranked_first_and_recommended(lanmsff_tiny_onnx, int
     w_name = g.producer[node.input[1]].input[0]
     init = next(i for i in m.graph.initializer if i.name == w_name)
     w = numpy_helper.to_array(init)
-    rng = np.random.default_rng(1)
-    init.CopyFrom(numpy_helper.from_array(rng.permutation(w.ravel()).reshape(w.shape).astype(w.dtype) * -1, w_name))
+    coarse = np.clip(np.round(w.astype(np.float32) / 32) * 32, -127, 127)  # ~3-bit weights: a badly quantized node
+    init.CopyFrom(numpy_helper.from_array(coarse.astype(w.dtype), w_name))
     bad = tmp_path / "planted.int8.onnx"
     onnx.save(m, str(bad))
     res = explain(ExplainConfig(fp32=str(lanmsff_tiny_onnx), int8=str(bad), target_agreement=1.0, max_float=3))
@@ -122,3 +122,19 @@ def test_planted_bad_node_is_ranked_first_and_recommended(lanmsff_tiny_onnx, int
     assert res.nodes[0].agreement >= res.baseline.agreement
     if res.baseline.agreement < 1.0:
         assert res.recommended and res.recommended[0] == planted
+
+
+def test_rewritten_weights_are_not_taken_from_fp32(lanmsff_tiny_onnx, int8_file):
+    """A node whose FP32 twin holds other weights (folded/permuted by a rewrite) keeps its dequantized weight."""
+    from onnx import numpy_helper
+
+    from runtime.qdq_lint import quantized_ops
+
+    q, f = onnx.load(str(int8_file)), onnx.load(str(lanmsff_tiny_onnx))
+    name = quantized_ops(q)["int8"][1]
+    twin = next(n for n in f.graph.node if n.name == name)
+    init = next(i for i in f.graph.initializer if i.name == twin.input[1])
+    w = numpy_helper.to_array(init)
+    init.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(w[::-1]), init.name))  # output channels permuted
+    _, sources = float_variant(q, f, [name, quantized_ops(q)["int8"][2]])
+    assert sources[name] == "dequantized" and sources[quantized_ops(q)["int8"][2]] == "fp32"
