@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from export.config import DEFAULT_OPSET, ExportConfig, Exporter, PreflightConfig
-from runtime.cli import add_debug_flag, cli_entry, parse_int_list
+from runtime.cli import add_common_flags, cli_entry, parse_int_list, setup_logging
 from runtime.errors import EXIT_ERROR, EXIT_OK, exit_codes_help
 from runtime.lock import output_lock
 
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m export", description="Export FER checkpoints to ONNX and preflight them for TensorRT.",
         epilog=exit_codes_help(),
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_common_flags(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("onnx", help="checkpoint -> model.onnx (dynamic batch, contract in metadata_props) + preflight")
@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--contract", required=True, help="contract YAML: classes, input_size, color_mode, scaling (docs/contract.md)")
     a.add_argument("--out", required=True, help="the adopted model.onnx (written atomically)")
     a.add_argument("--keep-batch", action="store_true", help="leave a fixed batch axis fixed")
-    parsers = [parser, p, a]
+    parsers = [p, a]
 
     c = sub.add_parser("check", help="preflight an ONNX model for TensorRT 10.3/11 (and parity vs PyTorch with --checkpoint)")
     c.add_argument("model", help="model.onnx")
@@ -67,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--report", default=None, help="report path (default <model stem>.preflight.json beside the model)")
     parsers.append(c)
     parsers.append(_deploy_parser(sub))
-    for each in parsers:
-        add_debug_flag(each)
+    for each in parsers:  # -v/--debug before or after the sub-command
+        add_common_flags(each, sub=True)
     return parser
 
 
@@ -134,7 +134,7 @@ def _check_source(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str]) -> int:
     """``python -m export``; errors become a message and an exit code (runtime.cli, docs/errors.md)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(args.verbose)
     if args.command == "deploy":
         return _deploy(args, argv)
     if args.command == "adopt":

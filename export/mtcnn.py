@@ -195,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from runtime.cli import setup_logging
+
+    setup_logging()
     body = export_mtcnn(args.weights, args.out)
     log.info("exported %s", ", ".join(f"{k}: {v['parameters']} parameters" for k, v in body["nets"].items()))
     return 0

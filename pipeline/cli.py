@@ -29,7 +29,7 @@ from pipeline.stages import build_plan
 from runtime.artifacts import (
     atomic_write_json,
 )
-from runtime.cli import Terminated, add_debug_flag, cli_entry
+from runtime.cli import Terminated, add_common_flags, cli_entry, setup_logging
 from runtime.errors import EXIT_OK, EXIT_PARITY, ConfigError, LockedError, PipelineError, exit_codes_help
 from runtime.lock import output_lock
 
@@ -118,8 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default: the config's pipeline.out or fit.out)")
     p.add_argument("--dry-run", action="store_true", help="say which steps would run and why; run nothing")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    add_debug_flag(p)
+    add_common_flags(p)
     return p
 
 
@@ -127,8 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 def pipeline_main(argv: list[str]) -> int:
     """``ferdeploy pipeline ...`` (``argv`` excludes the verb); exit codes in docs/errors.md."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    setup_logging(args.verbose, timestamps=True)
     cfg = load_pipeline_config(args.config)
     stages = parse_stages(args.stages) if args.stages else None
     force = parse_stages(args.force) if args.force else ()

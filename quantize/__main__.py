@@ -21,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from runtime.cli import add_debug_flag, cli_entry, int_list_arg
+from runtime.cli import add_common_flags, cli_entry, int_list_arg, setup_logging
 from runtime.errors import EXIT_ERROR, EXIT_OK, PipelineError, exit_codes_help
 from runtime.lock import output_lock
 
@@ -49,7 +49,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m quantize", description="INT8 (Q/DQ) and FP16 models for TensorRT and onnxruntime.",
                                      epilog=exit_codes_help())
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    add_common_flags(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("int8", help="post-training INT8 quantization to Q/DQ ONNX")
@@ -75,8 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     lint.add_argument("model", help="Q/DQ model.onnx")
     lint.add_argument("--json", action="store_true", help="print the full report as JSON")
     _add_explain(sub)
-    for each in (parser, p, f, lint, sub.choices["explain"]):
-        add_debug_flag(each)
+    for each in (p, f, lint):  # -v/--debug before or after the sub-command
+        add_common_flags(each, sub=True)
+    add_common_flags(sub.choices["explain"], sub=True, threads=True)
     return parser
 
 
@@ -118,7 +119,6 @@ def _add_explain(sub) -> None:
     e.add_argument("--out", default=None, help="report folder (default: <int8 stem>.explain/)")
     e.add_argument("--limit", type=int, default=0, help="score at most N validation samples (default: all)")
     e.add_argument("--max-float", type=int, default=12, help="most nodes the recommendation may return to float (default 12)")
-    e.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads (default OMP_NUM_THREADS or 1)")
     e.add_argument("--no-plots", action="store_true", help="skip the PNG plot")
 
 
@@ -142,9 +142,7 @@ def _explain(args, argv: Sequence[str]) -> int:
 def main(argv: Sequence[str]) -> int:
     """``python -m quantize``; errors become a message and an exit code (runtime.cli, docs/errors.md)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if not args.verbose:
-        logging.getLogger("nncf").setLevel(logging.WARNING)
+    setup_logging(args.verbose, quiet=("nncf",))
     if args.command == "lint":
         return _lint(args.model, args.json)
     if args.command == "explain":

@@ -24,7 +24,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from runtime.cli import add_debug_flag, cli_entry, parse_int_list
+from runtime.cli import add_common_flags, cli_entry, parse_int_list, setup_logging
 from runtime.errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE, ConfigError, exit_codes_help
 from runtime.lock import output_lock
 
@@ -55,10 +55,6 @@ def register_verb(verb: str, target: str, help: str = "") -> None:  # noqa: A002
         raise ConfigError(f"verb {verb!r} is already registered as {VERBS[verb]}")
     VERBS[verb] = target
     VERB_HELP[verb] = help
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
 
 def _command(verb: str, argv: Sequence[str]) -> str:
@@ -97,12 +93,10 @@ def build_parity_parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", default=None, help="comma-separated backends (default: every available one)")
     p.add_argument("--reference-backend", default=None, help="default: torch for .pt, ort for .onnx")
     p.add_argument("--batch-size", type=int, default=32, help="inference batch (default 32)")
-    p.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (default OMP_NUM_THREADS or 1)")
     p.add_argument("--limit", type=int, default=None, help="score at most N samples")
     p.add_argument("--no-plots", action="store_true", help="skip PNG plots")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    add_debug_flag(p)
+    add_common_flags(p, threads=True)
     return p
 
 
@@ -110,7 +104,7 @@ def build_parity_parser() -> argparse.ArgumentParser:
 def parity_main(argv: list[str]) -> int:
     """``python -m runtime parity``; errors become a message and an exit code (docs/errors.md)."""
     args = build_parity_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose)
     from runtime.configs import to_dict
     from runtime.env import capture_environment
     from runtime.parity import ParityConfig, run_parity
@@ -154,7 +148,6 @@ def build_bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, default=2.0, help="minimum timed seconds per measurement (default 2)")
     p.add_argument("--iterations", type=int, default=50, help="minimum timed calls per measurement (default 50)")
     p.add_argument("--warmup", type=float, default=1.0, help="minimum warm-up seconds (default 1)")
-    p.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (default OMP_NUM_THREADS or 1)")
     p.add_argument("--backends", default=None, help="comma-separated backends (default: every available one but torch)")
     p.add_argument("--overhead-batches", default="1", help="batches for the harness-vs-bare check ('' = none)")
     p.add_argument("--repeat", type=int, default=1, help="back-to-back sweeps; >1 reports run-to-run spread")
@@ -165,8 +158,7 @@ def build_bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="report folder (default: <first model folder>/bench)")
     p.add_argument("--no-plots", action="store_true", help="skip PNG plots")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    add_debug_flag(p)
+    add_common_flags(p, threads=True)
     return p
 
 
@@ -174,7 +166,7 @@ def build_bench_parser() -> argparse.ArgumentParser:
 def bench_main(argv: list[str]) -> int:
     """``python -m runtime bench``; errors become a message and an exit code (docs/errors.md)."""
     args = build_bench_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose)
     from runtime.bench import BenchConfig, run_bench
     from runtime.configs import to_dict
     from runtime.env import capture_environment
@@ -242,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         fn = resolve_verb(verb)
     except (ImportError, AttributeError) as exc:
-        _setup_logging(False)
+        setup_logging()
         log.error("verb %r is registered as %s but cannot be loaded: %s", verb, VERBS[verb], exc)
         return EXIT_ERROR
     try:

@@ -13,8 +13,10 @@
 Tracebacks are printed only with ``--debug`` (each command's parser accepts it; see
 `add_debug_flag`).
 
-It also holds the argument helpers every command shares: `parse_int_list` (batch sizes, thread
-counts: ``1,8,32``) and `int_list_arg`, its argparse form.
+It also holds what every command shares: the argument group `add_common_flags` (``-v/--verbose``,
+``--debug``, optionally ``--threads``), the one logging setup `setup_logging` (library modules
+never configure logging), and `parse_int_list` (batch sizes, thread counts: ``1,8,32``) with
+`int_list_arg`, its argparse form.
 """
 
 from __future__ import annotations
@@ -41,18 +43,57 @@ from runtime.errors import (
     storage_error,
 )
 
-__all__ = ["EXIT_BUG", "Terminated", "add_debug_flag", "cli_entry", "int_list_arg", "parse_int_list", "sigterm_raises"]
+__all__ = ["EXIT_BUG", "Terminated", "add_common_flags", "add_debug_flag", "cli_entry", "int_list_arg", "parse_int_list",
+           "setup_logging", "sigterm_raises"]
 
 DEBUG_HELP = "on an error, print the full traceback as well as the message"
+THREADS_HELP = "CPU intra-op threads (default OMP_NUM_THREADS or 1)"
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 
 
 class Terminated(BaseException):
     """SIGTERM, raised in the main thread so `finally` blocks and atomic writers clean up."""
 
 
-def add_debug_flag(parser) -> None:
-    """Give an argparse parser the shared ``--debug`` option."""
-    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+def add_debug_flag(parser, *, sub: bool = False) -> None:
+    """Give an argparse parser the shared ``--debug`` option (``sub``: see `add_common_flags`)."""
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP, **({"default": argparse.SUPPRESS} if sub else {}))
+
+
+def add_common_flags(parser, *, threads: bool = False, threads_default: int | None = None,
+                     threads_help: str = THREADS_HELP, verbose_help: str = "debug logging", sub: bool = False) -> None:
+    """The argument group every command shares: ``-v/--verbose``, ``--debug`` and, with
+    ``threads=True``, ``--threads N``.
+
+    Args:
+        parser: An argparse parser or sub-parser.
+        threads: Add ``--threads`` (type int, default ``threads_default``).
+        sub: ``parser`` is a sub-command whose parent has the flags too: its defaults are
+            suppressed so ``cmd -v sub`` and ``cmd sub -v`` both work (a sub-parser's default
+            would overwrite the parent's value).
+    """
+    extra = {"default": argparse.SUPPRESS} if sub else {}
+    parser.add_argument("-v", "--verbose", action="store_true", help=verbose_help, **extra)
+    add_debug_flag(parser, sub=sub)
+    if threads:
+        parser.add_argument("--threads", type=int, default=threads_default, help=threads_help)
+
+
+def setup_logging(verbose: bool = False, *, level: int | None = None, timestamps: bool = False,
+                  quiet: Sequence[str] = ()) -> None:
+    """The one logging setup of every command line (library modules only log).
+
+    Args:
+        verbose: DEBUG instead of INFO.
+        level: An explicit level (scripts that print their own tables log warnings only).
+        timestamps: Prefix ``HH:MM:SS`` (long runs: training, the pipeline).
+        quiet: Loggers of chatty libraries held at WARNING unless ``verbose`` (``nncf``).
+    """
+    chosen = level if level is not None else (logging.DEBUG if verbose else logging.INFO)
+    logging.basicConfig(level=chosen, format=("%(asctime)s " if timestamps else "") + LOG_FORMAT, datefmt="%H:%M:%S")
+    if not verbose:
+        for name in quiet:
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def parse_int_list(text: str | Sequence[int], what: str = "batch sizes", *, minimum: int = 1) -> tuple[int, ...]:
@@ -168,7 +209,7 @@ def cli_entry(fn: Callable[[list[str]], int] | None = None, *, argv_start: int =
 
 def _report(log: logging.Logger, message: str, debug: bool) -> None:
     if not logging.getLogger().handlers:  # the command failed before it configured logging
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        setup_logging()
     if debug:
         log.error(message, exc_info=True)
     else:

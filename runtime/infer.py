@@ -48,7 +48,7 @@ from runtime.artifacts import atomic_write, atomic_write_json, atomic_write_text
 from runtime.contract import DeploymentContract, read_contract
 from runtime.detect import (DETECTORS, HUGE_PIXELS, MIN_FACE, WORK_SIDE, Box, Detector, check_min_face, make_detector,
                             working_scale)
-from runtime.cli import add_debug_flag, cli_entry
+from runtime.cli import add_common_flags, cli_entry, setup_logging
 from runtime.errors import (EXIT_NOTHING, EXIT_OK, EXIT_PARTIAL, ArtifactError, ConfigError, DataError,
                             MissingDependencyError, exit_codes_help)
 from runtime.lock import output_lock
@@ -750,14 +750,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="backend of the mtcnn networks: ort (CPU, default), ort-cuda or ort-trt on a GPU")
     p.add_argument("--backend", default=None, help="runtime backend (default ort for .onnx, trt for .engine)")
     p.add_argument("--contract", default=None, help="for an .engine: the ONNX whose contract it uses (default: from its sidecar)")
-    p.add_argument("--threads", type=int, default=None, help="CPU intra-op threads (default OMP_NUM_THREADS or 1)")
     p.add_argument("--max-frames", type=int, default=None, help="stop a video/camera after N processed frames")
     p.add_argument("--every", type=int, default=1, help="process every N-th video frame (default 1)")
     p.add_argument("--codec", default="mp4v", help="FourCC of annotated videos (default mp4v; falls back to MJPG .avi)")
     p.add_argument("--no-annotate", action="store_true", help="write predictions only, no annotated images/videos")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    add_debug_flag(p)
+    add_common_flags(p, threads=True)
     return p
 
 
@@ -765,7 +763,7 @@ def build_parser() -> argparse.ArgumentParser:
 def infer_main(argv: list[str]) -> int:
     """``python -m runtime infer ...`` (``argv`` excludes the verb); exit codes in docs/errors.md."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(args.verbose)
     cfg = InferConfig(model=args.model, source=args.source, out=args.out,
                       detector="none" if args.no_detect else args.detector, detector_model=args.detector_model,
                       cascade=args.cascade, margin=args.margin, min_face=args.min_face, detect_size=args.detect_size,

@@ -277,8 +277,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     import logging
 
-    logging.basicConfig(level=logging.ERROR)
-    from runtime.cli import parse_int_list
+    from runtime.cli import parse_int_list, setup_logging
+
+    setup_logging(level=logging.ERROR)
     from runtime.detect import HaarDetector, MtcnnDetector, haar_unavailable_reason
 
     skip = set(args.skip.split(","))

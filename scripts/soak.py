@@ -49,6 +49,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
+from runtime.cli import setup_logging  # noqa: E402 - after the sys.path line
 from runtime.errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE  # noqa: E402 - after the sys.path line
 
 MIB = 1024 * 1024
@@ -444,7 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.max_growth_mib > 0 or not args.max_objects_per_1k >= 0:
         print("soak: --max-growth-mib must be > 0 and --max-objects-per-1k >= 0", file=sys.stderr)
         return EXIT_USAGE
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(level=logging.WARNING)
     results, skipped = run_soak(
         args.count, backends, model=args.model, threads=args.threads, warmup=args.warmup,
         sample_every=args.sample_every, max_growth_mib=args.max_growth_mib,

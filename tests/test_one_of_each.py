@@ -155,3 +155,44 @@ def test_export_configs_load_through_runtime_configs(tmp_path) -> None:
         ExportConfig.from_yaml(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match=r"PreflightConfig.atol: expected float"):
         PreflightConfig.from_dict({"model": "m.onnx", "atol": "small"})
+
+
+def test_one_logging_setup_and_one_verbose_flag() -> None:
+    """Only runtime/cli.py configures logging (setup_logging) and defines -v/--verbose (add_common_flags)."""
+    configs, flags = [], []
+    for rel, tree in MODULES:
+        if rel == "runtime/cli.py":
+            continue
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+                continue
+            if node.func.attr == "basicConfig":
+                configs.append(f"{rel}:{node.lineno}")
+            if node.func.attr == "add_argument" and any(
+                    isinstance(a, ast.Constant) and a.value in ("-v", "--verbose", "--debug") for a in node.args):
+                flags.append(f"{rel}:{node.lineno}")
+    assert not configs, f"logging.basicConfig outside runtime/cli.py (call runtime.cli.setup_logging): {configs}"
+    assert not flags, f"-v/--verbose/--debug defined by hand (use runtime.cli.add_common_flags): {flags}"
+
+
+def test_common_flags_work_before_and_after_a_sub_command() -> None:
+    import argparse
+
+    from runtime.cli import add_common_flags
+
+    parser = argparse.ArgumentParser()
+    add_common_flags(parser)
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_common_flags(sub.add_parser("run"), sub=True, threads=True)
+    assert parser.parse_args(["-v", "run"]).verbose and parser.parse_args(["run", "-v"]).verbose
+    plain = parser.parse_args(["run", "--threads", "3"])
+    assert not plain.verbose and not plain.debug and plain.threads == 3
+
+
+@pytest.mark.parametrize("module", ["train.__main__", "export.__main__", "quantize.__main__", "runtime.__main__",
+                                    "runtime.infer", "runtime.trt.cli", "pipeline.cli"])
+def test_every_cli_uses_the_shared_flags(module: str) -> None:
+    import importlib
+
+    source = Path(importlib.import_module(module).__file__).read_text(encoding="utf-8")
+    assert "add_common_flags(" in source and "setup_logging(" in source

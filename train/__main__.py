@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from runtime.cli import add_debug_flag, cli_entry
+from runtime.cli import add_common_flags, cli_entry, setup_logging
 from runtime.errors import EXIT_OK, exit_codes_help
 
 log = logging.getLogger("train")
@@ -21,6 +21,7 @@ log = logging.getLogger("train")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train", description="Train FER models and manage datasets.",
                                 epilog=exit_codes_help())
+    add_common_flags(p)
     sub = p.add_subparsers(dest="verb", required=True)
 
     f = sub.add_parser("fit", help="train a model from a YAML config")
@@ -42,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, default=64, help="image side in pixels")
     s.add_argument("--mode", choices=("gray", "rgb"), default="gray")
     lst = dsub.add_parser("list", help="list the dataset kinds that have loaders")
-    for parser in (p, f, m, s, lst):
-        add_debug_flag(parser)
+    for parser in (f, m, s, lst):  # -v/--debug before or after the sub-command
+        add_common_flags(parser, sub=True)
     return p
 
 
@@ -67,7 +68,7 @@ def _models(num_classes: int) -> int:
 def main(argv: list[str]) -> int:
     """``python -m train``; errors become a message and an exit code (runtime.cli, docs/errors.md)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(args.verbose, timestamps=True)
     if args.verb == "models":
         return _models(args.num_classes)
     if args.verb == "data":

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.cli import add_debug_flag, cli_entry, int_list_arg
+from runtime.cli import add_common_flags, cli_entry, int_list_arg, setup_logging
 from runtime.errors import EXIT_ERROR, EXIT_MISSING, EXIT_OK, ConfigError, PipelineError
 from runtime.lock import output_lock
 
@@ -95,8 +95,7 @@ def build_build_parser() -> argparse.ArgumentParser:
 
 
 def _add_build_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging (TensorRT's log included)")
-    add_debug_flag(p)
+    add_common_flags(p, verbose_help="debug logging (TensorRT's log included)")
     p.add_argument("--onnx", required=True, help="model.onnx, model.fp16.onnx or model.int8.onnx")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
                    help="precision the engine must realize (default: from the file name, .fp16./.int8., else fp32)")
@@ -171,8 +170,7 @@ def build_selftest_parser() -> argparse.ArgumentParser:
 
 
 def _add_selftest_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging (TensorRT's log included)")
-    add_debug_flag(p)
+    add_common_flags(p, verbose_help="debug logging (TensorRT's log included)")
     p.add_argument("--models", default="runs/selftest/models",
                    help="folder with lanmsff.onnx, lanmsff.fp16.onnx, lanmsff.int8.onnx, manet.onnx, manet.fp16.onnx, "
                         "manet.int8.onnx (see docs/tensorrt.md for how to make them)")
@@ -420,15 +418,11 @@ def run_selftest_cli(args: argparse.Namespace) -> int:
 
 
 # ---- registration ---------------------------------------------------------------------------------------
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-
 @cli_entry(argv_start=2)
 def build_main(argv: list[str]) -> int:
     """``python -m runtime build ...`` (``argv`` excludes the verb); errors map to docs/errors.md."""
     args = build_build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose)
     return run_build(args)
 
 
@@ -436,7 +430,7 @@ def build_main(argv: list[str]) -> int:
 def selftest_main(argv: list[str]) -> int:
     """``python -m runtime selftest ...`` (``argv`` excludes the verb); errors map to docs/errors.md."""
     args = build_selftest_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose)
     return run_selftest_cli(args)
 
 
@@ -467,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """``python -m runtime.trt.cli build|selftest``; errors map to docs/errors.md."""
     args = build_parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose)
     return args.func(args)
 
 
