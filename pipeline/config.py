@@ -116,7 +116,7 @@ class QuantizeSection:
     Attributes:
         methods: INT8 methods producing the TensorRT Q/DQ form (target ``tensorrt``).
         cpu_methods: INT8 methods producing the x86 onnxruntime form (target ``cpu``): the
-            TensorRT form is a poor CPU format (traps.md), so CPU latency is measured on these.
+            TensorRT form is a poor CPU format (docs/measured-facts.md), so CPU latency is measured on these.
         fp16: Produce ``model.fp16.onnx``.
         int8: Settings of every INT8 file: the fields of `quantize.config.Int8Config` (``ignore``,
             ``max_drop_pts``, ``calibration: {size, seed, min_size}``, ``latency: {...}``...) except
