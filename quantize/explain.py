@@ -536,8 +536,9 @@ def render_markdown(res: ExplainResult, *, command: str = "", top: int = 20) -> 
             f"INT8 file: top-1 agreement with FP32 **{b.agreement:.2%}**, logit SQNR {_sq(b.logit_sqnr_db)} dB.", "",
             f"**{res.message}**", ""]
     if res.recommended:
-        out += ["Apply it: `python -m quantize int8 --onnx " + res.fp32 + " --ignore " + ",".join(res.recommended)
-                + " ...` (the same method and target as the INT8 file).", ""]
+        out += ["Applied: `recommended.int8.onnx` in this folder is the INT8 file with these nodes in float (the "
+                "variant scored above). Re-quantizing with `python -m quantize int8 --onnx " + res.fp32 + " --ignore "
+                + ",".join(res.recommended) + " ...` also moves the other quantizers: measure its agreement again.", ""]
     out += [f"## Nodes ranked by the agreement their return to float recovers (top {min(top, len(res.nodes))} "
             f"of {len(res.nodes)})", ""]
     out += md_table(["rank", "node", "op", "group", "output SQNR (dB)", "agreement if float", "recovered (pts)",
@@ -599,6 +600,8 @@ def write_explain(res: ExplainResult, out: str | os.PathLike, *, command: str = 
     body = {**res.to_dict(), "command": command}
     paths = {"json": atomic_write_json(folder / "explain.json", body),
              "md": atomic_write_text(folder / "explain.md", render_markdown(res, command=command))}
+    if res.recommended:
+        paths["model"] = write_recommended(res, folder / "recommended.int8.onnx")
     if plots:
         png = _plot(res, folder / "explain.png")
         if png is not None:
@@ -606,15 +609,38 @@ def write_explain(res: ExplainResult, out: str | os.PathLike, *, command: str = 
     return paths
 
 
+def write_recommended(res: ExplainResult, path: str | os.PathLike) -> Path:
+    """The INT8 file with the recommended nodes in float (what `explain` scored), with a sidecar.
+
+    This applies the recommendation to the file as it is; re-quantizing with ``--ignore`` instead
+    also moves the other quantizers (NNCF and onnxruntime place Q/DQ around ignored nodes
+    differently), so its agreement must be measured again.
+    """
+    import onnx
+
+    from runtime.artifacts import atomic_write_bytes, read_sidecar, sha256_file, sidecar_path, write_sidecar
+
+    variant, sources = float_variant(onnx.load(res.int8), onnx.load(res.fp32), res.recommended)
+    out = atomic_write_bytes(path, variant.SerializeToString())
+    side = read_sidecar(res.int8) if sidecar_path(res.int8).is_file() else {"precision": "int8"}
+    side.update({
+        "float_nodes": sorted(set(side.get("float_nodes") or []) | set(res.recommended)),
+        "derived_from": {"path": res.int8, "sha256": sha256_file(res.int8), "by": "python -m quantize explain",
+                         "weights": sources, "expected_agreement": res.greedy[-1].agreement if res.greedy else None},
+    })
+    write_sidecar(out, side)
+    return out
+
+
 def summary_table(res: ExplainResult, top: int = 10) -> str:
     """A short plain-text table for the terminal (the CLI prints it)."""
     lines = [f"INT8 agreement with FP32: {res.baseline.agreement:.2%} ({res.samples} samples)",
-             f"{'node':<40} {'op':<8} {'if float':>9} {'Δpts':>7} {'out SQNR':>9}"]
+             f"{'node':<40} {'op':<13} {'if float':>9} {'Δpts':>7} {'out SQNR':>9}"]
     for v in res.nodes[:top]:
-        lines.append(f"{v.name[:40]:<40} {v.op_type:<8} {v.agreement:>9.2%} {v.recovered_pts:>+7.2f} "
+        lines.append(f"{v.name[:40]:<40} {v.op_type:<13} {v.agreement:>9.2%} {v.recovered_pts:>+7.2f} "
                      f"{_sq(v.output_sqnr_db):>9}")
     for v in res.groups:
-        lines.append(f"{'group ' + v.name:<40} {'':<8} {v.agreement:>9.2%} {v.recovered_pts:>+7.2f}")
+        lines.append(f"{'group ' + v.name:<40} {'':<13} {v.agreement:>9.2%} {v.recovered_pts:>+7.2f}")
     lines.append(res.message)
     return "\n".join(lines)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -122,6 +123,25 @@ def test_planted_bad_node_is_ranked_first_and_recommended(lanmsff_tiny_onnx, int
     assert res.nodes[0].agreement >= res.baseline.agreement
     if res.baseline.agreement < 1.0:
         assert res.recommended and res.recommended[0] == planted
+    # the applied recommendation (or the top node alone) is written as a runnable INT8 file with a sidecar
+    from quantize.explain import write_explain, write_recommended
+    from runtime.artifacts import read_sidecar
+
+    res = dataclasses.replace(res, recommended=(planted,))
+    model = write_recommended(res, tmp_path / "rec.int8.onnx")
+    from quantize.calibration import build_validation_set
+    from runtime.contract import read_contract
+
+    x = build_validation_set(read_contract(lanmsff_tiny_onnx)).tensors  # what explain scored on
+    ref = predict(make_session(lanmsff_tiny_onnx, threads=1), x)
+    got = predict(make_session(model, threads=1), x)
+    base = predict(make_session(bad, threads=1), x)
+    from quantize.explain import sqnr_db
+
+    assert sqnr_db(ref, got) == pytest.approx(res.nodes[0].logit_sqnr_db, abs=0.5)
+    assert sqnr_db(ref, got) > sqnr_db(ref, base) + 10
+    assert planted in read_sidecar(model)["float_nodes"]
+    assert "model" in write_explain(res, tmp_path / "rep", plots=False)
 
 
 def test_rewritten_weights_are_not_taken_from_fp32(lanmsff_tiny_onnx, int8_file):
