@@ -28,7 +28,10 @@ demo: setup
 bench: demo
 	$(PY) scripts/bench_headline.py --run runs/demo --repeats 3
 
+# ruff (lint and format check, configured in pyproject.toml) first: a style slip fails fast.
 test: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) scripts/run_tests.py
 
 clean:

@@ -93,8 +93,10 @@ def check_external_data(model, folder: Path, source: Path) -> list[str]:
                 "model and set its location to the bare file name, or save the model with the weights inside"
             )
         if not target.is_file():
-            raise ExportError(f"{source}: tensor {t.name!r} needs the external file {loc!r}, which is not in {folder}; "
-                              "copy it next to the model")
+            raise ExportError(
+                f"{source}: tensor {t.name!r} needs the external file {loc!r}, which is not in {folder}; "
+                "copy it next to the model"
+            )
         if loc not in found:
             found.append(loc)
     return found
@@ -135,23 +137,31 @@ def _select_io(model, cf: ContractFile, source: Path) -> tuple[Any, Any]:
     if cf.input_name is not None:
         chosen = [i for i in inputs if i.name == cf.input_name]
         if not chosen:
-            raise ExportError(f"{source}: the contract's input_name {cf.input_name!r} is not an input of the model "
-                              f"(inputs: {names_in}); fix input_name in {cf.path or 'the contract'}")
+            raise ExportError(
+                f"{source}: the contract's input_name {cf.input_name!r} is not an input of the model "
+                f"(inputs: {names_in}); fix input_name in {cf.path or 'the contract'}"
+            )
         if len(inputs) > 1:
-            raise ExportError(f"{source}: the model has {len(inputs)} inputs {names_in}; the pipeline feeds one "
-                              "image tensor: re-export it with the image as its only input")
+            raise ExportError(
+                f"{source}: the model has {len(inputs)} inputs {names_in}; the pipeline feeds one "
+                "image tensor: re-export it with the image as its only input"
+            )
         inp = chosen[0]
     elif len(inputs) != 1:
-        raise ExportError(f"{source}: the model has {len(inputs)} inputs {names_in}; the pipeline feeds one image "
-                          "tensor (N, C, H, W): re-export it with the image as its only input")
+        raise ExportError(
+            f"{source}: the model has {len(inputs)} inputs {names_in}; the pipeline feeds one image "
+            "tensor (N, C, H, W): re-export it with the image as its only input"
+        )
     else:
         inp = inputs[0]
     outputs = list(model.graph.output)
     if cf.output_name is not None:
         chosen = [o for o in outputs if o.name == cf.output_name]
         if not chosen:
-            raise ExportError(f"{source}: the contract's output_name {cf.output_name!r} is not an output of the model "
-                              f"(outputs: {[o.name for o in outputs]}); fix output_name in {cf.path or 'the contract'}")
+            raise ExportError(
+                f"{source}: the contract's output_name {cf.output_name!r} is not an output of the model "
+                f"(outputs: {[o.name for o in outputs]}); fix output_name in {cf.path or 'the contract'}"
+            )
         out = chosen[0]
     else:
         out = outputs[0]
@@ -168,8 +178,10 @@ def _check_shapes(inp, out, contract: DeploymentContract, source: Path, where: s
     d = _dims(inp)
     want = ["N", *spec.input_shape]
     if len(d) != 4:
-        raise ExportError(f"{source}: input {inp.name!r} has shape {d}; expected 4 axes (N, C, H, W) = {want} "
-                          f"from {where} (layout NCHW)")
+        raise ExportError(
+            f"{source}: input {inp.name!r} has shape {d}; expected 4 axes (N, C, H, W) = {want} "
+            f"from {where} (layout NCHW)"
+        )
     c, h, w = spec.input_shape
     if isinstance(d[1], int) and d[1] != c:
         hint = " (a channels-last NHWC input? export it NCHW)" if d[3] == c else ""
@@ -196,7 +208,9 @@ def _check_shapes(inp, out, contract: DeploymentContract, source: Path, where: s
 def _rename(model, old: str, new: str) -> None:
     if old == new:
         return
-    taken = {v.name for v in (*model.graph.input, *model.graph.output, *model.graph.value_info, *model.graph.initializer)}
+    taken = {
+        v.name for v in (*model.graph.input, *model.graph.output, *model.graph.value_info, *model.graph.initializer)
+    }
     taken |= {o for n in model.graph.node for o in n.output}
     if new in taken:
         _rename(model, new, new + "_orig")
@@ -238,9 +252,11 @@ def _try_dynamic_batch(model, inp_name: str, contract: DeploymentContract) -> tu
                 if got[name].shape != want.shape or not np.allclose(got[name], want, atol=REWRITE_ATOL, rtol=0):
                     raise ValueError(f"output {name!r} differs from the per-sample outputs at batch {len(batch)}")
     except Exception as exc:  # onnxruntime raises its own types for shape clashes (Reshape to a fixed batch...)
-        note = (f"batch axis kept fixed at {fixed}: the graph does not give the same per-sample outputs at other "
-                f"batch sizes ({(str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]}); "
-                "the runtime pads to the fixed batch")
+        note = (
+            f"batch axis kept fixed at {fixed}: the graph does not give the same per-sample outputs at other "
+            f"batch sizes ({(str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]}); "
+            "the runtime pads to the fixed batch"
+        )
         log.warning("%s", note)
         return model, note
     return cand, f"fixed batch {fixed} made dynamic (same per-sample outputs at batch 1 and {bigger})"
@@ -303,8 +319,9 @@ def adopt_onnx(
     except Exception as exc:
         exc = exc.__cause__ or exc  # make_session's ArtifactError: onnxruntime's own message
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        raise ExportError(f"{src}: onnxruntime cannot run the model on a {list(x.shape)} input built from {where}: "
-                          f"{first}") from None
+        raise ExportError(
+            f"{src}: onnxruntime cannot run the model on a {list(x.shape)} input built from {where}: {first}"
+        ) from None
     y = before[orig_out].reshape(before[orig_out].shape[0], -1)
     if y.shape != (n_probe, cf.contract.num_classes):
         raise ExportError(
@@ -353,18 +370,24 @@ def adopt_onnx(
         # artifact gate (a superset of export.gate's checks) before the rename.
         _save(model, candidate)
         after = _run(str(candidate), INPUT_NAME, x)
-        diff = max(float(np.max(np.abs(before[o].astype(np.float64) - after[n]))) for o, n in
-                   zip([orig_out] + [n for n in names if n != LOGITS_NAME], names))
+        diff = max(
+            float(np.max(np.abs(before[o].astype(np.float64) - after[n])))
+            for o, n in zip([orig_out] + [n for n in names if n != LOGITS_NAME], names)
+        )
         if diff > REWRITE_ATOL:
-            raise ExportError(f"adopting {src} changed its outputs by up to {diff:.3g} > {REWRITE_ATOL:g}; "
-                              "nothing written (please report this with the model)")
+            raise ExportError(
+                f"adopting {src} changed its outputs by up to {diff:.3g} > {REWRITE_ATOL:g}; "
+                "nothing written (please report this with the model)"
+            )
         report = run_preflight(candidate, reference=None, display_path=out)
         if not report.passed:
             rejected = out.with_name(out.stem + ".rejected.preflight.json")
             write_report(report, rejected)
             errors = "\n".join(f"- {f}" for f in report.errors)
-            raise ExportError(f"preflight failed for the adopted {src.name} (report: {rejected}); {out} not written:\n"
-                              f"{errors}", report.findings)
+            raise ExportError(
+                f"preflight failed for the adopted {src.name} (report: {rejected}); {out} not written:\n{errors}",
+                report.findings,
+            )
         data = candidate.with_name(candidate.name + ".data")
         if data.exists():
             os.replace(data, out.with_name(out.name + ".data"))
@@ -374,21 +397,28 @@ def adopt_onnx(
     rpath = write_report(report, report_path(out))
     image_in = next(i for i in model.graph.input if i.name == INPUT_NAME)
     dynamic = not image_in.type.tensor_type.shape.dim[0].HasField("dim_value")
-    side = write_sidecar(out, {
-        "stage": "adopt",
-        "model_name": contract.model_name,
-        "source": {"path": str(src), "sha256": src_sha, "producer": producer, "input": orig_in, "output": orig_out},
-        "contract": {"path": str(contract_path), "sha256": sha256_file(contract_path)},
-        "batch": note,
-        "rewrite_max_abs_diff": diff,
-        "inputs": report.inputs,
-        "outputs": report.outputs,
-        "preflight": {"passed": report.passed, "report": rpath.name, "errors": len(report.errors),
-                      "warnings": len(report.warnings)},
-        "adopt_time_s": round(time.perf_counter() - t0, 3),
-        "adopted_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "file_size_bytes": out.stat().st_size,
-        "versions": library_versions(),
-    })  # fmt: skip
+    side = write_sidecar(
+        out,
+        {
+            "stage": "adopt",
+            "model_name": contract.model_name,
+            "source": {"path": str(src), "sha256": src_sha, "producer": producer, "input": orig_in, "output": orig_out},
+            "contract": {"path": str(contract_path), "sha256": sha256_file(contract_path)},
+            "batch": note,
+            "rewrite_max_abs_diff": diff,
+            "inputs": report.inputs,
+            "outputs": report.outputs,
+            "preflight": {
+                "passed": report.passed,
+                "report": rpath.name,
+                "errors": len(report.errors),
+                "warnings": len(report.warnings),
+            },
+            "adopt_time_s": round(time.perf_counter() - t0, 3),
+            "adopted_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "file_size_bytes": out.stat().st_size,
+            "versions": library_versions(),
+        },
+    )
     log.info("adopted %s -> %s (%s; %s)", src, out, note, report.summary())
     return AdoptResult(out, side, rpath, dynamic, note)

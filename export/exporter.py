@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 
 from export.config import PROTOBUF_LIMIT_BYTES, ExportConfig, Exporter
-from runtime.errors import ExportError
 from export.preflight import (
     ADAPTIVE_POOL_NON_DIVISIBLE,
     OPSET_NOT_DEFAULT,
@@ -49,7 +48,7 @@ from export.preflight import (
 )
 from runtime.artifacts import library_versions, read_sidecar, sha256_file, sidecar_path, write_sidecar
 from runtime.contract import DeploymentContract
-from runtime.errors import PipelineError
+from runtime.errors import ExportError, PipelineError
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +123,9 @@ def _heads_module(model, example):
     with torch.no_grad():
         keys = list(model.forward_heads(example[:1]).keys())
     if LOGITS_NAME not in keys:
-        raise ExportError(f"{type(model).__name__}.forward_heads returns {keys}; it must include the fused {LOGITS_NAME!r}")
+        raise ExportError(
+            f"{type(model).__name__}.forward_heads returns {keys}; it must include the fused {LOGITS_NAME!r}"
+        )
     names = [LOGITS_NAME] + [k for k in keys if k != LOGITS_NAME]
 
     class _Heads(nn.Module):
@@ -156,7 +157,9 @@ def _explain_failure(exc: BaseException, lint: list[Finding], exporter: Exporter
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:400]
     traps = [f for f in lint if f.code in (POOL_KERNEL_FROM_SHAPE, ADAPTIVE_POOL_NON_DIVISIBLE)]
     batch = "dynamic" if cfg.dynamic_batch else cfg.batch
-    head = f"torch.onnx.export ({exporter.value}, opset {cfg.opset}, batch {batch}) failed: {type(exc).__name__}: {first}"
+    head = (
+        f"torch.onnx.export ({exporter.value}, opset {cfg.opset}, batch {batch}) failed: {type(exc).__name__}: {first}"
+    )
     if traps:
         lines = [f"- {f.code} in {f.node}: {f.message}. Fix: {f.fix}" for f in traps]
         return head + "\nCause found by the export lint:\n" + "\n".join(lines)
@@ -182,7 +185,13 @@ def _torch_export(module, example, path: Path, names: list[str], cfg: ExportConf
     with warnings.catch_warnings(record=True) as caught, _stdout_to_log():
         warnings.simplefilter("always")
         torch.onnx.export(
-            module, (example,), str(path), input_names=[INPUT_NAME], output_names=names, opset_version=cfg.opset, **kwargs
+            module,
+            (example,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=names,
+            opset_version=cfg.opset,
+            **kwargs,
         )
     for w in caught:
         log.debug("torch.onnx.export: %s", w.message)
@@ -259,7 +268,9 @@ def _save(model, path: Path) -> None:
 
     if model.ByteSize() > PROTOBUF_LIMIT_BYTES:
         # Above protobuf's 2 GB limit the weights must live beside the model.
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=path.name + ".data")
+        onnx.save_model(
+            model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=path.name + ".data"
+        )
     else:
         onnx.save_model(model, str(path))
 
@@ -328,7 +339,9 @@ def export_onnx(cfg: ExportConfig, *, force: bool = False) -> ExportResult:
             log.info("%s is up to date (same checkpoint, config and library versions); use --force to redo it", cfg.out)
             name = side.get("exporter", {}).get("name", "")
             size = cfg.out.stat().st_size
-            return ExportResult(cfg.out, sidecar_path(cfg.out), report_path(cfg.out), None, name, 0.0, size, skipped=True)
+            return ExportResult(
+                cfg.out, sidecar_path(cfg.out), report_path(cfg.out), None, name, 0.0, size, skipped=True
+            )
     images, desc, problem = load_val_images(meta, max(max(cfg.parity_batches), 2))
     if problem:
         log.warning("parity will use random inputs: %s", problem)
@@ -359,8 +372,13 @@ def export_model(model, meta, cfg: ExportConfig, *, reference: Reference | None 
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         raw = work / "raw.onnx"
-        log.info("exporting %s with the %s exporter (opset %d, batch %s)", meta.model_name, exporter.value, cfg.opset,
-                 "dynamic" if cfg.dynamic_batch else cfg.batch)
+        log.info(
+            "exporting %s with the %s exporter (opset %d, batch %s)",
+            meta.model_name,
+            exporter.value,
+            cfg.opset,
+            "dynamic" if cfg.dynamic_batch else cfg.batch,
+        )
         try:
             with torch.no_grad():
                 _torch_export(module, example, raw, names, cfg, exporter)
@@ -386,15 +404,28 @@ def export_model(model, meta, cfg: ExportConfig, *, reference: Reference | None 
                 raise ExportError("onnxslim returned no model; re-run with --no-slim")
             if _io_signature(slimmed) != _io_signature(proto):
                 before, after = _io_signature(proto), _io_signature(slimmed)
-                raise ExportError(f"onnxslim changed the model's inputs/outputs {before} -> {after}; re-run with --no-slim")
+                raise ExportError(
+                    f"onnxslim changed the model's inputs/outputs {before} -> {after}; re-run with --no-slim"
+                )
             slim_path = work / "slim.onnx"
             _save(slimmed, slim_path)
             checks = [1, 3] if cfg.dynamic_batch else [cfg.batch]
             diff = _verify_same(raw, slim_path, checks, meta.preprocess, cfg.slim_atol)
-            log.info("onnxslim: %d -> %d nodes, outputs unchanged (max |Δ| %.1e at batch %s)",
-                     nodes_before, len(slimmed.graph.node), diff, checks)
-            slim_info = {"applied": True, "nodes_before": nodes_before, "nodes_after": len(slimmed.graph.node),
-                         "max_abs_diff": diff, "atol": cfg.slim_atol, "checked_batches": checks}
+            log.info(
+                "onnxslim: %d -> %d nodes, outputs unchanged (max |Δ| %.1e at batch %s)",
+                nodes_before,
+                len(slimmed.graph.node),
+                diff,
+                checks,
+            )
+            slim_info = {
+                "applied": True,
+                "nodes_before": nodes_before,
+                "nodes_after": len(slimmed.graph.node),
+                "max_abs_diff": diff,
+                "atol": cfg.slim_atol,
+                "checked_batches": checks,
+            }
             proto = slimmed
 
         exporter_desc = f"torch.onnx.export(dynamo={exporter is Exporter.DYNAMO}) torch {torch.__version__}" + (
@@ -427,7 +458,7 @@ def export_model(model, meta, cfg: ExportConfig, *, reference: Reference | None 
             display_path=out,
         )
         if not report.passed:
-            rejected = out.with_name(out.stem + ".rejected" + report_path(out).name[len(out.stem):])
+            rejected = out.with_name(out.stem + ".rejected" + report_path(out).name[len(out.stem) :])
             write_report(report, rejected)
             errors = "\n".join(f"- {f}" for f in report.errors)
             kept = f"; the existing {out} is unchanged" if out.exists() else ""
@@ -454,7 +485,9 @@ def export_model(model, meta, cfg: ExportConfig, *, reference: Reference | None 
             "name": exporter.value,
             "description": exporter_desc,
             "opset": report.opset,
-            "reason": "per family, see EXPORTER_BY_FAMILY in export/exporter.py" if cfg.exporter is Exporter.AUTO else "requested",
+            "reason": "per family, see EXPORTER_BY_FAMILY in export/exporter.py"
+            if cfg.exporter is Exporter.AUTO
+            else "requested",
         },
         "inputs": report.inputs,
         "outputs": report.outputs,
@@ -494,8 +527,10 @@ def import_callable(spec: str):
 
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise ConfigError(f"--model {spec!r}: expected MODULE:CALLABLE, e.g. my_models:build_net (a function or class "
-                          "in my_models.py, in the current folder or an installed package)")
+        raise ConfigError(
+            f"--model {spec!r}: expected MODULE:CALLABLE, e.g. my_models:build_net (a function or class "
+            "in my_models.py, in the current folder or an installed package)"
+        )
     cwd = os.getcwd()
     added = cwd not in sys.path and "" not in sys.path
     if added:
@@ -503,8 +538,10 @@ def import_callable(spec: str):
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ConfigError(f"--model {spec!r}: cannot import module {module_name!r} ({exc}); run from the folder that "
-                          f"holds {module_name.replace('.', '/')}.py or install its package") from None
+        raise ConfigError(
+            f"--model {spec!r}: cannot import module {module_name!r} ({exc}); run from the folder that "
+            f"holds {module_name.replace('.', '/')}.py or install its package"
+        ) from None
     except Exception as exc:  # the user's module raised while importing
         raise ConfigError(f"--model {spec!r}: importing {module_name!r} raised {type(exc).__name__}: {exc}") from None
     finally:
@@ -514,11 +551,14 @@ def import_callable(spec: str):
     for part in attr.split("."):
         if not hasattr(obj, part):
             public = sorted(n for n in dir(module) if not n.startswith("_"))[:20]
-            raise ConfigError(f"--model {spec!r}: module {module_name!r} has no attribute {attr!r} "
-                              f"(it defines: {', '.join(public)})")
+            raise ConfigError(
+                f"--model {spec!r}: module {module_name!r} has no attribute {attr!r} (it defines: {', '.join(public)})"
+            )
         obj = getattr(obj, part)
     if not callable(obj):
-        raise ConfigError(f"--model {spec!r}: {attr!r} is a {type(obj).__name__}, not a callable returning an nn.Module")
+        raise ConfigError(
+            f"--model {spec!r}: {attr!r} is a {type(obj).__name__}, not a callable returning an nn.Module"
+        )
     return obj
 
 
@@ -542,15 +582,17 @@ def load_weights(path: str | os.PathLike) -> dict:
         raise CheckpointError(f"--weights {p}: file not found")
     try:
         payload = torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
+    except pickle.UnpicklingError:
         raise CheckpointError(
             f"--weights {p}: refused: the file holds pickled Python objects, not only tensors (torch.load with "
             "weights_only=True will not unpickle them). Loading it "
             "would run code from the file. Save the weights alone with torch.save(model.state_dict(), PATH) and pass that"
         ) from None
     except Exception as exc:  # truncated zip, not a torch file at all, ...
-        raise CheckpointError(f"--weights {p}: cannot read it as a PyTorch file ({type(exc).__name__}: "
-                              f"{str(exc)[:200]}); save it with torch.save(model.state_dict(), PATH)") from None
+        raise CheckpointError(
+            f"--weights {p}: cannot read it as a PyTorch file ({type(exc).__name__}: "
+            f"{str(exc)[:200]}); save it with torch.save(model.state_dict(), PATH)"
+        ) from None
     if isinstance(payload, dict):
         for key in ("state_dict", "model_state_dict", "model"):
             if isinstance(payload.get(key), dict):
@@ -558,8 +600,10 @@ def load_weights(path: str | os.PathLike) -> dict:
                 break
     if not isinstance(payload, dict) or not payload or not all(isinstance(v, torch.Tensor) for v in payload.values()):
         got = type(payload).__name__ if not isinstance(payload, dict) else f"a dict with keys {list(payload)[:8]}"
-        raise CheckpointError(f"--weights {p}: expected a state_dict (parameter name -> tensor), got {got}; save it "
-                              "with torch.save(model.state_dict(), PATH)")
+        raise CheckpointError(
+            f"--weights {p}: expected a state_dict (parameter name -> tensor), got {got}; save it "
+            "with torch.save(model.state_dict(), PATH)"
+        )
     return payload
 
 
@@ -581,11 +625,15 @@ def build_module(spec: str, num_classes: int):
     try:
         model = factory()
     except Exception as exc:
-        raise ModelError(f"--model {spec!r}: calling it raised {type(exc).__name__}: {str(exc)[:300]}; it must build "
-                         "the model with no arguments") from None
+        raise ModelError(
+            f"--model {spec!r}: calling it raised {type(exc).__name__}: {str(exc)[:300]}; it must build "
+            "the model with no arguments"
+        ) from None
     if not isinstance(model, nn.Module):
-        raise ModelError(f"--model {spec!r} returned {type(model).__name__}, not a torch.nn.Module; point --model at a "
-                         "function or class that returns the model")
+        raise ModelError(
+            f"--model {spec!r} returned {type(model).__name__}, not a torch.nn.Module; point --model at a "
+            "function or class that returns the model"
+        )
     return model
 
 
@@ -596,8 +644,11 @@ def fit_weights(model, state: dict, source: str) -> None:
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    shaped = [f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in own
-              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    shaped = [
+        f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
     if missing or unexpected or shaped:
         parts = []
         if missing:
@@ -606,13 +657,16 @@ def fit_weights(model, state: dict, source: str) -> None:
             parts.append(f"unexpected {len(unexpected)} key(s) {unexpected[:5]}")
         if shaped:
             parts.append(f"{len(shaped)} of another shape: {shaped[:3]}")
-        raise CheckpointError(f"--weights {source} do not fit the model: {'; '.join(parts)}. Use the weights saved "
-                              "from this architecture (with the same number of classes), or fix the callable")
+        raise CheckpointError(
+            f"--weights {source} do not fit the model: {'; '.join(parts)}. Use the weights saved "
+            "from this architecture (with the same number of classes), or fix the callable"
+        )
     model.load_state_dict(state, strict=True)
 
 
-def export_module(spec: str, contract_path: str | os.PathLike, cfg: ExportConfig,
-                  weights: str | os.PathLike | None = None) -> ExportResult:
+def export_module(
+    spec: str, contract_path: str | os.PathLike, cfg: ExportConfig, weights: str | os.PathLike | None = None
+) -> ExportResult:
     """Export the module ``spec`` builds (``MODULE:CALLABLE`` or a registered name) under a contract file.
 
     The same export, cleanup check, parity vs PyTorch (batch 1 and 32, random images built from the
@@ -637,14 +691,18 @@ def export_module(spec: str, contract_path: str | os.PathLike, cfg: ExportConfig
         with torch.no_grad():
             y = model(x)
     except Exception as exc:
-        raise ExportError(f"--model {spec!r} fails on an input of shape {list(x.shape)} built from the contract "
-                          f"{contract_path} (color_mode {contract.preprocess.color_mode.value}, input_size "
-                          f"{list(contract.preprocess.input_size)}): {type(exc).__name__}: {str(exc)[:300]}; fix the "
-                          "contract or the model") from None
+        raise ExportError(
+            f"--model {spec!r} fails on an input of shape {list(x.shape)} built from the contract "
+            f"{contract_path} (color_mode {contract.preprocess.color_mode.value}, input_size "
+            f"{list(contract.preprocess.input_size)}): {type(exc).__name__}: {str(exc)[:300]}; fix the "
+            "contract or the model"
+        ) from None
     if not isinstance(y, torch.Tensor) or y.ndim != 2 or y.shape[1] != contract.num_classes:
         got = list(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
-        raise ExportError(f"--model {spec!r} returns {got} for a batch of 2, but the contract {contract_path} lists "
-                          f"{contract.num_classes} classes: forward must return logits (N, {contract.num_classes})")
+        raise ExportError(
+            f"--model {spec!r} returns {got} for a batch of 2, but the contract {contract_path} lists "
+            f"{contract.num_classes} classes: forward must return logits (N, {contract.num_classes})"
+        )
     meta = CheckpointMeta(
         model_name=contract.model_name,
         num_classes=contract.num_classes,

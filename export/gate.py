@@ -39,7 +39,9 @@ class ArtifactGateError(ArtifactError):
         self.check = check
 
 
-def check_onnx_file(path: str | os.PathLike, *, stage: str, target: str = "tensorrt", display: str | None = None) -> None:
+def check_onnx_file(
+    path: str | os.PathLike, *, stage: str, target: str = "tensorrt", display: str | None = None
+) -> None:
     """Raise `ArtifactGateError` unless the ONNX file at ``path`` passes the gate.
 
     Args:
@@ -53,11 +55,18 @@ def check_onnx_file(path: str | os.PathLike, *, stage: str, target: str = "tenso
 
     shown = display or str(path)
     findings, _facts = check_graph(path)
-    errors = [f for f in findings if f.severity is Severity.ERROR
-              and not (target != "tensorrt" and f.code in TENSORRT_ONLY_CODES)]
+    errors = [
+        f
+        for f in findings
+        if f.severity is Severity.ERROR and not (target != "tensorrt" and f.code in TENSORRT_ONLY_CODES)
+    ]
     if errors:
         first = errors[0]
-        more = f" (and {len(errors) - 1} more: {', '.join(sorted({f.code for f in errors[1:]}))})" if len(errors) > 1 else ""
+        more = (
+            f" (and {len(errors) - 1} more: {', '.join(sorted({f.code for f in errors[1:]}))})"
+            if len(errors) > 1
+            else ""
+        )
         raise ArtifactGateError(
             f"{stage}: the ONNX file it produced for {shown} fails the artifact gate, check {first.code}: "
             f"{first.message}{more}. Nothing was written; an existing {shown} is unchanged. "

@@ -34,8 +34,8 @@ NET_OUTPUTS = {"pnet": ["prob", "reg"], "rnet": ["prob", "reg"], "onet": ["prob"
 OPSET = 17
 LICENCE = {
     "weights": "MTCNN weights of Zhang, Zhang, Li, Qiao (2016) 'Joint Face Detection and Alignment using "
-               "Multi-task Cascaded Convolutional Networks' (kpzhang93/MTCNN_face_detection_alignment, MIT), "
-               "ported to PyTorch state dicts in facenet-pytorch (Timothy Esler, MIT)",
+    "Multi-task Cascaded Convolutional Networks' (kpzhang93/MTCNN_face_detection_alignment, MIT), "
+    "ported to PyTorch state dicts in facenet-pytorch (Timothy Esler, MIT)",
     "source": "facenet_pytorch/data/{pnet,rnet,onet}.pt in the facenet-pytorch wheel on PyPI",
     "code": "network definitions re-implemented in train/models/mtcnn.py (this project)",
 }
@@ -66,8 +66,10 @@ def read_state_dicts(weights: str | Path) -> dict[str, tuple[dict, str]]:
             blobs[net] = p.read_bytes()
     else:
         raise ArtifactError(f"--weights {src}: not the facenet-pytorch wheel (.whl) nor a folder of pnet/rnet/onet.pt")
-    return {net: (torch.load(io.BytesIO(b), map_location="cpu", weights_only=True), hashlib.sha256(b).hexdigest())
-            for net, b in blobs.items()}
+    return {
+        net: (torch.load(io.BytesIO(b), map_location="cpu", weights_only=True), hashlib.sha256(b).hexdigest())
+        for net, b in blobs.items()
+    }
 
 
 def build_net(net: str, state_dict: dict | None = None):
@@ -112,8 +114,17 @@ def export_net(module, net: str, path: Path, meta: dict[str, Any]) -> None:
 
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter is chosen on purpose (opset 17)
-        torch.onnx.export(module, (example,), buf, input_names=["input"], output_names=outputs, opset_version=OPSET,
-                          dynamic_axes=axes, dynamo=False, do_constant_folding=True)
+        torch.onnx.export(
+            module,
+            (example,),
+            buf,
+            input_names=["input"],
+            output_names=outputs,
+            opset_version=OPSET,
+            dynamic_axes=axes,
+            dynamo=False,
+            do_constant_folding=True,
+        )
     model = onnx.load_from_string(buf.getvalue())
     onnx.checker.check_model(model)
     model.producer_name = "ferdeploy export/mtcnn.py"
@@ -134,18 +145,34 @@ def export_mtcnn(weights: str | Path, out: str | Path) -> dict[str, Any]:
 
     out = Path(out)
     sds = read_state_dicts(weights)
-    body: dict[str, Any] = {"format": "ferdeploy-detector/1", "family": "mtcnn", "licence": LICENCE,
-                            "torch": torch.__version__, "opset": OPSET, "nets": {}}
+    body: dict[str, Any] = {
+        "format": "ferdeploy-detector/1",
+        "family": "mtcnn",
+        "licence": LICENCE,
+        "torch": torch.__version__,
+        "opset": OPSET,
+        "nets": {},
+    }
     for net, (sd, digest) in sds.items():
-        meta = {"family": "mtcnn", "net": net, "input": "float32 RGB NCHW 0..255 (scaled in-graph to (x-127.5)/128)",
-                "input_size": NET_INPUT[net] if net != "pnet" else "dynamic (>= 12)", "outputs": NET_OUTPUTS[net],
-                "prob_face_channel": 1, "weights_sha256": digest}
+        meta = {
+            "family": "mtcnn",
+            "net": net,
+            "input": "float32 RGB NCHW 0..255 (scaled in-graph to (x-127.5)/128)",
+            "input_size": NET_INPUT[net] if net != "pnet" else "dynamic (>= 12)",
+            "outputs": NET_OUTPUTS[net],
+            "prob_face_channel": 1,
+            "weights_sha256": digest,
+        }
         if net == "pnet":
             meta.update(stride=2, cell=12)
         path = out / f"{net}.onnx"
         export_net(build_net(net, sd), net, path, meta)
-        body["nets"][net] = {"file": path.name, "sha256": sha256_file(path), "weights_sha256": digest,
-                             "parameters": sum(int(v.numel()) for v in sd.values())}
+        body["nets"][net] = {
+            "file": path.name,
+            "sha256": sha256_file(path),
+            "weights_sha256": digest,
+            "parameters": sum(int(v.numel()) for v in sd.values()),
+        }
         log.info("wrote %s (%d bytes)", path, path.stat().st_size)
     atomic_write_json(out / "mtcnn.json", body)
     return body
@@ -166,7 +193,7 @@ def state_dict_from_onnx(path: str | Path, net: str) -> dict:
     ref = build_net(net).state_dict()
     out = {}
     for key, tensor in ref.items():
-        name = key[len("net."):]
+        name = key[len("net.") :]
         if key in inits:
             arr = inits[key]
         else:  # PReLU slopes are folded to (C, 1, 1) under an anonymous name: find the PRelu node's slope

@@ -148,9 +148,15 @@ def batch_parity(
             got2, ref2 = (np.moveaxis(a, 1, -1).reshape(-1, a.shape[1]) for a in (got, ref))
         else:
             got2, ref2 = got.reshape(-1, 1), ref.reshape(-1, 1)
-        res = compare_outputs(ref2, got2, None, precision="fp32", tolerance=tol,
-                              class_names=[str(c) for c in range(got2.shape[1])],
-                              sample_ids=[str(i) for i in range(got2.shape[0])])
+        res = compare_outputs(
+            ref2,
+            got2,
+            None,
+            precision="fp32",
+            tolerance=tol,
+            class_names=[str(c) for c in range(got2.shape[1])],
+            sample_ids=[str(i) for i in range(got2.shape[0])],
+        )
         finite = bool(np.all(np.isfinite(got)))
         diffs[name] = res.max_abs_diff if finite else float("nan")
         agree[name] = res.top1_agreement if got.ndim >= 2 else 1.0
@@ -209,7 +215,8 @@ class PreflightReport:
         parity = ", ".join(f"batch {p.batch}: max|Δ| {max(p.max_abs_diff.values()):.2e}" for p in self.parity)
         return (
             f"preflight {'PASSED' if self.passed else 'FAILED'} for {self.model}: "
-            f"{counts.get('error', 0)} error(s), {counts.get('warning', 0)} warning(s)" + (f"; parity {parity}" if parity else "")
+            f"{counts.get('error', 0)} error(s), {counts.get('warning', 0)} warning(s)"
+            + (f"; parity {parity}" if parity else "")
         )
 
 
@@ -441,7 +448,9 @@ def _shape_context(info: _GraphInfo, derived: set[str]) -> set[str]:
             for node, slot in cons:
                 if slot in _SHAPE_SLOTS.get(node.op_type, frozenset()):
                     continue
-                if (node.op_type in _PASS_OPS or node.op_type in _ARITH_OPS) and all(o in ctx for o in node.output if o):
+                if (node.op_type in _PASS_OPS or node.op_type in _ARITH_OPS) and all(
+                    o in ctx for o in node.output if o
+                ):
                     continue
                 ok = False
                 break
@@ -469,7 +478,9 @@ def _opset_findings(model, table: OpTable) -> list[Finding]:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if not table.opset_min <= opset <= table.opset_max:
         msg = f"default-domain opset {opset} is outside {table.opset_min}..{table.opset_max}, the range TensorRT 10.3 parses"
-        return [Finding(_ERR, OPSET_UNSUPPORTED, msg, "re-export with --opset 17 (python -m export onnx ... --opset 17)")]
+        return [
+            Finding(_ERR, OPSET_UNSUPPORTED, msg, "re-export with --opset 17 (python -m export onnx ... --opset 17)")
+        ]
     if opset != 17:
         return [Finding(_INFO, OPSET_NOT_DEFAULT, f"opset {opset} (the pipeline's default is 17)")]
     return []
@@ -486,7 +497,15 @@ def _op_findings(model, table: OpTable) -> list[Finding]:
         name = prefix + (node.name or op)
         if domain not in table.domains:
             msg = f"op {op} of domain {domain!r} is not a standard ONNX op; TensorRT parses it only through a plugin"
-            out.append(Finding(_ERR, OP_UNSUPPORTED, msg, "rewrite the layer with standard ops, or register a TensorRT plugin", name))
+            out.append(
+                Finding(
+                    _ERR,
+                    OP_UNSUPPORTED,
+                    msg,
+                    "rewrite the layer with standard ops, or register a TensorRT plugin",
+                    name,
+                )
+            )
         elif op in table.unsupported or (op not in table.supported and op not in table.uncertain):
             listed = "listed as unsupported" if op in table.unsupported else "not in the support list"
             msg = f"op {op} is {listed} for TensorRT (onnx-tensorrt operators.md)"
@@ -499,7 +518,9 @@ def _op_findings(model, table: OpTable) -> list[Finding]:
             fix = "build a TensorRT 10.3 engine once to confirm, or replace the op with a verified one"
             out.append(Finding(_WARN, OP_UNVERIFIED, f"{n}× {op}: {table.uncertain[op]}", fix, op))
         elif table.supported.get(op):
-            out.append(Finding(_INFO, OP_RESTRICTED, f"{n}× {op}: supported with restrictions: {table.supported[op]}", "", op))
+            out.append(
+                Finding(_INFO, OP_RESTRICTED, f"{n}× {op}: supported with restrictions: {table.supported[op]}", "", op)
+            )
     ops = ", ".join(f"{op} {n}" for op, n in counts.most_common())
     out.append(Finding(_INFO, OP_REPORT, f"ops: {ops} (checked against {table.source.split('(')[0].strip()})"))
     return out
@@ -599,14 +620,20 @@ def _int64_findings(model, info: _GraphInfo, derived: set[str], limit: int = 20)
                 candidates[vi.name] = f"graph {kind} {vi.name} is int64"
     for t in model.graph.initializer:
         if t.data_type == TensorProto.INT64 and t.name not in ctx and t.name in info.consumers:
-            candidates[t.name] = f"int64 initializer {t.name} (shape {list(t.dims)}) is used as data, not as a shape/index"
+            candidates[t.name] = (
+                f"int64 initializer {t.name} (shape {list(t.dims)}) is used as data, not as a shape/index"
+            )
     for node in model.graph.node:
         if node.op_type == "Cast" and _attr(node, "to") == TensorProto.INT64 and node.output[0] not in ctx:
-            candidates.setdefault(node.name or node.output[0], f"Cast to int64 ({node.output[0]}) feeds data computations")
+            candidates.setdefault(
+                node.name or node.output[0], f"Cast to int64 ({node.output[0]}) feeds data computations"
+            )
         elif node.op_type not in ("Cast", "Shape", "Size"):
             for o in node.output:
                 if info.elem_type.get(o) == TensorProto.INT64 and o not in ctx and o not in candidates:
-                    candidates.setdefault(node.name or o, f"{node.op_type} output {o} is int64 and feeds data computations")
+                    candidates.setdefault(
+                        node.name or o, f"{node.op_type} output {o} is int64 and feeds data computations"
+                    )
     why = "; TensorRT computes it in int64 or casts it down (slower, and clamped beyond ±2^31)"
     out = [Finding(_WARN, INT64_TENSOR, msg + why, _FIX_INT64, name) for name, msg in list(candidates.items())[:limit]]
     if len(candidates) > limit:
@@ -672,7 +699,9 @@ def check_graph(model_path: str | os.PathLike, table: OpTable | None = None) -> 
         inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
     except Exception as exc:
         fix = "fix the op whose shapes disagree (often a hand-edited graph or a custom op); TensorRT's parser infers the same shapes"
-        findings.append(Finding(Severity.ERROR, SHAPE_INFERENCE_FAILED, f"strict shape inference fails: {_first_line(exc)}", fix))
+        findings.append(
+            Finding(Severity.ERROR, SHAPE_INFERENCE_FAILED, f"strict shape inference fails: {_first_line(exc)}", fix)
+        )
         try:
             inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
         except Exception:
@@ -826,8 +855,8 @@ def load_val_images(meta, count: int) -> tuple[np.ndarray | None, str, str]:
     if not meta.dataset:
         return None, "", "the checkpoint records no dataset"
     try:
-        from runtime.preprocess import preprocess
         from runtime.data import load_dataset, load_image
+        from runtime.preprocess import preprocess
 
         index = load_dataset(**meta.dataset)
         split = "val" if index.split("val") else ("test" if index.split("test") else "train")
@@ -866,7 +895,9 @@ def check_parity(
         sess = make_session(model_path, log_severity=2)  # OMP_NUM_THREADS, else onnxruntime's default
     except Exception as exc:
         msg = f"onnxruntime cannot load the model: {_first_line(exc.__cause__ or exc)}"
-        return [], [Finding(Severity.ERROR, PARITY_OUTPUTS, msg, "fix the checker/shape-inference errors above and re-export")]
+        return [], [
+            Finding(Severity.ERROR, PARITY_OUTPUTS, msg, "fix the checker/shape-inference errors above and re-export")
+        ]
     inp = sess.get_inputs()[0]
     fixed = inp.shape[0] if isinstance(inp.shape[0], int) else None
     if fixed is not None and any(b != fixed for b in batches):
@@ -882,7 +913,11 @@ def check_parity(
         missing = [k for k in ref if k not in got]
         if missing:
             msg = f"PyTorch outputs {missing} have no ONNX output of the same name (ONNX: {onnx_names})"
-            findings.append(Finding(Severity.ERROR, PARITY_OUTPUTS, msg, "re-export with python -m export onnx, which names every head"))
+            findings.append(
+                Finding(
+                    Severity.ERROR, PARITY_OUTPUTS, msg, "re-export with python -m export onnx, which names every head"
+                )
+            )
             ref = {k: v for k, v in ref.items() if k in got}
         if not ref:
             continue
@@ -915,7 +950,9 @@ def _contract_findings(metadata: Mapping[str, str], reference: Reference | None,
         contract = DeploymentContract.from_metadata(metadata, source=source)
     except PipelineError as exc:
         fix = "export with python -m export onnx, which writes class names, preprocessing and provenance into metadata_props"
-        return [Finding(Severity.WARNING, CONTRACT_MISSING, f"no usable deployment contract in metadata_props: {exc}", fix)]
+        return [
+            Finding(Severity.WARNING, CONTRACT_MISSING, f"no usable deployment contract in metadata_props: {exc}", fix)
+        ]
     out: list[Finding] = []
     if reference is not None:
         meta = reference.meta
@@ -973,8 +1010,14 @@ def run_preflight(
     parity: list[BatchParity] = []
     parity_inputs = ""
     if reference is None:
-        findings.append(Finding(Severity.INFO, PARITY_SKIPPED, "no checkpoint given: PyTorch parity not checked",
-                                "pass --checkpoint RUN/checkpoint.pt to compare against PyTorch on validation images"))
+        findings.append(
+            Finding(
+                Severity.INFO,
+                PARITY_SKIPPED,
+                "no checkpoint given: PyTorch parity not checked",
+                "pass --checkpoint RUN/checkpoint.pt to compare against PyTorch on validation images",
+            )
+        )
     else:
         if lint:
             import torch

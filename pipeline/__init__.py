@@ -30,7 +30,23 @@ from pipeline.runner import Layout, PipelineResult, StepResult
 from runtime.errors import EXIT_OK, EXIT_PARITY, EXIT_USAGE  # the one table; exit codes of pipeline_main
 
 __all__ = [
-    "EXIT_OK", "EXIT_PARITY", "EXIT_USAGE", "STAGES", "Layout", "PipelineConfig", "PipelineResult", "Stage", "StageError",
-    "StepResult", "Variant", "build_parser", "config_from_mapping", "load_pipeline_config", "parse_stages",
-    "pipeline_main", "quantize_variants", "run_pipeline", "stage_code",
-]  # fmt: skip
+    "EXIT_OK",
+    "EXIT_PARITY",
+    "EXIT_USAGE",
+    "STAGES",
+    "Layout",
+    "PipelineConfig",
+    "PipelineResult",
+    "Stage",
+    "StageError",
+    "StepResult",
+    "Variant",
+    "build_parser",
+    "config_from_mapping",
+    "load_pipeline_config",
+    "parse_stages",
+    "pipeline_main",
+    "quantize_variants",
+    "run_pipeline",
+    "stage_code",
+]

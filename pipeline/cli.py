@@ -61,8 +61,15 @@ def run_pipeline(
         return _run_pipeline(cfg, stages, force, target, progress, dry_run, command)
 
 
-def _run_pipeline(cfg: PipelineConfig, stages: Sequence[Stage] | None, force: Sequence[Stage], out: Path,
-                  progress: bool, dry_run: bool, command: str) -> PipelineResult:
+def _run_pipeline(
+    cfg: PipelineConfig,
+    stages: Sequence[Stage] | None,
+    force: Sequence[Stage],
+    out: Path,
+    progress: bool,
+    dry_run: bool,
+    command: str,
+) -> PipelineResult:
     t0 = time.perf_counter()
     stages = tuple(stages) if stages is not None else parse_stages(cfg.pipeline.stages)
     layout = Layout(out)
@@ -84,20 +91,35 @@ def _run_pipeline(cfg: PipelineConfig, stages: Sequence[Stage] | None, force: Se
             break
     seconds = time.perf_counter() - t0
     parity_info = next((r.info for r in results if r.name == "parity" and r.status in ("ran", "reused")), None)
-    result = PipelineResult(layout.out, tuple(results), seconds,
-                            layout.report_md if layout.report_md.is_file() else None,
-                            parity_info.get("passed") if parity_info else None)
+    result = PipelineResult(
+        layout.out,
+        tuple(results),
+        seconds,
+        layout.report_md if layout.report_md.is_file() else None,
+        parity_info.get("passed") if parity_info else None,
+    )
     if not dry_run:
-        atomic_write_json(layout.out / RUN_LOG, {
-            "command": command, "config": cfg.source, "stages": [s.value for s in stages],
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "seconds": round(seconds, 3), "steps": [r.to_dict() for r in results],
-            "error": f"{type(error).__name__}: {error}" if error else None,
-        })
+        atomic_write_json(
+            layout.out / RUN_LOG,
+            {
+                "command": command,
+                "config": cfg.source,
+                "stages": [s.value for s in stages],
+                "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "seconds": round(seconds, 3),
+                "steps": [r.to_dict() for r in results],
+                "error": f"{type(error).__name__}: {error}" if error else None,
+            },
+        )
     if error is not None:
         raise error
-    log.info("pipeline finished in %.1f s: %d step(s) ran, %d reused%s", seconds, len(result.ran()), len(result.reused()),
-             f", {len(skipped)} skipped" if skipped else "")
+    log.info(
+        "pipeline finished in %.1f s: %d step(s) ran, %d reused%s",
+        seconds,
+        len(result.ran()),
+        len(result.reused()),
+        f", {len(skipped)} skipped" if skipped else "",
+    )
     return result
 
 
@@ -108,12 +130,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="ferdeploy pipeline",
         description="Train -> export -> quantize -> TensorRT -> parity -> bench -> report, reusing every artifact "
-                    "whose inputs, config and library versions are unchanged.",
+        "whose inputs, config and library versions are unchanged.",
         epilog=exit_codes_help("pipeline"),
     )
-    p.add_argument("--config", required=True, help="pipeline YAML (configs/demo.yaml): fit/export/quantize/... sections")
-    p.add_argument("--stages", default=None,
-                   help=f"comma-separated stages to run (default: the config's pipeline.stages): {','.join(s.value for s in STAGES)}")
+    p.add_argument(
+        "--config", required=True, help="pipeline YAML (configs/demo.yaml): fit/export/quantize/... sections"
+    )
+    p.add_argument(
+        "--stages",
+        default=None,
+        help=f"comma-separated stages to run (default: the config's pipeline.stages): {','.join(s.value for s in STAGES)}",
+    )
     p.add_argument("--force", default="", help="comma-separated stages to rerun even when up to date (or 'all')")
     p.add_argument("--out", default=None, help="output folder (default: the config's pipeline.out or fit.out)")
     p.add_argument("--dry-run", action="store_true", help="say which steps would run and why; run nothing")
@@ -132,12 +159,21 @@ def pipeline_main(argv: list[str]) -> int:
     force = parse_stages(args.force) if args.force else ()
     command = "ferdeploy " + shlex.join(["pipeline", *argv])
     try:
-        result = run_pipeline(cfg, stages=stages, force=force, out=args.out, progress=not args.no_progress,
-                              dry_run=args.dry_run, command=command)
+        result = run_pipeline(
+            cfg,
+            stages=stages,
+            force=force,
+            out=args.out,
+            progress=not args.no_progress,
+            dry_run=args.dry_run,
+            command=command,
+        )
     except (PipelineError, KeyboardInterrupt, Terminated) as exc:
         if not isinstance(exc, (ConfigError, LockedError)):
-            log.error("pipeline stopped; what finished before is kept (training resumes from state.pt): fix the "
-                      "cause and rerun the same command to continue")
+            log.error(
+                "pipeline stopped; what finished before is kept (training resumes from state.pt): fix the "
+                "cause and rerun the same command to continue"
+            )
         raise
     if args.dry_run:
         for s in result.steps:
@@ -146,9 +182,11 @@ def pipeline_main(argv: list[str]) -> int:
     L = Layout(result.out)
     if L.report_md.is_file():
         plots = sorted(str(p) for p in result.out.glob("report.*.png"))
-        print(f"report:   {L.report_md}\njson:     {L.report_json}\nplots:    {', '.join(plots) or '(none)'}\n"
-              f"pipeline: {result.out / RUN_LOG} ({len(result.ran())} step(s) ran, {len(result.reused())} reused, "
-              f"{result.seconds:.1f} s)")
+        print(
+            f"report:   {L.report_md}\njson:     {L.report_json}\nplots:    {', '.join(plots) or '(none)'}\n"
+            f"pipeline: {result.out / RUN_LOG} ({len(result.ran())} step(s) ran, {len(result.reused())} reused, "
+            f"{result.seconds:.1f} s)"
+        )
     if result.parity_passed is False and cfg.parity.gate:
         log.error("parity failed for at least one row (parity.gate is true); see %s", L.report_md)
         return EXIT_PARITY

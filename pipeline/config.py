@@ -51,11 +51,26 @@ STAGES: tuple[Stage, ...] = tuple(Stage)
 STAGE_CODE: dict[Stage, tuple[str, ...]] = {
     Stage.TRAIN: ("train", "runtime/data", "runtime/preprocess.py"),
     Stage.EXPORT: ("export", "runtime/contract.py"),
-    Stage.QUANTIZE: ("quantize", "export/gate.py", "runtime/qdq_lint.py", "runtime/data", "runtime/preprocess.py",
-                     "runtime/contract.py", "runtime/images.py"),
+    Stage.QUANTIZE: (
+        "quantize",
+        "export/gate.py",
+        "runtime/qdq_lint.py",
+        "runtime/data",
+        "runtime/preprocess.py",
+        "runtime/contract.py",
+        "runtime/images.py",
+    ),
     Stage.TENSORRT: ("runtime/trt", "runtime/backends/trt.py", "runtime/qdq_lint.py"),
-    Stage.PARITY: ("runtime/parity.py", "runtime/compare.py", "runtime/metrics.py", "runtime/preprocess.py",
-                   "runtime/backends", "runtime/images.py", "runtime/data", "train/backend.py"),
+    Stage.PARITY: (
+        "runtime/parity.py",
+        "runtime/compare.py",
+        "runtime/metrics.py",
+        "runtime/preprocess.py",
+        "runtime/backends",
+        "runtime/images.py",
+        "runtime/data",
+        "train/backend.py",
+    ),
     Stage.BENCH: ("runtime/bench.py", "runtime/latency.py", "runtime/backends", "train/backend.py"),
     Stage.REPORT: ("runtime/report.py", "pipeline/report.py", "pipeline/markdown.py"),
     Stage.DEPLOY: ("export/deploy", "runtime/preprocess.py", "runtime/contract.py"),
@@ -138,8 +153,10 @@ class QuantizeSection:
         for name, settings in (("int8", self.int8), ("fp16_settings", self.fp16_settings)):
             owned = sorted(set(settings) & set(_QUANTIZE_OWNED))
             if owned:
-                raise ConfigError(f"quantize.{name}: {owned} are set by the pipeline (file names, method, target, "
-                                  "source.data); remove them")
+                raise ConfigError(
+                    f"quantize.{name}: {owned} are set by the pipeline (file names, method, target, "
+                    "source.data); remove them"
+                )
         # Validate now (unknown keys, wrong types), not when the stage runs minutes later.
         int8_config(self, "model.onnx", "model.int8.onnx", "nncf", "tensorrt", None)
         fp16_config(self, "model.onnx", "model.fp16.onnx", None)
@@ -149,16 +166,30 @@ def int8_config(section: QuantizeSection, onnx: Any, out: Any, method: str, targ
     """The `quantize.config.Int8Config` of one INT8 file: the section's settings plus the pipeline's paths."""
     from quantize.config import Int8Config
 
-    return from_mapping(Int8Config, {**_NO_LATENCY, **section.int8, "onnx": str(onnx), "out": str(out), "method": method,
-                                     "target": target, "data": data}, where="quantize.int8")
+    return from_mapping(
+        Int8Config,
+        {
+            **_NO_LATENCY,
+            **section.int8,
+            "onnx": str(onnx),
+            "out": str(out),
+            "method": method,
+            "target": target,
+            "data": data,
+        },
+        where="quantize.int8",
+    )
 
 
 def fp16_config(section: QuantizeSection, onnx: Any, out: Any, data: str | None) -> Any:
     """The `quantize.config.Fp16Config` of the FP16 file."""
     from quantize.config import Fp16Config
 
-    return from_mapping(Fp16Config, {**_NO_LATENCY, **section.fp16_settings, "onnx": str(onnx), "out": str(out), "data": data},
-                        where="quantize.fp16_settings")
+    return from_mapping(
+        Fp16Config,
+        {**_NO_LATENCY, **section.fp16_settings, "onnx": str(onnx), "out": str(out), "data": data},
+        where="quantize.fp16_settings",
+    )
 
 
 @dataclass(frozen=True)
@@ -256,7 +287,9 @@ class ModelSourceSection:
 
     def __post_init__(self) -> None:
         if self.kind and self.kind not in SOURCE_KINDS:
-            raise ConfigError(f"source.kind must be one of {list(SOURCE_KINDS)} (or left out to train), got {self.kind!r}")
+            raise ConfigError(
+                f"source.kind must be one of {list(SOURCE_KINDS)} (or left out to train), got {self.kind!r}"
+            )
         if self.kind and not self.path:
             raise ConfigError(f"source.path is required for source.kind {self.kind!r}")
         if self.kind in ("module", "onnx") and not self.contract:
@@ -296,7 +329,9 @@ class DeploySection:
         if bad:
             raise ConfigError(f"deploy.targets: unknown target(s) {bad}; valid: {list(DEPLOY_TARGETS)}")
         if Path(self.model).is_absolute() or ".." in Path(self.model).parts:
-            raise ConfigError(f"deploy.model names a file inside the output folder (e.g. model.onnx), got {self.model!r}")
+            raise ConfigError(
+                f"deploy.model names a file inside the output folder (e.g. model.onnx), got {self.model!r}"
+            )
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,14 @@ from runtime.errors import EXIT_MISSING, EXIT_OK, EXIT_USAGE, exit_codes_help
 
 # verb -> ("module:function(argv) -> int", help)
 VERBS: dict[str, tuple[str, str]] = {
-    "train": ("train.__main__:main", "train a model (fit), list models, render the synthetic set (needs the train extra)"),
-    "export": ("export.__main__:main", "checkpoint/module/plain ONNX -> model.onnx with its contract; check; deploy configs"),
+    "train": (
+        "train.__main__:main",
+        "train a model (fit), list models, render the synthetic set (needs the train extra)",
+    ),
+    "export": (
+        "export.__main__:main",
+        "checkpoint/module/plain ONNX -> model.onnx with its contract; check; deploy configs",
+    ),
     "quantize": ("quantize.__main__:main", "model.onnx -> INT8 Q/DQ (nncf, ort; tensorrt or cpu form) or FP16"),
     "build": ("runtime.trt.cli:build_main", "ONNX -> TensorRT engine (+ sidecar, per-layer precision), cached"),
     "parity": ("runtime.__main__:parity_main", "accuracy parity of candidate models x backends against a reference"),
@@ -62,8 +68,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         fn = resolve(verb)
     except ImportError as exc:
-        print(f"ferdeploy {verb}: cannot load {VERBS[verb][0]} ({exc}); install the extra it needs, e.g. "
-              "pip install '.[train,quantize]'", file=sys.stderr)
+        print(
+            f"ferdeploy {verb}: cannot load {VERBS[verb][0]} ({exc}); install the extra it needs, e.g. "
+            "pip install '.[train,quantize]'",
+            file=sys.stderr,
+        )
         return EXIT_MISSING
     try:
         return int(fn(rest) or EXIT_OK)

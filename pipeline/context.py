@@ -52,7 +52,11 @@ def tensorrt_status(cfg: TensorrtSection) -> tuple[bool, str, tuple[str, ...]]:
     *built* is `tensorrt_build_status`.
     """
     if not cfg.enabled:
-        return False, "disabled in the config (tensorrt.enabled: false)", ("disabled in the config (tensorrt.enabled: false)",)
+        return (
+            False,
+            "disabled in the config (tensorrt.enabled: false)",
+            ("disabled in the config (tensorrt.enabled: false)",),
+        )
     reasons = []
     try:
         from runtime.trt.compat import Trt, target_unsupported_reason
@@ -107,10 +111,14 @@ def tensorrt_build_status(cfg: TensorrtSection) -> tuple[bool, str]:
         from runtime.trt.cuda import cuda_unavailable_reason
 
         cuda = cuda_unavailable_reason()
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - any failure of an optional component reads as 'unavailable', not a crash
         cuda = f"{type(exc).__name__}: {exc}"
-    return (not cuda), (f"CUDA/GPU: {cuda} ({trt.label} builds on the GPU it runs on; TensorRT for RTX, "
-                        "pip install '.[rtx]', builds without one)" if cuda else "")
+    return (not cuda), (
+        f"CUDA/GPU: {cuda} ({trt.label} builds on the GPU it runs on; TensorRT for RTX, "
+        "pip install '.[rtx]', builds without one)"
+        if cuda
+        else ""
+    )
 
 
 def _torch_available() -> bool:
@@ -127,8 +135,12 @@ def _machine() -> dict[str, Any]:
     from runtime.env import cpu_info
 
     cpu = cpu_info()
-    return {"cpu": cpu.get("model"), "machine": cpu.get("machine"), "usable_cores": cpu.get("usable_cores"),
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS")}
+    return {
+        "cpu": cpu.get("model"),
+        "machine": cpu.get("machine"),
+        "usable_cores": cpu.get("usable_cores"),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+    }
 
 
 def _dataset_fingerprint(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -176,20 +188,31 @@ def _engine_summaries(L: Layout, variants: Sequence[Variant]) -> list[dict[str, 
         side = _read_optional(sidecar_path(engine))
         key = side.get("key") or {}
         check = side.get("precision_check") or {}
-        out.append({
-            "engine": L.rel(engine), "onnx": L.rel(onnx), "precision": precision,
-            "flavour": side.get("flavour") or key.get("flavour") or "tensorrt",
-            "tensorrt": side.get("tensorrt") or f"TensorRT {key.get('tensorrt_version')}",
-            "ahead_of_time": bool(side.get("ahead_of_time")),
-            "targets": side.get("target_compute_capabilities") or [],
-            "targets_default": side.get("targets_default"),
-            "gpu": key.get("gpu_name") or None, "compute_capability": key.get("compute_capability") or None,
-            "size_bytes": engine.stat().st_size, "build_s": side.get("build_s"), "built_at": side.get("built_at"),
-            "typing": side.get("typing_used"),
-            "realized": {k: check.get(k) for k in ("requested", "share", "min_share", "passed", "compute_layers",
-                                                   "counts", "offenders")} if check else None,
-            "layers_md": L.rel(engine.with_name(side["layers_md"])) if side.get("layers_md") else None,
-        })
+        out.append(
+            {
+                "engine": L.rel(engine),
+                "onnx": L.rel(onnx),
+                "precision": precision,
+                "flavour": side.get("flavour") or key.get("flavour") or "tensorrt",
+                "tensorrt": side.get("tensorrt") or f"TensorRT {key.get('tensorrt_version')}",
+                "ahead_of_time": bool(side.get("ahead_of_time")),
+                "targets": side.get("target_compute_capabilities") or [],
+                "targets_default": side.get("targets_default"),
+                "gpu": key.get("gpu_name") or None,
+                "compute_capability": key.get("compute_capability") or None,
+                "size_bytes": engine.stat().st_size,
+                "build_s": side.get("build_s"),
+                "built_at": side.get("built_at"),
+                "typing": side.get("typing_used"),
+                "realized": {
+                    k: check.get(k)
+                    for k in ("requested", "share", "min_share", "passed", "compute_layers", "counts", "offenders")
+                }
+                if check
+                else None,
+                "layers_md": L.rel(engine.with_name(side["layers_md"])) if side.get("layers_md") else None,
+            }
+        )
     return out
 
 

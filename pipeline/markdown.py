@@ -44,18 +44,25 @@ def _measurement_lines(m: Mapping[str, Any]) -> list[str]:
     out = ["", "### How this was measured", ""]
     threads = m.get("threads_per_backend") or {}
     if threads:
-        out.append("- threads: " + ", ".join(f"`{b}` {t} intra-op" for b, t in sorted(threads.items()))
-                   + " (set explicitly; OMP_NUM_THREADS is not relied on)")
+        out.append(
+            "- threads: "
+            + ", ".join(f"`{b}` {t} intra-op" for b, t in sorted(threads.items()))
+            + " (set explicitly; OMP_NUM_THREADS is not relied on)"
+        )
     if m.get("batches"):
-        out.append(f"- batch sizes: {', '.join(str(b) for b in m['batches'])}; "
-                   f"{_fmt(m.get('seconds_per_measurement'), 'g')} s per measurement after warm-up")
+        out.append(
+            f"- batch sizes: {', '.join(str(b) for b in m['batches'])}; "
+            f"{_fmt(m.get('seconds_per_measurement'), 'g')} s per measurement after warm-up"
+        )
     if m.get("parity_set"):
         out.append(f"- parity set: {m['parity_set']}")
     for file, cal in sorted((m.get("calibration") or {}).items()):
         counts = cal.get("class_counts") or {}
-        balance = (f"; per class {min(counts.values())}–{max(counts.values())}" if counts else "")
-        out.append(f"- INT8 calibration of `{file}`: {cal.get('source')} ({cal.get('size')} images, seed "
-                   f"{cal.get('seed')}{balance})")
+        balance = f"; per class {min(counts.values())}–{max(counts.values())}" if counts else ""
+        out.append(
+            f"- INT8 calibration of `{file}`: {cal.get('source')} ({cal.get('size')} images, seed "
+            f"{cal.get('seed')}{balance})"
+        )
     out.append(f"- code: commit `{m.get('commit') or 'unknown (not a git checkout)'}`")
     return out
 
@@ -71,25 +78,56 @@ def _engine_lines(trt: Mapping[str, Any]) -> list[str]:
         r = e.get("realized") or {}
         if r:
             counts = ", ".join(f"{k} {v}" for k, v in sorted((r.get("counts") or {}).items()))
-            realized = (f"{r.get('requested')} in {_fmt(r.get('share'), '.0%')} of {r.get('compute_layers')} conv/GEMM "
-                        f"({counts}; need {_fmt(r.get('min_share'), '.0%')}): {'ok' if r.get('passed') else '**FAILED**'}")
+            realized = (
+                f"{r.get('requested')} in {_fmt(r.get('share'), '.0%')} of {r.get('compute_layers')} conv/GEMM "
+                f"({counts}; need {_fmt(r.get('min_share'), '.0%')}): {'ok' if r.get('passed') else '**FAILED**'}"
+            )
         else:
             realized = "–"
         table = f"[layers]({e['layers_md']})" if e.get("layers_md") else "–"
-        rows.append([f"`{Path(e.get('engine', '')).name}`", e.get("precision"), e.get("tensorrt"), where,
-                     _mb(e.get("size_bytes")), _fmt(e.get("build_s"), ".1f"), realized, table])
-    out = md_table(["engine", "precision", "built by", "runs on (compute capability)", "size", "build s",
-                     "realized precision", "per layer"], rows)
-    short = [e for e in trt.get("engines", []) if (e.get("realized") or {}).get("requested") == "int8"
-             and (e.get("realized") or {}).get("share") is not None and e["realized"]["share"] < 0.9]
+        rows.append(
+            [
+                f"`{Path(e.get('engine', '')).name}`",
+                e.get("precision"),
+                e.get("tensorrt"),
+                where,
+                _mb(e.get("size_bytes")),
+                _fmt(e.get("build_s"), ".1f"),
+                realized,
+                table,
+            ]
+        )
+    out = md_table(
+        [
+            "engine",
+            "precision",
+            "built by",
+            "runs on (compute capability)",
+            "size",
+            "build s",
+            "realized precision",
+            "per layer",
+        ],
+        rows,
+    )
+    short = [
+        e
+        for e in trt.get("engines", [])
+        if (e.get("realized") or {}).get("requested") == "int8"
+        and (e.get("realized") or {}).get("share") is not None
+        and e["realized"]["share"] < 0.9
+    ]
     for e in short:
         names = ", ".join(f"`{o}`" for o in e["realized"].get("offenders") or [])
         out += ["", f"`{Path(e['engine']).name}`: conv/GEMM layers not in INT8: {names or 'none listed'}."]
     if trt.get("available"):
         out += ["", "The `trt` rows above ran these engines (CUDA-event device times are in the bench report)."]
     else:
-        out += ["", "These engines were built here but **not run**: the parity and latency tables have no `trt` rows, "
-                "because:", ""]
+        out += [
+            "",
+            "These engines were built here but **not run**: the parity and latency tables have no `trt` rows, because:",
+            "",
+        ]
         out += [f"- {part}" for part in trt.get("reasons") or [trt.get("reason", "")]]
         if trt.get("how_to"):
             out += ["", f"To run them, {trt['how_to']}."]
@@ -110,9 +148,12 @@ def render_report(body: Mapping[str, Any]) -> str:
     plots = body.get("plots") or {}
     out = [f"# FER deployment report: `{body.get('config', {}).get('source') or 'pipeline'}`", ""]
     if model:
-        out += [f"Model `{model.get('name')}` ({len(classes)} classes: {', '.join(classes)}), trained on "
-                f"`{ds.get('name')}` ({ds.get('train')} training / {ds.get('val')} validation images), exported to "
-                "ONNX, quantized, and measured on this machine.", ""]
+        out += [
+            f"Model `{model.get('name')}` ({len(classes)} classes: {', '.join(classes)}), trained on "
+            f"`{ds.get('name')}` ({ds.get('train')} training / {ds.get('val')} validation images), exported to "
+            "ONNX, quantized, and measured on this machine.",
+            "",
+        ]
     if body.get("command"):
         out += [f"Command: `{body['command']}` ({body.get('created_at', '')})", ""]
     if body.get("environment"):
@@ -122,27 +163,48 @@ def render_report(body: Mapping[str, Any]) -> str:
     out += ["## Summary", ""]
     summary: list[list[str]] = []
     if m:
-        summary.append(["validation accuracy (PyTorch)",
-                        f"{_fmt(m.get('val_accuracy'))} (macro-F1 {_fmt(m.get('val_macro_f1'))}, "
-                        f"best epoch {m.get('best_epoch')} of {tr.get('epochs_run')}, stopped by {tr.get('stop_reason')}, "
-                        f"{_fmt(tr.get('train_seconds'), '.0f')} s)"])
+        summary.append(
+            [
+                "validation accuracy (PyTorch)",
+                f"{_fmt(m.get('val_accuracy'))} (macro-F1 {_fmt(m.get('val_macro_f1'))}, "
+                f"best epoch {m.get('best_epoch')} of {tr.get('epochs_run')}, stopped by {tr.get('stop_reason')}, "
+                f"{_fmt(tr.get('train_seconds'), '.0f')} s)",
+            ]
+        )
     prow = [r for r in body.get("parity_rows", []) if not r.get("is_reference")]
     if prow:
         ok = sum(1 for r in prow if r.get("passed"))
         unsure = [r for r in prow if r.get("passed") and r.get("verdict") == "uncertain"]
-        summary.append(["parity vs the reference", f"{ok} of {len(prow)} rows pass"
-                        + (f" ({len(unsure)} uncertain: too few samples to tell)" if unsure else "")
-                        + (f"; **failing: {', '.join(_row_name(r) for r in prow if not r.get('passed'))}**" if ok < len(prow) else "")])
+        summary.append(
+            [
+                "parity vs the reference",
+                f"{ok} of {len(prow)} rows pass"
+                + (f" ({len(unsure)} uncertain: too few samples to tell)" if unsure else "")
+                + (
+                    f"; **failing: {', '.join(_row_name(r) for r in prow if not r.get('passed'))}**"
+                    if ok < len(prow)
+                    else ""
+                ),
+            ]
+        )
     for batch in sorted({r["batch"] for r in rows if r.get("batch") is not None and r.get("latency_ms")}):
         at = [r for r in rows if r.get("batch") == batch and r.get("latency_ms")]
         best = min(at, key=lambda r: r["latency_ms"]["p50"])
-        summary.append([f"fastest at batch {batch}", f"{_row_name(best)}: p50 {_fmt(best['latency_ms']['p50'], '.3f')} ms, "
-                        f"{_fmt(best.get('throughput_ips'), '.0f')} img/s"])
+        summary.append(
+            [
+                f"fastest at batch {batch}",
+                f"{_row_name(best)}: p50 {_fmt(best['latency_ms']['p50'], '.3f')} ms, "
+                f"{_fmt(best.get('throughput_ips'), '.0f')} img/s",
+            ]
+        )
     trt = body.get("tensorrt") or {}
     if trt.get("engines"):
         built = ", ".join(f"`{Path(e.get('engine', '')).name}`" for e in trt["engines"])
-        runs = "parity and latency rows below" if trt.get("available") else \
-            "**not run here** (details under [TensorRT](#tensorrt))"
+        runs = (
+            "parity and latency rows below"
+            if trt.get("available")
+            else "**not run here** (details under [TensorRT](#tensorrt))"
+        )
         summary.append(["TensorRT", f"{len(trt['engines'])} engines ({built}); {runs}"])
     elif trt.get("available"):
         summary.append(["TensorRT", "engines: none"])
@@ -153,46 +215,96 @@ def render_report(body: Mapping[str, Any]) -> str:
     out += md_table(["", ""], summary)
 
     # ---- accuracy × latency
-    out += ["", "## Accuracy and latency", "",
-            "One row per model × backend × batch. Latency is the host wall time of one call (p50 with its 95% bootstrap "
-            "confidence interval; p99 is the tail), measured apart from accuracy on a fixed random batch. Accuracy and "
-            "agreement are on the labelled split below; *acc. drop* is in points against the reference (positive = "
-            "less accurate), *top-1 agree* the share of images whose top-1 class equals the reference's, *max Δprob* "
-            "the largest change of any class probability. Each verdict names the bounds it was held to (the "
-            "per-precision policy of docs/tolerances.md): a bound on a count fails only when its whole 95% interval "
-            "misses it.", ""]
+    out += [
+        "",
+        "## Accuracy and latency",
+        "",
+        "One row per model × backend × batch. Latency is the host wall time of one call (p50 with its 95% bootstrap "
+        "confidence interval; p99 is the tail), measured apart from accuracy on a fixed random batch. Accuracy and "
+        "agreement are on the labelled split below; *acc. drop* is in points against the reference (positive = "
+        "less accurate), *top-1 agree* the share of images whose top-1 class equals the reference's, *max Δprob* "
+        "the largest change of any class probability. Each verdict names the bounds it was held to (the "
+        "per-precision policy of docs/tolerances.md): a bound on a count fails only when its whole 95% interval "
+        "misses it.",
+        "",
+    ]
     body_rows = []
     for r in rows:
         lat = r.get("latency_ms") or {}
         ci = lat.get("p50_ci") or [None, None]
         verdict = verdict_text(r)
-        body_rows.append([r.get("title"), f"`{r.get('file')}`", r.get("backend"), r.get("batch"),
-                          f"{_fmt(lat.get('p50'), '.3f')} [{_fmt(ci[0], '.3f')}, {_fmt(ci[1], '.3f')}]",
-                          _fmt(lat.get("p99"), ".3f"), _fmt(r.get("throughput_ips"), ".0f"), _fmt(r.get("accuracy")),
-                          _fmt(r.get("accuracy_drop_pts"), "+.2f"), _fmt(r.get("top1_agreement")),
-                          _fmt(r.get("max_prob_diff"), ".3g"), _mb(r.get("file_size_bytes")), verdict,
-                          r.get("error") or ""])
-    out += md_table(["model", "file", "backend", "batch", "p50 ms [95% CI]", "p99 ms", "img/s", "accuracy", "acc. drop (pts)",
-                      "top-1 agree", "max Δprob", "size", "parity (bounds)", "error"], body_rows)
+        body_rows.append(
+            [
+                r.get("title"),
+                f"`{r.get('file')}`",
+                r.get("backend"),
+                r.get("batch"),
+                f"{_fmt(lat.get('p50'), '.3f')} [{_fmt(ci[0], '.3f')}, {_fmt(ci[1], '.3f')}]",
+                _fmt(lat.get("p99"), ".3f"),
+                _fmt(r.get("throughput_ips"), ".0f"),
+                _fmt(r.get("accuracy")),
+                _fmt(r.get("accuracy_drop_pts"), "+.2f"),
+                _fmt(r.get("top1_agreement")),
+                _fmt(r.get("max_prob_diff"), ".3g"),
+                _mb(r.get("file_size_bytes")),
+                verdict,
+                r.get("error") or "",
+            ]
+        )
+    out += md_table(
+        [
+            "model",
+            "file",
+            "backend",
+            "batch",
+            "p50 ms [95% CI]",
+            "p99 ms",
+            "img/s",
+            "accuracy",
+            "acc. drop (pts)",
+            "top-1 agree",
+            "max Δprob",
+            "size",
+            "parity (bounds)",
+            "error",
+        ],
+        body_rows,
+    )
     if body.get("dataset"):
         out += ["", f"Labelled set: {body['dataset']}."]
     out += _measurement_lines(body.get("measurement") or {})
-    for key, title in sorted(((k, v) for k, v in plots.items() if k.startswith("pareto_b")), key=lambda kv: int(kv[0][8:])):
+    for key, title in sorted(
+        ((k, v) for k, v in plots.items() if k.startswith("pareto_b")), key=lambda kv: int(kv[0][8:])
+    ):
         out += ["", f"![Latency vs accuracy at batch {key[8:]}]({title})"]
     if "latency" in plots:
         out += ["", f"![Latency per model and backend]({plots['latency']})"]
     if "latency_distributions" in plots:
-        out += ["", f"Per-call latency distributions: [{plots['latency_distributions']}]({plots['latency_distributions']})"
-                f" (box: quartiles, whiskers p1–p99); the full latency report is [{body['reports']['bench']}]"
-                f"({body['reports']['bench']})."]
+        out += [
+            "",
+            f"Per-call latency distributions: [{plots['latency_distributions']}]({plots['latency_distributions']})"
+            f" (box: quartiles, whiskers p1–p99); the full latency report is [{body['reports']['bench']}]"
+            f"({body['reports']['bench']}).",
+        ]
 
     # ---- parity
     failing = [r for r in prow if not r.get("passed")]
     out += ["", "## Parity", ""]
-    out += md_table(["model", "backend", "verdict", "top-1 agree [95% CI]", "acc. drop (pts)", "max Δprob", "bounds"],
-                     [[_row_name(r), r.get("backend"), verdict_text({**r, "bounds": ""}),
-                       _agree_ci(r), _fmt(r.get("accuracy_drop_pts"), "+.2f"), _fmt(r.get("max_prob_diff"), ".3g"),
-                       r.get("bounds") or "–"] for r in prow])
+    out += md_table(
+        ["model", "backend", "verdict", "top-1 agree [95% CI]", "acc. drop (pts)", "max Δprob", "bounds"],
+        [
+            [
+                _row_name(r),
+                r.get("backend"),
+                verdict_text({**r, "bounds": ""}),
+                _agree_ci(r),
+                _fmt(r.get("accuracy_drop_pts"), "+.2f"),
+                _fmt(r.get("max_prob_diff"), ".3g"),
+                r.get("bounds") or "–",
+            ]
+            for r in prow
+        ],
+    )
     out.append("")
     if failing:
         out += ["Rows outside their tolerance (the reasons name the bound that was missed):", ""]
@@ -225,9 +337,15 @@ def render_report(body: Mapping[str, Any]) -> str:
     mrows = []
     if exp:
         pf = exp.get("preflight") or {}
-        mrows.append(["ONNX FP32", "`model.onnx`", _mb(exp.get("file_size_bytes")),
-                      f"{exp.get('exporter')} exporter, opset {exp.get('opset')}; preflight "
-                      f"{'passed' if pf.get('passed') else 'FAILED'} ({pf.get('errors')} errors, {pf.get('warnings')} warnings)"])
+        mrows.append(
+            [
+                "ONNX FP32",
+                "`model.onnx`",
+                _mb(exp.get("file_size_bytes")),
+                f"{exp.get('exporter')} exporter, opset {exp.get('opset')}; preflight "
+                f"{'passed' if pf.get('passed') else 'FAILED'} ({pf.get('errors')} errors, {pf.get('warnings')} warnings)",
+            ]
+        )
     for q in body.get("quantized", []):
         s = q.get("sidecar") or {}
         detail = ", ".join(f"{k} {s[k]}" for k in ("precision", "method", "target") if s.get(k)) or "–"
@@ -248,25 +366,61 @@ def render_report(body: Mapping[str, Any]) -> str:
     # ---- deploy
     deploy = body.get("deploy") or []
     if deploy:
-        out += ["", "## Deployment configs", "",
-                "Generated from the model's contract and checked by re-doing the target's preprocessing in numpy from "
-                "the written config (docs/deploy.md):", ""]
-        out += md_table(["target", "folder", "model", "preprocessing", "max input diff", "top-1 agreement", "images", "report"],
-                         [[d["target"], f"`{d['folder']}`", f"`{d['model']}`", "exact" if d.get("exact") else "approximate",
-                           _fmt(d.get("max_abs_input_diff"), ".3g"), _fmt(d.get("top1_agreement")), d.get("images"),
-                           f"[{d['report']}]({d['report']})"] for d in deploy])
+        out += [
+            "",
+            "## Deployment configs",
+            "",
+            "Generated from the model's contract and checked by re-doing the target's preprocessing in numpy from "
+            "the written config (docs/deploy.md):",
+            "",
+        ]
+        out += md_table(
+            ["target", "folder", "model", "preprocessing", "max input diff", "top-1 agreement", "images", "report"],
+            [
+                [
+                    d["target"],
+                    f"`{d['folder']}`",
+                    f"`{d['model']}`",
+                    "exact" if d.get("exact") else "approximate",
+                    _fmt(d.get("max_abs_input_diff"), ".3g"),
+                    _fmt(d.get("top1_agreement")),
+                    d.get("images"),
+                    f"[{d['report']}]({d['report']})",
+                ]
+                for d in deploy
+            ],
+        )
 
     # ---- stages
     stages = body.get("stages") or []
     if stages:
-        out += ["", "## Stages", "",
-                "When each artifact was produced and how long it took. A rerun reuses every step whose inputs "
-                "(sha256), config and library versions are unchanged (docs/pipeline.md).", ""]
-        out += md_table(["step", "seconds", "finished (UTC)", "outputs"],
-                         [[s["step"], _fmt(s.get("seconds"), ".1f"), s.get("finished_at"),
-                           ", ".join(f"`{o}`" for o in s.get("outputs", []))] for s in stages])
+        out += [
+            "",
+            "## Stages",
+            "",
+            "When each artifact was produced and how long it took. A rerun reuses every step whose inputs "
+            "(sha256), config and library versions are unchanged (docs/pipeline.md).",
+            "",
+        ]
+        out += md_table(
+            ["step", "seconds", "finished (UTC)", "outputs"],
+            [
+                [
+                    s["step"],
+                    _fmt(s.get("seconds"), ".1f"),
+                    s.get("finished_at"),
+                    ", ".join(f"`{o}`" for o in s.get("outputs", [])),
+                ]
+                for s in stages
+            ],
+        )
     skipped = body.get("skipped_backends") or {}
     if skipped:
-        out += ["", "Backends not available on this machine: " + "; ".join(f"`{k}`: {v}" for k, v in sorted(skipped.items())) + "."]
+        out += [
+            "",
+            "Backends not available on this machine: "
+            + "; ".join(f"`{k}`: {v}" for k, v in sorted(skipped.items()))
+            + ".",
+        ]
     out.append("")
     return "\n".join(out)

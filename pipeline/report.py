@@ -27,8 +27,22 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------------------------
 # The report a person reads: report.json (ferdeploy-report/1, kind "pipeline") + report.md + PNGs
 # --------------------------------------------------------------------------------------------
-_PARITY_COLUMNS = ("accuracy", "macro_f1", "top1_agreement", "max_abs_diff", "mean_abs_diff", "p99_abs_diff", "kl_mean",
-                   "accuracy_drop_pts", "passed", "verdict", "bounds", "max_prob_diff", "top1_agreement_ci", "notes")
+_PARITY_COLUMNS = (
+    "accuracy",
+    "macro_f1",
+    "top1_agreement",
+    "max_abs_diff",
+    "mean_abs_diff",
+    "p99_abs_diff",
+    "kl_mean",
+    "accuracy_drop_pts",
+    "passed",
+    "verdict",
+    "bounds",
+    "max_prob_diff",
+    "top1_agreement_ci",
+    "notes",
+)
 _BACKEND_ORDER = {"torch": 0, "ort": 1, "ort-cuda": 2, "ort-trt": 3, "trt": 4}
 
 
@@ -40,7 +54,9 @@ def _titles(L: Layout, variants: Sequence[Variant]) -> dict[str, tuple[int, str]
     return out
 
 
-def join_rows(bench_rows: Sequence[Mapping[str, Any]], parity_rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def join_rows(
+    bench_rows: Sequence[Mapping[str, Any]], parity_rows: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
     """Pure: bench rows with the parity columns of the same file on the same backend (sha256, backend)."""
     index = {(r.get("sha256"), r.get("backend")): r for r in parity_rows if r.get("sha256")}
     out = []
@@ -77,51 +93,111 @@ def build_report(ctx: Context, trt_ok: bool, trt_reason: str) -> dict[str, Any]:
         p = L.out / name
         r["file_size_bytes"] = p.stat().st_size if p.is_file() else None
     rows.sort(key=lambda r: (r.get("batch") or 0, r["order"], _BACKEND_ORDER.get(r["backend"], 9), r["backend"]))
-    parity_rows = [dict(r, file=Path(r["model"]).name, title=titles.get(Path(r["model"]).name, (99, r["label"]))[1],
-                        order=titles.get(Path(r["model"]).name, (99, ""))[0]) for r in parity.get("rows", [])]
+    parity_rows = [
+        dict(
+            r,
+            file=Path(r["model"]).name,
+            title=titles.get(Path(r["model"]).name, (99, r["label"]))[1],
+            order=titles.get(Path(r["model"]).name, (99, ""))[0],
+        )
+        for r in parity.get("rows", [])
+    ]
     parity_rows.sort(key=lambda r: (r["order"], _BACKEND_ORDER.get(r["backend"], 9)))
 
     ckpt = _read_optional(L.checkpoint_json)
-    training = {k: ckpt.get(k) for k in ("model", "dataset", "metrics", "epochs_run", "stop_reason", "train_seconds",
-                                          "device", "torch_threads", "history")} if ckpt else {}
+    training = (
+        {
+            k: ckpt.get(k)
+            for k in (
+                "model",
+                "dataset",
+                "metrics",
+                "epochs_run",
+                "stop_reason",
+                "train_seconds",
+                "device",
+                "torch_threads",
+                "history",
+            )
+        }
+        if ckpt
+        else {}
+    )
     exp = _read_optional(L.onnx_sidecar)
-    export = {"opset": (exp.get("exporter") or {}).get("opset"), "exporter": (exp.get("exporter") or {}).get("name"),
-              "preflight": exp.get("preflight"), "parity": exp.get("parity"), "file_size_bytes": exp.get("file_size_bytes"),
-              "export_time_s": exp.get("export_time_s")} if exp else {}
+    export = (
+        {
+            "opset": (exp.get("exporter") or {}).get("opset"),
+            "exporter": (exp.get("exporter") or {}).get("name"),
+            "preflight": exp.get("preflight"),
+            "parity": exp.get("parity"),
+            "file_size_bytes": exp.get("file_size_bytes"),
+            "export_time_s": exp.get("export_time_s"),
+        }
+        if exp
+        else {}
+    )
     quantized = []
     for v in variants:
         side = _read_optional(L.out / (v.file + ".json"))
         p = L.quantized(v)
-        quantized.append({"file": v.file, "title": v.title, "kind": v.kind, "method": v.method, "target": v.target,
-                          "file_size_bytes": p.stat().st_size if p.is_file() else None,
-                          "sidecar": {k: side[k] for k in ("precision", "method", "target", "calibration", "settings",
-                                                           "quantize_s", "lint") if k in side}})
+        quantized.append(
+            {
+                "file": v.file,
+                "title": v.title,
+                "kind": v.kind,
+                "method": v.method,
+                "target": v.target,
+                "file_size_bytes": p.stat().st_size if p.is_file() else None,
+                "sidecar": {
+                    k: side[k]
+                    for k in ("precision", "method", "target", "calibration", "settings", "quantize_s", "lint")
+                    if k in side
+                },
+            }
+        )
     engines = _engine_summaries(L, variants)
     stages = []
     for stamp_file in sorted(L.stamps.glob("*.json")) if L.stamps.is_dir() else []:
         s = _read_optional(stamp_file)
         if s:
-            stages.append({"step": s.get("step"), "stage": s.get("stage"), "seconds": s.get("seconds"),
-                           "finished_at": s.get("finished_at"), "outputs": sorted(s.get("outputs") or {})})
+            stages.append(
+                {
+                    "step": s.get("step"),
+                    "stage": s.get("stage"),
+                    "seconds": s.get("seconds"),
+                    "finished_at": s.get("finished_at"),
+                    "outputs": sorted(s.get("outputs") or {}),
+                }
+            )
     stage_order = {s.value: i for i, s in enumerate(STAGES)}
     stages.sort(key=lambda s: (stage_order.get(s["stage"], 99), s.get("finished_at") or "", s["step"] or ""))
     failing = list(parity.get("failing", [])) + list(bench.get("failing", []))
-    tensorrt = {"available": trt_ok, "reason": trt_reason, "reasons": list(tensorrt_status(ctx.cfg.tensorrt)[2]),
-                "engines": engines, "built": bool(engines)}
+    tensorrt = {
+        "available": trt_ok,
+        "reason": trt_reason,
+        "reasons": list(tensorrt_status(ctx.cfg.tensorrt)[2]),
+        "engines": engines,
+        "built": bool(engines),
+    }
     if not engines:
         tensorrt["build_reason"] = tensorrt_build_status(ctx.cfg.tensorrt)[1]
     if not trt_ok:
-        tensorrt["how_to"] = ("on a machine with TensorRT and an NVIDIA GPU that runs the engines (a Jetson: docs/jetson.md; "
-                              "RTX engines: an RTX-class GPU of their target compute capabilities) run "
-                              f"`python -m runtime pipeline --config {ctx.cfg.source or 'CONFIG'} --stages tensorrt,parity,bench,report`")
+        tensorrt["how_to"] = (
+            "on a machine with TensorRT and an NVIDIA GPU that runs the engines (a Jetson: docs/jetson.md; "
+            "RTX engines: an RTX-class GPU of their target compute capabilities) run "
+            f"`python -m runtime pipeline --config {ctx.cfg.source or 'CONFIG'} --stages tensorrt,parity,bench,report`"
+        )
     return {
         "schema": SCHEMA,
         "kind": "pipeline",
         "measurement": _measurement(ctx, parity, bench, quantized),
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": ctx.command,
-        "config": {"source": ctx.cfg.source, "fit": _jsonable(ctx.cfg.fit),
-                   **{name: to_dict(getattr(ctx.cfg, name)) for name in _SECTIONS}},
+        "config": {
+            "source": ctx.cfg.source,
+            "fit": _jsonable(ctx.cfg.fit),
+            **{name: to_dict(getattr(ctx.cfg, name)) for name in _SECTIONS},
+        },
         "passed": bool(parity.get("passed")) and bool(bench.get("passed")),
         "failing": failing,
         "dataset": parity.get("dataset", ""),
@@ -155,15 +231,26 @@ def _deploy_summaries(ctx: Context) -> list[dict[str, Any]]:
         if not body:
             continue
         sets = [s for s in (body.get("emulation") or {}).get("sets", []) if s.get("counts_for_verdict")]
-        out.append({
-            "target": target, "folder": ctx.layout.rel(rep.parent), "report": ctx.layout.rel(rep.with_suffix(".md")),
-            "exact": body.get("exact"), "model": Path(str((body.get("model") or {}).get("path", "")
-                                                             if isinstance(body.get("model"), dict) else body.get("model", ""))).name,
-            "max_abs_input_diff": max((s.get("max_abs_input_diff") or 0.0 for s in sets), default=None),
-            "top1_agreement": min((s.get("top1_agreement") for s in sets if s.get("top1_agreement") is not None),
-                                  default=None),
-            "images": sum(int(s.get("images") or 0) for s in sets),
-        })
+        out.append(
+            {
+                "target": target,
+                "folder": ctx.layout.rel(rep.parent),
+                "report": ctx.layout.rel(rep.with_suffix(".md")),
+                "exact": body.get("exact"),
+                "model": Path(
+                    str(
+                        (body.get("model") or {}).get("path", "")
+                        if isinstance(body.get("model"), dict)
+                        else body.get("model", "")
+                    )
+                ).name,
+                "max_abs_input_diff": max((s.get("max_abs_input_diff") or 0.0 for s in sets), default=None),
+                "top1_agreement": min(
+                    (s.get("top1_agreement") for s in sets if s.get("top1_agreement") is not None), default=None
+                ),
+                "images": sum(int(s.get("images") or 0) for s in sets),
+            }
+        )
     return out
 
 
@@ -173,17 +260,28 @@ def _git_commit() -> str | None:
 
     root = Path(__file__).resolve().parent.parent
     try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                              text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return head + ("-dirty" if dirty else "") if head else None
 
 
-def _measurement(ctx: Context, parity: Mapping[str, Any], bench: Mapping[str, Any],
-                 quantized: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def _measurement(
+    ctx: Context, parity: Mapping[str, Any], bench: Mapping[str, Any], quantized: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
     """How the report's numbers were measured: threads per backend, batches, data, calibration, commit."""
     bcfg = bench.get("config") or {}
     threads: dict[str, Any] = {}
@@ -194,8 +292,11 @@ def _measurement(ctx: Context, parity: Mapping[str, Any], bench: Mapping[str, An
     for backend in sorted({r.get("backend") for r in bench.get("rows", []) if r.get("backend")}):
         if backend in ("ort", "torch") and bcfg.get("threads") is not None:
             threads[backend] = bcfg.get("threads")  # bench's explicit setting is what the latency used
-    calibration = {q["file"]: (q.get("sidecar") or {}).get("calibration") for q in quantized
-                   if (q.get("sidecar") or {}).get("calibration")}
+    calibration = {
+        q["file"]: (q.get("sidecar") or {}).get("calibration")
+        for q in quantized
+        if (q.get("sidecar") or {}).get("calibration")
+    }
     return {
         "bench_threads": bcfg.get("threads"),
         "threads_per_backend": threads,
@@ -221,7 +322,9 @@ def write_plots(body: Mapping[str, Any], L: Layout) -> dict[str, str]:
         log.warning("matplotlib is not installed (%s): report plots skipped; pip install '.[dev]'", exc)
         return {}
     names = {f.name for f in dataclasses.fields(ReportRow)}
-    rows = [ReportRow(**{k: (tuple(v) if k == "reasons" else v) for k, v in r.items() if k in names}) for r in body["rows"]]
+    rows = [
+        ReportRow(**{k: (tuple(v) if k == "reasons" else v) for k, v in r.items() if k in names}) for r in body["rows"]
+    ]
     plots: dict[str, str] = {}
     for batch in sorted({r.batch for r in rows if r.batch is not None}):
         path = plot_pareto(rows, L.out / f"report.pareto.b{batch}.png", batch=batch)
@@ -233,7 +336,10 @@ def write_plots(body: Mapping[str, Any], L: Layout) -> dict[str, str]:
     path = plot_training(body.get("training") or {}, L.out / "report.training.png")
     if path is not None:
         plots["training"] = path.name
-    for name, rel in (("confusion", "parity/parity.confusion.png"), ("latency_distributions", "bench/bench.latency.png")):
+    for name, rel in (
+        ("confusion", "parity/parity.confusion.png"),
+        ("latency_distributions", "bench/bench.latency.png"),
+    ):
         if (L.out / rel).is_file():
             plots[name] = rel
     return plots
@@ -249,7 +355,9 @@ def plot_latency_bars(rows: Sequence[Mapping[str, Any]], path: Path) -> Path | N
     batches = sorted({r["batch"] for r in measured})
     plt = _pyplot()
     names = list(dict.fromkeys(_row_name(r) for r in measured))
-    fig, axes = plt.subplots(1, len(batches), figsize=(5.2 * len(batches) + 1.5, 0.45 * len(names) + 1.6), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(batches), figsize=(5.2 * len(batches) + 1.5, 0.45 * len(names) + 1.6), squeeze=False
+    )
     for ax, batch in zip(axes[0], batches):
         by = {_row_name(r): r for r in measured if r["batch"] == batch}
         ys, vals, lo, hi, colors = [], [], [], [], []
@@ -268,8 +376,14 @@ def plot_latency_bars(rows: Sequence[Mapping[str, Any]], path: Path) -> Path | N
         ax.barh(ys, vals, xerr=[lo, hi], color=colors, capsize=3)
         for y, v, up, r in zip(ys, vals, hi, [by[names[i]] for i in ys]):
             ips = r.get("throughput_ips")
-            ax.annotate(f"{v:.2f} ms" + (f"  {ips:.0f} img/s" if ips else ""), (v + up, y), xytext=(5, 0),
-                        textcoords="offset points", va="center", fontsize=7)
+            ax.annotate(
+                f"{v:.2f} ms" + (f"  {ips:.0f} img/s" if ips else ""),
+                (v + up, y),
+                xytext=(5, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=7,
+            )
         ax.set_yticks(range(len(names)), names if ax is axes[0][0] else [""] * len(names), fontsize=8)
         ax.invert_yaxis()
         # Log scale: the PyTorch reference and INT8 on a CPU can differ by 100x from the fastest row.

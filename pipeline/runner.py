@@ -147,8 +147,14 @@ class StepResult:
     info: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "stage": self.stage, "status": self.status, "reason": self.reason,
-                "seconds": round(self.seconds, 3), "info": _jsonable(self.info)}
+        return {
+            "name": self.name,
+            "stage": self.stage,
+            "status": self.status,
+            "reason": self.reason,
+            "seconds": round(self.seconds, 3),
+            "info": _jsonable(self.info),
+        }
 
 
 @dataclass(frozen=True)
@@ -170,6 +176,7 @@ class PipelineResult:
 
 def _jsonable(obj: Any) -> Any:
     """Normalise to what a JSON round trip gives (tuples -> lists, Paths/Enums -> str)."""
+
     def default(o: Any) -> Any:
         if dataclasses.is_dataclass(o):
             return to_dict(o)
@@ -232,13 +239,15 @@ class Runner:
         return self.layout.stamps / f"{step.name}.json"
 
     def key(self, step: Step) -> dict[str, Any]:
-        return _jsonable({
-            "inputs": {self.layout.rel(p): self.sha(p) for p in step.inputs},
-            "config": step.config,
-            "versions": _versions(step.versions),
-            "code": stage_code(step.stage),
-            "extra": step.extra() if callable(step.extra) else step.extra,
-        })
+        return _jsonable(
+            {
+                "inputs": {self.layout.rel(p): self.sha(p) for p in step.inputs},
+                "config": step.config,
+                "versions": _versions(step.versions),
+                "code": stage_code(step.stage),
+                "extra": step.extra() if callable(step.extra) else step.extra,
+            }
+        )
 
     def stale_reason(self, step: Step, key: Mapping[str, Any]) -> str | None:
         """None when the step's stamp matches ``key`` and its outputs are intact, else why not."""
@@ -251,9 +260,13 @@ class Runner:
             return "stamp unreadable"
         if stamp.get("format") != STAMP_FORMAT:
             return "stamp from another pipeline version"
-        for part, what in (("inputs", "input changed"), ("config", "config changed"),
-                           ("versions", "library version changed"), ("code", "code changed"),
-                           ("extra", "context changed")):
+        for part, what in (
+            ("inputs", "input changed"),
+            ("config", "config changed"),
+            ("versions", "library version changed"),
+            ("code", "code changed"),
+            ("extra", "context changed"),
+        ):
             if part == "code" and part not in stamp:
                 return "code changed: the stamp was written by a version that did not record code"
             if stamp.get(part) != key[part]:
@@ -327,7 +340,9 @@ class Runner:
         self._hashes.clear()
         after = self.key(step)
         if after["inputs"] != key["inputs"]:
-            raise StageError(f"{step.name}: inputs changed while it ran ({_diff_keys(key['inputs'], after['inputs'])}); rerun")
+            raise StageError(
+                f"{step.name}: inputs changed while it ran ({_diff_keys(key['inputs'], after['inputs'])}); rerun"
+            )
         stamp = {
             "format": STAMP_FORMAT,
             "step": step.name,

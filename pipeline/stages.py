@@ -74,32 +74,78 @@ def build_plan(ctx: Context, stages: Sequence[Stage]) -> tuple[list[Step], dict[
             raise ConfigError(f"{cfg.source}: the train stage needs a `fit:` section (or leave train out of --stages)")
         fit_dict = to_dict(ctx.fit_config)
         fit_dict.pop("out", None)  # where it is written does not change what is trained
-        steps.append(Step("train", Stage.TRAIN, lambda: run_train(ctx), (), (L.checkpoint, L.checkpoint_json),
-                          fit_dict, ("torch", "numpy", "cv2"), {"dataset": _dataset_fingerprint(fit_dict.get("data", {}))}))
+        steps.append(
+            Step(
+                "train",
+                Stage.TRAIN,
+                lambda: run_train(ctx),
+                (),
+                (L.checkpoint, L.checkpoint_json),
+                fit_dict,
+                ("torch", "numpy", "cv2"),
+                {"dataset": _dataset_fingerprint(fit_dict.get("data", {}))},
+            )
+        )
     if Stage.EXPORT in stages and src.kind:
         given = [Path(p) for p in (src.path if src.kind != "module" else None, src.contract, src.weights) if p]
-        outs = (L.checkpoint, L.onnx, L.onnx_sidecar, L.preflight) if src.kind == "checkpoint" else (
-            L.onnx, L.onnx_sidecar, L.preflight)
-        steps.append(Step("export", Stage.EXPORT, lambda: run_source_export(ctx), tuple(given), outs,
-                          {**to_dict(cfg.export), "source": to_dict(src)}, ("torch", "onnx", "onnxslim", "onnxruntime")))
+        outs = (
+            (L.checkpoint, L.onnx, L.onnx_sidecar, L.preflight)
+            if src.kind == "checkpoint"
+            else (L.onnx, L.onnx_sidecar, L.preflight)
+        )
+        steps.append(
+            Step(
+                "export",
+                Stage.EXPORT,
+                lambda: run_source_export(ctx),
+                tuple(given),
+                outs,
+                {**to_dict(cfg.export), "source": to_dict(src)},
+                ("torch", "onnx", "onnxslim", "onnxruntime"),
+            )
+        )
     elif Stage.EXPORT in stages:
-        steps.append(Step("export", Stage.EXPORT, lambda: run_export(ctx), (L.checkpoint,),
-                          (L.onnx, L.onnx_sidecar, L.preflight), to_dict(cfg.export),
-                          ("torch", "onnx", "onnxslim", "onnxruntime")))
+        steps.append(
+            Step(
+                "export",
+                Stage.EXPORT,
+                lambda: run_export(ctx),
+                (L.checkpoint,),
+                (L.onnx, L.onnx_sidecar, L.preflight),
+                to_dict(cfg.export),
+                ("torch", "onnx", "onnxslim", "onnxruntime"),
+            )
+        )
     if Stage.QUANTIZE in stages:
         for v in variants:
             qcfg = to_dict(quantize_config(ctx, v))
             for path_key in ("onnx", "out"):  # where files live does not change what is made
                 qcfg.pop(path_key, None)
-            steps.append(Step(f"quantize.{v.name}", Stage.QUANTIZE, lambda v=v: run_quantize(ctx, v), (L.onnx,),
-                              (L.quantized(v),), {"kind": v.kind, **qcfg}, ("onnx", "onnxruntime", "nncf", "numpy")))
+            steps.append(
+                Step(
+                    f"quantize.{v.name}",
+                    Stage.QUANTIZE,
+                    lambda v=v: run_quantize(ctx, v),
+                    (L.onnx,),
+                    (L.quantized(v),),
+                    {"kind": v.kind, **qcfg},
+                    ("onnx", "onnxruntime", "nncf", "numpy"),
+                )
+            )
     if Stage.TENSORRT in stages:
         # TensorRT for RTX builds without a GPU; the engines' parity/latency rows need one (trt_ok).
         build_ok, build_reason = (True, "") if trt_ok else tensorrt_build_status(cfg.tensorrt)
         if build_ok:
             for onnx, precision in engines_wanted:
-                steps.append(Step(f"tensorrt.{onnx.name}", Stage.TENSORRT,
-                                  lambda o=onnx, p=precision: run_tensorrt(ctx, o, p), (onnx,), stamped=False))
+                steps.append(
+                    Step(
+                        f"tensorrt.{onnx.name}",
+                        Stage.TENSORRT,
+                        lambda o=onnx, p=precision: run_tensorrt(ctx, o, p),
+                        (onnx,),
+                        stamped=False,
+                    )
+                )
         else:
             skipped["tensorrt"] = build_reason
     # With TensorRT here, parity and bench add `trt` rows; the trt backend reuses the engines the
@@ -107,19 +153,39 @@ def build_plan(ctx: Context, stages: Sequence[Stage]) -> tuple[list[Step], dict[
     use_trt = trt_ok
     reference = L.checkpoint if _torch_available() and src.has_checkpoint else L.onnx
     if Stage.PARITY in stages:
-        steps.append(Step("parity", Stage.PARITY, lambda: run_parity(ctx, reference, use_trt),
-                          (reference, *([] if reference == L.onnx else [L.onnx]), *models[1:]),
-                          (L.parity_dir / "parity.json", L.parity_dir / "parity.md"),
-                          {**to_dict(cfg.parity), "reference": L.rel(reference), "tensorrt": use_trt,
-                           **({"data": src.data} if src.data else {})},
-                          ("torch", "onnxruntime", "numpy", "cv2"),
-                          {"tensorrt": _trt_identity() if use_trt else None}))
+        steps.append(
+            Step(
+                "parity",
+                Stage.PARITY,
+                lambda: run_parity(ctx, reference, use_trt),
+                (reference, *([] if reference == L.onnx else [L.onnx]), *models[1:]),
+                (L.parity_dir / "parity.json", L.parity_dir / "parity.md"),
+                {
+                    **to_dict(cfg.parity),
+                    "reference": L.rel(reference),
+                    "tensorrt": use_trt,
+                    **({"data": src.data} if src.data else {}),
+                },
+                ("torch", "onnxruntime", "numpy", "cv2"),
+                {"tensorrt": _trt_identity() if use_trt else None},
+            )
+        )
     if Stage.BENCH in stages:
-        bench_inputs = ([L.checkpoint] if cfg.bench.torch and _torch_available() and src.has_checkpoint else []) + models
-        steps.append(Step("bench", Stage.BENCH, lambda: run_bench(ctx, use_trt), tuple(bench_inputs),
-                          (L.bench_dir / "bench.json", L.bench_dir / "bench.md"),
-                          {**to_dict(cfg.bench), "tensorrt": use_trt}, ("torch", "onnxruntime", "numpy"),
-                          {"machine": _machine(), "tensorrt": _trt_identity() if use_trt else None}))
+        bench_inputs = (
+            [L.checkpoint] if cfg.bench.torch and _torch_available() and src.has_checkpoint else []
+        ) + models
+        steps.append(
+            Step(
+                "bench",
+                Stage.BENCH,
+                lambda: run_bench(ctx, use_trt),
+                tuple(bench_inputs),
+                (L.bench_dir / "bench.json", L.bench_dir / "bench.md"),
+                {**to_dict(cfg.bench), "tensorrt": use_trt},
+                ("torch", "onnxruntime", "numpy"),
+                {"machine": _machine(), "tensorrt": _trt_identity() if use_trt else None},
+            )
+        )
     deploy_reports: list[Path] = []
     if Stage.DEPLOY in stages and cfg.deploy.targets:
         from export.deploy import pipeline_report_path
@@ -128,16 +194,32 @@ def build_plan(ctx: Context, stages: Sequence[Stage]) -> tuple[list[Step], dict[
         for target in d.targets:
             rep = pipeline_report_path(L.out / d.out, target, d.options.get("name"))
             deploy_reports.append(rep)
-            steps.append(Step(f"deploy.{target}", Stage.DEPLOY, lambda t=target: run_deploy(ctx, t), (L.out / d.model,),
-                              (rep,), {**to_dict(d), "target": target}, ("onnx", "onnxruntime", "numpy", "cv2")))
+            steps.append(
+                Step(
+                    f"deploy.{target}",
+                    Stage.DEPLOY,
+                    lambda t=target: run_deploy(ctx, t),
+                    (L.out / d.model,),
+                    (rep,),
+                    {**to_dict(d), "target": target},
+                    ("onnx", "onnxruntime", "numpy", "cv2"),
+                )
+            )
     if Stage.REPORT in stages:
         report_inputs = [L.parity_dir / "parity.json", L.bench_dir / "bench.json", *deploy_reports]
-        steps.append(Step("report", Stage.REPORT, lambda: run_report(ctx, trt_ok, trt_reason), tuple(report_inputs),
-                          (L.report_md, L.report_json),
-                          {"tensorrt": trt_reason or "available", "variants": [v.file for v in variants]},
-                          ("matplotlib",),
-                          # The renderer (this module, runtime/report.py) is in STAGE_CODE[REPORT].
-                          lambda: {"context": _report_context_hash(L, variants)}))
+        steps.append(
+            Step(
+                "report",
+                Stage.REPORT,
+                lambda: run_report(ctx, trt_ok, trt_reason),
+                tuple(report_inputs),
+                (L.report_md, L.report_json),
+                {"tensorrt": trt_reason or "available", "variants": [v.file for v in variants]},
+                ("matplotlib",),
+                # The renderer (this module, runtime/report.py) is in STAGE_CODE[REPORT].
+                lambda: {"context": _report_context_hash(L, variants)},
+            )
+        )
     return steps, skipped
 
 
@@ -185,10 +267,20 @@ def run_train(ctx: Context) -> dict[str, Any]:
     else:
         result = fit(cfg, out=out, resume=False, progress=ctx.progress)
     m = result.metrics
-    log.info("trained %s: val accuracy %.4f, macro-F1 %.4f, %d epochs, %.0f s", result.checkpoint,
-             m["val_accuracy"], m["val_macro_f1"], result.epochs_run, result.train_seconds)
-    return {"val_accuracy": m["val_accuracy"], "val_macro_f1": m["val_macro_f1"], "epochs": result.epochs_run,
-            "train_seconds": result.train_seconds}
+    log.info(
+        "trained %s: val accuracy %.4f, macro-F1 %.4f, %d epochs, %.0f s",
+        result.checkpoint,
+        m["val_accuracy"],
+        m["val_macro_f1"],
+        result.epochs_run,
+        result.train_seconds,
+    )
+    return {
+        "val_accuracy": m["val_accuracy"],
+        "val_macro_f1": m["val_macro_f1"],
+        "epochs": result.epochs_run,
+        "train_seconds": result.train_seconds,
+    }
 
 
 def run_export(ctx: Context) -> dict[str, Any]:
@@ -197,11 +289,21 @@ def run_export(ctx: Context) -> dict[str, Any]:
     from export.exporter import export_onnx
 
     e = ctx.cfg.export
-    cfg = ExportConfig(checkpoint=ctx.layout.checkpoint, out=ctx.layout.onnx, opset=e.opset, exporter=e.exporter,
-                       slim=e.slim, parity_batches=e.parity_batches, parity_atol=e.parity_atol)
+    cfg = ExportConfig(
+        checkpoint=ctx.layout.checkpoint,
+        out=ctx.layout.onnx,
+        opset=e.opset,
+        exporter=e.exporter,
+        slim=e.slim,
+        parity_batches=e.parity_batches,
+        parity_atol=e.parity_atol,
+    )
     res = export_onnx(cfg, force=Stage.EXPORT in ctx.force)
-    return {"exporter": res.exporter if hasattr(res, "exporter") else "", "skipped_by_export": res.skipped,
-            "size_bytes": ctx.layout.onnx.stat().st_size}
+    return {
+        "exporter": res.exporter if hasattr(res, "exporter") else "",
+        "skipped_by_export": res.skipped,
+        "size_bytes": ctx.layout.onnx.stat().st_size,
+    }
 
 
 def run_source_export(ctx: Context) -> dict[str, Any]:
@@ -214,9 +316,15 @@ def run_source_export(ctx: Context) -> dict[str, Any]:
 
         res = adopt_onnx(src.path, src.contract, L.onnx)
         return {"adopted": src.path, "batch": res.batch_note, "size_bytes": L.onnx.stat().st_size}
-    cfg = ExportConfig(checkpoint=Path(src.weights or src.path) if src.kind == "module" else L.checkpoint, out=L.onnx,
-                       opset=e.opset, exporter=e.exporter, slim=e.slim, parity_batches=e.parity_batches,
-                       parity_atol=e.parity_atol)
+    cfg = ExportConfig(
+        checkpoint=Path(src.weights or src.path) if src.kind == "module" else L.checkpoint,
+        out=L.onnx,
+        opset=e.opset,
+        exporter=e.exporter,
+        slim=e.slim,
+        parity_batches=e.parity_batches,
+        parity_atol=e.parity_atol,
+    )
     if src.kind == "module":
         from export.exporter import export_module
 
@@ -262,8 +370,11 @@ def run_quantize(ctx: Context, v: Variant) -> dict[str, Any]:
         log.info("wrote %s, sidecar %s, report %s", result.out, result.sidecar, result.report_paths[1])
         if not result.report.parity.passed:
             log.warning("quantize.%s parity: %s", v.name, "; ".join(result.report.parity.reasons))
-    info: dict[str, Any] = {"config": to_dict(qcfg), "size_bytes": ctx.layout.quantized(v).stat().st_size,
-                            "skipped": bool(getattr(result, "skipped", False))}
+    info: dict[str, Any] = {
+        "config": to_dict(qcfg),
+        "size_bytes": ctx.layout.quantized(v).stat().st_size,
+        "skipped": bool(getattr(result, "skipped", False)),
+    }
     side = ctx.layout.out / (v.file + ".json")
     if side.is_file():
         try:
@@ -280,12 +391,28 @@ def run_tensorrt(ctx: Context, onnx: Path, precision: str) -> dict[str, Any]:
 
     t = ctx.cfg.tensorrt
     cache = ctx.layout.out / t.timing_cache if t.timing_cache else None
-    res = build_engine(BuildConfig(onnx=onnx, precision=precision, batch=t.batch, workspace_mib=t.workspace_mib,
-                                   timing_cache=cache, force=Stage.TENSORRT in ctx.force, flavour=t.flavour,
-                                   targets=t.compute_capabilities))
+    res = build_engine(
+        BuildConfig(
+            onnx=onnx,
+            precision=precision,
+            batch=t.batch,
+            workspace_mib=t.workspace_mib,
+            timing_cache=cache,
+            force=Stage.TENSORRT in ctx.force,
+            flavour=t.flavour,
+            targets=t.compute_capabilities,
+        )
+    )
     log.info("%s", res.summary())
-    return {"engine": ctx.layout.rel(res.engine), "reused": res.reused, "reason": res.reason, "build_s": res.build_s,
-            "typing": res.typing, "flavour": res.flavour, "targets": list(res.targets)}
+    return {
+        "engine": ctx.layout.rel(res.engine),
+        "reused": res.reused,
+        "reason": res.reason,
+        "build_s": res.build_s,
+        "typing": res.typing,
+        "flavour": res.flavour,
+        "targets": list(res.targets),
+    }
 
 
 def _groups(ctx: Context, use_trt: bool, *, torch_ref: bool) -> list[tuple[list[Path], tuple[str, ...]]]:
@@ -318,23 +445,35 @@ def run_parity(ctx: Context, reference: Path, use_trt: bool) -> dict[str, Any]:
 
     p = ctx.cfg.parity
     ref = describe_model(reference)
-    labelled = load_labelled_set(ref.dataset, ref.class_names, split=p.split, limit=p.limit,
-                                 data=ctx.cfg.model_source.data)
+    labelled = load_labelled_set(
+        ref.dataset, ref.class_names, split=p.split, limit=p.limit, data=ctx.cfg.model_source.data
+    )
     runs: list[ParityRun] = []
     for files, backends in _groups(ctx, use_trt, torch_ref=False):
         cands = [f for f in files if f != reference]
         if not cands:
             continue
-        cfg = ParityConfig(reference=str(reference), candidates=tuple(str(f) for f in cands), split=p.split,
-                           backends=backends, batch_size=p.batch_size, threads=p.threads, limit=p.limit)
+        cfg = ParityConfig(
+            reference=str(reference),
+            candidates=tuple(str(f) for f in cands),
+            split=p.split,
+            backends=backends,
+            batch_size=p.batch_size,
+            threads=p.threads,
+            limit=p.limit,
+        )
         runs.append(_parity(cfg, labelled=labelled, progress=ctx.progress))
     run = runs[0]
     if len(runs) > 1:  # one reference row, then every group's candidate rows
-        run = dataclasses.replace(run, rows=run.rows + tuple(r for x in runs[1:] for r in x.rows if not r.is_reference),
-                                  skipped={k: v for x in runs for k, v in x.skipped.items()},
-                                  elapsed_s=sum(x.elapsed_s for x in runs))
-    report = parity_report(run, command=ctx.command, environment=capture_environment(),
-                           config={**to_dict(p), "reference": str(reference)})
+        run = dataclasses.replace(
+            run,
+            rows=run.rows + tuple(r for x in runs[1:] for r in x.rows if not r.is_reference),
+            skipped={k: v for x in runs for k, v in x.skipped.items()},
+            elapsed_s=sum(x.elapsed_s for x in runs),
+        )
+    report = parity_report(
+        run, command=ctx.command, environment=capture_environment(), config={**to_dict(p), "reference": str(reference)}
+    )
     write_report(report, ctx.layout.parity_dir, plots=True)
     failing = [r.name for r in run.failing]
     for r in run.failing:
@@ -354,15 +493,28 @@ def run_bench(ctx: Context, use_trt: bool) -> dict[str, Any]:
     torch_ref = b.torch and _torch_available() and ctx.cfg.model_source.has_checkpoint
     runs: list[BenchRun] = []
     for files, backends in _groups(ctx, use_trt, torch_ref=torch_ref):
-        cfg = BenchConfig(models=tuple(str(f) for f in files), batches=b.batches, backends=backends,
-                          seconds=b.seconds, iterations=b.iterations, warmup_s=b.warmup_s,
-                          warmup_iterations=b.warmup_iterations, threads=b.threads,
-                          overhead_batches=b.overhead_batches, repeat=b.repeat)
+        cfg = BenchConfig(
+            models=tuple(str(f) for f in files),
+            batches=b.batches,
+            backends=backends,
+            seconds=b.seconds,
+            iterations=b.iterations,
+            warmup_s=b.warmup_s,
+            warmup_iterations=b.warmup_iterations,
+            threads=b.threads,
+            overhead_batches=b.overhead_batches,
+            repeat=b.repeat,
+        )
         runs.append(_bench(cfg, progress=ctx.progress))
     rows = tuple(r for x in runs for r in x.rows)
-    run = BenchRun(rows=rows, overhead=tuple(o for x in runs for o in x.overhead), spread=spread_of(rows),
-                   config=dataclasses.replace(runs[0].config, models=tuple(m for x in runs for m in x.config.models)),
-                   skipped={k: v for x in runs for k, v in x.skipped.items()}, elapsed_s=sum(x.elapsed_s for x in runs))
+    run = BenchRun(
+        rows=rows,
+        overhead=tuple(o for x in runs for o in x.overhead),
+        spread=spread_of(rows),
+        config=dataclasses.replace(runs[0].config, models=tuple(m for x in runs for m in x.config.models)),
+        skipped={k: v for x in runs for k, v in x.skipped.items()},
+        elapsed_s=sum(x.elapsed_s for x in runs),
+    )
     report = bench_report(run, command=ctx.command, environment=capture_environment(), config=to_dict(b))
     write_report(report, ctx.layout.bench_dir, plots=True)
     return {"passed": report.passed, "rows": len(report.rows), "failing": list(report.failing)}

@@ -129,7 +129,9 @@ def dataset_config(contract: DeploymentContract, data: str | os.PathLike | None 
             raise ConfigError(f"{path}: unknown dataset key(s) {unknown}; valid keys: {sorted(known)}")
         cfg = {k: section[k] for k in ("kind", "root", "val_fraction", "seed") if k in section}
         if cfg.get("root") is not None and not Path(cfg["root"]).is_absolute():
-            cfg["root"] = str((path.parent / cfg["root"]).resolve()) if (path.parent / cfg["root"]).exists() else cfg["root"]
+            cfg["root"] = (
+                str((path.parent / cfg["root"]).resolve()) if (path.parent / cfg["root"]).exists() else cfg["root"]
+            )
         cfg.update(section.get("options") or {})
         return cfg
     if not path.exists():
@@ -142,8 +144,8 @@ def _image_folder_records(contract: DeploymentContract, root: Path):
 
     Decoded once here (unreadable files are skipped with a warning; none readable raises `DataError`).
     """
-    from runtime.images import load_images, scan_image_folder
     from runtime.data.base import Record
+    from runtime.images import load_images, scan_image_folder
 
     folder, images = load_images(scan_image_folder(root, contract.class_names))
     records = [Record(i, int(y), "train", pixels=img) for i, y, img in zip(folder.ids, folder.labels, images)]
@@ -185,8 +187,8 @@ def _load_records(contract: DeploymentContract, data, split: str):
 
 
 def _preprocess(contract: DeploymentContract, records: Sequence[Any]) -> np.ndarray:
-    from runtime.preprocess import preprocess
     from runtime.data import load_image
+    from runtime.preprocess import preprocess
 
     return preprocess([load_image(r) for r in records], contract.preprocess)
 

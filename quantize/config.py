@@ -10,10 +10,9 @@ import enum
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from quantize.calibration import DEFAULT_CALIB_SIZE, DEFAULT_MIN_SIZE
 from runtime.configs import from_mapping, load_yaml
 from runtime.errors import ConfigError
-
-from quantize.calibration import DEFAULT_CALIB_SIZE, DEFAULT_MIN_SIZE
 
 
 class Method(str, enum.Enum):
@@ -127,7 +126,9 @@ class Int8Config:
             object.__setattr__(self, "method", Method(self.method))
             object.__setattr__(self, "target", Target(self.target))
         except ValueError as exc:
-            raise ConfigError(f"{exc}; method: {[m.value for m in Method]}, target: {[t.value for t in Target]}") from None
+            raise ConfigError(
+                f"{exc}; method: {[m.value for m in Method]}, target: {[t.value for t in Target]}"
+            ) from None
         ignore = tuple(t.strip() for tok in self.ignore for t in str(tok).split(",") if t.strip())
         object.__setattr__(self, "ignore", ignore or ("none",))
         if ("auto" in self.ignore or "none" in self.ignore) and len(self.ignore) > 1:

@@ -27,11 +27,28 @@ from runtime.errors import QuantizationError
 log = logging.getLogger(__name__)
 
 DEFAULT_KEEP_FP32: tuple[str, ...] = (
-    "ReduceMean", "ReduceSum", "ReduceSumSquare", "ReduceL2", "ReduceLogSumExp", "ReduceProd",
-    "GlobalAveragePool", "GlobalLpPool", "Softmax", "LogSoftmax", "Exp", "Log", "Pow",
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceSumSquare",
+    "ReduceL2",
+    "ReduceLogSumExp",
+    "ReduceProd",
+    "GlobalAveragePool",
+    "GlobalLpPool",
+    "Softmax",
+    "LogSoftmax",
+    "Exp",
+    "Log",
+    "Pow",
     # Not numerics: ops onnxruntime and onnxconverter-common keep float32 by default (no FP16 kernels).
-    "Range", "CumSum", "TopK", "NonMaxSuppression", "RoiAlign", "RandomUniformLike", "Upsample",
-)  # fmt: skip
+    "Range",
+    "CumSum",
+    "TopK",
+    "NonMaxSuppression",
+    "RoiAlign",
+    "RandomUniformLike",
+    "Upsample",
+)
 
 
 def convert_fp16(model, *, keep_fp32_ops: Iterable[str] = DEFAULT_KEEP_FP32, keep_fp32_nodes: Iterable[str] = ()):
@@ -104,7 +121,8 @@ def _check_io_float32(model) -> None:
     bad = [
         v.name
         for v in list(model.graph.input) + list(model.graph.output)
-        if v.type.tensor_type.elem_type not in (TensorProto.FLOAT, 0) and v.type.tensor_type.elem_type != TensorProto.INT64
+        if v.type.tensor_type.elem_type not in (TensorProto.FLOAT, 0)
+        and v.type.tensor_type.elem_type != TensorProto.INT64
     ]
     if bad:
         raise QuantizationError(f"FP16 graph has non-float32 inputs/outputs {bad}; the runtime feeds and reads float32")

@@ -25,7 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from quantize.calibration import LabelledSet, build_calibration_set, build_holdout_set, build_validation_set, write_manifest, with_reference_labels
+from quantize.calibration import (
+    LabelledSet,
+    build_calibration_set,
+    build_holdout_set,
+    build_validation_set,
+    with_reference_labels,
+    write_manifest,
+)
 from quantize.config import Fp16Config, Int8Config, LatencyConfig, Method, Target
 from quantize.report import LatencyComparison, LatencyRow, QuantReport, report_paths, write_report
 from runtime.artifacts import library_versions, read_sidecar, sha256_file, sidecar_path, write_sidecar
@@ -64,7 +71,10 @@ def compare_latency(
         input_name: Graph input name.
     """
     threads = cfg.threads or env_threads()
-    sessions = {"reference": make_session(reference, threads=threads), "candidate": make_session(candidate, threads=threads)}
+    sessions = {
+        "reference": make_session(reference, threads=threads),
+        "candidate": make_session(candidate, threads=threads),
+    }
     rows = []
     for batch in cfg.batches:
         reps = -(-batch // len(inputs))
@@ -73,7 +83,7 @@ def compare_latency(
         warm: dict[str, tuple[int, float]] = {}
         for r in range(cfg.rounds):
             for key, sess in sessions.items():
-                fn = lambda sess=sess: sess.run(None, {input_name: x})  # noqa: E731
+                fn = lambda sess=sess, x=x: sess.run(None, {input_name: x})  # noqa: E731 - a one-line timed call
                 st = measure_latency(
                     fn,
                     batch=batch,
@@ -85,14 +95,16 @@ def compare_latency(
                 samples[key].extend(st.samples_ms)
                 if r == 0:
                     warm[key] = (st.warmup_iterations, st.warmup_s)
-        stats = {k: summarize(v, batch=batch, warmup_iterations=warm[k][0], warmup_s=warm[k][1]) for k, v in samples.items()}
+        stats = {
+            k: summarize(v, batch=batch, warmup_iterations=warm[k][0], warmup_s=warm[k][1]) for k, v in samples.items()
+        }
         row = LatencyRow(batch, stats["reference"], stats["candidate"])
         if progress:
-            progress(f"batch {batch}: FP32 p50 {row.reference.p50_ms:.3f} ms, candidate {row.candidate.p50_ms:.3f} ms ({row.speedup_p50:.2f}×)")
+            progress(
+                f"batch {batch}: FP32 p50 {row.reference.p50_ms:.3f} ms, candidate {row.candidate.p50_ms:.3f} ms ({row.speedup_p50:.2f}×)"
+            )
         rows.append(row)
     return LatencyComparison(tuple(rows), threads, cfg.rounds)
-
-
 
 
 # --- shared helpers ------------------------------------------------------------------------------
@@ -179,9 +191,15 @@ def _quantizer(cfg: Int8Config, model, calib: np.ndarray, input_name: str):
     def run(ignored: Sequence[str], max_drop_pts: float | None = None, validation=None):
         if cfg.method is Method.NNCF:
             return quantize_nncf(
-                model, calib, target=cfg.target.value, ignored=ignored, max_drop_pts=max_drop_pts,
-                validation=validation, input_name=input_name, bias_correction=cfg.bias_correction,
-            )  # fmt: skip
+                model,
+                calib,
+                target=cfg.target.value,
+                ignored=ignored,
+                max_drop_pts=max_drop_pts,
+                validation=validation,
+                input_name=input_name,
+                bias_correction=cfg.bias_correction,
+            )
         return quantize_ort(model, calib, target=cfg.target.value, nodes_to_exclude=ignored, input_name=input_name)
 
     return run
@@ -249,10 +267,12 @@ def auto_scope(
         if names:
             meas[g] = measure(names, f"{g} kept in float")
     helpful = [
-        g for g in groups
-        if g in meas and meas[g]["mean_abs_diff"] <= (1.0 - min_gain) * base["mean_abs_diff"]
+        g
+        for g in groups
+        if g in meas
+        and meas[g]["mean_abs_diff"] <= (1.0 - min_gain) * base["mean_abs_diff"]
         and meas[g]["top1_agreement"] >= base["top1_agreement"]
-    ]  # fmt: skip
+    ]
     chosen = helpful
     if len(helpful) > 1:
         label = "+".join(helpful)
@@ -288,7 +308,9 @@ def run_int8(cfg: Int8Config, *, force: bool = False, progress: Callable[[str], 
 
     model = onnx.load(str(cfg.onnx))
     name_nodes(model)
-    input_name = contract.input_name if contract.input_name in {i.name for i in model.graph.input} else model.graph.input[0].name
+    input_name = (
+        contract.input_name if contract.input_name in {i.name for i in model.graph.input} else model.graph.input[0].name
+    )
 
     t = time.perf_counter()
     calib = build_calibration_set(
@@ -314,11 +336,20 @@ def run_int8(cfg: Int8Config, *, force: bool = False, progress: Callable[[str], 
         sel: LabelledSet = holdout if holdout is not None else val
         groups = {g: scopes.group(g) for g in GROUPS}
         trials = 1 + sum(1 for g in groups.values() if g)
-        with _step_bar(f"int8 {cfg.method.value}/{cfg.target.value}: ignored-scope search", trials,
-                       f"keeping {', '.join(g for g in GROUPS if scopes.group(g))} in float one at a time; "
-                       f"each trial calibrates on {len(calib)} images and scores on {sel.source}") as tick:
-            chosen, details = auto_scope(quantize, groups, sel.tensors, predict(ref_session, sel.tensors),
-                                         min_gain=cfg.auto_min_gain, progress=tick)
+        with _step_bar(
+            f"int8 {cfg.method.value}/{cfg.target.value}: ignored-scope search",
+            trials,
+            f"keeping {', '.join(g for g in GROUPS if scopes.group(g))} in float one at a time; "
+            f"each trial calibrates on {len(calib)} images and scores on {sel.source}",
+        ) as tick:
+            chosen, details = auto_scope(
+                quantize,
+                groups,
+                sel.tensors,
+                predict(ref_session, sel.tensors),
+                min_gain=cfg.auto_min_gain,
+                progress=tick,
+            )
         ignored = flatten_scope({g: groups[g] for g in chosen})
         scope_info.update(mode="auto", measured_on=sel.source, **details)
     else:
@@ -329,8 +360,11 @@ def run_int8(cfg: Int8Config, *, force: bool = False, progress: Callable[[str], 
     timing["scope_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    say(f"quantizing with {cfg.method.value} for {cfg.target.value} ({len(ignored)} node(s) kept in float"
-        + (f", accuracy control: drop <= {cfg.max_drop_pts} pts" if cfg.max_drop_pts is not None else "") + ")")  # fmt: skip
+    say(
+        f"quantizing with {cfg.method.value} for {cfg.target.value} ({len(ignored)} node(s) kept in float"
+        + (f", accuracy control: drop <= {cfg.max_drop_pts} pts" if cfg.max_drop_pts is not None else "")
+        + ")"
+    )
     q, qinfo = quantize(ignored, cfg.max_drop_pts, (val.tensors, val.labels))
     timing["quantize_s"] = time.perf_counter() - t
     quant_meta = {"method": cfg.method.value, "target": cfg.target.value, "form": cfg.form}
@@ -341,13 +375,18 @@ def run_int8(cfg: Int8Config, *, force: bool = False, progress: Callable[[str], 
     lint = lint_qdq(q, expected_float=list(ignored) + list(reverted))
     if cfg.target is Target.TENSORRT and not lint.passed:
         first = "; ".join(str(f) for f in lint.errors[:3])
-        raise ArtifactError(f"the {cfg.method.value} output fails the TensorRT Q/DQ lint ({len(lint.errors)} error(s): {first}); nothing written")
+        raise ArtifactError(
+            f"the {cfg.method.value} output fails the TensorRT Q/DQ lint ({len(lint.errors)} error(s): {first}); nothing written"
+        )
     if cfg.target is Target.TENSORRT and lint.warnings:
         # Advisory findings (e.g. Q/DQ around ops TensorRT runs in float anyway): they cost a little
         # speed, not correctness, and stay in the file's report; a warning per finding on every
         # demo run trained users to ignore warnings.
-        log.info("lint: %d advisory finding(s) (%s); details in the quantization report",
-                 len(lint.warnings), ", ".join(sorted({f.code for f in lint.warnings})))
+        log.info(
+            "lint: %d advisory finding(s) (%s); details in the quantization report",
+            len(lint.warnings),
+            ", ".join(sorted({f.code for f in lint.warnings})),
+        )
         for f in lint.warnings:
             log.debug("lint: %s", f)
 
@@ -356,11 +395,20 @@ def run_int8(cfg: Int8Config, *, force: bool = False, progress: Callable[[str], 
     tol = tolerance_for("int8")
     if cfg.max_drop_pts is not None:
         tol = Tolerance(min_top1_agreement=tol.min_top1_agreement, max_accuracy_drop_pts=cfg.max_drop_pts)
-    parity = compare_outputs(ref_val, cand_val, val.labels, precision="int8", class_names=contract.class_names,
-                             sample_ids=val.ids, tolerance=tol)  # fmt: skip
+    parity = compare_outputs(
+        ref_val,
+        cand_val,
+        val.labels,
+        precision="int8",
+        class_names=contract.class_names,
+        sample_ids=val.ids,
+        tolerance=tol,
+    )
     timing["evaluate_s"] = time.perf_counter() - t
-    say(f"INT8 vs FP32 on {len(val)} samples: accuracy {parity.reference_accuracy:.4f} -> {parity.accuracy:.4f} "
-        f"(drop {parity.accuracy_drop_pts:.2f} pts), agreement {100 * parity.top1_agreement:.2f}%")  # fmt: skip
+    say(
+        f"INT8 vs FP32 on {len(val)} samples: accuracy {parity.reference_accuracy:.4f} -> {parity.accuracy:.4f} "
+        f"(drop {parity.accuracy_drop_pts:.2f} pts), agreement {100 * parity.top1_agreement:.2f}%"
+    )
 
     latency = None
     if cfg.latency.enabled:
@@ -368,38 +416,71 @@ def run_int8(cfg: Int8Config, *, force: bool = False, progress: Callable[[str], 
         latency = compare_latency(model, q, val.tensors, cfg.latency, input_name=input_name, progress=say)
         timing["latency_s"] = time.perf_counter() - t
 
-    _save_model(q, cfg.out, stage=f"quantize int8 ({cfg.method.value}, {cfg.target.value} form)", target=cfg.target.value)
+    _save_model(
+        q, cfg.out, stage=f"quantize int8 ({cfg.method.value}, {cfg.target.value} form)", target=cfg.target.value
+    )
     manifest, manifest_sha = write_manifest(cfg.out, calib)
     timing["total_s"] = time.perf_counter() - t_start
     calib_summary = {k: calib.manifest[k] for k in ("source", "size", "seed", "class_counts", "tensor_sha256")}
     calib_summary.update(manifest=str(manifest), manifest_sha256=manifest_sha)
     report = QuantReport(
-        precision="int8", model=str(cfg.out), reference=str(cfg.onnx), method=cfg.method.value, target=cfg.target.value,
-        form=cfg.form, validation=val.source, parity=parity, lint=lint, latency=latency, ignored_scope=scope_info,
-        accuracy_control=accuracy_control, calibration=calib_summary, conversion=qinfo, timing=timing,
-    )  # fmt: skip
+        precision="int8",
+        model=str(cfg.out),
+        reference=str(cfg.onnx),
+        method=cfg.method.value,
+        target=cfg.target.value,
+        form=cfg.form,
+        validation=val.source,
+        parity=parity,
+        lint=lint,
+        latency=latency,
+        ignored_scope=scope_info,
+        accuracy_control=accuracy_control,
+        calibration=calib_summary,
+        conversion=qinfo,
+        timing=timing,
+    )
     paths = write_report(report, cfg.out)
-    side = write_sidecar(cfg.out, {
-        "stage": "quantize",
-        "precision": "int8",
-        "method": cfg.method.value,
-        "target": cfg.target.value,
-        "form": cfg.form,
-        "input": {"path": str(cfg.onnx), "sha256": input_sha},
-        "calibration": calib_summary,
-        "ignored_scope": scope_info,
-        "accuracy_control": accuracy_control,
-        "float_nodes": sorted(set(ignored) | set(reverted)),
-        "settings": qinfo.get("settings"),
-        "lint": {"passed": lint.passed, "errors": len(lint.errors), "warnings": len(lint.warnings),
-                 "int8_ops": len(lint.int8_ops), "float_ops": len(lint.float_ops)},  # fmt: skip
-        "parity": {k: parity.to_dict()[k] for k in ("passed", "accuracy", "reference_accuracy", "accuracy_drop_pts", "top1_agreement", "max_abs_diff", "mean_abs_diff")},
-        "report": [str(p) for p in paths],
-        "config": to_dict(cfg),
-        "fingerprint": fingerprint,
-        "timing": timing,
-        "versions": fingerprint["versions"],
-    })  # fmt: skip
+    side = write_sidecar(
+        cfg.out,
+        {
+            "stage": "quantize",
+            "precision": "int8",
+            "method": cfg.method.value,
+            "target": cfg.target.value,
+            "form": cfg.form,
+            "input": {"path": str(cfg.onnx), "sha256": input_sha},
+            "calibration": calib_summary,
+            "ignored_scope": scope_info,
+            "accuracy_control": accuracy_control,
+            "float_nodes": sorted(set(ignored) | set(reverted)),
+            "settings": qinfo.get("settings"),
+            "lint": {
+                "passed": lint.passed,
+                "errors": len(lint.errors),
+                "warnings": len(lint.warnings),
+                "int8_ops": len(lint.int8_ops),
+                "float_ops": len(lint.float_ops),
+            },
+            "parity": {
+                k: parity.to_dict()[k]
+                for k in (
+                    "passed",
+                    "accuracy",
+                    "reference_accuracy",
+                    "accuracy_drop_pts",
+                    "top1_agreement",
+                    "max_abs_diff",
+                    "mean_abs_diff",
+                )
+            },
+            "report": [str(p) for p in paths],
+            "config": to_dict(cfg),
+            "fingerprint": fingerprint,
+            "timing": timing,
+            "versions": fingerprint["versions"],
+        },
+    )
     return StageResult(cfg.out, side, report, paths, manifest)
 
 
@@ -423,7 +504,9 @@ def run_fp16(cfg: Fp16Config, *, force: bool = False, progress: Callable[[str], 
     model = onnx.load(str(cfg.onnx))
     overflow = fp16_weight_overflow(model)
     if overflow:
-        raise ArtifactError(f"weights {overflow[:5]} exceed the float16 range (65504); keep those nodes in FP32 or retrain")
+        raise ArtifactError(
+            f"weights {overflow[:5]} exceed the float16 range (65504); keep those nodes in FP32 or retrain"
+        )
     keep = cfg.keep_fp32 or DEFAULT_KEEP_FP32
     half, info = convert_fp16(model, keep_fp32_ops=keep)
     copy_contract(model, half, {KEY_PRECISION: "fp16", KEY_QUANTIZATION: json.dumps({"form": "fp16 graph, fp32 I/O"})})
@@ -431,25 +514,49 @@ def run_fp16(cfg: Fp16Config, *, force: bool = False, progress: Callable[[str], 
     ref = predict(make_session(model), val.tensors)
     val = with_reference_labels(val, ref)
     out = predict(make_session(half), val.tensors)
-    parity = compare_outputs(ref, out, val.labels, precision="fp16", class_names=contract.class_names, sample_ids=val.ids)
-    say(f"FP16 vs FP32 on {len(val)} samples: agreement {100 * parity.top1_agreement:.2f}%, max |Δ| {parity.max_abs_diff:.3g}")
+    parity = compare_outputs(
+        ref, out, val.labels, precision="fp16", class_names=contract.class_names, sample_ids=val.ids
+    )
+    say(
+        f"FP16 vs FP32 on {len(val)} samples: agreement {100 * parity.top1_agreement:.2f}%, max |Δ| {parity.max_abs_diff:.3g}"
+    )
     input_name = contract.input_name
-    latency = compare_latency(model, half, val.tensors, cfg.latency, input_name=input_name, progress=say) if cfg.latency.enabled else None
+    latency = (
+        compare_latency(model, half, val.tensors, cfg.latency, input_name=input_name, progress=say)
+        if cfg.latency.enabled
+        else None
+    )
     _save_model(half, cfg.out, stage="quantize fp16", target="tensorrt")
     timing = {"total_s": time.perf_counter() - t_start}
     report = QuantReport(
-        precision="fp16", model=str(cfg.out), reference=str(cfg.onnx), method="onnxconverter-common float16",
-        target="tensorrt (strongly typed)", form="FP16 tensors and weights, FP32 inputs/outputs; kept in FP32: "
+        precision="fp16",
+        model=str(cfg.out),
+        reference=str(cfg.onnx),
+        method="onnxconverter-common float16",
+        target="tensorrt (strongly typed)",
+        form="FP16 tensors and weights, FP32 inputs/outputs; kept in FP32: "
         + (", ".join(info["keep_fp32_ops_present"]) or "none"),
-        validation=val.source, parity=parity, lint=None, latency=latency, conversion=info, timing=timing,
-    )  # fmt: skip
+        validation=val.source,
+        parity=parity,
+        lint=None,
+        latency=latency,
+        conversion=info,
+        timing=timing,
+    )
     paths = write_report(report, cfg.out)
-    side = write_sidecar(cfg.out, {
-        "stage": "quantize", "precision": "fp16", "input": {"path": str(cfg.onnx), "sha256": input_sha},
-        "conversion": info, "parity": {k: parity.to_dict()[k] for k in ("passed", "top1_agreement", "max_abs_diff", "mean_abs_diff")},
-        "report": [str(p) for p in paths], "config": to_dict(cfg), "fingerprint": fingerprint, "timing": timing,
-        "versions": fingerprint["versions"],
-    })  # fmt: skip
+    side = write_sidecar(
+        cfg.out,
+        {
+            "stage": "quantize",
+            "precision": "fp16",
+            "input": {"path": str(cfg.onnx), "sha256": input_sha},
+            "conversion": info,
+            "parity": {k: parity.to_dict()[k] for k in ("passed", "top1_agreement", "max_abs_diff", "mean_abs_diff")},
+            "report": [str(p) for p in paths],
+            "config": to_dict(cfg),
+            "fingerprint": fingerprint,
+            "timing": timing,
+            "versions": fingerprint["versions"],
+        },
+    )
     return StageResult(cfg.out, side, report, paths, None)
-
-

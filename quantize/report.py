@@ -52,9 +52,12 @@ class LatencyComparison:
     provider: str = "onnxruntime CPUExecutionProvider"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"provider": self.provider, "threads": self.threads, "rounds": self.rounds, "rows": [r.to_dict() for r in self.rows]}
-
-
+        return {
+            "provider": self.provider,
+            "threads": self.threads,
+            "rounds": self.rounds,
+            "rows": [r.to_dict() for r in self.rows],
+        }
 
 
 @dataclass(frozen=True)
@@ -115,9 +118,13 @@ class QuantReport:
             "",
             "## Parity against FP32 (onnxruntime CPU)",
             "",
-            *md_table(["", "FP32", self.precision.upper()],
-                      [["top-1 accuracy", f"{p.reference_accuracy:.4f}", f"{p.accuracy:.4f}"],
-                       ["macro-F1", f"{p.reference_macro_f1:.4f}", f"{p.macro_f1:.4f}"]]),
+            *md_table(
+                ["", "FP32", self.precision.upper()],
+                [
+                    ["top-1 accuracy", f"{p.reference_accuracy:.4f}", f"{p.accuracy:.4f}"],
+                    ["macro-F1", f"{p.reference_macro_f1:.4f}", f"{p.macro_f1:.4f}"],
+                ],
+            ),
             "",
             f"- accuracy drop: **{p.accuracy_drop_pts:+.2f} pts**; top-1 agreement with FP32: **{100 * p.top1_agreement:.2f}%** "
             f"({len(p.flipped_ids)} of {p.count} flipped)",
@@ -126,32 +133,61 @@ class QuantReport:
             + (f": {'; '.join(p.reasons)}" if p.reasons else ""),
             "",
         ]
-        lines += md_table(["class", "accuracy delta (pts)"],
-                          [[c, f"{100 * d:+.2f}"] for c, d in zip(p.class_names, p.per_class_accuracy_delta)])
+        lines += md_table(
+            ["class", "accuracy delta (pts)"],
+            [[c, f"{100 * d:+.2f}"] for c, d in zip(p.class_names, p.per_class_accuracy_delta)],
+        )
         if p.flipped_ids:
             shown = ", ".join(f"`{i}`" for i in p.flipped_ids[:30])
-            lines += ["", f"Flipped samples: {shown}" + (f" and {len(p.flipped_ids) - 30} more" if len(p.flipped_ids) > 30 else "")]
+            lines += [
+                "",
+                f"Flipped samples: {shown}"
+                + (f" and {len(p.flipped_ids) - 30} more" if len(p.flipped_ids) > 30 else ""),
+            ]
         if self.ignored_scope:
             sc = self.ignored_scope
-            lines += ["", "## Kept in float (ignored scope)", "", f"- mode: {sc.get('mode')}; chosen groups: {sc.get('chosen') or 'none'}"]
+            lines += [
+                "",
+                "## Kept in float (ignored scope)",
+                "",
+                f"- mode: {sc.get('mode')}; chosen groups: {sc.get('chosen') or 'none'}",
+            ]
             lines.append(f"- nodes kept in float: {len(sc.get('nodes', []))}")
             meas = sc.get("measurements")
             if meas:
                 lines += ["", f"Measured on {sc.get('measured_on', '')}:", ""]
-                lines += md_table(["kept in float", "top-1 agreement", "mean abs logit diff", "max abs logit diff"],
-                                  [[name, f"{100 * m['top1_agreement']:.2f}%", f"{m['mean_abs_diff']:.4f}",
-                                    f"{m['max_abs_diff']:.4f}"] for name, m in meas.items()])
+                lines += md_table(
+                    ["kept in float", "top-1 agreement", "mean abs logit diff", "max abs logit diff"],
+                    [
+                        [
+                            name,
+                            f"{100 * m['top1_agreement']:.2f}%",
+                            f"{m['mean_abs_diff']:.4f}",
+                            f"{m['max_abs_diff']:.4f}",
+                        ]
+                        for name, m in meas.items()
+                    ],
+                )
         if self.accuracy_control:
             ac = self.accuracy_control
             rev = ac.get("reverted_to_float", [])
-            lines += ["", "## Accuracy control (NNCF)", "", f"- bound: top-1 drop <= {ac.get('max_drop_pts')} pts on {ac.get('validation_size')} validation samples",
-                      f"- layers reverted to float: {len(rev)}"]  # fmt: skip
+            lines += [
+                "",
+                "## Accuracy control (NNCF)",
+                "",
+                f"- bound: top-1 drop <= {ac.get('max_drop_pts')} pts on {ac.get('validation_size')} validation samples",
+                f"- layers reverted to float: {len(rev)}",
+            ]
             lines += [f"  - `{n}`" for n in rev]
         if self.lint is not None and self.target != "tensorrt":
-            lines += ["", "## Q/DQ lint (TensorRT rules)", "",
-                      f"- not applicable: this is the {self.target} form, made for onnxruntime on the CPU; its "
-                      f"unsigned, asymmetric activations break TensorRT's rules by design ({len(self.lint.errors)} "
-                      "finding(s)). For TensorRT use the file quantized with --target tensorrt."]
+            lines += [
+                "",
+                "## Q/DQ lint (TensorRT rules)",
+                "",
+                f"- not applicable: this is the {self.target} form, made for onnxruntime on the CPU; its "
+                f"unsigned, asymmetric activations break TensorRT's rules by design ({len(self.lint.errors)} "
+                "finding(s)). For TensorRT use the file quantized with --target tensorrt.",
+            ]
         elif self.lint is not None:
             lines += ["", "## Q/DQ lint (TensorRT rules)", "", f"- {self.lint.summary()}"]
             lines += [f"- {f}" for f in self.lint.findings if f.severity.value != "info"][:20]
@@ -164,12 +200,28 @@ class QuantReport:
             ]
             prec = self.precision.upper()
             lines += md_table(
-                ["batch", "FP32 p50 ms [95% CI]", f"{prec} p50 ms [95% CI]", "FP32 img/s", f"{prec} img/s",
-                 "speed-up (p50)", "speed-up (throughput)"],
-                [[r.batch, f"{r.reference.p50_ms:.3f} [{r.reference.p50_ci_ms[0]:.3f}, {r.reference.p50_ci_ms[1]:.3f}]",
-                  f"{r.candidate.p50_ms:.3f} [{r.candidate.p50_ci_ms[0]:.3f}, {r.candidate.p50_ci_ms[1]:.3f}]",
-                  f"{r.reference.throughput_ips:.1f}", f"{r.candidate.throughput_ips:.1f}", f"{r.speedup_p50:.2f}×",
-                  f"{r.speedup_throughput:.2f}×"] for r in lat.rows])
+                [
+                    "batch",
+                    "FP32 p50 ms [95% CI]",
+                    f"{prec} p50 ms [95% CI]",
+                    "FP32 img/s",
+                    f"{prec} img/s",
+                    "speed-up (p50)",
+                    "speed-up (throughput)",
+                ],
+                [
+                    [
+                        r.batch,
+                        f"{r.reference.p50_ms:.3f} [{r.reference.p50_ci_ms[0]:.3f}, {r.reference.p50_ci_ms[1]:.3f}]",
+                        f"{r.candidate.p50_ms:.3f} [{r.candidate.p50_ci_ms[0]:.3f}, {r.candidate.p50_ci_ms[1]:.3f}]",
+                        f"{r.reference.throughput_ips:.1f}",
+                        f"{r.candidate.throughput_ips:.1f}",
+                        f"{r.speedup_p50:.2f}×",
+                        f"{r.speedup_throughput:.2f}×",
+                    ]
+                    for r in lat.rows
+                ],
+            )
         if self.timing:
             lines += ["", "Timing: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.timing.items())]
         return "\n".join(lines) + "\n"
@@ -187,4 +239,3 @@ def write_report(report: QuantReport, out: str | Path) -> tuple[Path, Path]:
     atomic_write_json(jpath, report.to_dict())
     atomic_write_text(mpath, report.to_markdown())
     return jpath, mpath
-

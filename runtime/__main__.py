@@ -78,13 +78,18 @@ def _csv(text: str | None) -> tuple[str, ...] | None:
 # parity
 # --------------------------------------------------------------------------------------------
 def build_parity_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m runtime parity",
-                                description="Compare candidate models on every available backend with a reference.")
+    p = argparse.ArgumentParser(
+        prog="python -m runtime parity",
+        description="Compare candidate models on every available backend with a reference.",
+    )
     p.add_argument("--reference", required=True, help="RUN/checkpoint.pt (PyTorch) or RUN/model.onnx (ORT CPU)")
     p.add_argument("--candidates", required=True, nargs="+", help="candidate model files (.onnx)")
-    p.add_argument("--data", default=None,
-                   help="ImageFolder, any folder of images (labels not needed: agreement with the reference is "
-                        "reported), or dataset YAML (default: the reference's dataset, regenerated)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="ImageFolder, any folder of images (labels not needed: agreement with the reference is "
+        "reported), or dataset YAML (default: the reference's dataset, regenerated)",
+    )
     p.add_argument("--split", default="val", choices=("train", "val", "test"), help="split to score (default val)")
     from runtime.images import add_detect_options
 
@@ -118,20 +123,28 @@ def parity_main(argv: list[str]) -> int:
         with output_lock(out, "parity report"):
             data = detected_data(args, out / "faces")
     cfg = ParityConfig(
-        reference=args.reference, candidates=tuple(args.candidates), data=data, split=args.split,
-        backends=_csv(args.backends), reference_backend=args.reference_backend, batch_size=args.batch_size,
-        threads=args.threads, limit=args.limit,
+        reference=args.reference,
+        candidates=tuple(args.candidates),
+        data=data,
+        split=args.split,
+        backends=_csv(args.backends),
+        reference_backend=args.reference_backend,
+        batch_size=args.batch_size,
+        threads=args.threads,
+        limit=args.limit,
     )
     run = run_parity(cfg, progress=not args.no_progress)
-    report = parity_report(run, command=_command("parity", argv), environment=capture_environment(),
-                           config=to_dict(cfg))
+    report = parity_report(
+        run, command=_command("parity", argv), environment=capture_environment(), config=to_dict(cfg)
+    )
     _write_locked(report, out, "parity report", plots=not args.no_plots)
     if not report.passed:
         for r in run.failing:
             why = "; ".join(r.result.reasons) if r.result else r.error
             log.error("FAIL %s: %s", r.name, why)
-        log.error("%d of %d parity rows failed: %s", len(run.failing), len(run.rows),
-                  ", ".join(r.name for r in run.failing))
+        log.error(
+            "%d of %d parity rows failed: %s", len(run.failing), len(run.rows), ", ".join(r.name for r in run.failing)
+        )
         return EXIT_ERROR
     log.info("all %d parity rows passed", len(run.rows))
     return EXIT_OK
@@ -141,8 +154,10 @@ def parity_main(argv: list[str]) -> int:
 # bench
 # --------------------------------------------------------------------------------------------
 def build_bench_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m runtime bench",
-                                description="Latency of models × backends × batch sizes (warm-up, then N calls and S seconds).")
+    p = argparse.ArgumentParser(
+        prog="python -m runtime bench",
+        description="Latency of models × backends × batch sizes (warm-up, then N calls and S seconds).",
+    )
     p.add_argument("--models", required=True, nargs="+", help="model files (.onnx)")
     p.add_argument("--batch", default="1,8,32", help="comma-separated batch sizes (default 1,8,32)")
     p.add_argument("--seconds", type=float, default=2.0, help="minimum timed seconds per measurement (default 2)")
@@ -152,9 +167,11 @@ def build_bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--overhead-batches", default="1", help="batches for the harness-vs-bare check ('' = none)")
     p.add_argument("--repeat", type=int, default=1, help="back-to-back sweeps; >1 reports run-to-run spread")
     p.add_argument("--parity", default=None, help="parity report JSON whose accuracy columns join the rows")
-    p.add_argument("--profile", action="store_true",
-                   help="also write per-node and per-op-type time tables (ORT profiling, OpenVINO PERF_COUNT) "
-                        "into OUT/profile/")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="also write per-node and per-op-type time tables (ORT profiling, OpenVINO PERF_COUNT) into OUT/profile/",
+    )
     p.add_argument("--out", default=None, help="report folder (default: <first model folder>/bench)")
     p.add_argument("--no-plots", action="store_true", help="skip PNG plots")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -174,14 +191,23 @@ def bench_main(argv: list[str]) -> int:
 
     parity = load_report(args.parity) if args.parity else None
     cfg = BenchConfig(
-        models=tuple(args.models), batches=parse_int_list(args.batch, "--batch"), backends=_csv(args.backends),
-        seconds=args.seconds, iterations=args.iterations, warmup_s=args.warmup, threads=args.threads,
-        overhead_batches=parse_int_list(args.overhead_batches, "--overhead-batches") if args.overhead_batches.strip() else (),
-        repeat=args.repeat, profile=args.profile,
+        models=tuple(args.models),
+        batches=parse_int_list(args.batch, "--batch"),
+        backends=_csv(args.backends),
+        seconds=args.seconds,
+        iterations=args.iterations,
+        warmup_s=args.warmup,
+        threads=args.threads,
+        overhead_batches=parse_int_list(args.overhead_batches, "--overhead-batches")
+        if args.overhead_batches.strip()
+        else (),
+        repeat=args.repeat,
+        profile=args.profile,
     )
     run = run_bench(cfg, progress=not args.no_progress)
-    report = bench_report(run, command=_command("bench", argv), environment=capture_environment(),
-                          config=to_dict(cfg), parity=parity)
+    report = bench_report(
+        run, command=_command("bench", argv), environment=capture_environment(), config=to_dict(cfg), parity=parity
+    )
     out = Path(args.out) if args.out else Path(args.models[0]).parent / "bench"
     _write_locked(report, out, "bench report", plots=not args.no_plots)
     if run.profiles:
@@ -204,8 +230,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m runtime",
         description="Torch-free runtime: parity, latency, (TensorRT build, inference) on the device.",
-        epilog="verbs:\n" + "\n".join(f"  {v:<10} {VERB_HELP.get(v, '')}" for v in VERBS)
-        + "\n\n`python -m runtime VERB --help` shows a verb's options.\n" + exit_codes_help("all"),
+        epilog="verbs:\n"
+        + "\n".join(f"  {v:<10} {VERB_HELP.get(v, '')}" for v in VERBS)
+        + "\n\n`python -m runtime VERB --help` shows a verb's options.\n"
+        + exit_codes_help("all"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("verb", choices=sorted(VERBS), help="what to do")

@@ -92,8 +92,9 @@ def leftover_temporaries(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir()
-                  if p.name.startswith(".") and (p.name.endswith(TMP_SUFFIX) or ".partial." in p.name))
+    return sorted(
+        p for p in folder.iterdir() if p.name.startswith(".") and (p.name.endswith(TMP_SUFFIX) or ".partial." in p.name)
+    )
 
 
 def _as_storage_error(exc: OSError, path: Path) -> BaseException:
@@ -121,7 +122,7 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
-    if hasattr(obj, "value") and isinstance(getattr(obj, "value"), str):  # str Enums
+    if hasattr(obj, "value") and isinstance(obj.value, str):  # str Enums
         return obj.value
     if hasattr(obj, "tolist"):  # numpy scalars and arrays
         return obj.tolist()

@@ -190,8 +190,17 @@ def measure_overhead(
     from runtime.latency import bootstrap_ci
 
     for fn in (harness, bare):  # shared warm-up so neither side pays first-call costs
-        measure_latency(fn, batch=batch, warmup_s=warmup_s, warmup_iterations=5, min_iterations=1, min_seconds=0.0,
-                        max_iterations=1, timer=timer, n_boot=1)
+        measure_latency(
+            fn,
+            batch=batch,
+            warmup_s=warmup_s,
+            warmup_iterations=5,
+            min_iterations=1,
+            min_seconds=0.0,
+            max_iterations=1,
+            timer=timer,
+            n_boot=1,
+        )
     h_ns: list[int] = []
     b_ns: list[int] = []
     total = 0
@@ -256,11 +265,23 @@ def _describe(path: str, describe_model: Callable[[str], Any]) -> Any:
     from runtime.parity import ModelInfo, detect_precision
     from runtime.preprocess import PreprocessSpec
 
-    log.warning("%s has no deployment contract: benchmarking it on random inputs shaped from its graph input "
-                "(latency only; `python -m export adopt` adds a contract for parity, quantization and inference)", path)
+    log.warning(
+        "%s has no deployment contract: benchmarking it on random inputs shaped from its graph input "
+        "(latency only; `python -m export adopt` adds a contract for parity, quantization and inference)",
+        path,
+    )
     precision, source, method = detect_precision(path)
-    return ModelInfo(path=str(path), kind="onnx", model_name="(no contract)", class_names=(), preprocess=PreprocessSpec(),
-                     precision=precision, precision_source=source, method=method, sha256=sha256_file(path))
+    return ModelInfo(
+        path=str(path),
+        kind="onnx",
+        model_name="(no contract)",
+        class_names=(),
+        preprocess=PreprocessSpec(),
+        precision=precision,
+        precision_source=source,
+        method=method,
+        sha256=sha256_file(path),
+    )
 
 
 def run_bench(cfg: BenchConfig, *, progress: bool = False) -> BenchRun:
@@ -299,29 +320,83 @@ def run_bench(cfg: BenchConfig, *, progress: bool = False) -> BenchRun:
                 be = _make_backend(name, info.path, cfg.threads).load()
             except PipelineError as exc:
                 for b in cfg.batches:
-                    rows.append(BenchRow(info.path, info.label, name, info.precision, info.precision_source,
-                                         info.sha256, b, rep, None, error=f"{type(exc).__name__}: {exc}"))
+                    rows.append(
+                        BenchRow(
+                            info.path,
+                            info.label,
+                            name,
+                            info.precision,
+                            info.precision_source,
+                            info.sha256,
+                            b,
+                            rep,
+                            None,
+                            error=f"{type(exc).__name__}: {exc}",
+                        )
+                    )
                 continue
             try:
                 desc = be.describe()
-                fixed = be.input_specs[0].shape[0] if be.input_specs and isinstance(be.input_specs[0].shape[0], int) else None
+                fixed = (
+                    be.input_specs[0].shape[0]
+                    if be.input_specs and isinstance(be.input_specs[0].shape[0], int)
+                    else None
+                )
                 for b in cfg.batches:
                     if fixed is not None and b != fixed:  # a fixed-batch graph would silently run its own batch
-                        rows.append(BenchRow(info.path, info.label, name, info.precision, info.precision_source,
-                                             info.sha256, b, rep, None, error=f"the model has a fixed batch of {fixed}; "
-                                             f"bench it with --batch {fixed} (or make the batch dynamic: export adopt)"))
+                        rows.append(
+                            BenchRow(
+                                info.path,
+                                info.label,
+                                name,
+                                info.precision,
+                                info.precision_source,
+                                info.sha256,
+                                b,
+                                rep,
+                                None,
+                                error=f"the model has a fixed batch of {fixed}; "
+                                f"bench it with --batch {fixed} (or make the batch dynamic: export adopt)",
+                            )
+                        )
                         continue
                     feeds = random_feeds(be.input_specs, b, seed=cfg.seed)
                     hook = be.bench_fn(b)
                     fn = hook if hook is not None else (lambda be=be, feeds=feeds: be.infer(feeds))
                     stats = measure_latency(
-                        fn, batch=b, warmup_s=cfg.warmup_s, warmup_iterations=cfg.warmup_iterations,
-                        min_iterations=cfg.iterations, min_seconds=cfg.seconds, seed=cfg.seed,
+                        fn,
+                        batch=b,
+                        warmup_s=cfg.warmup_s,
+                        warmup_iterations=cfg.warmup_iterations,
+                        min_iterations=cfg.iterations,
+                        min_seconds=cfg.seconds,
+                        seed=cfg.seed,
                     )
-                    rows.append(BenchRow(info.path, info.label, name, info.precision, info.precision_source,
-                                         info.sha256, b, rep, stats, "bench_fn" if hook else "infer", desc))
-                    log.info("%-40s %-8s b=%-3d p50 %.3f ms [%.3f, %.3f] p99 %.3f ms  %.1f img/s", info.label, name, b,
-                             stats.p50_ms, *stats.p50_ci_ms, stats.p99_ms, stats.throughput_ips)
+                    rows.append(
+                        BenchRow(
+                            info.path,
+                            info.label,
+                            name,
+                            info.precision,
+                            info.precision_source,
+                            info.sha256,
+                            b,
+                            rep,
+                            stats,
+                            "bench_fn" if hook else "infer",
+                            desc,
+                        )
+                    )
+                    log.info(
+                        "%-40s %-8s b=%-3d p50 %.3f ms [%.3f, %.3f] p99 %.3f ms  %.1f img/s",
+                        info.label,
+                        name,
+                        b,
+                        stats.p50_ms,
+                        *stats.p50_ci_ms,
+                        stats.p99_ms,
+                        stats.throughput_ips,
+                    )
                     if bar is not None:
                         bar.update(1)
                     if cfg.profile and rep == 0:
@@ -332,20 +407,31 @@ def run_bench(cfg: BenchConfig, *, progress: bool = False) -> BenchRun:
                         h, bare, paired = measure_overhead(
                             lambda be=be, feeds=feeds: be.infer(feeds),
                             lambda s=session, f=bare_feeds: s.run(None, f),
-                            batch=b, seconds=cfg.seconds, iterations=cfg.iterations,
-                            warmup_s=min(cfg.warmup_s, 0.5), seed=cfg.seed,
+                            batch=b,
+                            seconds=cfg.seconds,
+                            iterations=cfg.iterations,
+                            warmup_s=min(cfg.warmup_s, 0.5),
+                            seed=cfg.seed,
                         )
                         pct = 100.0 * (h.p50_ms - bare.p50_ms) / bare.p50_ms
-                        overhead.append(OverheadResult(info.path, name, b, h, bare, pct,
-                                                       (h.p50_ms - bare.p50_ms) * 1e3, paired))
-                        log.info("harness overhead %s b=%d: p50 %.4f vs bare %.4f ms (%+.2f%%)", info.label, b,
-                                 h.p50_ms, bare.p50_ms, pct)
+                        overhead.append(
+                            OverheadResult(info.path, name, b, h, bare, pct, (h.p50_ms - bare.p50_ms) * 1e3, paired)
+                        )
+                        log.info(
+                            "harness overhead %s b=%d: p50 %.4f vs bare %.4f ms (%+.2f%%)",
+                            info.label,
+                            b,
+                            h.p50_ms,
+                            bare.p50_ms,
+                            pct,
+                        )
             finally:
                 be.close()
     if bar is not None:
         bar.close()
-    return BenchRun(tuple(rows), tuple(overhead), spread_of(rows), cfg, skipped, time.perf_counter() - t_start,
-                    tuple(profiles))
+    return BenchRun(
+        tuple(rows), tuple(overhead), spread_of(rows), cfg, skipped, time.perf_counter() - t_start, tuple(profiles)
+    )
 
 
 def _profile(sink: list[dict[str, Any]], backend: str, path: str, feeds: dict, cfg: BenchConfig) -> None:

@@ -27,9 +27,8 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterator
 
 from runtime.errors import (
     EXIT_BUG,
@@ -43,8 +42,17 @@ from runtime.errors import (
     storage_error,
 )
 
-__all__ = ["EXIT_BUG", "Terminated", "add_common_flags", "add_debug_flag", "cli_entry", "int_list_arg", "parse_int_list",
-           "setup_logging", "sigterm_raises"]
+__all__ = [
+    "EXIT_BUG",
+    "Terminated",
+    "add_common_flags",
+    "add_debug_flag",
+    "cli_entry",
+    "int_list_arg",
+    "parse_int_list",
+    "setup_logging",
+    "sigterm_raises",
+]
 
 DEBUG_HELP = "on an error, print the full traceback as well as the message"
 THREADS_HELP = "CPU intra-op threads (default OMP_NUM_THREADS or 1)"
@@ -57,11 +65,20 @@ class Terminated(BaseException):
 
 def add_debug_flag(parser, *, sub: bool = False) -> None:
     """Give an argparse parser the shared ``--debug`` option (``sub``: see `add_common_flags`)."""
-    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP, **({"default": argparse.SUPPRESS} if sub else {}))
+    parser.add_argument(
+        "--debug", action="store_true", help=DEBUG_HELP, **({"default": argparse.SUPPRESS} if sub else {})
+    )
 
 
-def add_common_flags(parser, *, threads: bool = False, threads_default: int | None = None,
-                     threads_help: str = THREADS_HELP, verbose_help: str = "debug logging", sub: bool = False) -> None:
+def add_common_flags(
+    parser,
+    *,
+    threads: bool = False,
+    threads_default: int | None = None,
+    threads_help: str = THREADS_HELP,
+    verbose_help: str = "debug logging",
+    sub: bool = False,
+) -> None:
     """The argument group every command shares: ``-v/--verbose``, ``--debug`` and, with
     ``threads=True``, ``--threads N``.
 
@@ -79,8 +96,9 @@ def add_common_flags(parser, *, threads: bool = False, threads_default: int | No
         parser.add_argument("--threads", type=int, default=threads_default, help=threads_help)
 
 
-def setup_logging(verbose: bool = False, *, level: int | None = None, timestamps: bool = False,
-                  quiet: Sequence[str] = ()) -> None:
+def setup_logging(
+    verbose: bool = False, *, level: int | None = None, timestamps: bool = False, quiet: Sequence[str] = ()
+) -> None:
     """The one logging setup of every command line (library modules only log).
 
     Args:
@@ -188,20 +206,27 @@ def cli_entry(fn: Callable[[list[str]], int] | None = None, *, argv_start: int =
             _report(log, f"error: {mapped}", debug)
             return exit_code_for(mapped)
         except KeyboardInterrupt:
-            log.error("interrupted: finished artifacts are kept and partial ones were discarded; "
-                      "rerun the same command to resume")
+            log.error(
+                "interrupted: finished artifacts are kept and partial ones were discarded; "
+                "rerun the same command to resume"
+            )
             return EXIT_INTERRUPTED
         except Terminated:
-            log.error("terminated (SIGTERM): finished artifacts are kept and partial ones were discarded; "
-                      "rerun the same command to resume")
+            log.error(
+                "terminated (SIGTERM): finished artifacts are kept and partial ones were discarded; "
+                "rerun the same command to resume"
+            )
             return EXIT_TERMINATED
         except SystemExit:
             raise
         except Exception as exc:  # noqa: BLE001 - the last line of defence: a bug, not bad input
             if debug:
                 raise
-            log.error("internal error (a bug, not your input): %s: %s. Rerun with --debug for the "
-                      "traceback and report it.", type(exc).__name__, exc)
+            log.error(
+                "internal error (a bug, not your input): %s: %s. Rerun with --debug for the traceback and report it.",
+                type(exc).__name__,
+                exc,
+            )
             return EXIT_BUG
 
     return wrapper

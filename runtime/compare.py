@@ -137,7 +137,9 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def paired_drop_interval(ref_correct: np.ndarray, cand_correct: np.ndarray, z: float = Z95) -> tuple[float, float, float]:
+def paired_drop_interval(
+    ref_correct: np.ndarray, cand_correct: np.ndarray, z: float = Z95
+) -> tuple[float, float, float]:
     """Accuracy drop (reference - candidate) in points with a paired 95% interval.
 
     Only discordant samples (one right, the other wrong) carry information; the variance is the
@@ -378,8 +380,10 @@ def compare_outputs(
     if tol.max_abs_diff is not None and not (max_d <= tol.max_abs_diff):
         reasons.append(f"max |logit diff| {max_d:.3g} > {tol.max_abs_diff:g}")
     if tol.min_top1_agreement is not None and agreement < tol.min_top1_agreement:
-        what = (f"top-1 agreement {agreement:.4f} (95% CI {agree_ci[0]:.4f}–{agree_ci[1]:.4f}) is below the bound "
-                f"{tol.min_top1_agreement:g}: {n - k} of {n} predictions changed class")
+        what = (
+            f"top-1 agreement {agreement:.4f} (95% CI {agree_ci[0]:.4f}–{agree_ci[1]:.4f}) is below the bound "
+            f"{tol.min_top1_agreement:g}: {n - k} of {n} predictions changed class"
+        )
         if agree_ci[1] < tol.min_top1_agreement:
             reasons.append(what)
         else:
@@ -394,24 +398,35 @@ def compare_outputs(
         drop_pts, lo, hi = paired_drop_interval(ref_pred == y, cand_pred == y)
         drop_ci = (lo, hi)
         if tol.max_accuracy_drop_pts is not None and drop_pts > tol.max_accuracy_drop_pts:
-            what = (f"accuracy drops {drop_pts:.2f} pts (95% CI {lo:.2f} to {hi:.2f}), above the bound "
-                    f"{tol.max_accuracy_drop_pts:g} pts")
+            what = (
+                f"accuracy drops {drop_pts:.2f} pts (95% CI {lo:.2f} to {hi:.2f}), above the bound "
+                f"{tol.max_accuracy_drop_pts:g} pts"
+            )
             (reasons if lo > tol.max_accuracy_drop_pts else notes).append(what)
         cm_ref, cm_cand = np.asarray(m_ref.confusion), np.asarray(m_cand.confusion)
         metrics = {
-            "accuracy": m_cand.accuracy, "macro_f1": m_cand.macro_f1,
-            "reference_accuracy": m_ref.accuracy, "reference_macro_f1": m_ref.macro_f1,
+            "accuracy": m_cand.accuracy,
+            "macro_f1": m_cand.macro_f1,
+            "reference_accuracy": m_ref.accuracy,
+            "reference_macro_f1": m_ref.macro_f1,
             "accuracy_drop_pts": float(drop_pts),
             "per_class_accuracy_delta": tuple(
-                float(a - b) for a, b in zip(m_cand.per_class_accuracy, m_ref.per_class_accuracy)),
+                float(a - b) for a, b in zip(m_cand.per_class_accuracy, m_ref.per_class_accuracy)
+            ),
             "confusion_delta": tuple(tuple(int(v) for v in row) for row in (cm_cand - cm_ref)),
             "reference_confusion": m_ref.confusion,
-        }  # fmt: skip
+        }
     else:
         metrics = {
-            "accuracy": None, "macro_f1": None, "reference_accuracy": None, "reference_macro_f1": None,
-            "accuracy_drop_pts": None, "per_class_accuracy_delta": (), "confusion_delta": (), "reference_confusion": (),
-        }  # fmt: skip
+            "accuracy": None,
+            "macro_f1": None,
+            "reference_accuracy": None,
+            "reference_macro_f1": None,
+            "accuracy_drop_pts": None,
+            "per_class_accuracy_delta": (),
+            "confusion_delta": (),
+            "reference_confusion": (),
+        }
 
     shift: dict[tuple[int, int], int] = {}
     for i in np.flatnonzero(~agree):
@@ -438,7 +453,6 @@ def compare_outputs(
         accuracy_drop_ci_pts=drop_ci,
         max_prob_diff=max_p,
         mean_prob_diff=mean_p,
-        prediction_shift=tuple(
-            (names[a], names[b], v) for (a, b), v in sorted(shift.items(), key=lambda kv: -kv[1])),
+        prediction_shift=tuple((names[a], names[b], v) for (a, b), v in sorted(shift.items(), key=lambda kv: -kv[1])),
         **metrics,
     )

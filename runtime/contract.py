@@ -175,13 +175,17 @@ def read_metadata(path: str | os.PathLike) -> dict[str, str]:
     if not p.is_file():
         raise ArtifactError(f"{p}: ONNX model not found; export one with `python -m export onnx`")
     if p.stat().st_size == 0:
-        raise ArtifactError(f"{p}: the file is empty (0 bytes), not an ONNX model; an interrupted copy or download "
-                            "leaves this: copy it again or re-export with `python -m export onnx`")
+        raise ArtifactError(
+            f"{p}: the file is empty (0 bytes), not an ONNX model; an interrupted copy or download "
+            "leaves this: copy it again or re-export with `python -m export onnx`"
+        )
     try:
         model = onnx.load(str(p), load_external_data=False)
     except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning-like errors, ValueError...
-        raise ArtifactError(f"{p}: not an ONNX model, or a truncated one ({type(exc).__name__}: {exc}); copy it "
-                            "again or re-export it with `python -m export onnx`") from exc
+        raise ArtifactError(
+            f"{p}: not an ONNX model, or a truncated one ({type(exc).__name__}: {exc}); copy it "
+            "again or re-export it with `python -m export onnx`"
+        ) from exc
     # Random bytes sometimes parse as an (empty) protobuf message: require the parts every model has.
     if model.ir_version <= 0 or not model.opset_import or not model.graph.output:
         raise ArtifactError(f"{p}: not an ONNX model (no IR version, opset or graph outputs)")
@@ -232,9 +236,19 @@ def read_contract(path: str | os.PathLike) -> DeploymentContract:
 # --------------------------------------------------------------------------------------------
 #: Keys of a contract YAML file (docs/contract.md); anything else is a typo and is refused.
 CONTRACT_FILE_KEYS: tuple[str, ...] = (
-    "classes", "input_size", "color_mode", "scale", "mean", "std", "resize", "interpolation",
-    "model_name", "input_name", "output_name", "layout",
-)  # fmt: skip
+    "classes",
+    "input_size",
+    "color_mode",
+    "scale",
+    "mean",
+    "std",
+    "resize",
+    "interpolation",
+    "model_name",
+    "input_name",
+    "output_name",
+    "layout",
+)
 _REQUIRED_FILE_KEYS = ("classes", "input_size", "color_mode")
 _LAYOUTS = ("NCHW",)
 
@@ -270,10 +284,14 @@ def contract_from_dict(data: Mapping[str, Any], *, source: str = "", default_nam
 
     where = f"{source}: " if source else ""
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{where}a contract file holds a mapping of keys (classes, input_size, ...), got {type(data).__name__}")
+        raise ConfigError(
+            f"{where}a contract file holds a mapping of keys (classes, input_size, ...), got {type(data).__name__}"
+        )
     unknown = sorted(str(k) for k in set(data) - set(CONTRACT_FILE_KEYS))
     if unknown:
-        raise ConfigError(f"{where}unknown contract key(s) {unknown}; valid keys: {list(CONTRACT_FILE_KEYS)} (docs/contract.md)")
+        raise ConfigError(
+            f"{where}unknown contract key(s) {unknown}; valid keys: {list(CONTRACT_FILE_KEYS)} (docs/contract.md)"
+        )
     missing = [k for k in _REQUIRED_FILE_KEYS if k not in data]
     if missing:
         raise ConfigError(f"{where}contract lacks required key(s) {missing}; see docs/contract.md for an example")

@@ -60,8 +60,11 @@ MIN_FACE = 0.04  # default smallest face: 4 % of the image's shorter side
 HUGE_PIXELS = 24_000_000  # inputs above this many pixels get a one-line notice in infer
 HAAR_FILE = "haarcascade_frontalface_default.xml"
 # Where system OpenCV packages put the cascades (Debian/Ubuntu/JetPack's libopencv-dev, opencv-data).
-HAAR_DIRS = ("/usr/share/opencv4/haarcascades", "/usr/share/opencv/haarcascades",
-             "/usr/local/share/opencv4/haarcascades")
+HAAR_DIRS = (
+    "/usr/share/opencv4/haarcascades",
+    "/usr/share/opencv/haarcascades",
+    "/usr/local/share/opencv4/haarcascades",
+)
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,9 @@ def check_min_face(min_face: float) -> float:
     except (TypeError, ValueError):
         raise ConfigError(f"--min-face must be a number, got {min_face!r}") from None
     if not v > 0 or not np.isfinite(v):
-        raise ConfigError(f"--min-face must be > 0 (a fraction of the shorter side below 1, or pixels from 1 up), got {min_face}")
+        raise ConfigError(
+            f"--min-face must be > 0 (a fraction of the shorter side below 1, or pixels from 1 up), got {min_face}"
+        )
     return v
 
 
@@ -183,8 +188,11 @@ class _Scaled:
         raise NotImplementedError
 
     def _describe_scale(self) -> dict[str, Any]:
-        return {"min_face": self.min_face, "min_face_unit": "fraction of the shorter side" if self.min_face < 1 else "pixels",
-                "work_side": self.work_side}
+        return {
+            "min_face": self.min_face,
+            "min_face_unit": "fraction of the shorter side" if self.min_face < 1 else "pixels",
+            "work_side": self.work_side,
+        }
 
     def close(self) -> None:
         pass
@@ -219,10 +227,12 @@ def find_haar_cascade(path: str | os.PathLike | None = None) -> Path | None:
 
 
 def haar_unavailable_reason(cascade: str | os.PathLike | None = None) -> str:
-    """"" when the Haar detector can run here, else why not (never raises)."""
+    """ "" when the Haar detector can run here, else why not (never raises)."""
     if not hasattr(cv2, "CascadeClassifier"):
-        return (f"OpenCV {cv2.__version__} has no CascadeClassifier (OpenCV 5 moved Haar cascades out of the main "
-                "module; opencv-python-headless<5 ships them)")
+        return (
+            f"OpenCV {cv2.__version__} has no CascadeClassifier (OpenCV 5 moved Haar cascades out of the main "
+            "module; opencv-python-headless<5 ships them)"
+        )
     if find_haar_cascade(cascade) is None:
         where = cascade or f"cv2.data.haarcascades and {', '.join(HAAR_DIRS)}"
         return f"no {HAAR_FILE} in {where}"
@@ -242,8 +252,15 @@ class HaarDetector(_Scaled):
     name = "haar"
     min_window = 24
 
-    def __init__(self, cascade: str | os.PathLike | None = None, *, scale_factor: float = 1.1, min_neighbors: int = 5,
-                 min_face: float = MIN_FACE, work_side: int = WORK_SIDE) -> None:
+    def __init__(
+        self,
+        cascade: str | os.PathLike | None = None,
+        *,
+        scale_factor: float = 1.1,
+        min_neighbors: int = 5,
+        min_face: float = MIN_FACE,
+        work_side: int = WORK_SIDE,
+    ) -> None:
         super().__init__(min_face, work_side)
         reason = haar_unavailable_reason(cascade)
         if reason:
@@ -257,14 +274,21 @@ class HaarDetector(_Scaled):
     def _detect(self, work: np.ndarray, min_px: float) -> tuple[np.ndarray, list[float]]:
         gray = cv2.equalizeHist(_gray(work))
         side = int(round(min_px))
-        found = self.cascade.detectMultiScale(gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors,
-                                              minSize=(side, side))
+        found = self.cascade.detectMultiScale(
+            gray, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors, minSize=(side, side)
+        )
         xywh = np.asarray(found if len(found) else np.zeros((0, 4)), dtype=np.float64).reshape(-1, 4)
         return np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1), [1.0] * len(xywh)
 
     def describe(self) -> dict[str, Any]:
-        return {"detector": self.name, "cascade": str(self.path), "scale_factor": self.scale_factor,
-                "min_neighbors": self.min_neighbors, "opencv": cv2.__version__, **self._describe_scale()}
+        return {
+            "detector": self.name,
+            "cascade": str(self.path),
+            "scale_factor": self.scale_factor,
+            "min_neighbors": self.min_neighbors,
+            "opencv": cv2.__version__,
+            **self._describe_scale(),
+        }
 
 
 class YuNetDetector(_Scaled):
@@ -280,8 +304,15 @@ class YuNetDetector(_Scaled):
     name = "yunet"
     min_window = 10
 
-    def __init__(self, model: str | os.PathLike, *, score_threshold: float = 0.7, nms_threshold: float = 0.3,
-                 min_face: float = MIN_FACE, work_side: int = WORK_SIDE) -> None:
+    def __init__(
+        self,
+        model: str | os.PathLike,
+        *,
+        score_threshold: float = 0.7,
+        nms_threshold: float = 0.3,
+        min_face: float = MIN_FACE,
+        work_side: int = WORK_SIDE,
+    ) -> None:
         super().__init__(min_face, work_side)
         if not hasattr(cv2, "FaceDetectorYN_create") and not hasattr(cv2, "FaceDetectorYN"):
             raise MissingDependencyError(f"OpenCV {cv2.__version__} has no FaceDetectorYN (needs OpenCV >= 4.8)")
@@ -308,8 +339,14 @@ class YuNetDetector(_Scaled):
         return np.asarray(rows, dtype=np.float64).reshape(-1, 4), scores
 
     def describe(self) -> dict[str, Any]:
-        return {"detector": self.name, "model": str(self.path), "score_threshold": self.score_threshold,
-                "nms_threshold": self.nms_threshold, "opencv": cv2.__version__, **self._describe_scale()}
+        return {
+            "detector": self.name,
+            "model": str(self.path),
+            "score_threshold": self.score_threshold,
+            "nms_threshold": self.nms_threshold,
+            "opencv": cv2.__version__,
+            **self._describe_scale(),
+        }
 
 
 class MtcnnDetector(_Scaled):
@@ -327,9 +364,16 @@ class MtcnnDetector(_Scaled):
     name = "mtcnn"
     min_window = 12
 
-    def __init__(self, model_dir: str | os.PathLike | None = None, *, backend: str = "ort", threads: int | None = None,
-                 thresholds: tuple[float, float, float] = (0.6, 0.7, 0.9), min_face: float = MIN_FACE,
-                 work_side: int = WORK_SIDE) -> None:
+    def __init__(
+        self,
+        model_dir: str | os.PathLike | None = None,
+        *,
+        backend: str = "ort",
+        threads: int | None = None,
+        thresholds: tuple[float, float, float] = (0.6, 0.7, 0.9),
+        min_face: float = MIN_FACE,
+        work_side: int = WORK_SIDE,
+    ) -> None:
         super().__init__(min_face, work_side)
         from runtime.detectors.mtcnn import MtcnnNets
 
@@ -351,7 +395,7 @@ class MtcnnDetector(_Scaled):
 
 
 def mtcnn_unavailable_reason() -> str:
-    """"" when the shipped MTCNN detector can run here, else why not (never raises)."""
+    """ "" when the shipped MTCNN detector can run here, else why not (never raises)."""
     from runtime.backends import available_backends
     from runtime.detectors.mtcnn import MODEL_DIR, NETS
 
@@ -363,15 +407,24 @@ def mtcnn_unavailable_reason() -> str:
 
 def detector_status(cascade: str | os.PathLike | None = None, model: str | os.PathLike | None = None) -> dict[str, str]:
     """Detector name -> "" when usable here, else why not."""
-    yunet = "" if model else "needs --detector-model face_detection_yunet_*.onnx (OpenCV ships the class, not the weights)"
+    yunet = (
+        "" if model else "needs --detector-model face_detection_yunet_*.onnx (OpenCV ships the class, not the weights)"
+    )
     if not hasattr(cv2, "FaceDetectorYN_create") and not hasattr(cv2, "FaceDetectorYN"):
         yunet = f"OpenCV {cv2.__version__} has no FaceDetectorYN"
     return {"mtcnn": mtcnn_unavailable_reason(), "haar": haar_unavailable_reason(cascade), "yunet": yunet, "none": ""}
 
 
-def make_detector(name: str = "auto", *, model: str | os.PathLike | None = None,
-                  cascade: str | os.PathLike | None = None, min_face: float = MIN_FACE, work_side: int = WORK_SIDE,
-                  backend: str = "ort", threads: int | None = None) -> Detector:
+def make_detector(
+    name: str = "auto",
+    *,
+    model: str | os.PathLike | None = None,
+    cascade: str | os.PathLike | None = None,
+    min_face: float = MIN_FACE,
+    work_side: int = WORK_SIDE,
+    backend: str = "ort",
+    threads: int | None = None,
+) -> Detector:
     """Build the detector called ``name`` (see the module docstring for ``auto``).
 
     Raises:
@@ -408,8 +461,9 @@ def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def match_faces(found: Sequence[Box], faces: Sequence[Sequence[float]], ignore: Sequence[Sequence[float]] = (),
-                iou: float = 0.4) -> tuple[int, int]:
+def match_faces(
+    found: Sequence[Box], faces: Sequence[Sequence[float]], ignore: Sequence[Sequence[float]] = (), iou: float = 0.4
+) -> tuple[int, int]:
     """(faces found, false boxes) of ``found`` against hand-marked ``faces`` (x0, y0, x1, y1).
 
     Each marked face is matched to at most one box (greedy by IoU, at least ``iou``). An unmatched
@@ -429,8 +483,10 @@ def match_faces(found: Sequence[Box], faces: Sequence[Sequence[float]], ignore: 
         if i in used_b:
             continue
         area = max(1e-9, (bx[2] - bx[0]) * (bx[3] - bx[1]))
-        inside = [max(0.0, min(bx[2], g[2]) - max(bx[0], g[0])) * max(0.0, min(bx[3], g[3]) - max(bx[1], g[1])) / area
-                  for g in ignore]
+        inside = [
+            max(0.0, min(bx[2], g[2]) - max(bx[0], g[0])) * max(0.0, min(bx[3], g[3]) - max(bx[1], g[1])) / area
+            for g in ignore
+        ]
         if not any(box_iou(bx, g) >= iou or f > 0.5 for g, f in zip(ignore, inside)):
             false += 1
     return len(used_f), false

@@ -24,12 +24,35 @@ log = logging.getLogger(__name__)
 
 # Distribution names whose versions decide results (absent ones are reported as None).
 DISTRIBUTIONS: tuple[str, ...] = (
-    "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "onnxslim", "torch", "nncf", "tensorrt",
-    "tensorrt-cu12", "tensorrt-cu13", "cuda-python", "cuda-bindings", "pycuda", "opencv-python-headless",
-    "opencv-python", "pillow", "scipy", "matplotlib", "pyyaml", "tqdm", "polygraphy",
+    "numpy",
+    "onnx",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "onnxscript",
+    "onnxslim",
+    "torch",
+    "nncf",
+    "tensorrt",
+    "tensorrt-cu12",
+    "tensorrt-cu13",
+    "cuda-python",
+    "cuda-bindings",
+    "pycuda",
+    "opencv-python-headless",
+    "opencv-python",
+    "pillow",
+    "scipy",
+    "matplotlib",
+    "pyyaml",
+    "tqdm",
+    "polygraphy",
 )
 THREAD_VARS: tuple[str, ...] = (
-    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "ORT_NUM_THREADS", "CUDA_VISIBLE_DEVICES",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "OPENBLAS_NUM_THREADS",
+    "ORT_NUM_THREADS",
+    "CUDA_VISIBLE_DEVICES",
 )
 
 Runner = Callable[[list[str]], str | None]
@@ -59,8 +82,14 @@ def cpu_info(read: Callable[[str], str | None] = _read) -> dict[str, Any]:
     text = read("/proc/cpuinfo") or ""
     model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.lower().startswith("model name")), None)
     if model is None:  # ARM (Jetson) reports no "model name" on older kernels
-        model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith(("Hardware", "CPU part"))),
-                     None) or platform.processor() or platform.machine()
+        model = (
+            next(
+                (ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith(("Hardware", "CPU part"))),
+                None,
+            )
+            or platform.processor()
+            or platform.machine()
+        )
     physical: set[tuple[str | None, str]] = set()
     for block in text.split("\n\n"):
         kv = {k.strip(): v.strip() for k, v in (ln.split(":", 1) for ln in block.splitlines() if ":" in ln)}

@@ -103,11 +103,24 @@ EXIT_CODES: dict[int, str] = {
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
     EXIT_TERMINATED: "terminated (SIGTERM)",
 }
-_GENERAL = (EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_MISSING, EXIT_BUG, EXIT_STORAGE, EXIT_LOCKED, EXIT_INTERRUPTED,
-            EXIT_TERMINATED)
-_OWN = {"infer": {EXIT_PARTIAL: "done, but some inputs were unreadable",
-                  EXIT_NOTHING: "nothing was classified (no readable input, no face)"},
-        "pipeline": {EXIT_PARITY: "a parity row failed and parity.gate is true (the report is written)"}}
+_GENERAL = (
+    EXIT_OK,
+    EXIT_ERROR,
+    EXIT_USAGE,
+    EXIT_MISSING,
+    EXIT_BUG,
+    EXIT_STORAGE,
+    EXIT_LOCKED,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+)
+_OWN = {
+    "infer": {
+        EXIT_PARTIAL: "done, but some inputs were unreadable",
+        EXIT_NOTHING: "nothing was classified (no readable input, no face)",
+    },
+    "pipeline": {EXIT_PARITY: "a parity row failed and parity.gate is true (the report is written)"},
+}
 
 
 def exit_codes_help(command: str | None = None) -> str:
@@ -160,7 +173,7 @@ _STORAGE_ERRNOS = {
     errno.ENOSPC: "no space left on device: free some space or choose an output folder on another disk",
     errno.EDQUOT: "disk quota exceeded: free some space or choose an output folder on another disk",
     errno.EFBIG: "file too large for this file system or the process's file-size limit (ulimit -f): free space, "
-                 "raise the limit or choose another disk",
+    "raise the limit or choose another disk",
     errno.EACCES: "permission denied: choose a writable output folder or fix its permissions",
     errno.EPERM: "operation not permitted: choose a writable output folder or fix its permissions",
     errno.EROFS: "read-only file system: choose an output folder on a writable disk",

@@ -42,8 +42,13 @@ class Finding:
         object.__setattr__(self, "severity", Severity(self.severity))
 
     def to_dict(self) -> dict[str, str]:
-        return {"severity": self.severity.value, "code": self.code, "node": self.node, "message": self.message,
-                "fix": self.fix}
+        return {
+            "severity": self.severity.value,
+            "code": self.code,
+            "node": self.node,
+            "message": self.message,
+            "fix": self.fix,
+        }
 
     def __str__(self) -> str:
         where = f" [{self.node}]" if self.node else ""

@@ -57,13 +57,20 @@ class ImageFolder:
 
     def describe(self) -> str:
         n, k = len(self), self.labelled_count
-        what = "unlabelled" if k == 0 else ("all labelled by class folder" if k == n else f"{k} labelled by class folder")
+        what = (
+            "unlabelled" if k == 0 else ("all labelled by class folder" if k == n else f"{k} labelled by class folder")
+        )
         return f"image folder {self.root} ({n} images, {what})"
 
     def subset(self, indices: Sequence[int]) -> ImageFolder:
         idx = list(indices)
-        return ImageFolder(self.root, tuple(self.paths[i] for i in idx), tuple(self.ids[i] for i in idx),
-                           self.labels[idx] if idx else self.labels[:0], self.class_names)
+        return ImageFolder(
+            self.root,
+            tuple(self.paths[i] for i in idx),
+            tuple(self.ids[i] for i in idx),
+            self.labels[idx] if idx else self.labels[:0],
+            self.class_names,
+        )
 
 
 def _class_table(class_names: Sequence[str]) -> dict[str, int]:
@@ -91,10 +98,12 @@ def scan_image_folder(root: str | os.PathLike, class_names: Sequence[str] = ()) 
     if not base.is_dir():
         raise DataError(f"--data {base}: not a folder; give a folder of images (any layout, searched recursively)")
     paths = sorted(
-        p for p in base.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        p
+        for p in base.rglob("*")
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_SUFFIXES
         and not any(part.startswith(".") for part in p.relative_to(base).parts)
-    )  # fmt: skip
+    )
     if not paths:
         raise DataError(
             f"--data {base}: no image files found below it (searched recursively for {', '.join(IMAGE_SUFFIXES)}); "
@@ -162,8 +171,12 @@ def is_class_folder_tree(root: str | os.PathLike) -> bool:
     except DataError as exc:
         if str(root) not in _SAID:  # once per folder and process (quantize and parity each ask)
             _SAID.add(str(root))
-            log.info("%s is read as a folder of images, labelled only where a folder is named after one of the "
-                     "model's classes (%s)", root, str(exc).split(";")[0])
+            log.info(
+                "%s is read as a folder of images, labelled only where a folder is named after one of the "
+                "model's classes (%s)",
+                root,
+                str(exc).split(";")[0],
+            )
         return False
     return True
 
@@ -216,10 +229,19 @@ def crop_faces(root: str | os.PathLike, dest: str | os.PathLike, detector, *, ma
                     target.write_bytes(buf.tobytes())
                     faces += 1
         if faces == 0:
-            raise DataError(f"--detect: no face found in any of the {len(folder)} image(s) under {root}; "
-                            "if they are face crops already, drop --detect")
-        info = {"source": str(root), "images": len(folder), "faces": faces, "images_without_face": len(without),
-                "without_face": without[:50], "margin": margin, "detector": detector.describe()}
+            raise DataError(
+                f"--detect: no face found in any of the {len(folder)} image(s) under {root}; "
+                "if they are face crops already, drop --detect"
+            )
+        info = {
+            "source": str(root),
+            "images": len(folder),
+            "faces": faces,
+            "images_without_face": len(without),
+            "without_face": without[:50],
+            "margin": margin,
+            "detector": detector.describe(),
+        }
         atomic_write_json(work / FACES_MANIFEST, json.loads(json.dumps(info, default=str)))
         if out.exists():
             shutil.rmtree(out)
@@ -236,14 +258,27 @@ def add_detect_options(parser) -> None:
     """``--detect`` and the detector options of ``runtime infer``, for commands that take ``--data``."""
     from runtime.detect import DETECTORS, MIN_FACE
 
-    parser.add_argument("--detect", action="store_true",
-                        help="--data holds whole photos: crop the faces first (default: images are face crops, used as given)")
-    parser.add_argument("--detector", default="auto", choices=[d for d in DETECTORS if d != "none"],
-                        help="face detector for --detect (default auto: yunet with --detector-model, else mtcnn)")
+    parser.add_argument(
+        "--detect",
+        action="store_true",
+        help="--data holds whole photos: crop the faces first (default: images are face crops, used as given)",
+    )
+    parser.add_argument(
+        "--detector",
+        default="auto",
+        choices=[d for d in DETECTORS if d != "none"],
+        help="face detector for --detect (default auto: yunet with --detector-model, else mtcnn)",
+    )
     parser.add_argument("--detector-model", default=None, help="YuNet face_detection_yunet_*.onnx for --detector yunet")
-    parser.add_argument("--margin", type=float, default=0.1, help="--detect: grow each face box by this fraction per side (default 0.1)")
-    parser.add_argument("--min-face", type=float, default=MIN_FACE,
-                        help=f"--detect: smallest face, below 1 a fraction of the shorter side (default {MIN_FACE})")
+    parser.add_argument(
+        "--margin", type=float, default=0.1, help="--detect: grow each face box by this fraction per side (default 0.1)"
+    )
+    parser.add_argument(
+        "--min-face",
+        type=float,
+        default=MIN_FACE,
+        help=f"--detect: smallest face, below 1 a fraction of the shorter side (default {MIN_FACE})",
+    )
 
 
 def detected_data(args, dest: str | os.PathLike) -> str | None:

@@ -45,12 +45,29 @@ import cv2
 import numpy as np
 
 from runtime.artifacts import atomic_write, atomic_write_json, atomic_write_text, read_json, sha256_file
-from runtime.contract import DeploymentContract, read_contract
-from runtime.detect import (DETECTORS, HUGE_PIXELS, MIN_FACE, WORK_SIDE, Box, Detector, check_min_face, make_detector,
-                            working_scale)
 from runtime.cli import add_common_flags, cli_entry, setup_logging
-from runtime.errors import (EXIT_NOTHING, EXIT_OK, EXIT_PARTIAL, ArtifactError, ConfigError, DataError,
-                            MissingDependencyError, exit_codes_help)
+from runtime.contract import DeploymentContract, read_contract
+from runtime.detect import (
+    DETECTORS,
+    HUGE_PIXELS,
+    MIN_FACE,
+    WORK_SIDE,
+    Box,
+    Detector,
+    check_min_face,
+    make_detector,
+    working_scale,
+)
+from runtime.errors import (
+    EXIT_NOTHING,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    ArtifactError,
+    ConfigError,
+    DataError,
+    MissingDependencyError,
+    exit_codes_help,
+)
 from runtime.lock import output_lock
 from runtime.preprocess import preprocess
 
@@ -218,8 +235,10 @@ def contract_for(model: Path, contract: str | os.PathLike | None = None) -> Depl
                 tried.append(str(cand))
                 if cand.is_file():
                     if want and sha256_file(cand) != want:
-                        log.warning("%s differs from the ONNX the engine was built from (sha256); using its contract anyway",
-                                    cand)
+                        log.warning(
+                            "%s differs from the ONNX the engine was built from (sha256); using its contract anyway",
+                            cand,
+                        )
                     return read_contract(cand)
     stem = model.name[: -len(model.suffix)]
     for cand in (model.with_name(stem + ".onnx"),):
@@ -235,8 +254,14 @@ def contract_for(model: Path, contract: str | os.PathLike | None = None) -> Depl
 class Classifier:
     """A loaded backend plus the model's contract: crops in, probabilities out."""
 
-    def __init__(self, model: str | os.PathLike, *, backend: str | None = None, threads: int | None = None,
-                 contract: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self,
+        model: str | os.PathLike,
+        *,
+        backend: str | None = None,
+        threads: int | None = None,
+        contract: str | os.PathLike | None = None,
+    ) -> None:
         from runtime.backends import get_backend
 
         self.path = Path(model)
@@ -284,9 +309,14 @@ class Classifier:
         return p / p.sum(axis=1, keepdims=True), (t1 - t0) * 1e3, (t2 - t1) * 1e3
 
     def describe(self) -> dict[str, Any]:
-        return {"model": str(self.path), "sha256": sha256_file(self.path), "backend": self.backend.describe(),
-                "model_name": self.contract.model_name, "class_names": list(self.class_names),
-                "preprocess": self.contract.preprocess.to_dict()}
+        return {
+            "model": str(self.path),
+            "sha256": sha256_file(self.path),
+            "backend": self.backend.describe(),
+            "model_name": self.contract.model_name,
+            "class_names": list(self.class_names),
+            "preprocess": self.contract.preprocess.to_dict(),
+        }
 
     def close(self) -> None:
         self.backend.close()
@@ -295,8 +325,16 @@ class Classifier:
 # --------------------------------------------------------------------------------------------
 # Drawing
 # --------------------------------------------------------------------------------------------
-_PALETTE = [(60, 76, 231), (113, 204, 46), (219, 152, 52), (15, 196, 241), (182, 89, 155), (0, 128, 255),
-            (160, 160, 160), (34, 126, 230)]  # BGR, one per class
+_PALETTE = [
+    (60, 76, 231),
+    (113, 204, 46),
+    (219, 152, 52),
+    (15, 196, 241),
+    (182, 89, 155),
+    (0, 128, 255),
+    (160, 160, 160),
+    (34, 126, 230),
+]  # BGR, one per class
 
 
 def annotation_scale(shape: Sequence[int]) -> float:
@@ -309,8 +347,9 @@ def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> boo
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
-def label_layout(boxes: Sequence[tuple[int, int, int, int]], sizes: Sequence[tuple[int, int]],
-                 shape: Sequence[int]) -> list[tuple[int, int, int, int]]:
+def label_layout(
+    boxes: Sequence[tuple[int, int, int, int]], sizes: Sequence[tuple[int, int]], shape: Sequence[int]
+) -> list[tuple[int, int, int, int]]:
     """Where to draw each face's label: (x0, y0, x1, y1) rectangles inside the image, not overlapping.
 
     Args:
@@ -335,8 +374,10 @@ def label_layout(boxes: Sequence[tuple[int, int, int, int]], sizes: Sequence[tup
         step = max(1, th // 2)
         cands += list(range(cands[0], H - th + 1, step)) + list(range(cands[0], -1, -step))
         first = (lx, cands[0], lx + tw, cands[0] + th)
-        chosen = next(((lx, y, lx + tw, y + th) for y in cands if not any(_overlaps((lx, y, lx + tw, y + th), d)
-                                                                           for d in done)), first)
+        chosen = next(
+            ((lx, y, lx + tw, y + th) for y in cands if not any(_overlaps((lx, y, lx + tw, y + th), d) for d in done)),
+            first,
+        )
         placed[i] = chosen
         done.append(chosen)
     return [p for p in placed if p is not None]
@@ -349,7 +390,9 @@ def annotate(image_bgr: np.ndarray, faces: Sequence[tuple[Box, str, float, int]]
     """
     img = image_bgr if image_bgr.ndim == 3 else cv2.cvtColor(image_bgr, cv2.COLOR_GRAY2BGR)
     if scale != 1.0:
-        img = cv2.resize(img, (round(img.shape[1] * scale), round(img.shape[0] * scale)), interpolation=cv2.INTER_NEAREST)
+        img = cv2.resize(
+            img, (round(img.shape[1] * scale), round(img.shape[0] * scale)), interpolation=cv2.INTER_NEAREST
+        )
     else:
         img = img.copy()
     thick = max(1, round(min(img.shape[:2]) / 200))
@@ -366,8 +409,16 @@ def annotate(image_bgr: np.ndarray, faces: Sequence[tuple[Box, str, float, int]]
         texts.append((text, base))
     for (lx0, ly0, lx1, ly1), (text, base), (_, _, _, cls) in zip(label_layout(boxes, sizes, img.shape), texts, faces):
         cv2.rectangle(img, (lx0, ly0), (lx1 - 1, ly1 - 1), _PALETTE[cls % len(_PALETTE)], -1)
-        cv2.putText(img, text, (lx0 + 2, ly1 - 2 - base), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255), thick,
-                    cv2.LINE_AA)
+        cv2.putText(
+            img,
+            text,
+            (lx0 + 2, ly1 - 2 - base),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            font_scale,
+            (255, 255, 255),
+            thick,
+            cv2.LINE_AA,
+        )
     return img
 
 
@@ -450,8 +501,15 @@ class _Run:
         H, W = frame_bgr.shape[:2]
         if index == 0 and H * W > HUGE_PIXELS and self.cfg.detector != "none":
             s = working_scale(frame_bgr.shape, self.cfg.detect_size)
-            log.warning("%s: %d×%d input (%.0f MP): faces are detected on a %d×%d copy and mapped back", name, W, H,
-                        H * W / 1e6, round(W * s), round(H * s))
+            log.warning(
+                "%s: %d×%d input (%.0f MP): faces are detected on a %d×%d copy and mapped back",
+                name,
+                W,
+                H,
+                H * W / 1e6,
+                round(W * s),
+                round(H * s),
+            )
         t0 = time.perf_counter()
         boxes = self.det.detect(frame_bgr)
         t1 = time.perf_counter()
@@ -470,7 +528,9 @@ class _Run:
             for i, (g, p) in enumerate(zip(kept, probs)):
                 k = int(np.argmax(p))
                 label = self.clf.class_names[k]
-                self.predictions.append(FacePrediction(name, index, i, g, label, float(p[k]), tuple(float(v) for v in p)))
+                self.predictions.append(
+                    FacePrediction(name, index, i, g, label, float(p[k]), tuple(float(v) for v in p))
+                )
                 faces.append((g, label, float(p[k]), k))
         total = (time.perf_counter() - t0) * 1e3
         self.frames.append(FrameRecord(name, index, len(kept), (t1 - t0) * 1e3, pre_ms, inf_ms, total, W, H))
@@ -483,8 +543,10 @@ class _Run:
                 size = f"{Path(src.path).stat().st_size} bytes"
             except OSError:
                 size = "size unknown"
-            msg = (f"OpenCV cannot decode this file ({size}: empty, truncated, corrupt or not an image); replace it "
-                   "with an intact copy or remove it from --source")
+            msg = (
+                f"OpenCV cannot decode this file ({size}: empty, truncated, corrupt or not an image); replace it "
+                "with an intact copy or remove it from --source"
+            )
             log.warning("%s: unreadable: %s", src.path, msg)
             return SourceResult(src.path, "image", "unreadable", msg)
         faces = self.process(src.path, 0, img)
@@ -534,7 +596,11 @@ class _Run:
         cap = cv2.VideoCapture(int(src.path) if src.kind == "camera" else src.path)
         if not cap.isOpened():
             cap.release()
-            msg = "cannot open the camera" if src.kind == "camera" else "OpenCV cannot open this video (corrupt or unsupported)"
+            msg = (
+                "cannot open the camera"
+                if src.kind == "camera"
+                else "OpenCV cannot open this video (corrupt or unsupported)"
+            )
             log.warning("%s: unreadable: %s", src.path, msg)
             return SourceResult(src.path, src.kind, "unreadable", msg)
         fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
@@ -546,8 +612,9 @@ class _Run:
             from tqdm import tqdm
 
             n = total // self.cfg.every if total > 0 else None
-            bar = tqdm(total=min(n, limit) if n and limit else (n or limit), desc=Path(src.rel).name, unit="frame",
-                       leave=False)
+            bar = tqdm(
+                total=min(n, limit) if n and limit else (n or limit), desc=Path(src.rel).name, unit="frame", leave=False
+            )
         writer, written, scale, tmp_video = None, "", 1.0, None
         index = done = faces_total = 0
         finished = False
@@ -621,8 +688,15 @@ def run_infer(cfg: InferConfig, *, detector: Detector | None = None, progress: b
     sources = list_sources(cfg.source)
     own_detector = detector is None
     if detector is None:
-        detector = make_detector(cfg.detector, model=cfg.detector_model, cascade=cfg.cascade, min_face=cfg.min_face,
-                                 work_side=cfg.detect_size, backend=cfg.detector_backend, threads=cfg.threads)
+        detector = make_detector(
+            cfg.detector,
+            model=cfg.detector_model,
+            cascade=cfg.cascade,
+            min_face=cfg.min_face,
+            work_side=cfg.detect_size,
+            backend=cfg.detector_backend,
+            threads=cfg.threads,
+        )
     try:
         clf = Classifier(cfg.model, backend=cfg.backend, threads=cfg.threads, contract=cfg.contract)
     except BaseException:
@@ -669,15 +743,76 @@ def run_infer(cfg: InferConfig, *, detector: Detector | None = None, progress: b
 
     names = list(clf.class_names)
     outputs = {
-        "predictions_csv": str(atomic_write_text(out / "predictions.csv", _csv_text(
-            ["source", "frame", "face", "x", "y", "w", "h", "detector_score", "label", "confidence", *[f"p_{c}" for c in names]],
-            [[p.source, p.frame, p.face, p.box.x, p.box.y, p.box.w, p.box.h, round(p.box.score, 4), p.label,
-              round(p.confidence, 5), *(round(v, 5) for v in p.probs)] for p in run.predictions]))),
-        "frames_csv": str(atomic_write_text(out / "frames.csv", _csv_text(
-            ["source", "frame", "faces", "detect_ms", "preprocess_ms", "infer_ms", "total_ms", "width", "height",
-             "detector"],
-            [[f.source, f.frame, f.faces, round(f.detect_ms, 3), round(f.preprocess_ms, 3), round(f.infer_ms, 3),
-              round(f.total_ms, 3), f.width, f.height, detector.name] for f in run.frames]))),
+        "predictions_csv": str(
+            atomic_write_text(
+                out / "predictions.csv",
+                _csv_text(
+                    [
+                        "source",
+                        "frame",
+                        "face",
+                        "x",
+                        "y",
+                        "w",
+                        "h",
+                        "detector_score",
+                        "label",
+                        "confidence",
+                        *[f"p_{c}" for c in names],
+                    ],
+                    [
+                        [
+                            p.source,
+                            p.frame,
+                            p.face,
+                            p.box.x,
+                            p.box.y,
+                            p.box.w,
+                            p.box.h,
+                            round(p.box.score, 4),
+                            p.label,
+                            round(p.confidence, 5),
+                            *(round(v, 5) for v in p.probs),
+                        ]
+                        for p in run.predictions
+                    ],
+                ),
+            )
+        ),
+        "frames_csv": str(
+            atomic_write_text(
+                out / "frames.csv",
+                _csv_text(
+                    [
+                        "source",
+                        "frame",
+                        "faces",
+                        "detect_ms",
+                        "preprocess_ms",
+                        "infer_ms",
+                        "total_ms",
+                        "width",
+                        "height",
+                        "detector",
+                    ],
+                    [
+                        [
+                            f.source,
+                            f.frame,
+                            f.faces,
+                            round(f.detect_ms, 3),
+                            round(f.preprocess_ms, 3),
+                            round(f.infer_ms, 3),
+                            round(f.total_ms, 3),
+                            f.width,
+                            f.height,
+                            detector.name,
+                        ]
+                        for f in run.frames
+                    ],
+                ),
+            )
+        ),
     }
     summary = _summary(run, elapsed)
     body = {
@@ -687,16 +822,31 @@ def run_infer(cfg: InferConfig, *, detector: Detector | None = None, progress: b
         "detector": det_info,
         "summary": summary,
         "sources": [s.__dict__ for s in run.sources],
-        "predictions": [{"source": p.source, "frame": p.frame, "face": p.face, "box": p.box.to_dict(), "label": p.label,
-                         "confidence": round(p.confidence, 5)} for p in run.predictions],
+        "predictions": [
+            {
+                "source": p.source,
+                "frame": p.frame,
+                "face": p.face,
+                "box": p.box.to_dict(),
+                "label": p.label,
+                "confidence": round(p.confidence, 5),
+            }
+            for p in run.predictions
+        ],
         "outputs": outputs,
     }
     outputs["predictions_json"] = str(out / "predictions.json")
     atomic_write_json(out / "predictions.json", body)
     result = InferResult(tuple(run.sources), tuple(run.predictions), tuple(run.frames), outputs, summary)
-    log.info("%d face(s) classified in %d frame(s) from %d input(s) in %.1f s; per-frame latency p50 %s ms; outputs in %s",
-             len(run.predictions), len(run.frames), len(run.sources), elapsed,
-             f"{summary['latency_ms']['p50']:.2f}" if summary.get("latency_ms") else "–", out)
+    log.info(
+        "%d face(s) classified in %d frame(s) from %d input(s) in %.1f s; per-frame latency p50 %s ms; outputs in %s",
+        len(run.predictions),
+        len(run.frames),
+        len(run.sources),
+        elapsed,
+        f"{summary['latency_ms']['p50']:.2f}" if summary.get("latency_ms") else "–",
+        out,
+    )
     return result
 
 
@@ -707,15 +857,28 @@ def _summary(run: _Run, elapsed: float) -> dict[str, Any]:
     labels: dict[str, int] = {}
     for p in run.predictions:
         labels[p.label] = labels.get(p.label, 0) + 1
-    out: dict[str, Any] = {"inputs": len(run.sources), "status": status, "frames": len(run.frames),
-                           "faces": len(run.predictions), "labels": labels, "elapsed_s": round(elapsed, 3)}
+    out: dict[str, Any] = {
+        "inputs": len(run.sources),
+        "status": status,
+        "frames": len(run.frames),
+        "faces": len(run.predictions),
+        "labels": labels,
+        "elapsed_s": round(elapsed, 3),
+    }
     if run.frames:
         from runtime.latency import summarize
 
         for key, attr in (("latency_ms", "total_ms"), ("detect_ms", "detect_ms"), ("infer_ms", "infer_ms")):
             st = summarize(np.array([getattr(f, attr) for f in run.frames], dtype=np.float64), batch=1)
-            out[key] = {"p50": st.p50_ms, "p90": st.p90_ms, "p99": st.p99_ms, "mean": st.mean_ms, "max": st.max_ms,
-                        "p50_ci": list(st.p50_ci_ms), "count": st.count}
+            out[key] = {
+                "p50": st.p50_ms,
+                "p90": st.p90_ms,
+                "p99": st.p99_ms,
+                "mean": st.mean_ms,
+                "max": st.max_ms,
+                "p50_ci": list(st.p50_ci_ms),
+                "count": st.count,
+            }
     return out
 
 
@@ -726,30 +889,51 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m runtime infer",
         description="Detect faces, classify their expressions with an ONNX model or TensorRT engine, and write "
-                    "annotated images/videos plus per-face predictions and per-frame latency.",
+        "annotated images/videos plus per-face predictions and per-frame latency.",
         epilog=exit_codes_help("infer"),
     )
     p.add_argument("--model", required=True, help="model.onnx (ONNX Runtime) or model.engine (TensorRT)")
     p.add_argument("--source", required=True, help="image, folder (recursive), video file, or camera index (0)")
     p.add_argument("--out", default="runs/infer", help="output folder (default runs/infer)")
-    p.add_argument("--detector", default="auto", choices=DETECTORS,
-                   help="face detector (default auto: yunet with --detector-model, else mtcnn, the shipped CNN; "
-                        "haar is OpenCV's cascade, a fallback)")
+    p.add_argument(
+        "--detector",
+        default="auto",
+        choices=DETECTORS,
+        help="face detector (default auto: yunet with --detector-model, else mtcnn, the shipped CNN; "
+        "haar is OpenCV's cascade, a fallback)",
+    )
     p.add_argument("--no-detect", action="store_true", help="inputs are pre-cropped faces (same as --detector none)")
     p.add_argument("--detector-model", default=None, help="YuNet face_detection_yunet_*.onnx for --detector yunet")
     p.add_argument("--cascade", default=None, help="Haar cascade XML (default OpenCV's frontal-face cascade)")
-    p.add_argument("--margin", type=float, default=0.1,
-                   help="grow each face box by this fraction per side to match the training crops' framing (default 0.1)")
-    p.add_argument("--min-face", type=float, default=MIN_FACE,
-                   help=f"smallest face: below 1 a fraction of the image's shorter side, from 1 up pixels of the "
-                        f"original image (default {MIN_FACE})")
-    p.add_argument("--detect-size", type=int, default=WORK_SIDE,
-                   help=f"detection runs on a copy whose longer side is at most this many pixels, boxes mapped back "
-                        f"(default {WORK_SIDE}; bounds time and memory on any image size)")
-    p.add_argument("--detector-backend", default="ort",
-                   help="backend of the mtcnn networks: ort (CPU, default), ort-cuda or ort-trt on a GPU")
+    p.add_argument(
+        "--margin",
+        type=float,
+        default=0.1,
+        help="grow each face box by this fraction per side to match the training crops' framing (default 0.1)",
+    )
+    p.add_argument(
+        "--min-face",
+        type=float,
+        default=MIN_FACE,
+        help=f"smallest face: below 1 a fraction of the image's shorter side, from 1 up pixels of the "
+        f"original image (default {MIN_FACE})",
+    )
+    p.add_argument(
+        "--detect-size",
+        type=int,
+        default=WORK_SIDE,
+        help=f"detection runs on a copy whose longer side is at most this many pixels, boxes mapped back "
+        f"(default {WORK_SIDE}; bounds time and memory on any image size)",
+    )
+    p.add_argument(
+        "--detector-backend",
+        default="ort",
+        help="backend of the mtcnn networks: ort (CPU, default), ort-cuda or ort-trt on a GPU",
+    )
     p.add_argument("--backend", default=None, help="runtime backend (default ort for .onnx, trt for .engine)")
-    p.add_argument("--contract", default=None, help="for an .engine: the ONNX whose contract it uses (default: from its sidecar)")
+    p.add_argument(
+        "--contract", default=None, help="for an .engine: the ONNX whose contract it uses (default: from its sidecar)"
+    )
     p.add_argument("--max-frames", type=int, default=None, help="stop a video/camera after N processed frames")
     p.add_argument("--every", type=int, default=1, help="process every N-th video frame (default 1)")
     p.add_argument("--codec", default="mp4v", help="FourCC of annotated videos (default mp4v; falls back to MJPG .avi)")
@@ -764,19 +948,37 @@ def infer_main(argv: list[str]) -> int:
     """``python -m runtime infer ...`` (``argv`` excludes the verb); exit codes in docs/errors.md."""
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    cfg = InferConfig(model=args.model, source=args.source, out=args.out,
-                      detector="none" if args.no_detect else args.detector, detector_model=args.detector_model,
-                      cascade=args.cascade, margin=args.margin, min_face=args.min_face, detect_size=args.detect_size,
-                      detector_backend=args.detector_backend, backend=args.backend,
-                      threads=args.threads, contract=args.contract, max_frames=args.max_frames, every=args.every,
-                      codec=args.codec, annotate=not args.no_annotate)
+    cfg = InferConfig(
+        model=args.model,
+        source=args.source,
+        out=args.out,
+        detector="none" if args.no_detect else args.detector,
+        detector_model=args.detector_model,
+        cascade=args.cascade,
+        margin=args.margin,
+        min_face=args.min_face,
+        detect_size=args.detect_size,
+        detector_backend=args.detector_backend,
+        backend=args.backend,
+        threads=args.threads,
+        contract=args.contract,
+        max_frames=args.max_frames,
+        every=args.every,
+        codec=args.codec,
+        annotate=not args.no_annotate,
+    )
     with output_lock(cfg.out, "inference run"):
         result = run_infer(cfg, progress=not args.no_progress)
     code = result.exit_code
     if code == EXIT_NOTHING:
-        log.error("nothing was classified (%s); see %s", ", ".join(f"{k}: {v}" for k, v in result.summary["status"].items())
-                  or "no inputs", result.outputs.get("predictions_json"))
+        log.error(
+            "nothing was classified (%s); see %s",
+            ", ".join(f"{k}: {v}" for k, v in result.summary["status"].items()) or "no inputs",
+            result.outputs.get("predictions_json"),
+        )
     elif code == EXIT_PARTIAL:
         bad = [s.source for s in result.sources if s.status in ("unreadable", "error")]
-        log.warning("%d input(s) could not be read: %s", len(bad), ", ".join(bad[:10]) + (" ..." if len(bad) > 10 else ""))
+        log.warning(
+            "%d input(s) could not be read: %s", len(bad), ", ".join(bad[:10]) + (" ..." if len(bad) > 10 else "")
+        )
     return code

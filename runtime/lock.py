@@ -79,8 +79,12 @@ def output_lock(folder: str | os.PathLike, purpose: str = "run") -> Iterator[Pat
     path = folder / LOCK_NAME
     fd = _acquire(path, folder, purpose)
     try:
-        info = {"pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "command": " ".join([os.path.basename(sys.executable), *sys.argv])[:500], "purpose": purpose}
+        info = {
+            "pid": os.getpid(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "command": " ".join([os.path.basename(sys.executable), *sys.argv])[:500],
+            "purpose": purpose,
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
     except OSError:
@@ -149,5 +153,9 @@ def _remove_leftovers(folder: Path) -> None:
         except OSError as exc:
             log.warning("cannot remove %s, left by an interrupted run: %s", p, exc)
     if stale:
-        log.info("%s: removed %d temporary file(s) left by an interrupted run: %s", folder, len(stale),
-                 ", ".join(p.name for p in stale[:5]) + (" ..." if len(stale) > 5 else ""))
+        log.info(
+            "%s: removed %d temporary file(s) left by an interrupted run: %s",
+            folder,
+            len(stale),
+            ", ".join(p.name for p in stale[:5]) + (" ..." if len(stale) > 5 else ""),
+        )

@@ -38,8 +38,17 @@ log = logging.getLogger(__name__)
 
 LOGITS = "logits"
 INT8_OPS = frozenset(
-    {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger", "MatMulInteger",
-     "DynamicQuantizeLinear", "QLinearAdd", "QLinearMul"}
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "QLinearConv",
+        "QLinearMatMul",
+        "ConvInteger",
+        "MatMulInteger",
+        "DynamicQuantizeLinear",
+        "QLinearAdd",
+        "QLinearMul",
+    }
 )
 
 
@@ -229,7 +238,9 @@ def _dataset_config(data: str | os.PathLike | None, default: Mapping[str, Any]) 
         if "data" in raw and isinstance(raw["data"], Mapping):
             raw = raw["data"]
         if "kind" not in raw:
-            raise ConfigError(f"{p}: no dataset mapping with a 'kind' (expected kind/root/options, data:, or fit.data:)")
+            raise ConfigError(
+                f"{p}: no dataset mapping with a 'kind' (expected kind/root/options, data:, or fit.data:)"
+            )
         cfg = dict(raw)
         options = cfg.pop("options", None) or {}
         cfg.update(options)
@@ -304,8 +315,10 @@ def load_image_folder(root: str | os.PathLike, class_names: Sequence[str], *, li
     labels = folder.labels if k == n else None
     note = ""
     if 0 < k < n:
-        note = (f"; {k} of {n} images sit in class folders, but accuracy needs every image labelled: "
-                "agreement only (score the labelled sub-folder alone for accuracy)")
+        note = (
+            f"; {k} of {n} images sit in class folders, but accuracy needs every image labelled: "
+            "agreement only (score the labelled sub-folder alone for accuracy)"
+        )
     return LabelledSet(
         images=tuple(images),
         labels=labels,
@@ -505,7 +518,9 @@ def run_parity(
             )
     ref_backend = cfg.reference_backend or ("torch" if ref_info.kind == "checkpoint" else "ort")
     if labelled is None:
-        labelled = load_labelled_set(ref_info.dataset, ref_info.class_names, split=cfg.split, data=cfg.data, limit=cfg.limit)
+        labelled = load_labelled_set(
+            ref_info.dataset, ref_info.class_names, split=cfg.split, data=cfg.data, limit=cfg.limit
+        )
     cache: dict[PreprocessSpec, np.ndarray] = {}
 
     def inputs(spec: PreprocessSpec) -> np.ndarray:
@@ -521,11 +536,28 @@ def run_parity(
         ref_desc = ref.describe()
     ref_s = time.perf_counter() - t0
     ref_result = compare_outputs(
-        ref_logits, ref_logits, labelled.labels, precision=Precision.FP32,
-        class_names=ref_info.class_names, sample_ids=labelled.ids,
+        ref_logits,
+        ref_logits,
+        labelled.labels,
+        precision=Precision.FP32,
+        class_names=ref_info.class_names,
+        sample_ids=labelled.ids,
     )
-    rows = [ParityRow(ref_info.path, ref_info.label, ref_backend, ref_info.precision, ref_info.precision_source, "",
-                      ref_info.sha256, ref_result, is_reference=True, backend_info=ref_desc, infer_s=ref_s)]
+    rows = [
+        ParityRow(
+            ref_info.path,
+            ref_info.label,
+            ref_backend,
+            ref_info.precision,
+            ref_info.precision_source,
+            "",
+            ref_info.sha256,
+            ref_result,
+            is_reference=True,
+            backend_info=ref_desc,
+            infer_s=ref_s,
+        )
+    ]
 
     plan: list[tuple[ModelInfo, str]] = []
     skipped: dict[str, str] = {}
@@ -533,8 +565,19 @@ def run_parity(
         names, skip = backends_for(info.path, cfg.backends) if factory is None else (list(cfg.backends or ("ort",)), {})
         skipped.update(skip)
         if not names:
-            rows.append(ParityRow(info.path, info.label, "-", info.precision, info.precision_source, info.method,
-                                  info.sha256, None, error=f"no available backend runs {Path(info.path).suffix} files"))
+            rows.append(
+                ParityRow(
+                    info.path,
+                    info.label,
+                    "-",
+                    info.precision,
+                    info.precision_source,
+                    info.method,
+                    info.sha256,
+                    None,
+                    error=f"no available backend runs {Path(info.path).suffix} files",
+                )
+            )
         plan.extend((info, n) for n in names)
 
     iterator: Any = plan
@@ -550,21 +593,56 @@ def run_parity(
                 desc = be.describe()
         except PipelineError as exc:
             log.error("%s on %s: %s", info.path, name, exc)
-            rows.append(ParityRow(info.path, info.label, name, info.precision, info.precision_source, info.method,
-                                  info.sha256, None, error=f"{type(exc).__name__}: {exc}"))
+            rows.append(
+                ParityRow(
+                    info.path,
+                    info.label,
+                    name,
+                    info.precision,
+                    info.precision_source,
+                    info.method,
+                    info.sha256,
+                    None,
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+            )
             continue
         judged = info.precision
         if judged == Precision.FP32 and desc.get("inference_precision") in ("bf16", "f16"):
             judged = Precision.FP16  # the runtime chose 16-bit float math (OpenVINO's bf16): the FP16 bounds
         result = compare_outputs(
-            ref_logits, logits, labelled.labels, precision=judged, class_names=ref_info.class_names,
-            sample_ids=labelled.ids, tolerance=tolerances.get(judged),
+            ref_logits,
+            logits,
+            labelled.labels,
+            precision=judged,
+            class_names=ref_info.class_names,
+            sample_ids=labelled.ids,
+            tolerance=tolerances.get(judged),
         )
-        rows.append(ParityRow(info.path, info.label, name, info.precision, info.precision_source, info.method,
-                              info.sha256, result, backend_info=desc, infer_s=time.perf_counter() - t0))
+        rows.append(
+            ParityRow(
+                info.path,
+                info.label,
+                name,
+                info.precision,
+                info.precision_source,
+                info.method,
+                info.sha256,
+                result,
+                backend_info=desc,
+                infer_s=time.perf_counter() - t0,
+            )
+        )
         acc = "n/a" if result.accuracy is None else f"{result.accuracy:.4f}"
-        log.info("%-48s %s acc %s agree %.4f max|dp| %.3g (%s)", rows[-1].name, result.verdict.value.upper(), acc,
-                 result.top1_agreement, result.max_prob_diff, result.bound_text())
+        log.info(
+            "%-48s %s acc %s agree %.4f max|dp| %.3g (%s)",
+            rows[-1].name,
+            result.verdict.value.upper(),
+            acc,
+            result.top1_agreement,
+            result.max_prob_diff,
+            result.bound_text(),
+        )
     return ParityRun(
         reference=ref_info,
         reference_backend=ref_backend,

@@ -226,9 +226,7 @@ def preprocess(images: np.ndarray | Sequence[np.ndarray] | Iterable[np.ndarray],
     try:
         batch_in: Sequence[np.ndarray] = list(images)
     except TypeError:
-        raise DataError(
-            f"preprocess expects a list of images or a batch array, got {type(images).__name__}"
-        ) from None
+        raise DataError(f"preprocess expects a list of images or a batch array, got {type(images).__name__}") from None
     if not batch_in:
         raise DataError("preprocess received no images")
     c = spec.channels

@@ -49,15 +49,24 @@ def ort_records(trace: Iterable[Mapping[str, Any]], runs: int) -> list[dict[str,
             continue
         node = name[: -len("_kernel_time")]
         args = ev.get("args") or {}
-        rec = acc.setdefault(node, {"name": node, "op_type": args.get("op_name", "?"),
-                                    "provider": args.get("provider", ""), "us": 0.0})
+        rec = acc.setdefault(
+            node, {"name": node, "op_type": args.get("op_name", "?"), "provider": args.get("provider", ""), "us": 0.0}
+        )
         rec["us"] += float(ev.get("dur", 0))
-    return [{"name": r["name"], "op_type": r["op_type"], "provider": r["provider"], "ms": r["us"] / 1e3 / runs}
-            for r in acc.values()]
+    return [
+        {"name": r["name"], "op_type": r["op_type"], "provider": r["provider"], "ms": r["us"] / 1e3 / runs}
+        for r in acc.values()
+    ]
 
 
-def profile_ort(path: str | os.PathLike, feeds: Mapping[str, np.ndarray], *, threads: int | None = None,
-                runs: int = 20, warmup: int = 3) -> list[dict[str, Any]]:
+def profile_ort(
+    path: str | os.PathLike,
+    feeds: Mapping[str, np.ndarray],
+    *,
+    threads: int | None = None,
+    runs: int = 20,
+    warmup: int = 3,
+) -> list[dict[str, Any]]:
     """Per-node mean ms per call of ``path`` on onnxruntime CPU (``runs`` profiled calls after ``warmup``)."""
     from runtime.backends.ort import default_threads, make_session
 
@@ -78,8 +87,15 @@ def profile_ort(path: str | os.PathLike, feeds: Mapping[str, np.ndarray], *, thr
     return ort_records(kept, runs)
 
 
-def profile_openvino(path: str | os.PathLike, feeds: Mapping[str, np.ndarray], *, threads: int | None = None,
-                     precision: str = "default", runs: int = 20, warmup: int = 3) -> tuple[list[dict[str, Any]], str]:
+def profile_openvino(
+    path: str | os.PathLike,
+    feeds: Mapping[str, np.ndarray],
+    *,
+    threads: int | None = None,
+    precision: str = "default",
+    runs: int = 20,
+    warmup: int = 3,
+) -> tuple[list[dict[str, Any]], str]:
     """Per-layer mean ms per call on OpenVINO CPU, and the inference precision it ran float layers in."""
     from runtime.backends.openvino import OpenVinoBackend
 
@@ -92,8 +108,9 @@ def profile_openvino(path: str | os.PathLike, feeds: Mapping[str, np.ndarray], *
             for r in be.profile_records():
                 if r["status"] != "EXECUTED":
                     continue
-                rec = acc.setdefault(r["name"], {"name": r["name"], "op_type": r["op_type"],
-                                                 "exec_type": r["exec_type"], "ms": 0.0})
+                rec = acc.setdefault(
+                    r["name"], {"name": r["name"], "op_type": r["op_type"], "exec_type": r["exec_type"], "ms": 0.0}
+                )
                 rec["ms"] += r["ms"]
         chosen = be.inference_precision
     for rec in acc.values():
@@ -108,6 +125,7 @@ def profile_tables(records: list[dict[str, Any]], *, top: int = TOP_NODES) -> di
     op-type shares sum to 100.
     """
     total = float(sum(r["ms"] for r in records))
+
     def share(ms: float) -> float:
         return 100.0 * ms / total if total > 0 else 0.0
 
@@ -125,12 +143,12 @@ def profile_tables(records: list[dict[str, Any]], *, top: int = TOP_NODES) -> di
     }
 
 
-def profile_row(backend: str, path: str, feeds: Mapping[str, np.ndarray], *, threads: int | None,
-                runs: int = 20) -> dict[str, Any]:
+def profile_row(
+    backend: str, path: str, feeds: Mapping[str, np.ndarray], *, threads: int | None, runs: int = 20
+) -> dict[str, Any]:
     """Profile one (model, backend) on ``feeds``: the tables plus what ran."""
     batch = int(next(iter(feeds.values())).shape[0])
-    info: dict[str, Any] = {"model": str(path), "backend": backend, "batch": batch, "runs": runs,
-                            "threads": threads}
+    info: dict[str, Any] = {"model": str(path), "backend": backend, "batch": batch, "runs": runs, "threads": threads}
     if backend == "ort":
         records = profile_ort(path, feeds, threads=threads, runs=runs)
         info["source"] = "onnxruntime profiling (SessionOptions.enable_profiling), optimised graph"
@@ -154,17 +172,26 @@ def render_profile(p: Mapping[str, Any]) -> str:
     """Pure: one profile as Markdown."""
     from runtime.report import md_table
 
-    out = [f"# Profile: `{Path(p['model']).name}` on {p['backend']}, batch {p['batch']}", "",
-           f"{p['source']}; mean of {p['runs']} calls, {p.get('threads') or 'default'} thread(s)"
-           + (f"; float layers in {p['inference_precision']}" if p.get("inference_precision") else "")
-           + f". Profiled total {p['total_ms']:.3f} ms per call over {p['node_count']} nodes "
-           "(counters cost time: the latency report is the un-instrumented figure).", "",
-           "## Op types", ""]
-    out += md_table(["op type", "nodes", "ms per call", "share"],
-                    [[t["op_type"], t["count"], f"{t['ms']:.4f}", f"{t['share']:.1f}%"] for t in p["op_types"]])
+    out = [
+        f"# Profile: `{Path(p['model']).name}` on {p['backend']}, batch {p['batch']}",
+        "",
+        f"{p['source']}; mean of {p['runs']} calls, {p.get('threads') or 'default'} thread(s)"
+        + (f"; float layers in {p['inference_precision']}" if p.get("inference_precision") else "")
+        + f". Profiled total {p['total_ms']:.3f} ms per call over {p['node_count']} nodes "
+        "(counters cost time: the latency report is the un-instrumented figure).",
+        "",
+        "## Op types",
+        "",
+    ]
+    out += md_table(
+        ["op type", "nodes", "ms per call", "share"],
+        [[t["op_type"], t["count"], f"{t['ms']:.4f}", f"{t['share']:.1f}%"] for t in p["op_types"]],
+    )
     out += ["", f"## Top {len(p['nodes'])} nodes", ""]
-    out += md_table(["node", "op type", "ms per call", "share"],
-                    [[f"`{n['name']}`", n["op_type"], f"{n['ms']:.4f}", f"{n['share']:.1f}%"] for n in p["nodes"]])
+    out += md_table(
+        ["node", "op type", "ms per call", "share"],
+        [[f"`{n['name']}`", n["op_type"], f"{n['ms']:.4f}", f"{n['share']:.1f}%"] for n in p["nodes"]],
+    )
     return "\n".join(out) + "\n"
 
 
@@ -175,5 +202,7 @@ def write_profile(p: Mapping[str, Any], out: str | os.PathLike) -> tuple[Path, P
     folder = Path(out) / "profile"
     folder.mkdir(parents=True, exist_ok=True)
     stem = profile_stem(p["model"], p["backend"], p["batch"])
-    return (atomic_write_json(folder / f"{stem}.json", dict(p)),
-            atomic_write_text(folder / f"{stem}.md", render_profile(p)))
+    return (
+        atomic_write_json(folder / f"{stem}.json", dict(p)),
+        atomic_write_text(folder / f"{stem}.md", render_profile(p)),
+    )

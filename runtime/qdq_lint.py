@@ -40,13 +40,47 @@ COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 # FP32/FP16/INT32 but TensorRT fuses a dequantized residual Add into the preceding convolution.
 TRT_INT8_OPS = frozenset(
     {
-        *COMPUTE_OPS, "Add", "AveragePool", "Cast", "Clip", "Concat", "Elu", "Flatten", "Gather",
-        "GatherElements", "GatherND", "GlobalAveragePool", "GlobalLpPool", "GlobalMaxPool", "HardSigmoid",
-        "Identity", "LeakyRelu", "LpPool", "MaxPool", "Pad", "PRelu", "Relu", "Reshape", "Round", "Selu",
-        "Shape", "Sigmoid", "Sign", "Size", "Slice", "Softplus", "Softsign", "Squeeze", "Tanh",
-        "ThresholdedRelu", "Transpose", "Unsqueeze", "QuantizeLinear", "DequantizeLinear",
+        *COMPUTE_OPS,
+        "Add",
+        "AveragePool",
+        "Cast",
+        "Clip",
+        "Concat",
+        "Elu",
+        "Flatten",
+        "Gather",
+        "GatherElements",
+        "GatherND",
+        "GlobalAveragePool",
+        "GlobalLpPool",
+        "GlobalMaxPool",
+        "HardSigmoid",
+        "Identity",
+        "LeakyRelu",
+        "LpPool",
+        "MaxPool",
+        "Pad",
+        "PRelu",
+        "Relu",
+        "Reshape",
+        "Round",
+        "Selu",
+        "Shape",
+        "Sigmoid",
+        "Sign",
+        "Size",
+        "Slice",
+        "Softplus",
+        "Softsign",
+        "Squeeze",
+        "Tanh",
+        "ThresholdedRelu",
+        "Transpose",
+        "Unsqueeze",
+        "QuantizeLinear",
+        "DequantizeLinear",
     }
-)  # fmt: skip
+)
 # Ops through which TensorRT moves Q/DQ (they commute with per-tensor quantization).
 _PASS_THROUGH = frozenset(
     {"Identity", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Slice", "Gather", "MaxPool", "Pad"}
@@ -289,28 +323,47 @@ def lint_qdq(model_or_path, *, expected_float: Iterable[str] = ()) -> LintReport
         name = node.name or f"{node.op_type}({node.input[0]})"
         is_weight = _is_weight_quantizer(g, node)
         # A DQ fed by a Q is one quantizer: judge activation pairs on the Q only.
-        paired = node.op_type == "DequantizeLinear" and (p := g.producer.get(node.input[0])) is not None and (
-            p.op_type == "QuantizeLinear"
+        paired = (
+            node.op_type == "DequantizeLinear"
+            and (p := g.producer.get(node.input[0])) is not None
+            and (p.op_type == "QuantizeLinear")
         )
         domain = node.domain or ""
         if domain not in ("", "ai.onnx"):
-            add(Severity.ERROR, "custom-domain-qdq", name,
+            add(
+                Severity.ERROR,
+                "custom-domain-qdq",
+                name,
                 f"{node.op_type} in domain {domain!r}: TensorRT parses only the default-domain Q/DQ ops; "
-                "quantize without UseQDQContribOps")  # fmt: skip
+                "quantize without UseQDQContribOps",
+            )
         scale_name = node.input[1] if len(node.input) > 1 else ""
         if scale_name not in g.constants:
-            add(Severity.ERROR, "non-constant-scale", name,
-                f"scale {scale_name!r} is not an initializer/Constant; TensorRT needs constant scales")  # fmt: skip
+            add(
+                Severity.ERROR,
+                "non-constant-scale",
+                name,
+                f"scale {scale_name!r} is not an initializer/Constant; TensorRT needs constant scales",
+            )
             continue
         scale = np.asarray(g.constants[scale_name])
         if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
-            add(Severity.ERROR, "bad-scale", name, f"scale has non-positive or non-finite values (min {scale.min():.3g})")
+            add(
+                Severity.ERROR,
+                "bad-scale",
+                name,
+                f"scale has non-positive or non-finite values (min {scale.min():.3g})",
+            )
         qtype = _qtype(g, node)
         if qtype is not None and qtype != _INT8:
             tname = _DTYPE_NAMES.get(qtype, str(qtype))
-            add(Severity.ERROR, "non-int8-type", name,
+            add(
+                Severity.ERROR,
+                "non-int8-type",
+                name,
                 f"quantized type is {tname}; TensorRT's INT8 Q/DQ needs signed INT8 (S8S8). "
-                "Quantize with --target tensorrt (ORT: QuantType.QInt8 for activations and weights)")  # fmt: skip
+                "Quantize with --target tensorrt (ORT: QuantType.QInt8 for activations and weights)",
+            )
         zp_name = node.input[2] if len(node.input) > 2 else ""
         if zp_name:
             if zp_name not in g.constants:
@@ -318,18 +371,28 @@ def lint_qdq(model_or_path, *, expected_float: Iterable[str] = ()) -> LintReport
             else:
                 zp = np.asarray(g.constants[zp_name])
                 if np.any(zp != 0) and not paired:
-                    add(Severity.ERROR, "asymmetric-zero-point", name,
+                    add(
+                        Severity.ERROR,
+                        "asymmetric-zero-point",
+                        name,
                         f"zero point is not 0 (values {np.unique(zp)[:5].tolist()}); TensorRT quantization is "
                         "symmetric: use symmetric activations (NNCF preset PERFORMANCE, ORT "
-                        "ActivationSymmetric=True)")  # fmt: skip
+                        "ActivationSymmetric=True)",
+                    )
                 if zp.size != scale.size:
-                    add(Severity.ERROR, "zero-point-shape", name, f"zero point has {zp.size} values, scale {scale.size}")
+                    add(
+                        Severity.ERROR, "zero-point-shape", name, f"zero point has {zp.size} values, scale {scale.size}"
+                    )
         if not is_weight and scale.size > 1 and not paired:
-            add(Severity.ERROR, "per-channel-activation", name,
+            add(
+                Severity.ERROR,
+                "per-channel-activation",
+                name,
                 f"activation quantizer on {node.input[0]!r} has {scale.size} scales (axis "
                 f"{g.attr(node, 'axis', 1)}); TensorRT and onnxruntime's optimized CPU session take per-tensor "
                 "activation scales only. NNCF: AdvancedQuantizationParameters(activations_quantization_params="
-                "QuantizationParameters(per_channel=False))")  # fmt: skip
+                "QuantizationParameters(per_channel=False))",
+            )
         if paired:
             q = g.producer[node.input[0]]
             same_scale = q.input[1] == node.input[1] or (
@@ -340,8 +403,12 @@ def lint_qdq(model_or_path, *, expected_float: Iterable[str] = ()) -> LintReport
                 qz in g.constants and zp_name in g.constants and np.array_equal(g.constants[qz], g.constants[zp_name])
             )
             if not (same_scale and same_zp):
-                add(Severity.ERROR, "mismatched-pair", name,
-                    f"DequantizeLinear does not use the scale/zero point of its QuantizeLinear {q.name!r}")  # fmt: skip
+                add(
+                    Severity.ERROR,
+                    "mismatched-pair",
+                    name,
+                    f"DequantizeLinear does not use the scale/zero point of its QuantizeLinear {q.name!r}",
+                )
 
     # Consumers of dequantized tensors: bias, weight axes, ops TensorRT runs in float.
     float_only: dict[str, list[str]] = {}
@@ -352,9 +419,13 @@ def lint_qdq(model_or_path, *, expected_float: Iterable[str] = ()) -> LintReport
         for consumer, idx in g.consumers.get(dq.output[0], []):
             op = consumer.op_type
             if op in ("Conv", "ConvTranspose") and idx == 2 or op == "Gemm" and idx == 2:
-                add(Severity.ERROR, "quantized-bias", consumer.name,
+                add(
+                    Severity.ERROR,
+                    "quantized-bias",
+                    consumer.name,
                     f"bias {consumer.input[2]!r} is dequantized from {_DTYPE_NAMES.get(_qtype(g, dq) or 0, '?')}; "
-                    "TensorRT takes a float bias (ORT: extra_options QuantizeBias=False)")  # fmt: skip
+                    "TensorRT takes a float bias (ORT: extra_options QuantizeBias=False)",
+                )
                 continue
             if is_weight and op in COMPUTE_OPS and scale.size > 1:
                 w = g.constants.get(dq.input[0])
@@ -365,30 +436,54 @@ def lint_qdq(model_or_path, *, expected_float: Iterable[str] = ()) -> LintReport
                 axis = axis + rank if axis < 0 else axis
                 want, why = _weight_axis(g, consumer, idx, rank)
                 if want is not None and axis != want:
-                    add(Severity.ERROR, "weight-axis", consumer.name,
-                        f"per-channel weight scales on axis {axis}, expected {want} ({why})")  # fmt: skip
+                    add(
+                        Severity.ERROR,
+                        "weight-axis",
+                        consumer.name,
+                        f"per-channel weight scales on axis {axis}, expected {want} ({why})",
+                    )
                 elif w is not None and axis < w.ndim and w.shape[axis] != scale.size:
-                    add(Severity.ERROR, "weight-axis", consumer.name,
-                        f"{scale.size} weight scales for {w.shape[axis]} channels on axis {axis}")  # fmt: skip
+                    add(
+                        Severity.ERROR,
+                        "weight-axis",
+                        consumer.name,
+                        f"{scale.size} weight scales for {w.shape[axis]} channels on axis {axis}",
+                    )
             if not is_weight and op not in TRT_INT8_OPS and consumer.name not in float_only.get(op, []):
                 float_only.setdefault(op, []).append(consumer.name)
     for op, nodes in sorted(float_only.items()):
-        add(Severity.WARNING, "float-only-op-quantized", op,
+        add(
+            Severity.WARNING,
+            "float-only-op-quantized",
+            op,
             f"{len(nodes)} {op} node(s) take dequantized inputs ({_names(nodes)}), but TensorRT has no INT8 {op}: "
             "it runs them in float, so those Q/DQ pairs only add rounding and a reformat; keep them out of "
-            "the quantized scope")  # fmt: skip
+            "the quantized scope",
+        )
 
     status = quantized_ops(g)
     for n in status["partial"]:
-        add(Severity.WARNING, "partially-quantized", n,
-            "only one of data/weight is dequantized: TensorRT runs it in float; quantize both or neither")  # fmt: skip
+        add(
+            Severity.WARNING,
+            "partially-quantized",
+            n,
+            "only one of data/weight is dequantized: TensorRT runs it in float; quantize both or neither",
+        )
     unexpected = [n for n in status["float"] if n not in expected_float]
     if unexpected and status["int8"]:
-        add(Severity.INFO, "float-compute-op", "",
-            f"{len(status['float'])} compute op(s) stay in float ({_names(status['float'])})")  # fmt: skip
+        add(
+            Severity.INFO,
+            "float-compute-op",
+            "",
+            f"{len(status['float'])} compute op(s) stay in float ({_names(status['float'])})",
+        )
     if not status["int8"]:
-        add(Severity.ERROR, "no-int8-ops", "",
-            "no Conv/ConvTranspose/Gemm/MatMul has dequantized data and weight inputs: not an INT8 Q/DQ model")  # fmt: skip
+        add(
+            Severity.ERROR,
+            "no-int8-ops",
+            "",
+            "no Conv/ConvTranspose/Gemm/MatMul has dequantized data and weight inputs: not an INT8 Q/DQ model",
+        )
     order = {Severity.ERROR: 0, Severity.WARNING: 1, Severity.INFO: 2}
     findings.sort(key=lambda f: order[f.severity])
     return LintReport(

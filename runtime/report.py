@@ -198,9 +198,17 @@ def _lat(stats: Any) -> dict[str, Any] | None:
     if stats is None:
         return None
     return {
-        "min": stats.min_ms, "mean": stats.mean_ms, "p50": stats.p50_ms, "p90": stats.p90_ms, "p95": stats.p95_ms,
-        "p99": stats.p99_ms, "max": stats.max_ms, "std": stats.std_ms, "p50_ci": list(stats.p50_ci_ms),
-        "p99_ci": list(stats.p99_ci_ms), "count": stats.count,
+        "min": stats.min_ms,
+        "mean": stats.mean_ms,
+        "p50": stats.p50_ms,
+        "p90": stats.p90_ms,
+        "p95": stats.p95_ms,
+        "p99": stats.p99_ms,
+        "max": stats.max_ms,
+        "std": stats.std_ms,
+        "p50_ci": list(stats.p50_ci_ms),
+        "p99_ci": list(stats.p99_ci_ms),
+        "count": stats.count,
     }
 
 
@@ -219,42 +227,85 @@ def ran_as(precision: str, backend_info: Mapping[str, Any] | None) -> str:
     return f"{precision} (ran {chosen})" if precision == "fp32" and chosen in ("bf16", "f16") else precision
 
 
-def parity_report(run: Any, *, command: str = "", environment: Mapping[str, Any] | None = None,
-                  config: Mapping[str, Any] | None = None) -> Report:
+def parity_report(
+    run: Any,
+    *,
+    command: str = "",
+    environment: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None,
+) -> Report:
     """`runtime.parity.ParityRun` -> `Report`."""
     rows, details = [], []
     for r in run.rows:
         res = r.result
-        rows.append(ReportRow(
-            model=r.model, label=r.label, backend=r.backend, precision=ran_as(r.precision.value, r.backend_info),
-            batch=None, sha256=r.sha256,
-            accuracy=res.accuracy if res else None, macro_f1=res.macro_f1 if res else None,
-            top1_agreement=res.top1_agreement if res else None, max_abs_diff=res.max_abs_diff if res else None,
-            mean_abs_diff=res.mean_abs_diff if res else None, p99_abs_diff=res.p99_abs_diff if res else None,
-            kl_mean=res.kl_mean if res else None, accuracy_drop_pts=res.accuracy_drop_pts if res else None,
-            passed=r.passed, is_reference=r.is_reference, reasons=res.reasons if res else (), error=r.error,
-            verdict=(res.verdict.value if res else None), bounds=res.bound_text() if res else "",
-            max_prob_diff=res.max_prob_diff if res else None,
-            top1_agreement_ci=tuple(res.top1_agreement_ci) if res else None, notes=res.notes if res else (),
-        ))
-        details.append({
-            "label": r.label, "model": r.model, "backend": r.backend, "precision": r.precision.value,
-            "precision_source": r.precision_source, "method": r.method, "is_reference": r.is_reference,
-            "backend_info": r.backend_info, "infer_s": r.infer_s,
-            "tolerance": res.tolerance.to_dict() if res else None,
-            "per_class_accuracy_delta": dict(zip(run.class_names, res.per_class_accuracy_delta)) if res else None,
-            "confusion_delta": [list(x) for x in res.confusion_delta] if res else None,
-            "reference_confusion": [list(x) for x in res.reference_confusion] if res else None,
-            "flipped_ids": list(res.flipped_ids) if res else None,
-        })
+        rows.append(
+            ReportRow(
+                model=r.model,
+                label=r.label,
+                backend=r.backend,
+                precision=ran_as(r.precision.value, r.backend_info),
+                batch=None,
+                sha256=r.sha256,
+                accuracy=res.accuracy if res else None,
+                macro_f1=res.macro_f1 if res else None,
+                top1_agreement=res.top1_agreement if res else None,
+                max_abs_diff=res.max_abs_diff if res else None,
+                mean_abs_diff=res.mean_abs_diff if res else None,
+                p99_abs_diff=res.p99_abs_diff if res else None,
+                kl_mean=res.kl_mean if res else None,
+                accuracy_drop_pts=res.accuracy_drop_pts if res else None,
+                passed=r.passed,
+                is_reference=r.is_reference,
+                reasons=res.reasons if res else (),
+                error=r.error,
+                verdict=(res.verdict.value if res else None),
+                bounds=res.bound_text() if res else "",
+                max_prob_diff=res.max_prob_diff if res else None,
+                top1_agreement_ci=tuple(res.top1_agreement_ci) if res else None,
+                notes=res.notes if res else (),
+            )
+        )
+        details.append(
+            {
+                "label": r.label,
+                "model": r.model,
+                "backend": r.backend,
+                "precision": r.precision.value,
+                "precision_source": r.precision_source,
+                "method": r.method,
+                "is_reference": r.is_reference,
+                "backend_info": r.backend_info,
+                "infer_s": r.infer_s,
+                "tolerance": res.tolerance.to_dict() if res else None,
+                "per_class_accuracy_delta": dict(zip(run.class_names, res.per_class_accuracy_delta)) if res else None,
+                "confusion_delta": [list(x) for x in res.confusion_delta] if res else None,
+                "reference_confusion": [list(x) for x in res.reference_confusion] if res else None,
+                "flipped_ids": list(res.flipped_ids) if res else None,
+            }
+        )
     ref = run.reference
     return Report(
-        kind="parity", rows=tuple(rows), passed=run.passed, failing=tuple(r.name for r in run.failing),
-        command=command, environment=dict(environment or {}), config=dict(config or {}), created_at=_now(),
+        kind="parity",
+        rows=tuple(rows),
+        passed=run.passed,
+        failing=tuple(r.name for r in run.failing),
+        command=command,
+        environment=dict(environment or {}),
+        config=dict(config or {}),
+        created_at=_now(),
         dataset=run.dataset,
-        reference={"model": ref.path, "backend": run.reference_backend, "model_name": ref.model_name,
-                   "sha256": ref.sha256, "preprocess": ref.preprocess.to_dict(), "count": run.count},
-        class_names=tuple(run.class_names), details=tuple(details), skipped=dict(run.skipped), elapsed_s=run.elapsed_s,
+        reference={
+            "model": ref.path,
+            "backend": run.reference_backend,
+            "model_name": ref.model_name,
+            "sha256": ref.sha256,
+            "preprocess": ref.preprocess.to_dict(),
+            "count": run.count,
+        },
+        class_names=tuple(run.class_names),
+        details=tuple(details),
+        skipped=dict(run.skipped),
+        elapsed_s=run.elapsed_s,
     )
 
 
@@ -264,8 +315,14 @@ def _parity_index(parity: Mapping[str, Any] | None) -> dict[tuple[str, str], dic
     return {(r["sha256"], r["backend"]): r for r in parity.get("rows", []) if r.get("sha256")}
 
 
-def bench_report(run: Any, *, command: str = "", environment: Mapping[str, Any] | None = None,
-                 config: Mapping[str, Any] | None = None, parity: Mapping[str, Any] | None = None) -> Report:
+def bench_report(
+    run: Any,
+    *,
+    command: str = "",
+    environment: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None,
+    parity: Mapping[str, Any] | None = None,
+) -> Report:
     """`runtime.bench.BenchRun` -> `Report`, joining accuracy columns from a parity report JSON.
 
     Parity rows join on (model sha256, backend): the accuracy of *that* file on *that* backend.
@@ -276,17 +333,30 @@ def bench_report(run: Any, *, command: str = "", environment: Mapping[str, Any] 
         p = index.get((r.sha256, r.backend), {})
         st = r.stats
         row = ReportRow(
-            model=r.model, label=r.label, backend=r.backend, precision=ran_as(r.precision.value, r.backend_info),
+            model=r.model,
+            label=r.label,
+            backend=r.backend,
+            precision=ran_as(r.precision.value, r.backend_info),
             batch=r.batch,
-            sha256=r.sha256, accuracy=p.get("accuracy"), macro_f1=p.get("macro_f1"),
-            top1_agreement=p.get("top1_agreement"), max_abs_diff=p.get("max_abs_diff"),
-            mean_abs_diff=p.get("mean_abs_diff"), p99_abs_diff=p.get("p99_abs_diff"), kl_mean=p.get("kl_mean"),
-            accuracy_drop_pts=p.get("accuracy_drop_pts"), passed=p.get("passed"), latency_ms=_lat(st),
-            verdict=p.get("verdict"), bounds=p.get("bounds") or "", max_prob_diff=p.get("max_prob_diff"),
+            sha256=r.sha256,
+            accuracy=p.get("accuracy"),
+            macro_f1=p.get("macro_f1"),
+            top1_agreement=p.get("top1_agreement"),
+            max_abs_diff=p.get("max_abs_diff"),
+            mean_abs_diff=p.get("mean_abs_diff"),
+            p99_abs_diff=p.get("p99_abs_diff"),
+            kl_mean=p.get("kl_mean"),
+            accuracy_drop_pts=p.get("accuracy_drop_pts"),
+            passed=p.get("passed"),
+            latency_ms=_lat(st),
+            verdict=p.get("verdict"),
+            bounds=p.get("bounds") or "",
+            max_prob_diff=p.get("max_prob_diff"),
             top1_agreement_ci=tuple(p["top1_agreement_ci"]) if p.get("top1_agreement_ci") else None,
             notes=tuple(p.get("notes") or ()),
             device_latency_ms=_lat(st.device) if st is not None else None,
-            throughput_ips=st.throughput_ips if st else None, error=r.error,
+            throughput_ips=st.throughput_ips if st else None,
+            error=r.error,
         )
         if r.repeat > 0:  # repeats feed the spread table, the main table shows the first run
             samples[row_key(row) + f"|r{r.repeat}"] = st.samples_ms if st else ()
@@ -294,20 +364,47 @@ def bench_report(run: Any, *, command: str = "", environment: Mapping[str, Any] 
         rows.append(row)
         if st is not None:
             samples[row_key(row)] = st.samples_ms
-    overhead = tuple({
-        "model": o.model, "backend": o.backend, "batch": o.batch,
-        "harness_ms": _lat(o.harness), "bare_ms": _lat(o.bare), "overhead_pct": o.overhead_pct,
-        "overhead_us": o.overhead_us, "paired_diff_ms": list(o.paired_diff_ms), "within_2pct": o.within_2pct,
-    } for o in run.overhead)
-    spread = tuple({
-        "model": s.model, "backend": s.backend, "batch": s.batch, "p50_ms": list(s.p50_ms),
-        "p50_ci_ms": [list(c) for c in s.p50_ci_ms], "spread_pct": s.spread_pct, "agree": s.agree,
-    } for s in run.spread)
+    overhead = tuple(
+        {
+            "model": o.model,
+            "backend": o.backend,
+            "batch": o.batch,
+            "harness_ms": _lat(o.harness),
+            "bare_ms": _lat(o.bare),
+            "overhead_pct": o.overhead_pct,
+            "overhead_us": o.overhead_us,
+            "paired_diff_ms": list(o.paired_diff_ms),
+            "within_2pct": o.within_2pct,
+        }
+        for o in run.overhead
+    )
+    spread = tuple(
+        {
+            "model": s.model,
+            "backend": s.backend,
+            "batch": s.batch,
+            "p50_ms": list(s.p50_ms),
+            "p50_ci_ms": [list(c) for c in s.p50_ci_ms],
+            "spread_pct": s.spread_pct,
+            "agree": s.agree,
+        }
+        for s in run.spread
+    )
     failing = tuple(f"{r.label} [{r.backend}, b={r.batch}]: {r.error}" for r in run.rows if r.error)
     return Report(
-        kind="bench", rows=tuple(rows), passed=not failing, failing=failing, command=command,
-        environment=dict(environment or {}), config=dict(config or {}), created_at=_now(), overhead=overhead,
-        spread=spread, skipped=dict(run.skipped), elapsed_s=run.elapsed_s, samples_ms=samples,
+        kind="bench",
+        rows=tuple(rows),
+        passed=not failing,
+        failing=failing,
+        command=command,
+        environment=dict(environment or {}),
+        config=dict(config or {}),
+        created_at=_now(),
+        overhead=overhead,
+        spread=spread,
+        skipped=dict(run.skipped),
+        elapsed_s=run.elapsed_s,
+        samples_ms=samples,
     )
 
 
@@ -315,7 +412,9 @@ def load_report(path: str | os.PathLike) -> dict[str, Any]:
     """Read a report JSON, checking its schema tag."""
     body = read_json(path)
     if not isinstance(body, dict) or body.get("schema") != SCHEMA:
-        raise ArtifactError(f"{path}: not a {SCHEMA} report (schema {body.get('schema') if isinstance(body, dict) else None!r})")
+        raise ArtifactError(
+            f"{path}: not a {SCHEMA} report (schema {body.get('schema') if isinstance(body, dict) else None!r})"
+        )
     return body
 
 
@@ -380,15 +479,44 @@ def render_markdown(report: Report) -> str:
     if report.reference:
         out += [f"Reference: `{report.reference.get('model')}` on {report.reference.get('backend')}", ""]
     if report.kind == "parity":
-        body = [[r.label, r.backend, r.precision, _f(r.accuracy), _f(r.macro_f1), _f(r.accuracy_drop_pts, "+.2f"),
-                 _agree(r.top1_agreement, r.top1_agreement_ci), _f(r.max_prob_diff, ".3g"), _f(r.max_abs_diff, ".3g"),
-                 _f(r.kl_mean, ".3g"), verdict_text(r)]
-                for r in report.rows]
-        out += md_table(["model", "backend", "precision", "accuracy", "macro-F1", "Δacc (pts)", "top-1 agree [95% CI]",
-                       "max Δprob", "max abs Δlogit", "KL", "verdict (bounds)"], body)
-        out += ["", "Verdicts follow the per-precision tolerance policy (docs/tolerances.md): a bound fails only when "
-                "its whole 95% interval is on the wrong side; *uncertain* means the point estimate misses but the "
-                "sample is too small to tell."]
+        body = [
+            [
+                r.label,
+                r.backend,
+                r.precision,
+                _f(r.accuracy),
+                _f(r.macro_f1),
+                _f(r.accuracy_drop_pts, "+.2f"),
+                _agree(r.top1_agreement, r.top1_agreement_ci),
+                _f(r.max_prob_diff, ".3g"),
+                _f(r.max_abs_diff, ".3g"),
+                _f(r.kl_mean, ".3g"),
+                verdict_text(r),
+            ]
+            for r in report.rows
+        ]
+        out += md_table(
+            [
+                "model",
+                "backend",
+                "precision",
+                "accuracy",
+                "macro-F1",
+                "Δacc (pts)",
+                "top-1 agree [95% CI]",
+                "max Δprob",
+                "max abs Δlogit",
+                "KL",
+                "verdict (bounds)",
+            ],
+            body,
+        )
+        out += [
+            "",
+            "Verdicts follow the per-precision tolerance policy (docs/tolerances.md): a bound fails only when "
+            "its whole 95% interval is on the wrong side; *uncertain* means the point estimate misses but the "
+            "sample is too small to tell.",
+        ]
         bad = [r for r in report.rows if not r.passed and not r.is_reference]
         if bad:
             out += ["", "## Failing rows", ""]
@@ -402,9 +530,17 @@ def render_markdown(report: Report) -> str:
         shown = [d for d in report.details if not d.get("is_reference") and d.get("per_class_accuracy_delta")]
         if shown and report.class_names:
             out += ["", "## Per-class accuracy delta (candidate − reference, pts)", ""]
-            out += md_table(["model", "backend", *report.class_names],
-                          [[d["label"], d["backend"], *(_f(100 * d["per_class_accuracy_delta"][c], "+.1f")
-                                                        for c in report.class_names)] for d in shown])
+            out += md_table(
+                ["model", "backend", *report.class_names],
+                [
+                    [
+                        d["label"],
+                        d["backend"],
+                        *(_f(100 * d["per_class_accuracy_delta"][c], "+.1f") for c in report.class_names),
+                    ]
+                    for d in shown
+                ],
+            )
             flips = [d for d in shown if d.get("flipped_ids")]
             if flips:
                 out += ["", "## Flipped samples (top-1 differs from the reference)", ""]
@@ -418,40 +554,106 @@ def render_markdown(report: Report) -> str:
             lat = r.latency_ms or {}
             ci = lat.get("p50_ci") or [None, None]
             ci99 = lat.get("p99_ci") or [None, None]
-            body.append([r.label, r.backend, r.precision, str(r.batch),
-                         f"{_f(lat.get('p50'), '.3f')} [{_f(ci[0], '.3f')}, {_f(ci[1], '.3f')}]",
-                         _f(lat.get("p90"), ".3f"), f"{_f(lat.get('p99'), '.3f')} [{_f(ci99[0], '.3f')}, {_f(ci99[1], '.3f')}]",
-                         _f(lat.get("mean"), ".3f"), str(lat.get("count", "–")), _f(r.throughput_ips, ".1f"),
-                         _f(r.accuracy), _f(r.top1_agreement), _f(r.max_abs_diff, ".3g"), r.error or ""])
-        out += md_table(["model", "backend", "precision", "batch", "p50 ms [95% CI]", "p90 ms", "p99 ms [95% CI]",
-                       "mean ms", "n", "img/s", "accuracy", "top-1 agree", "max abs Δ", "error"], body)
+            body.append(
+                [
+                    r.label,
+                    r.backend,
+                    r.precision,
+                    str(r.batch),
+                    f"{_f(lat.get('p50'), '.3f')} [{_f(ci[0], '.3f')}, {_f(ci[1], '.3f')}]",
+                    _f(lat.get("p90"), ".3f"),
+                    f"{_f(lat.get('p99'), '.3f')} [{_f(ci99[0], '.3f')}, {_f(ci99[1], '.3f')}]",
+                    _f(lat.get("mean"), ".3f"),
+                    str(lat.get("count", "–")),
+                    _f(r.throughput_ips, ".1f"),
+                    _f(r.accuracy),
+                    _f(r.top1_agreement),
+                    _f(r.max_abs_diff, ".3g"),
+                    r.error or "",
+                ]
+            )
+        out += md_table(
+            [
+                "model",
+                "backend",
+                "precision",
+                "batch",
+                "p50 ms [95% CI]",
+                "p90 ms",
+                "p99 ms [95% CI]",
+                "mean ms",
+                "n",
+                "img/s",
+                "accuracy",
+                "top-1 agree",
+                "max abs Δ",
+                "error",
+            ],
+            body,
+        )
         dev = [r for r in report.rows if r.device_latency_ms]
         if dev:
             out += ["", "## Device (CUDA event) time", ""]
-            out += md_table(["model", "backend", "batch", "host p50 ms", "device p50 ms", "device p99 ms"],
-                          [[r.label, r.backend, str(r.batch), _f((r.latency_ms or {}).get("p50"), ".3f"),
-                            _f(r.device_latency_ms.get("p50"), ".3f"), _f(r.device_latency_ms.get("p99"), ".3f")]
-                           for r in dev])
+            out += md_table(
+                ["model", "backend", "batch", "host p50 ms", "device p50 ms", "device p99 ms"],
+                [
+                    [
+                        r.label,
+                        r.backend,
+                        str(r.batch),
+                        _f((r.latency_ms or {}).get("p50"), ".3f"),
+                        _f(r.device_latency_ms.get("p50"), ".3f"),
+                        _f(r.device_latency_ms.get("p99"), ".3f"),
+                    ]
+                    for r in dev
+                ],
+            )
         if report.overhead:
             out += ["", "## Harness overhead (call-by-call ABBA interleaving with a bare `session.run` loop)", ""]
-            out += md_table(["model", "backend", "batch", "harness p50 ms [CI]", "bare p50 ms [CI]", "overhead (p50s)",
-                           "paired median Δ µs [CI]", "within 2%"],
-                          [[Path(o["model"]).name, o["backend"], str(o["batch"]),
-                            f"{_f(o['harness_ms']['p50'], '.4f')} [{_f(o['harness_ms']['p50_ci'][0], '.4f')}, "
-                            f"{_f(o['harness_ms']['p50_ci'][1], '.4f')}]",
-                            f"{_f(o['bare_ms']['p50'], '.4f')} [{_f(o['bare_ms']['p50_ci'][0], '.4f')}, "
-                            f"{_f(o['bare_ms']['p50_ci'][1], '.4f')}]",
-                            f"{o['overhead_pct']:+.2f}% ({o['overhead_us']:+.1f} µs)",
-                            f"{1e3 * o['paired_diff_ms'][0]:+.1f} [{1e3 * o['paired_diff_ms'][1]:+.1f}, "
-                            f"{1e3 * o['paired_diff_ms'][2]:+.1f}]",
-                            "yes" if o["within_2pct"] else "**no**"]
-                           for o in report.overhead])
+            out += md_table(
+                [
+                    "model",
+                    "backend",
+                    "batch",
+                    "harness p50 ms [CI]",
+                    "bare p50 ms [CI]",
+                    "overhead (p50s)",
+                    "paired median Δ µs [CI]",
+                    "within 2%",
+                ],
+                [
+                    [
+                        Path(o["model"]).name,
+                        o["backend"],
+                        str(o["batch"]),
+                        f"{_f(o['harness_ms']['p50'], '.4f')} [{_f(o['harness_ms']['p50_ci'][0], '.4f')}, "
+                        f"{_f(o['harness_ms']['p50_ci'][1], '.4f')}]",
+                        f"{_f(o['bare_ms']['p50'], '.4f')} [{_f(o['bare_ms']['p50_ci'][0], '.4f')}, "
+                        f"{_f(o['bare_ms']['p50_ci'][1], '.4f')}]",
+                        f"{o['overhead_pct']:+.2f}% ({o['overhead_us']:+.1f} µs)",
+                        f"{1e3 * o['paired_diff_ms'][0]:+.1f} [{1e3 * o['paired_diff_ms'][1]:+.1f}, "
+                        f"{1e3 * o['paired_diff_ms'][2]:+.1f}]",
+                        "yes" if o["within_2pct"] else "**no**",
+                    ]
+                    for o in report.overhead
+                ],
+            )
         if report.spread:
             out += ["", "## Run-to-run spread (back-to-back repeats)", ""]
-            out += md_table(["model", "backend", "batch", "p50 per run (ms)", "spread", "CIs overlap"],
-                          [[Path(s["model"]).name, s["backend"], str(s["batch"]),
-                            ", ".join(_f(v, ".3f") for v in s["p50_ms"]), f"{s['spread_pct']:.2f}%",
-                            "yes" if s["agree"] else "**no**"] for s in report.spread])
+            out += md_table(
+                ["model", "backend", "batch", "p50 per run (ms)", "spread", "CIs overlap"],
+                [
+                    [
+                        Path(s["model"]).name,
+                        s["backend"],
+                        str(s["batch"]),
+                        ", ".join(_f(v, ".3f") for v in s["p50_ms"]),
+                        f"{s['spread_pct']:.2f}%",
+                        "yes" if s["agree"] else "**no**",
+                    ]
+                    for s in report.spread
+                ],
+            )
     if report.skipped:
         out += ["", "Backends not available here: " + "; ".join(f"{k}: {v}" for k, v in sorted(report.skipped.items()))]
     out.append("")
@@ -510,8 +712,13 @@ def plot_pareto(rows: Sequence[ReportRow], path: str | os.PathLike, batch: int |
     for i, (r, (x, y)) in enumerate(zip(pts, xy)):
         lo, hi = r.latency_ms.get("p50_ci") or (x, x)
         ax.errorbar(x, y, xerr=[[max(0.0, x - lo)], [max(0.0, hi - x)]], fmt="o", capsize=3)
-        ax.annotate(f"{Path(r.label).name}\n{r.backend} {r.precision}", (x, y), fontsize=7,
-                    xytext=(4, 6 if rank[i] % 2 == 0 else -22), textcoords="offset points")
+        ax.annotate(
+            f"{Path(r.label).name}\n{r.backend} {r.precision}",
+            (x, y),
+            fontsize=7,
+            xytext=(4, 6 if rank[i] % 2 == 0 else -22),
+            textcoords="offset points",
+        )
     front = sorted(xy[i] for i in pareto_front(xy))
     if len(front) > 1:
         fx, fy = zip(*front)
@@ -582,8 +789,9 @@ def _save(fig: Any, plt: Any, path: str | os.PathLike) -> Path:
     return out
 
 
-def write_report(report: Report, out_dir: str | os.PathLike, *, stem: str | None = None,
-                 plots: bool = True) -> dict[str, Path]:
+def write_report(
+    report: Report, out_dir: str | os.PathLike, *, stem: str | None = None, plots: bool = True
+) -> dict[str, Path]:
     """Write ``<stem>.json``, ``<stem>.md`` and the PNGs into ``out_dir`` (atomically).
 
     Returns:
@@ -602,9 +810,11 @@ def write_report(report: Report, out_dir: str | os.PathLike, *, stem: str | None
         except ImportError as exc:
             log.warning("matplotlib is not installed (%s): PNG plots skipped; pip install '.[dev]'", exc)
             return paths
-        for name, fn in (("pareto", lambda p: plot_pareto(report.rows, p)),
-                         ("confusion", lambda p: plot_confusion_deltas(report, p)),
-                         ("latency", lambda p: plot_latency_distributions(report, p))):
+        for name, fn in (
+            ("pareto", lambda p: plot_pareto(report.rows, p)),
+            ("confusion", lambda p: plot_confusion_deltas(report, p)),
+            ("latency", lambda p: plot_latency_distributions(report, p)),
+        ):
             written = fn(out / f"{stem}.{name}.png")
             if written is not None:
                 paths[name] = written

@@ -32,8 +32,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+import cv2  # noqa: E402 - imported after sys.path / environment set-up at the top of the file
+import numpy as np  # noqa: E402 - imported after sys.path / environment set-up at the top of the file
 
 PHOTOS = REPO / "tests" / "data" / "photos"
 
@@ -63,12 +63,24 @@ def export_lanmsff(path: Path) -> Path:
     import warnings
 
     warnings.simplefilter("ignore")  # the legacy exporter's deprecation and tracer notes
-    torch.onnx.export(m, (x,), str(path), input_names=["input"], output_names=["logits"], opset_version=17,
-                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+    torch.onnx.export(
+        m,
+        (x,),
+        str(path),
+        input_names=["input"],
+        output_names=["logits"],
+        opset_version=17,
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        dynamo=False,
+    )
     model = onnx.load(str(path))
-    c = DeploymentContract(model_name="lanmsff", class_names=("angry", "disgust", "fear", "happy", "sad", "surprise",
-                                                              "neutral"), preprocess=info.preprocess,
-                           checkpoint_sha256="0" * 64, exporter="bench_detect (untrained)")
+    c = DeploymentContract(
+        model_name="lanmsff",
+        class_names=("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"),
+        preprocess=info.preprocess,
+        checkpoint_sha256="0" * 64,
+        exporter="bench_detect (untrained)",
+    )
     for k, v in c.to_metadata().items():
         e = model.metadata_props.add()
         e.key, e.value = k, v
@@ -95,8 +107,10 @@ def quantize_mtcnn(out_dir: Path) -> Path:
         found = nets.detect_rgb(rgb, 19)
         rng = np.random.default_rng(0)
         jitter = [b + rng.normal(0, 0.1 * (b[2] - b[0]), 4) for b in found[:, :4] for _ in range(8)]
-        rand = [np.array([x, y, x + s, y + s]) for x, y, s in zip(rng.uniform(0, 600, 8), rng.uniform(0, 440, 8),
-                                                                  rng.uniform(20, 200, 8))]
+        rand = [
+            np.array([x, y, x + s, y + s])
+            for x, y, s in zip(rng.uniform(0, 600, 8), rng.uniform(0, 440, 8), rng.uniform(20, 200, 8))
+        ]
         boxes = np.array(jitter + rand, np.float64)
         feeds["rnet"].append(M.crops(rgb, boxes, 24))
         feeds["onet"].append(M.crops(rgb, boxes, 48))
@@ -110,9 +124,15 @@ def quantize_mtcnn(out_dir: Path) -> Path:
             return next(self.it, None)
 
     for net in M.NETS:
-        quantize_static(str(M.MODEL_DIR / f"{net}.onnx"), str(out_dir / f"{net}.onnx"), Reader(feeds[net]),
-                        quant_format=QuantFormat.QDQ, per_channel=True, weight_type=QuantType.QInt8,
-                        activation_type=QuantType.QUInt8)
+        quantize_static(
+            str(M.MODEL_DIR / f"{net}.onnx"),
+            str(out_dir / f"{net}.onnx"),
+            Reader(feeds[net]),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8,
+        )
     shutil.copy(M.MODEL_DIR / "mtcnn.json", out_dir / "mtcnn.json")
     return out_dir
 
@@ -131,8 +151,11 @@ def accuracy(detectors: dict) -> dict:
                 img = cv2.imread(str(PHOTOS / f))
                 if k != 1:
                     img = cv2.resize(img, None, fx=k, fy=k, interpolation=cv2.INTER_LINEAR)
-                h, fa = match_faces(det.detect(img), [[v * k for v in b] for b in e["faces"]],
-                                    [[v * k for v in b] for b in e.get("ignore", [])])
+                h, fa = match_faces(
+                    det.detect(img),
+                    [[v * k for v in b] for b in e["faces"]],
+                    [[v * k for v in b] for b in e.get("ignore", [])],
+                )
                 hit, false, total = hit + h, false + fa, total + len(e["faces"])
             row[f"x{k}"] = {"found": hit, "faces": total, "false": false}
         # Collage: the eight face photos, each fitted into a 320×480 cell of a 1280×960 image.
@@ -145,13 +168,17 @@ def accuracy(detectors: dict) -> dict:
             x0, y0 = (i % 4) * 320, (i // 4) * 480
             canvas[y0 : y0 + r.shape[0], x0 : x0 + r.shape[1]] = r
             faces += [[x0 + v * s if j % 2 == 0 else y0 + v * s for j, v in enumerate(b)] for b in labels[f]["faces"]]
-            ignore += [[x0 + v * s if j % 2 == 0 else y0 + v * s for j, v in enumerate(b)]
-                       for b in labels[f].get("ignore", [])]
+            ignore += [
+                [x0 + v * s if j % 2 == 0 else y0 + v * s for j, v in enumerate(b)] for b in labels[f].get("ignore", [])
+            ]
         h, fa = match_faces(det.detect(canvas), faces, ignore)
         row["collage"] = {"found": h, "faces": len(faces), "false": fa}
         res[name] = row
-        print(f"{name:>10}: " + " | ".join(f"{k} {v['found']}/{v['faces']} found, {v['false']} false"
-                                           for k, v in row.items()), flush=True)
+        print(
+            f"{name:>10}: "
+            + " | ".join(f"{k} {v['found']}/{v['faces']} found, {v['false']} false" for k, v in row.items()),
+            flush=True,
+        )
     return res
 
 
@@ -181,8 +208,10 @@ def latency(make, model: Path, threads: int, rounds: int) -> dict:
     clf.close()
     if hasattr(det, "close"):
         det.close()
-    return {"detect_ms": [statistics.median(det_med), min(det_med), max(det_med)],
-            "detect_classify_ms": [statistics.median(tot_med), min(tot_med), max(tot_med)]}
+    return {
+        "detect_ms": [statistics.median(det_med), min(det_med), max(det_med)],
+        "detect_classify_ms": [statistics.median(tot_med), min(tot_med), max(tot_med)],
+    }
 
 
 def spinning(rounds: int = 15) -> dict:
@@ -248,12 +277,18 @@ def huge(model: Path, tmp: Path) -> dict:
     small = cv2.resize(base, (1280, 960), interpolation=cv2.INTER_LINEAR)
     big = cv2.resize(small, (8000, 6000), interpolation=cv2.INTER_LINEAR)
     cv2.imwrite(str(tmp / "huge.jpg"), big, [cv2.IMWRITE_JPEG_QUALITY, 90])
-    cv2.imwrite(str(tmp / "copy.jpg"), cv2.resize(big, (1280, 960), interpolation=cv2.INTER_AREA),
-                [cv2.IMWRITE_JPEG_QUALITY, 95])
+    cv2.imwrite(
+        str(tmp / "copy.jpg"),
+        cv2.resize(big, (1280, 960), interpolation=cv2.INTER_AREA),
+        [cv2.IMWRITE_JPEG_QUALITY, 95],
+    )
     del big
     res = {}
-    for name, src, extra in (("8000x6000", "huge.jpg", []), ("8000x6000 --no-annotate", "huge.jpg", ["--no-annotate"]),
-                             ("1280x960 copy", "copy.jpg", [])):
+    for name, src, extra in (
+        ("8000x6000", "huge.jpg", []),
+        ("8000x6000 --no-annotate", "huge.jpg", ["--no-annotate"]),
+        ("1280x960 copy", "copy.jpg", []),
+    ):
         out = tmp / name.replace(" ", "_")
         code = _HUGE.format(repo=str(REPO), model=str(model), src=str(tmp / src), out=str(out), extra=extra)
         p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ})
@@ -261,8 +296,11 @@ def huge(model: Path, tmp: Path) -> dict:
         body = json.loads((out / "predictions.json").read_text())
         r["boxes"] = [p["box"] for p in body["predictions"]]
         res[name] = r
-        print(f"{name}: rc {r['rc']}, {r['wall_s']:.2f} s, peak RSS {r['peak_rss_mb']:.0f} MB, boxes "
-              f"{[(b['x'], b['y'], b['w'], b['h']) for b in r['boxes']]}", flush=True)
+        print(
+            f"{name}: rc {r['rc']}, {r['wall_s']:.2f} s, peak RSS {r['peak_rss_mb']:.0f} MB, boxes "
+            f"{[(b['x'], b['y'], b['w'], b['h']) for b in r['boxes']]}",
+            flush=True,
+        )
     return res
 
 
@@ -291,8 +329,11 @@ def main(argv: list[str] | None = None) -> int:
         makers["mtcnn-int8"] = lambda t: MtcnnDetector(qdir, threads=t)
     if not haar_unavailable_reason():
         makers["haar"] = lambda t: HaarDetector()
-    results: dict = {"machine": f"{os.cpu_count()}-core CPU", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                     "load_before": os.getloadavg()}
+    results: dict = {
+        "machine": f"{os.cpu_count()}-core CPU",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_before": os.getloadavg(),
+    }
     if "accuracy" not in skip:
         print("accuracy (found/faces, false boxes):")
         results["accuracy"] = accuracy({k: m(1) for k, m in makers.items()})
@@ -303,9 +344,12 @@ def main(argv: list[str] | None = None) -> int:
             for name, make in makers.items():
                 r = latency(make, model, t, args.rounds)
                 results["latency"][f"{name} threads {t}"] = r
-                print(f"  {name:>10} threads {t}: detect {r['detect_ms'][0]:.1f} ms [{r['detect_ms'][1]:.1f}, "
-                      f"{r['detect_ms'][2]:.1f}], detect+classify {r['detect_classify_ms'][0]:.1f} ms "
-                      f"[{r['detect_classify_ms'][1]:.1f}, {r['detect_classify_ms'][2]:.1f}]", flush=True)
+                print(
+                    f"  {name:>10} threads {t}: detect {r['detect_ms'][0]:.1f} ms [{r['detect_ms'][1]:.1f}, "
+                    f"{r['detect_ms'][2]:.1f}], detect+classify {r['detect_classify_ms'][0]:.1f} ms "
+                    f"[{r['detect_classify_ms'][1]:.1f}, {r['detect_classify_ms'][2]:.1f}]",
+                    flush=True,
+                )
     if "spinning" not in skip:
         print("MTCNN detect per 640×480 frame, ORT intra-op spin-waiting on/off (median [min, max] of 15 calls):")
         results["spinning"] = spinning()

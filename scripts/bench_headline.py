@@ -8,8 +8,9 @@ each cell reports the median speed-up (FP32 p50 / candidate p50) and its range o
 Top-1 agreement comes from the run's parity report (``parity/parity.json``).
 
 Prints a Markdown table and writes ``<run>/headline/headline.{json,md}``. A headline figure in
-README.md must fall inside the range this command prints (tests/test_headline.py checks the
-README against the recorded output in BENCHMARKS.md).
+README.md comes from this command's table: README and BENCHMARKS.md hold the same recorded run
+between ``<!-- headline:start -->`` and ``<!-- headline:end -->``, and tests/test_readme_figures.py
+fails on a speed-up written anywhere else in the README.
 
     python scripts/bench_headline.py [--run runs/demo] [--repeats 3] [--threads 1,2] [--batches 1,32] [--all]
 """
@@ -78,14 +79,17 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from quantize.config import LatencyConfig
-    from runtime.errors import EXIT_ERROR, EXIT_OK
     from quantize.orchestrate import compare_latency
     from runtime.cli import parse_int_list
+    from runtime.errors import EXIT_ERROR
 
     run = Path(args.run)
     fp32 = run / "model.onnx"
     if not fp32.is_file():
-        print(f"bench: {fp32} not found; run `make demo` first (it writes the models this benchmark times)", file=sys.stderr)
+        print(
+            f"bench: {fp32} not found; run `make demo` first (it writes the models this benchmark times)",
+            file=sys.stderr,
+        )
         return EXIT_ERROR
     names = HEADLINE_FILES + (OTHER_FILES if args.all else ())
     files = [run / n for n in names if (run / n).is_file()]
@@ -103,28 +107,46 @@ def main(argv: list[str] | None = None) -> int:
         for th in threads:
             for f in files:
                 done += 1
-                print(f"[{done}/{total}] repeat {rep + 1}: {f.name} vs FP32, {th} thread(s), batches {batches}", file=sys.stderr)
-                cfg = LatencyConfig(batches=tuple(batches), rounds=args.rounds, seconds_per_round=args.seconds, threads=th)
+                print(
+                    f"[{done}/{total}] repeat {rep + 1}: {f.name} vs FP32, {th} thread(s), batches {batches}",
+                    file=sys.stderr,
+                )
+                cfg = LatencyConfig(
+                    batches=tuple(batches), rounds=args.rounds, seconds_per_round=args.seconds, threads=th
+                )
                 comp = compare_latency(fp32, f, x, cfg)
                 for row in comp.rows:
-                    cells.setdefault((f.name, th, row.batch), []).append({
-                        "speedup": row.speedup_p50, "fp32_p50_ms": row.reference.p50_ms, "p50_ms": row.candidate.p50_ms})
+                    cells.setdefault((f.name, th, row.batch), []).append(
+                        {
+                            "speedup": row.speedup_p50,
+                            "fp32_p50_ms": row.reference.p50_ms,
+                            "p50_ms": row.candidate.p50_ms,
+                        }
+                    )
 
     def summary(vals: list[float]) -> dict[str, float]:
         return {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
 
     rows = []
     for (name, th, b), reps in sorted(cells.items()):
-        rows.append({"file": name, "threads": th, "batch": b, "repeats": len(reps),
-                     "speedup": summary([r["speedup"] for r in reps]),
-                     "fp32_p50_ms": summary([r["fp32_p50_ms"] for r in reps]),
-                     "p50_ms": summary([r["p50_ms"] for r in reps]), "top1_agreement": agree.get(name)})
+        rows.append(
+            {
+                "file": name,
+                "threads": th,
+                "batch": b,
+                "repeats": len(reps),
+                "speedup": summary([r["speedup"] for r in reps]),
+                "fp32_p50_ms": summary([r["fp32_p50_ms"] for r in reps]),
+                "p50_ms": summary([r["p50_ms"] for r in reps]),
+                "top1_agreement": agree.get(name),
+            }
+        )
     body = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": f"{_cpu_name()}, {__import__('os').cpu_count()} logical cores",
         "command": "make bench (python scripts/bench_headline.py " + " ".join(argv or sys.argv[1:]) + ")",
         "method": f"onnxruntime CPU, FP32 and candidate timed in {args.rounds} alternating rounds of >= {args.seconds} s "
-                  f"each; speed-up = FP32 p50 / candidate p50; {args.repeats} repeats per cell: median [min-max]",
+        f"each; speed-up = FP32 p50 / candidate p50; {args.repeats} repeats per cell: median [min-max]",
         "rows": rows,
         "elapsed_s": round(time.perf_counter() - t0, 1),
     }
@@ -133,12 +155,30 @@ def main(argv: list[str] | None = None) -> int:
     def _agree(r):
         return f"{100 * r['top1_agreement']:.2f}%" if r["top1_agreement"] is not None else "–"
 
-    lines = [f"Date {body['date']}; {body['machine']}; {body['method']}.", ""]
+    lines = [f"`make bench` ({body['date'][:10]}, {body['machine']}): {body['method']}.", ""]
     lines += md_table(
-        ["file", "threads", "batch", "speed-up vs FP32, median [range]", "FP32 p50 ms", "file p50 ms", "top-1 agreement"],
-        [[f"`{r['file']}`", r["threads"], r["batch"],
-          f"{r['speedup']['median']:.2f}× [{r['speedup']['min']:.2f}–{r['speedup']['max']:.2f}]",
-          f"{r['fp32_p50_ms']['median']:.3f}", f"{r['p50_ms']['median']:.3f}", _agree(r)] for r in rows])
+        [
+            "file",
+            "threads",
+            "batch",
+            "speed-up vs FP32, median [range]",
+            "FP32 p50 ms",
+            "file p50 ms",
+            "top-1 agreement",
+        ],
+        [
+            [
+                f"`{r['file']}`",
+                r["threads"],
+                r["batch"],
+                f"{r['speedup']['median']:.2f}× [{r['speedup']['min']:.2f}–{r['speedup']['max']:.2f}]",
+                f"{r['fp32_p50_ms']['median']:.3f}",
+                f"{r['p50_ms']['median']:.3f}",
+                _agree(r),
+            ]
+            for r in rows
+        ],
+    )
     md = "\n".join(lines) + "\n"
     out = run / "headline"
     out.mkdir(parents=True, exist_ok=True)

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         opt.step()
 
     rates = {v: [] for v in variants}
-    for r in range(args.rounds):
+    for _round in range(args.rounds):
         for v in variants:
             m, opt, x, y = state[v]
             for _ in range(2):  # warm-up
@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
                 step(m, opt, x, y)
             rates[v].append(args.steps * v[0] / (time.perf_counter() - t0))
     base = statistics.median(rates[variants[0]])
-    print(f"model {args.model}, input {shape}, {args.threads} threads, {args.rounds} interleaved rounds of {args.steps} steps")
+    print(
+        f"model {args.model}, input {shape}, {args.threads} threads, {args.rounds} interleaved rounds of {args.steps} steps"
+    )
     print(f"{'batch':>6} {'channels_last':>14} {'img/s (median)':>15} {'min..max':>16} {'ratio':>7}")
     for v in variants:
         med = statistics.median(rates[v])

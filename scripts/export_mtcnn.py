@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from export.mtcnn import main  # noqa: E402
+from export.mtcnn import main  # noqa: E402 - imported after sys.path / environment set-up at the top of the file
 
 if __name__ == "__main__":
     sys.exit(main())

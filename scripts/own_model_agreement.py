@@ -77,9 +77,9 @@ def real_crops(folder: Path, per_face: int = 10, seed: int = 0) -> Path:
 
 
 def train(records, epochs: int, seed: int):
+    import own_archs as A
     import torch
 
-    import own_archs as A
     from runtime.preprocess import PreprocessSpec, preprocess
 
     torch.manual_seed(seed)
@@ -130,15 +130,24 @@ def main() -> int:
     out = (REPO / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
 
+    import own_archs as A
     import torch
 
-    import own_archs as A
     from runtime.data import load_dataset
 
     t0 = time.perf_counter()
     a = load_dataset("synthetic", seed=0, val_fraction=0.2, count=args.count, size=64, mode="gray")
-    b = load_dataset("synthetic", seed=7, val_fraction=0.5, count=700, size=96, mode="rgb", noise_std=20.0,
-                     occlusion_prob=0.4, min_intensity=0.3)
+    b = load_dataset(
+        "synthetic",
+        seed=7,
+        val_fraction=0.5,
+        count=700,
+        size=96,
+        mode="rgb",
+        noise_std=20.0,
+        occlusion_prob=0.4,
+        min_intensity=0.3,
+    )
     train_a, held_a = a.split("train"), a.split("val")
     calib_a = dump(train_a[:300], out / "photos_A_calib")
     eval_a = dump(held_a[:300], out / "photos_A_heldout")
@@ -153,15 +162,25 @@ def main() -> int:
     torch.save(model.state_dict(), out / "mobilenet_gray.pt")
     plain = out / "outside" / "mobilenet_gray.onnx"
     plain.parent.mkdir(exist_ok=True)
-    torch.onnx.export(model, (torch.rand(1, 1, 64, 64),), str(plain), input_names=["image"], output_names=["scores"],
-                      opset_version=17, dynamo=False)
+    torch.onnx.export(
+        model,
+        (torch.rand(1, 1, 64, 64),),
+        str(plain),
+        input_names=["image"],
+        output_names=["scores"],
+        opset_version=17,
+        dynamo=False,
+    )
     contract = A.write_contract("mobilenet_gray", out / "outside" / "mobilenet_gray.contract.yaml")
 
     m = out / "model.onnx"
     sh("export", "adopt", "--onnx", str(plain), "--contract", str(contract), "--out", str(m))
-    acc = fp32_accuracy(m, {"A held-out": held_a[:300], "B": b.split("val")[:300]})
-    variants = {"int8.nncf": ["--method", "nncf", "--target", "tensorrt"], "int8.ort": ["--method", "ort", "--target", "tensorrt"],
-                "int8.cpu": ["--method", "ort", "--target", "cpu"]}  # fmt: skip
+    fp32_accuracy(m, {"A held-out": held_a[:300], "B": b.split("val")[:300]})
+    variants = {
+        "int8.nncf": ["--method", "nncf", "--target", "tensorrt"],
+        "int8.ort": ["--method", "ort", "--target", "tensorrt"],
+        "int8.cpu": ["--method", "ort", "--target", "cpu"],
+    }
     files: dict[str, dict[str, Path]] = {"A": {}, "B": {}}
     for calib_name, folder in (("A", calib_a), ("B", calib_b)):
         for tag, extra in variants.items():
@@ -175,21 +194,68 @@ def main() -> int:
     for eval_name, folder in (("A held-out", eval_a), ("B", eval_b), ("C", eval_c)):
         cands = [fp16, *files["A"].values(), *files["B"].values()]
         rep = out / f"parity_{eval_name.split()[0]}"
-        sh("runtime", "parity", "--reference", str(m), "--candidates", *map(str, cands), "--data", str(folder),
-           "--out", str(rep), "--no-progress", "--no-plots")
+        sh(
+            "runtime",
+            "parity",
+            "--reference",
+            str(m),
+            "--candidates",
+            *map(str, cands),
+            "--data",
+            str(folder),
+            "--out",
+            str(rep),
+            "--no-progress",
+            "--no-plots",
+        )
         for row in json.loads((rep / "parity.json").read_text())["rows"]:
             table[(Path(row["model"]).name, eval_name)] = row["top1_agreement"]
-    sh("runtime", "bench", "--models", str(plain), str(m), str(files["A"]["int8.cpu"]), "--batch", "1",
-       "--seconds", "1", "--out", str(out / "bench"), "--no-progress", "--no-plots", "--backends", "ort")
+    sh(
+        "runtime",
+        "bench",
+        "--models",
+        str(plain),
+        str(m),
+        str(files["A"]["int8.cpu"]),
+        "--batch",
+        "1",
+        "--seconds",
+        "1",
+        "--out",
+        str(out / "bench"),
+        "--no-progress",
+        "--no-plots",
+        "--backends",
+        "ort",
+    )
 
     from runtime.report import md_table
 
     n_c = len(list(eval_c.glob("*.png")))
     names = [fp16.name] + [p.name for d in files.values() for p in d.values()]
-    rows = [[name, "—" if "fp16" in name else ("A" if "calibA" in name else "B (other 300 images)"),
-             *(f"{100 * table[(name, e)]:.1f}%" for e in ("A held-out", "B", "C"))] for name in names]
-    print("\n" + "\n".join(md_table(["file", "calibrated on", "agreement on A held-out (300)", "agreement on B (300)",
-                                      f"agreement on C ({n_c})"], rows)))
+    rows = [
+        [
+            name,
+            "—" if "fp16" in name else ("A" if "calibA" in name else "B (other 300 images)"),
+            *(f"{100 * table[(name, e)]:.1f}%" for e in ("A held-out", "B", "C")),
+        ]
+        for name in names
+    ]
+    print(
+        "\n"
+        + "\n".join(
+            md_table(
+                [
+                    "file",
+                    "calibrated on",
+                    "agreement on A held-out (300)",
+                    "agreement on B (300)",
+                    f"agreement on C ({n_c})",
+                ],
+                rows,
+            )
+        )
+    )
     print("\ncommands:\n" + "\n".join(COMMANDS))
     return 0
 

@@ -47,7 +47,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np  # noqa: E402 - imported after sys.path / environment set-up at the top of the file
 
 from runtime.cli import setup_logging  # noqa: E402 - after the sys.path line
 from runtime.errors import EXIT_ERROR, EXIT_OK, EXIT_USAGE  # noqa: E402 - after the sys.path line
@@ -205,13 +205,19 @@ def judge(result: SoakResult, max_growth_mib: float, max_objects_per_1k: float) 
     out = []
     g = result.growth
     if g.growth_mib > max_growth_mib:
-        out.append(f"RSS grew {g.growth_mib:.2f} MiB over {g.inferences} inferences after warm-up "
-                   f"(bound {max_growth_mib:g} MiB; shape {g.shape}, slope {g.slope_per_1k_mib:.3f} MiB/1k, R² {g.r2:.2f})")
+        out.append(
+            f"RSS grew {g.growth_mib:.2f} MiB over {g.inferences} inferences after warm-up "
+            f"(bound {max_growth_mib:g} MiB; shape {g.shape}, slope {g.slope_per_1k_mib:.3f} MiB/1k, R² {g.r2:.2f})"
+        )
     if result.objects_per_1k > max_objects_per_1k:
-        out.append(f"Python objects grew by {result.objects_end - result.objects_start} "
-                   f"({result.objects_per_1k:.1f} per 1000 inferences, bound {max_objects_per_1k:g})")
+        out.append(
+            f"Python objects grew by {result.objects_end - result.objects_start} "
+            f"({result.objects_per_1k:.1f} per 1000 inferences, bound {max_objects_per_1k:g})"
+        )
     if not math.isfinite(result.output_drift) or result.output_drift > OUTPUT_DRIFT_ATOL:
-        out.append(f"outputs drifted: max |Δ| {result.output_drift:.3g} for the same inputs (atol {OUTPUT_DRIFT_ATOL:g})")
+        out.append(
+            f"outputs drifted: max |Δ| {result.output_drift:.3g} for the same inputs (atol {OUTPUT_DRIFT_ATOL:g})"
+        )
     return out
 
 
@@ -235,8 +241,14 @@ def prepare_models(model_name: str, folder: Path, backends: Sequence[str]) -> di
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     spec = get_model_info(model_name).preprocess
-    ckpt = save_checkpoint(folder / "checkpoint.pt", create_model(model_name).eval(), model_name=model_name,
-                           class_names=CLASSES, preprocess=spec, dataset={})  # fmt: skip
+    ckpt = save_checkpoint(
+        folder / "checkpoint.pt",
+        create_model(model_name).eval(),
+        model_name=model_name,
+        class_names=CLASSES,
+        preprocess=spec,
+        dataset={},
+    )
     out: dict[str, tuple[str, Path]] = {}
     if "torch" in backends:
         out["torch"] = ("torch", ckpt)
@@ -331,11 +343,20 @@ def soak_backend(
         objects_end = gc_object_count()
     growth = analyse_rss(samples, max_growth_mib)
     result = SoakResult(
-        backend=label, model=model, count=count, warmup=warmup, threads=threads, seconds=seconds,
-        ms_per_inference=seconds / count * 1000.0, growth=growth, objects_start=objects_start,
-        objects_end=objects_end, objects_per_1k=(objects_end - objects_start) / count * 1000.0,
-        output_drift=drift, samples=samples,
-    )  # fmt: skip
+        backend=label,
+        model=model,
+        count=count,
+        warmup=warmup,
+        threads=threads,
+        seconds=seconds,
+        ms_per_inference=seconds / count * 1000.0,
+        growth=growth,
+        objects_start=objects_start,
+        objects_end=objects_end,
+        objects_per_1k=(objects_end - objects_start) / count * 1000.0,
+        output_drift=drift,
+        samples=samples,
+    )
     result.failures = judge(result, max_growth_mib, max_objects_per_1k)
     return result
 
@@ -379,18 +400,31 @@ def run_soak(
         models = prepare_models(model, Path(workdir or tmp), labels)
         for label in labels:
             backend_name, path = models[label]
-            results.append(soak_backend(
-                label, backend_name, path, count=count, warmup=warmup, threads=threads, sample_every=every,
-                max_growth_mib=max_growth_mib, max_objects_per_1k=max_objects_per_1k, model=model, progress=progress,
-            ))  # fmt: skip
+            results.append(
+                soak_backend(
+                    label,
+                    backend_name,
+                    path,
+                    count=count,
+                    warmup=warmup,
+                    threads=threads,
+                    sample_every=every,
+                    max_growth_mib=max_growth_mib,
+                    max_objects_per_1k=max_objects_per_1k,
+                    model=model,
+                    progress=progress,
+                )
+            )
             gc.collect()
     return results, skipped
 
 
 def format_table(results: Sequence[SoakResult]) -> str:
     """A Markdown table of the results."""
-    head = ("| backend | inferences | ms/inf | RSS start MiB | RSS end MiB | RSS max MiB | growth MiB | "
-            "growth MiB/1k | slope MiB/1k (R²) | shape | gc objects Δ | output drift | result |")
+    head = (
+        "| backend | inferences | ms/inf | RSS start MiB | RSS end MiB | RSS max MiB | growth MiB | "
+        "growth MiB/1k | slope MiB/1k (R²) | shape | gc objects Δ | output drift | result |"
+    )
     rows = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         g = r.growth
@@ -413,20 +447,44 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="scripts/soak.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--count", type=_positive_int, default=10_000, help="inferences per backend after warm-up (default 10000)")
-    p.add_argument("--backends", default=",".join(ALL_BACKENDS),
-                   help=f"comma-separated subset of {','.join(ALL_BACKENDS)} (default: all available)")
-    p.add_argument("--model", default="lanmsff", help="registered model to export (default lanmsff; lanmsff_tiny is faster)")
+    p = argparse.ArgumentParser(
+        prog="scripts/soak.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--count", type=_positive_int, default=10_000, help="inferences per backend after warm-up (default 10000)"
+    )
+    p.add_argument(
+        "--backends",
+        default=",".join(ALL_BACKENDS),
+        help=f"comma-separated subset of {','.join(ALL_BACKENDS)} (default: all available)",
+    )
+    p.add_argument(
+        "--model", default="lanmsff", help="registered model to export (default lanmsff; lanmsff_tiny is faster)"
+    )
     p.add_argument("--threads", type=_positive_int, default=1, help="intra-op threads per backend (default 1)")
-    p.add_argument("--warmup", type=_positive_int, default=200, help="inferences before the first RSS sample (default 200)")
-    p.add_argument("--sample-every", type=_positive_int, default=None,
-                   help="RSS sample interval in inferences (default min(100, count/50))")
-    p.add_argument("--max-growth-mib", type=float, default=DEFAULT_MAX_GROWTH_MIB,
-                   help=f"fail when RSS grows by more than this after warm-up (default {DEFAULT_MAX_GROWTH_MIB:g})")
-    p.add_argument("--max-objects-per-1k", type=float, default=DEFAULT_MAX_OBJECTS_PER_1K,
-                   help=f"fail when gc-tracked Python objects grow faster (default {DEFAULT_MAX_OBJECTS_PER_1K:g} per 1000)")
+    p.add_argument(
+        "--warmup", type=_positive_int, default=200, help="inferences before the first RSS sample (default 200)"
+    )
+    p.add_argument(
+        "--sample-every",
+        type=_positive_int,
+        default=None,
+        help="RSS sample interval in inferences (default min(100, count/50))",
+    )
+    p.add_argument(
+        "--max-growth-mib",
+        type=float,
+        default=DEFAULT_MAX_GROWTH_MIB,
+        help=f"fail when RSS grows by more than this after warm-up (default {DEFAULT_MAX_GROWTH_MIB:g})",
+    )
+    p.add_argument(
+        "--max-objects-per-1k",
+        type=float,
+        default=DEFAULT_MAX_OBJECTS_PER_1K,
+        help=f"fail when gc-tracked Python objects grow faster (default {DEFAULT_MAX_OBJECTS_PER_1K:g} per 1000)",
+    )
     p.add_argument("--json", default=None, help="also write the results (with every RSS sample) to this JSON file")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     return p
@@ -447,12 +505,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     setup_logging(level=logging.WARNING)
     results, skipped = run_soak(
-        args.count, backends, model=args.model, threads=args.threads, warmup=args.warmup,
-        sample_every=args.sample_every, max_growth_mib=args.max_growth_mib,
-        max_objects_per_1k=args.max_objects_per_1k, progress=not args.no_progress and sys.stderr.isatty(),
-    )  # fmt: skip
-    print(f"soak: {args.model}, batch 1, {args.threads} thread(s), {args.warmup} warm-up inferences, "
-          f"bound {args.max_growth_mib:g} MiB RSS growth / {args.max_objects_per_1k:g} gc objects per 1k")
+        args.count,
+        backends,
+        model=args.model,
+        threads=args.threads,
+        warmup=args.warmup,
+        sample_every=args.sample_every,
+        max_growth_mib=args.max_growth_mib,
+        max_objects_per_1k=args.max_objects_per_1k,
+        progress=not args.no_progress and sys.stderr.isatty(),
+    )
+    print(
+        f"soak: {args.model}, batch 1, {args.threads} thread(s), {args.warmup} warm-up inferences, "
+        f"bound {args.max_growth_mib:g} MiB RSS growth / {args.max_objects_per_1k:g} gc objects per 1k"
+    )
     print(format_table(results))
     for label, reason in skipped.items():
         print(f"skipped {label}: {reason}")
@@ -460,9 +526,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         for f in r.failures:
             print(f"FAIL {r.backend}: {f}")
     if args.json:
-        body = {"model": args.model, "count": args.count, "threads": args.threads, "warmup": args.warmup,
-                "max_growth_mib": args.max_growth_mib, "max_objects_per_1k": args.max_objects_per_1k,
-                "results": [r.to_dict() for r in results], "skipped": skipped}  # fmt: skip
+        body = {
+            "model": args.model,
+            "count": args.count,
+            "threads": args.threads,
+            "warmup": args.warmup,
+            "max_growth_mib": args.max_growth_mib,
+            "max_objects_per_1k": args.max_objects_per_1k,
+            "results": [r.to_dict() for r in results],
+            "skipped": skipped,
+        }
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(body, indent=2), encoding="utf-8")
     if not results:

@@ -12,7 +12,9 @@ REPO = Path(__file__).resolve().parents[1]
 def _run(folder: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(REPO / "scripts" / "run_tests.py"), str(folder), "-q", "-p", "no:cacheprovider"],
-        cwd=folder, capture_output=True, text=True,
+        cwd=folder,
+        capture_output=True,
+        text=True,
     )
 
 

@@ -45,7 +45,9 @@ def violations(root: Path = ROOT) -> list[str]:
             rel = path.relative_to(root).as_posix()
             for line, mod in imports_of(path):
                 if mod in PROJECT and mod != pkg and mod not in allowed:
-                    found.append(f"{rel}:{line} imports {mod} (a {pkg} module may import {sorted(allowed) or 'nothing'} of the project)")
+                    found.append(
+                        f"{rel}:{line} imports {mod} (a {pkg} module may import {sorted(allowed) or 'nothing'} of the project)"
+                    )
                 if mod in FORBIDDEN_THIRD_PARTY.get(pkg, ()):
                     found.append(f"{rel}:{line} imports {mod} ({pkg} must stay {mod}-free)")
     return found
@@ -78,7 +80,9 @@ def test_downward_and_plugin_imports_are_allowed(tmp_path):
     for pkg in ALLOWED:
         (tmp_path / pkg).mkdir()
     (tmp_path / "pipeline" / "ok.py").write_text("import train.loop\nfrom quantize.orchestrate import run_int8\n")
-    (tmp_path / "quantize" / "ok.py").write_text("from export.gate import write_onnx\nfrom runtime.errors import ConfigError\n")
+    (tmp_path / "quantize" / "ok.py").write_text(
+        "from export.gate import write_onnx\nfrom runtime.errors import ConfigError\n"
+    )
     # The backend registry names a module above runtime as a string: not an import statement.
     (tmp_path / "runtime" / "ok.py").write_text('REGISTRY = {"torch": "train.backend:TorchBackend"}\n')
     assert violations(tmp_path) == []

@@ -43,16 +43,24 @@ def test_the_modules_were_found() -> None:
 
 @pytest.mark.parametrize("name", sorted(ONE_DEFINITION))
 def test_defined_once(name: str) -> None:
-    where = [f"{rel}:{node.lineno}" for rel, tree in MODULES for node in ast.walk(tree)
-             if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name == name]
+    where = [
+        f"{rel}:{node.lineno}"
+        for rel, tree in MODULES
+        for node in ast.walk(tree)
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name == name
+    ]
     assert [w.split(":")[0] for w in where] == [ONE_DEFINITION[name]], (
-        f"{name} must be defined once, in {ONE_DEFINITION[name]} (import it from there); found: {where}")
+        f"{name} must be defined once, in {ONE_DEFINITION[name]} (import it from there); found: {where}"
+    )
 
 
 def test_one_finding_type() -> None:
-    copies = [f"{rel}:{node.lineno} class {node.name}" for rel, tree in MODULES for node in ast.walk(tree)
-              if isinstance(node, ast.ClassDef) and node.name.endswith(FINDING_SUFFIXES)
-              and rel != "runtime/findings.py"]
+    copies = [
+        f"{rel}:{node.lineno} class {node.name}"
+        for rel, tree in MODULES
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ClassDef) and node.name.endswith(FINDING_SUFFIXES) and rel != "runtime/findings.py"
+    ]
     assert not copies, f"a second finding/severity type (use runtime.findings.Finding/Severity): {copies}"
 
 
@@ -64,8 +72,13 @@ def test_preflight_and_lint_report_the_same_type() -> None:
     assert preflight.Severity is findings.Severity is qdq_lint.Severity
     f = findings.Finding("warning", "CODE", "what was found", "what to do", "node_1")
     assert f.severity is findings.Severity.WARNING
-    assert f.to_dict() == {"severity": "warning", "code": "CODE", "node": "node_1", "message": "what was found",
-                           "fix": "what to do"}
+    assert f.to_dict() == {
+        "severity": "warning",
+        "code": "CODE",
+        "node": "node_1",
+        "message": "what was found",
+        "fix": "what to do",
+    }
     assert str(f) == "WARNING CODE [node_1]: what was found Fix: what to do"
 
 
@@ -75,9 +88,15 @@ def _is_table_rule(text: str) -> bool:
 
 
 def test_one_markdown_table_renderer() -> None:
-    copies = [f"{rel}:{node.lineno}" for rel, tree in MODULES for node in ast.walk(tree)
-              if isinstance(node, ast.Constant) and isinstance(node.value, str) and _is_table_rule(node.value)
-              and rel != "runtime/report.py"]
+    copies = [
+        f"{rel}:{node.lineno}"
+        for rel, tree in MODULES
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and _is_table_rule(node.value)
+        and rel != "runtime/report.py"
+    ]
     assert not copies, f"Markdown table rules written by hand (use runtime.report.md_table): {copies}"
 
 
@@ -97,15 +116,27 @@ def _int_list_parsers(tree: ast.Module) -> list[int]:
     out = []
     for node in ast.walk(tree):
         if isinstance(node, (ast.GeneratorExp, ast.ListComp, ast.SetComp)):
-            splits = any(isinstance(g.iter, ast.Call) and isinstance(g.iter.func, ast.Attribute)
-                         and g.iter.func.attr == "split" and [ast.unparse(a) for a in g.iter.args] == ["','"]
-                         for g in node.generators)  # comma lists; "C;H;W", "8.6", "1:8:32" are formats
-            ints = any(isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "int"
-                       for n in ast.walk(node.elt))
+            splits = any(
+                isinstance(g.iter, ast.Call)
+                and isinstance(g.iter.func, ast.Attribute)
+                and g.iter.func.attr == "split"
+                and [ast.unparse(a) for a in g.iter.args] == ["','"]
+                for g in node.generators
+            )  # comma lists; "C;H;W", "8.6", "1:8:32" are formats
+            ints = any(
+                isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == "int"
+                for n in ast.walk(node.elt)
+            )
             if splits and ints:
                 out.append(node.lineno)
-        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "map" and node.args
-              and isinstance(node.args[0], ast.Name) and node.args[0].id == "int"):
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "map"
+            and node.args
+            and isinstance(node.args[0], ast.Name)
+            and node.args[0].id == "int"
+        ):
             out.append(node.lineno)
     return out
 
@@ -135,10 +166,17 @@ def test_parse_int_list() -> None:
 
 def test_one_config_loader() -> None:
     """Every YAML config is read by runtime.configs.load_yaml (clear errors for a missing or malformed file)."""
-    readers = [f"{rel}:{node.lineno}" for rel, tree in MODULES if rel != "runtime/configs.py" for node in ast.walk(tree)
-               if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-               and node.func.attr in ("safe_load", "load", "full_load", "unsafe_load", "safe_load_all", "load_all")
-               and isinstance(node.func.value, ast.Name) and node.func.value.id == "yaml"]
+    readers = [
+        f"{rel}:{node.lineno}"
+        for rel, tree in MODULES
+        if rel != "runtime/configs.py"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr in ("safe_load", "load", "full_load", "unsafe_load", "safe_load_all", "load_all")
+        and isinstance(node.func.value, ast.Name)
+        and node.func.value.id == "yaml"
+    ]
     assert not readers, f"YAML read outside runtime/configs.py (use load_yaml and from_mapping): {readers}"
 
 
@@ -169,7 +207,8 @@ def test_one_logging_setup_and_one_verbose_flag() -> None:
             if node.func.attr == "basicConfig":
                 configs.append(f"{rel}:{node.lineno}")
             if node.func.attr == "add_argument" and any(
-                    isinstance(a, ast.Constant) and a.value in ("-v", "--verbose", "--debug") for a in node.args):
+                isinstance(a, ast.Constant) and a.value in ("-v", "--verbose", "--debug") for a in node.args
+            ):
                 flags.append(f"{rel}:{node.lineno}")
     assert not configs, f"logging.basicConfig outside runtime/cli.py (call runtime.cli.setup_logging): {configs}"
     assert not flags, f"-v/--verbose/--debug defined by hand (use runtime.cli.add_common_flags): {flags}"
@@ -189,8 +228,18 @@ def test_common_flags_work_before_and_after_a_sub_command() -> None:
     assert not plain.verbose and not plain.debug and plain.threads == 3
 
 
-@pytest.mark.parametrize("module", ["train.__main__", "export.__main__", "quantize.__main__", "runtime.__main__",
-                                    "runtime.infer", "runtime.trt.cli", "pipeline.cli"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "train.__main__",
+        "export.__main__",
+        "quantize.__main__",
+        "runtime.__main__",
+        "runtime.infer",
+        "runtime.trt.cli",
+        "pipeline.cli",
+    ],
+)
 def test_every_cli_uses_the_shared_flags(module: str) -> None:
     import importlib
 

@@ -19,8 +19,9 @@ log = logging.getLogger("train")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m train", description="Train FER models and manage datasets.",
-                                epilog=exit_codes_help())
+    p = argparse.ArgumentParser(
+        prog="python -m train", description="Train FER models and manage datasets.", epilog=exit_codes_help()
+    )
     add_common_flags(p)
     sub = p.add_subparsers(dest="verb", required=True)
 
@@ -57,7 +58,9 @@ def _models(num_classes: int) -> int:
         info = get_model_info(name)
         model = create_model(name, num_classes=num_classes)
         shape = (1, *info.preprocess.input_shape)
-        rows.append((name, info.family, count_params(model), count_macs(model, shape) / 1e6, "×".join(map(str, shape[1:]))))
+        rows.append(
+            (name, info.family, count_params(model), count_macs(model, shape) / 1e6, "×".join(map(str, shape[1:])))
+        )
     print(f"{'model':<14}{'family':<10}{'params':>14}{'MACs (M)':>12}  input (C×H×W)")
     for name, fam, params, macs, shape in rows:
         print(f"{name:<14}{fam:<10}{params:>14,}{macs:>12.1f}  {shape}")
@@ -101,7 +104,11 @@ def main(argv: list[str]) -> int:
     m = result.metrics
     log.info(
         "done: %s (val accuracy %.4f, macro-F1 %.4f, %d epochs, %.0f s training)",
-        result.checkpoint, m["val_accuracy"], m["val_macro_f1"], result.epochs_run, result.train_seconds,
+        result.checkpoint,
+        m["val_accuracy"],
+        m["val_macro_f1"],
+        result.epochs_run,
+        result.train_seconds,
     )
     for title, key in (("per-view", "per_view_accuracy"), ("occlusion", "per_occlusion_accuracy")):
         if m.get(key):

@@ -78,7 +78,9 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for truncated/corrupt pickles
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc}); it is corrupt or truncated") from exc
+        raise CheckpointError(
+            f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc}); it is corrupt or truncated"
+        ) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         got = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
         raise CheckpointError(f"{path}: not a ferdeploy checkpoint (format {got!r}, expected {FORMAT!r})")

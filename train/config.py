@@ -49,7 +49,13 @@ class DataConfig:
 
     def loader_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of `runtime.data.load_dataset` (also stored in checkpoints)."""
-        return {"kind": self.kind, "root": self.root, "val_fraction": self.val_fraction, "seed": self.seed, **self.options}
+        return {
+            "kind": self.kind,
+            "root": self.root,
+            "val_fraction": self.val_fraction,
+            "seed": self.seed,
+            **self.options,
+        }
 
 
 @dataclass(frozen=True)
@@ -99,7 +105,9 @@ def load_fit_config(path: str | Path | None = None, overrides: dict[str, Any] | 
     if "fit" in data:  # the pipeline config keeps one section per stage
         data, where = data["fit"], f"{path}: fit"
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping of sections (model, data, train, out), got {type(data).__name__}")
+        raise ConfigError(
+            f"{where}: expected a mapping of sections (model, data, train, out), got {type(data).__name__}"
+        )
     data = dict(data)
     for key, value in (overrides or {}).items():
         data[key] = value

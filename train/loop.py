@@ -25,13 +25,13 @@ from tqdm import tqdm
 
 from runtime.artifacts import atomic_write, atomic_write_json, library_versions, sha256_file
 from runtime.configs import to_dict
+from runtime.data import DatasetIndex, Record, load_dataset, load_image
 from runtime.errors import CheckpointError, ConfigError, DataError
 from runtime.metrics import classification_metrics, grouped_accuracy
 from runtime.preprocess import PreprocessSpec, preprocess, resize_image, to_color
 from train.augment import NUM_VARIANTS, augment
 from train.checkpoint import save_checkpoint
 from train.config import Augment, FitConfig, Optimizer, Scheduler
-from runtime.data import DatasetIndex, Record, load_dataset, load_image
 from train.models import create_model, get_model_info
 
 log = logging.getLogger(__name__)
@@ -79,9 +79,7 @@ class ImageSet(torch.utils.data.Dataset):
         self.seed = seed
         self.epoch = 0
         self.labels = np.array([r.label for r in records], dtype=np.int64)
-        self._cache: list[np.ndarray | None] = [
-            self._resized(r) if r.pixels is not None else None for r in records
-        ]
+        self._cache: list[np.ndarray | None] = [self._resized(r) if r.pixels is not None else None for r in records]
         self.copies = NUM_VARIANTS if augment_mode is Augment.OFFLINE_X4 else 1
 
     def _resized(self, r: Record) -> np.ndarray:
@@ -118,7 +116,12 @@ def preprocess_records(records: list[Record], spec: PreprocessSpec) -> np.ndarra
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, x: np.ndarray, records: list[Record], class_names: tuple[str, ...], batch_size: int, device: torch.device
+    model: nn.Module,
+    x: np.ndarray,
+    records: list[Record],
+    class_names: tuple[str, ...],
+    batch_size: int,
+    device: torch.device,
 ) -> EvalResult:
     """Loss, accuracy, macro-F1, confusion matrix and per-view accuracy on preprocessed ``x``."""
     model.eval()
@@ -177,7 +180,9 @@ def _scheduler(cfg: FitConfig, opt: torch.optim.Optimizer, steps_per_epoch: int)
     if t.scheduler is Scheduler.STEP:
         return torch.optim.lr_scheduler.StepLR(opt, step_size=t.step_size, gamma=t.step_gamma)
     if t.scheduler is Scheduler.ONECYCLE:
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=t.lr, total_steps=t.epochs * steps_per_epoch, pct_start=0.25)
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=t.lr, total_steps=t.epochs * steps_per_epoch, pct_start=0.25
+        )
     return None
 
 
@@ -220,7 +225,9 @@ def fit(cfg: FitConfig, out: str | Path | None = None, resume: bool = False, pro
     _check_dataset(index, cfg, spec)
     train_recs, val_recs = index.split("train"), index.split("val")
     class_names = index.class_names
-    log.info("dataset %s: %d train, %d val, classes %s", index.name, len(train_recs), len(val_recs), ",".join(class_names))
+    log.info(
+        "dataset %s: %d train, %d val, classes %s", index.name, len(train_recs), len(val_recs), ",".join(class_names)
+    )
 
     torch.manual_seed(t.seed)
     model = create_model(cfg.model.name, num_classes=cfg.model.num_classes, **cfg.model.kwargs)
@@ -231,7 +238,9 @@ def fit(cfg: FitConfig, out: str | Path | None = None, resume: bool = False, pro
         model = model.to(memory_format=torch.channels_last)
     ddp_model: nn.Module = _Heads(model) if hasattr(model, "forward_heads") else model
     if world > 1:
-        ddp_model = nn.parallel.DistributedDataParallel(ddp_model, device_ids=[device.index] if device.type == "cuda" else None)
+        ddp_model = nn.parallel.DistributedDataParallel(
+            ddp_model, device_ids=[device.index] if device.type == "cuda" else None
+        )
 
     train_set = ImageSet(train_recs, spec, t.augment, t.seed)
     sampler = torch.utils.data.distributed.DistributedSampler(train_set, seed=t.seed) if world > 1 else None
@@ -249,7 +258,9 @@ def fit(cfg: FitConfig, out: str | Path | None = None, resume: bool = False, pro
         state = _load_state(state_path, config_dict, model, opt, sched, scaler)
         log.info("resuming after epoch %d", state["epoch"])
     elif state_path.exists():
-        raise ConfigError(f"{out} already holds a training run ({STATE_FILE}); pass --resume to continue it or choose another --out")
+        raise ConfigError(
+            f"{out} already holds a training run ({STATE_FILE}); pass --resume to continue it or choose another --out"
+        )
 
     kill_what, kill_n, kill_sig = _kill_point()
     best_state = None
@@ -261,7 +272,9 @@ def fit(cfg: FitConfig, out: str | Path | None = None, resume: bool = False, pro
             per_epoch = state["train_seconds"] / max(1, len(state["history"]))
             if state["train_seconds"] + per_epoch > t.time_budget_s * 1.05:
                 stop_reason = "time_budget"
-                log.warning("stopping after epoch %d: the next epoch would pass time_budget_s=%.0f", epoch, t.time_budget_s)
+                log.warning(
+                    "stopping after epoch %d: the next epoch would pass time_budget_s=%.0f", epoch, t.time_budget_s
+                )
                 break
         if t.early_stop_patience and state["stale"] >= t.early_stop_patience:
             stop_reason = "early_stop"
@@ -317,7 +330,12 @@ def fit(cfg: FitConfig, out: str | Path | None = None, resume: bool = False, pro
         state["history"].append(row)
         log.info(
             "epoch %d: loss %.4f, val loss %.4f, val acc %.4f, macro-F1 %.4f, %.0f img/s",
-            epoch, row["train_loss"], ev.loss, row["val_accuracy"], row["val_macro_f1"], row["train_images_per_s"],
+            epoch,
+            row["train_loss"],
+            ev.loss,
+            row["val_accuracy"],
+            row["val_macro_f1"],
+            row["train_images_per_s"],
         )
         state["stale"] = 0 if ev.loss < state["best_val_loss"] else state["stale"] + 1
         state["best_val_loss"] = min(state["best_val_loss"], ev.loss)
@@ -328,8 +346,16 @@ def fit(cfg: FitConfig, out: str | Path | None = None, resume: bool = False, pro
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
             state["best_state_dict"] = best_state
         if rank == 0:
-            _save_state(state_path, config_dict, state, model, opt, sched, scaler,
-                        die_midway=kill_sig if kill_what == "state-write" and epoch == kill_n else 0)
+            _save_state(
+                state_path,
+                config_dict,
+                state,
+                model,
+                opt,
+                sched,
+                scaler,
+                die_midway=kill_sig if kill_what == "state-write" and epoch == kill_n else 0,
+            )
 
     if world > 1:
         torch.distributed.barrier()
@@ -364,7 +390,12 @@ def fit(cfg: FitConfig, out: str | Path | None = None, resume: bool = False, pro
         )
         sidecar = {
             "config": config_dict,
-            "model": {"name": cfg.model.name, "family": info.family, "num_classes": len(class_names), "kwargs": cfg.model.kwargs},
+            "model": {
+                "name": cfg.model.name,
+                "family": info.family,
+                "num_classes": len(class_names),
+                "kwargs": cfg.model.kwargs,
+            },
             "class_names": list(class_names),
             "input_contract": spec.to_dict(),
             "dataset": {"name": index.name, "train": len(train_recs), "val": len(val_recs), **index.info},
@@ -455,7 +486,9 @@ def _load_state(path: Path, config: dict, model, opt, sched, scaler) -> dict:
     saved = payload.get("config", {})
     changed = sorted(k for k in set(saved) | set(config) if k != "out" and saved.get(k) != config.get(k))
     if changed:
-        raise ConfigError(f"{path}: the run was started with a different config (sections differ: {changed}); use the same config to resume")
+        raise ConfigError(
+            f"{path}: the run was started with a different config (sections differ: {changed}); use the same config to resume"
+        )
     model.load_state_dict(payload["model"])
     opt.load_state_dict(payload["optimizer"])
     if sched is not None and payload["scheduler"] is not None:

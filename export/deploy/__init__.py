@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from export.deploy.model import ModelSource, check_engine_gpu, load_source
-from runtime.errors import ConfigError, ExportError, storage_error
+from runtime.errors import ConfigError, storage_error
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +109,14 @@ def deploy(cfg: DeployConfig) -> DeployResult:
     src = load_source(cfg.model, onnx=cfg.onnx)
     name = cfg.name or default_name(src)
     if cfg.target == "triton":
-        from export.deploy.targets import plan_triton as plan, write_triton as write
+        from export.deploy.targets import plan_triton as plan
+        from export.deploy.targets import write_triton as write
+
         final = cfg.out / name
     else:
-        from export.deploy.targets import plan_deepstream as plan, write_deepstream as write
+        from export.deploy.targets import plan_deepstream as plan
+        from export.deploy.targets import write_deepstream as write
+
         final = cfg.out
     planned = plan(src, cfg, name)
     _check_destination(final, cfg.force)
@@ -124,11 +128,17 @@ def deploy(cfg: DeployConfig) -> DeployResult:
         files = sorted(str(p.relative_to(stage)) for p in stage.rglob("*") if p.is_file())
         _commit(stage, final)
     verdict = report["emulation"]["verdict"]
-    log.info("%s: %s target written (%s); emulated input max |diff| %.3g, top-1 agreement %.2f%%", final, cfg.target,
-             "exact" if report["exact"] else "approximate", verdict["max_abs_input_diff"],
-             100 * verdict["top1_agreement"])
-    return DeployResult(final, final / REPORT_JSON, final / REPORT_MD, tuple(files), verdict, bool(report["exact"]),
-                        report)
+    log.info(
+        "%s: %s target written (%s); emulated input max |diff| %.3g, top-1 agreement %.2f%%",
+        final,
+        cfg.target,
+        "exact" if report["exact"] else "approximate",
+        verdict["max_abs_input_diff"],
+        100 * verdict["top1_agreement"],
+    )
+    return DeployResult(
+        final, final / REPORT_JSON, final / REPORT_MD, tuple(files), verdict, bool(report["exact"]), report
+    )
 
 
 def gpu_check(src: ModelSource, gpu: str | None) -> str:
@@ -141,8 +151,10 @@ def _check_destination(final: Path, force: bool) -> None:
     if final.exists() and not final.is_dir():
         raise ConfigError(f"--out {final} is a file; give a folder")
     if final.is_dir() and any(final.iterdir()) and not force:
-        raise ConfigError(f"{final} already exists and is not empty; pass --force to replace it (it is replaced only "
-                          "once the new one is written and checked)")
+        raise ConfigError(
+            f"{final} already exists and is not empty; pass --force to replace it (it is replaced only "
+            "once the new one is written and checked)"
+        )
 
 
 @contextlib.contextmanager
@@ -217,8 +229,9 @@ def pipeline_report_path(root: str | os.PathLike, target: str, name: str | None 
     raise ConfigError(f"deploy target must be one of {list(TARGETS)}, got {target!r}")
 
 
-def pipeline_step(model: str | os.PathLike, root: str | os.PathLike, target: str,
-                  options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def pipeline_step(
+    model: str | os.PathLike, root: str | os.PathLike, target: str, options: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """Deploy ``model`` to ``target`` under ``root`` (replacing the previous output): one pipeline step.
 
     ``options`` are `DeployConfig` fields (``name``, ``allow_approximate``, ``gpu``, ``batch``,
@@ -232,7 +245,19 @@ def pipeline_step(model: str | os.PathLike, root: str | os.PathLike, target: str
     opts.pop("targets", None)
     out = pipeline_report_path(root, target, opts["name"]).parent
     out = out.parent if target == "triton" else out
-    res = deploy(DeployConfig(model=Path(model), target=target, out=out, force=True,
-                              **{k: v for k, v in opts.items() if k not in ("model", "target", "out", "force")}))
-    return {"folder": str(res.folder), "exact": res.exact, "max_abs_input_diff": res.verdict["max_abs_input_diff"],
-            "top1_agreement": res.verdict["top1_agreement"], "files": list(res.files)}
+    res = deploy(
+        DeployConfig(
+            model=Path(model),
+            target=target,
+            out=out,
+            force=True,
+            **{k: v for k, v in opts.items() if k not in ("model", "target", "out", "force")},
+        )
+    )
+    return {
+        "folder": str(res.folder),
+        "exact": res.exact,
+        "max_abs_input_diff": res.verdict["max_abs_input_diff"],
+        "top1_agreement": res.verdict["top1_agreement"],
+        "files": list(res.files),
+    }

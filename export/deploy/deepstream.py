@@ -115,20 +115,34 @@ def map_contract(spec: PreprocessSpec) -> NvinferPreprocess:
         mar, sym = 0, 0
     elif resize == "letterbox":
         mar, sym = 1, 1
-        approximations.append("letterbox: nvinfer (maintain-aspect-ratio=1, symmetric-padding=1) truncates the scaled "
-                              "size where the contract rounds it, so some crop shapes differ by one row or column")
+        approximations.append(
+            "letterbox: nvinfer (maintain-aspect-ratio=1, symmetric-padding=1) truncates the scaled "
+            "size where the contract rounds it, so some crop shapes differ by one row or column"
+        )
     else:
         mar, sym = 0, 0
-        approximations.append(f"resize {resize!r}: nvinfer has no centre crop; it stretches the crop to the network size "
-                              "(maintain-aspect-ratio=0) instead")
+        approximations.append(
+            f"resize {resize!r}: nvinfer has no centre crop; it stretches the crop to the network size "
+            "(maintain-aspect-ratio=0) instead"
+        )
     if spec.interpolation in SCALING_FILTER:
         filt = SCALING_FILTER[spec.interpolation]
     else:
         filt = SCALING_FILTER["linear"]
-        approximations.append(f"interpolation {spec.interpolation!r}: nvinfer has no area filter; bilinear "
-                              "(scaling-filter=1) is used instead")
-    return NvinferPreprocess(COLOR_FORMAT[mode], float(k), tuple(float(o) for o in offsets), mar, sym, filt,
-                             tuple(approximations), float(worst))
+        approximations.append(
+            f"interpolation {spec.interpolation!r}: nvinfer has no area filter; bilinear "
+            "(scaling-filter=1) is used instead"
+        )
+    return NvinferPreprocess(
+        COLOR_FORMAT[mode],
+        float(k),
+        tuple(float(o) for o in offsets),
+        mar,
+        sym,
+        filt,
+        tuple(approximations),
+        float(worst),
+    )
 
 
 def engine_file_name(onnx_name: str, batch: int, gpu_id: int, mode: int) -> str:
@@ -140,8 +154,10 @@ def label_line(class_names: Sequence[str]) -> str:
     """nvinfer's classifier label format: one line per output layer, labels separated by ';'."""
     bad = [n for n in class_names if ";" in n or "\n" in n or "\r" in n or not n.strip()]
     if bad:
-        raise ConfigError(f"class names {bad} cannot go into an nvinfer label file (';' separates labels, a newline "
-                          "separates output layers); rename the classes and re-export the model")
+        raise ConfigError(
+            f"class names {bad} cannot go into an nvinfer label file (';' separates labels, a newline "
+            "separates output layers); rename the classes and re-export the model"
+        )
     return ";".join(class_names) + "\n"
 
 
@@ -171,15 +187,23 @@ class NvinferSettings:
 
     def __post_init__(self) -> None:
         if not 1 <= self.batch_size <= 1024:
-            raise ConfigError(f"--batch-size must be in 1..1024 (nvinfer's NVDSINFER_MAX_BATCH_SIZE), got {self.batch_size}")
+            raise ConfigError(
+                f"--batch-size must be in 1..1024 (nvinfer's NVDSINFER_MAX_BATCH_SIZE), got {self.batch_size}"
+            )
         if self.gie_unique_id <= 0 or self.operate_on_gie_id <= 0:
-            raise ConfigError(f"gie ids must be > 0, got gie-unique-id {self.gie_unique_id}, detector {self.operate_on_gie_id}")
+            raise ConfigError(
+                f"gie ids must be > 0, got gie-unique-id {self.gie_unique_id}, detector {self.operate_on_gie_id}"
+            )
         if self.gie_unique_id == self.operate_on_gie_id:
-            raise ConfigError(f"--gie-id {self.gie_unique_id} is the face detector's id too; give the classifier its own id")
+            raise ConfigError(
+                f"--gie-id {self.gie_unique_id} is the face detector's id too; give the classifier its own id"
+            )
         if self.gpu_id < 0 or any(i < 0 for i in self.operate_on_class_ids):
             raise ConfigError("--gpu-id and --face-class-id must be >= 0")
         if not (math.isfinite(self.classifier_threshold) and 0.0 <= self.classifier_threshold < 1.0):
-            raise ConfigError(f"--classifier-threshold is a softmax probability in [0, 1), got {self.classifier_threshold}")
+            raise ConfigError(
+                f"--classifier-threshold is a softmax probability in [0, 1), got {self.classifier_threshold}"
+            )
 
 
 def config_text(pre: NvinferPreprocess, s: NvinferSettings, *, header: Sequence[str] = ()) -> str:
@@ -189,8 +213,11 @@ def config_text(pre: NvinferPreprocess, s: NvinferSettings, *, header: Sequence[
     keys: list[tuple[str, str, str]] = [
         ("gpu-id", str(s.gpu_id), ""),
         ("onnx-file", s.onnx_file, "the contract-carrying model with a Softmax appended"),
-        ("model-engine-file", engine_file_name(s.onnx_file, s.batch_size, s.gpu_id, s.network_mode),
-         "the name nvinfer gives the engine it builds from onnx-file: built at the first start, reused after"),
+        (
+            "model-engine-file",
+            engine_file_name(s.onnx_file, s.batch_size, s.gpu_id, s.network_mode),
+            "the name nvinfer gives the engine it builds from onnx-file: built at the first start, reused after",
+        ),
         ("labelfile-path", LABELS_NAME, "class names in logit order"),
         ("batch-size", str(s.batch_size), "faces per inference call"),
         ("network-mode", str(s.network_mode), "0 FP32, 1 INT8 (Q/DQ graph), 2 FP16"),
@@ -221,8 +248,9 @@ def config_text(pre: NvinferPreprocess, s: NvinferSettings, *, header: Sequence[
 
 def parse_config(text: str) -> dict[str, str]:
     """The ``[property]`` group of an nvinfer config file, as written (GKeyFile-like: ``key=value``, ``#`` comments)."""
-    cp = configparser.ConfigParser(delimiters=("=",), comment_prefixes=("#",), inline_comment_prefixes=None,
-                                   interpolation=None, strict=True)
+    cp = configparser.ConfigParser(
+        delimiters=("=",), comment_prefixes=("#",), inline_comment_prefixes=None, interpolation=None, strict=True
+    )
     cp.optionxform = str  # type: ignore[assignment,method-assign]  # nvinfer keys are case-sensitive
     try:
         cp.read_string(text)
@@ -270,7 +298,9 @@ class ParsedNvinfer:
         )
 
 
-def softmax_model(onnx_path: Path, out: Path, logits: str, extra_props: Mapping[str, str] | None = None) -> dict[str, Any]:
+def softmax_model(
+    onnx_path: Path, out: Path, logits: str, extra_props: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """Write ``onnx_path`` with ``Softmax(logits)`` as its only output (``probabilities``, float32).
 
     The contract in ``metadata_props`` is kept (plus ``extra_props``). Returns what changed.
@@ -294,7 +324,9 @@ def softmax_model(onnx_path: Path, out: Path, logits: str, extra_props: Mapping[
         g.node.append(helper.make_node("Cast", [logits], [cast], to=TensorProto.FLOAT, name="deploy_cast_fp32"))
         src = cast
     rank = len(out_vi.type.tensor_type.shape.dim) or 2
-    g.node.append(helper.make_node("Softmax", [src], [probs], axis=rank - 1 if rank == 2 else -1, name="deploy_softmax"))
+    g.node.append(
+        helper.make_node("Softmax", [src], [probs], axis=rank - 1 if rank == 2 else -1, name="deploy_softmax")
+    )
     dims = [d.dim_param or d.dim_value or "batch" for d in out_vi.type.tensor_type.shape.dim] or ["batch", 0]
     dropped = [o.name for o in g.output]
     del g.output[:]

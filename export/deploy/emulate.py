@@ -76,8 +76,12 @@ def sample_sets(spec: PreprocessSpec, count: int = 48, seed: int = 0) -> tuple[S
     return (
         SampleSet("network", network, f"{count} synthetic faces at the network size {h}x{w} (no resampling)"),
         SampleSet("even", tuple(even), f"{n_off} crops of even, other sizes (resampled to {h}x{w})"),
-        SampleSet("odd", tuple(odd), f"{n_off} crops of odd sizes (nvinfer first drops the last row/column)",
-                  counts_for_verdict=False),
+        SampleSet(
+            "odd",
+            tuple(odd),
+            f"{n_off} crops of odd sizes (nvinfer first drops the last row/column)",
+            counts_for_verdict=False,
+        ),
     )
 
 
@@ -112,7 +116,7 @@ def nvinfer_input(images: Sequence[np.ndarray], cfg: ParsedNvinfer) -> np.ndarra
             small = crop if crop.shape[:2] == (dh, dw) else cv2.resize(crop, (dw, dh), interpolation=interp)
             scaled = np.zeros((h, w) + crop.shape[2:], dtype=np.uint8)
             top, left = ((h - dh) // 2, (w - dw) // 2) if cfg.symmetric_padding else (0, 0)
-            scaled[top:top + dh, left:left + dw] = small
+            scaled[top : top + dh, left : left + dw] = small
         chw = scaled[None] if scaled.ndim == 2 else scaled.transpose(2, 0, 1)
         out[i] = nsf * (chw.astype(np.float32) - offsets)
     return out
@@ -136,7 +140,7 @@ def run_model(path: Path, input_name: str, x: np.ndarray, output: str, *, batch:
         fixed = spec.shape[0] if spec.shape and isinstance(spec.shape[0], int) else None
         step = fixed or batch
         for i in range(0, len(x), step):
-            chunk = x[i:i + step]
+            chunk = x[i : i + step]
             n = len(chunk)
             if fixed and n < fixed:
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed - n, axis=0)])
@@ -153,19 +157,40 @@ def nvinfer_top1(probs: np.ndarray, threshold: float, labels: Sequence[str]) -> 
     return out
 
 
-def _summary(name: str, description: str, ref_x: np.ndarray, got_x: np.ndarray, ref_top: Sequence[str],
-             got_top: Sequence[str | None], counts: bool) -> dict[str, Any]:
+def _summary(
+    name: str,
+    description: str,
+    ref_x: np.ndarray,
+    got_x: np.ndarray,
+    ref_top: Sequence[str],
+    got_top: Sequence[str | None],
+    counts: bool,
+) -> dict[str, Any]:
     diff = np.abs(ref_x.astype(np.float64) - got_x.astype(np.float64))
     agree = sum(a == b for a, b in zip(ref_top, got_top))
-    return {"set": name, "description": description, "images": int(len(ref_top)),
-            "max_abs_input_diff": float(diff.max()) if diff.size else 0.0,
-            "mean_abs_input_diff": float(diff.mean()) if diff.size else 0.0,
-            "top1_agreement": agree / max(1, len(ref_top)), "disagreements": int(len(ref_top) - agree),
-            "unlabelled": int(sum(t is None for t in got_top)), "counts_for_verdict": counts}
+    return {
+        "set": name,
+        "description": description,
+        "images": int(len(ref_top)),
+        "max_abs_input_diff": float(diff.max()) if diff.size else 0.0,
+        "mean_abs_input_diff": float(diff.mean()) if diff.size else 0.0,
+        "top1_agreement": agree / max(1, len(ref_top)),
+        "disagreements": int(len(ref_top) - agree),
+        "unlabelled": int(sum(t is None for t in got_top)),
+        "counts_for_verdict": counts,
+    }
 
 
-def check_deepstream(config_file: Path, sets: Sequence[SampleSet], *, spec: PreprocessSpec, reference_onnx: Path,
-                     input_name: str, logits: str, class_names: Sequence[str]) -> list[dict[str, Any]]:
+def check_deepstream(
+    config_file: Path,
+    sets: Sequence[SampleSet],
+    *,
+    spec: PreprocessSpec,
+    reference_onnx: Path,
+    input_name: str,
+    logits: str,
+    class_names: Sequence[str],
+) -> list[dict[str, Any]]:
     """Per sample set: the emulated nvinfer input vs the contract's, and top-1 agreement.
 
     Everything nvinfer-side comes from the written files: the config (read back), the label file
@@ -184,8 +209,17 @@ def check_deepstream(config_file: Path, sets: Sequence[SampleSet], *, spec: Prep
         got_x = nvinfer_input(s.images, cfg)
         ref_top = [class_names[i] for i in run_model(reference_onnx, input_name, ref_x, logits).argmax(1)]
         probs = run_model(deployed, input_name, got_x, cfg.output_blob)
-        rows.append(_summary(s.name, s.description, ref_x, got_x, ref_top,
-                             nvinfer_top1(probs, cfg.classifier_threshold, layer_labels), s.counts_for_verdict))
+        rows.append(
+            _summary(
+                s.name,
+                s.description,
+                ref_x,
+                got_x,
+                ref_top,
+                nvinfer_top1(probs, cfg.classifier_threshold, layer_labels),
+                s.counts_for_verdict,
+            )
+        )
     return rows
 
 
@@ -201,13 +235,23 @@ def triton_input(images: Sequence[np.ndarray], spec: PreprocessSpec, cfg: Any) -
     if list(x.shape[1:]) != dims:
         from runtime.errors import ExportError
 
-        raise ExportError(f"the client's tensor {list(x.shape)} does not fit the config's dims {list(inp.dims)} "
-                          f"(max_batch_size {cfg.max_batch_size}); this is a bug")
+        raise ExportError(
+            f"the client's tensor {list(x.shape)} does not fit the config's dims {list(inp.dims)} "
+            f"(max_batch_size {cfg.max_batch_size}); this is a bug"
+        )
     return x.astype(dtype)
 
 
-def check_triton(model_dir: Path, cfg: Any, sets: Sequence[SampleSet], *, spec: PreprocessSpec, reference_onnx: Path,
-                 run_onnx: Path, class_names: Sequence[str]) -> list[dict[str, Any]]:
+def check_triton(
+    model_dir: Path,
+    cfg: Any,
+    sets: Sequence[SampleSet],
+    *,
+    spec: PreprocessSpec,
+    reference_onnx: Path,
+    run_onnx: Path,
+    class_names: Sequence[str],
+) -> list[dict[str, Any]]:
     """Per sample set: the client's request vs the contract's input, and top-1 through the model with the config's labels."""
     inp, logits = cfg.input[0].name, next(o for o in cfg.output if o.label_filename)
     labels = (model_dir / logits.label_filename).read_text(encoding="utf-8").splitlines()
@@ -219,7 +263,9 @@ def check_triton(model_dir: Path, cfg: Any, sets: Sequence[SampleSet], *, spec: 
         ref_top = [class_names[i] for i in run_model(reference_onnx, inp, ref_x, logits.name).argmax(1)]
         out = run_model(run_onnx, inp, sent, logits.name, batch=batch or 32)  # a fixed batch: padded requests
         got_top: list[str | None] = [labels[i] if i < len(labels) else None for i in out.argmax(1)]
-        rows.append(_summary(s.name, s.description, ref_x, sent, ref_top, got_top, True))  # the client resizes as the contract
+        rows.append(
+            _summary(s.name, s.description, ref_x, sent, ref_top, got_top, True)
+        )  # the client resizes as the contract
     return rows
 
 
@@ -228,5 +274,9 @@ def verdict(rows: Sequence[Mapping[str, Any]], tol: float = 1e-6) -> dict[str, A
     counted = [r for r in rows if r["counts_for_verdict"]] or list(rows)
     worst = max((r["max_abs_input_diff"] for r in counted), default=0.0)
     agree = min((r["top1_agreement"] for r in counted), default=1.0)
-    return {"max_abs_input_diff": worst, "top1_agreement": agree, "tolerance": tol,
-            "matches": bool(worst <= tol and agree == 1.0)}
+    return {
+        "max_abs_input_diff": worst,
+        "top1_agreement": agree,
+        "tolerance": tol,
+        "matches": bool(worst <= tol and agree == 1.0),
+    }

@@ -28,8 +28,17 @@ from runtime.errors import ArtifactError, ConfigError, EngineError
 log = logging.getLogger(__name__)
 
 # ONNX TensorProto element types -> numpy dtypes (the ones a classifier's I/O can have).
-_ONNX_DTYPES = {1: np.float32, 2: np.uint8, 3: np.int8, 5: np.int16, 6: np.int32, 7: np.int64, 9: np.bool_,
-                10: np.float16, 11: np.float64}
+_ONNX_DTYPES = {
+    1: np.float32,
+    2: np.uint8,
+    3: np.int8,
+    5: np.int16,
+    6: np.int32,
+    7: np.int64,
+    9: np.bool_,
+    10: np.float16,
+    11: np.float64,
+}
 
 
 @dataclass(frozen=True)
@@ -121,13 +130,17 @@ def graph_io(path: Path) -> tuple[tuple[Tensor, ...], tuple[Tensor, ...]]:
         tt = v.type.tensor_type
         dtype = _ONNX_DTYPES.get(tt.elem_type)
         if dtype is None:
-            raise ArtifactError(f"{path}: tensor {v.name!r} has ONNX element type {tt.elem_type}, which no deploy "
-                                f"target here maps; expected float32/float16/integer tensors")
+            raise ArtifactError(
+                f"{path}: tensor {v.name!r} has ONNX element type {tt.elem_type}, which no deploy "
+                f"target here maps; expected float32/float16/integer tensors"
+            )
         dims = tuple((d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None) for d in tt.shape.dim)
         return Tensor(v.name, np.dtype(dtype), dims)
 
-    return (tuple(tensor(v) for v in model.graph.input if v.name not in inits),
-            tuple(tensor(v) for v in model.graph.output))
+    return (
+        tuple(tensor(v) for v in model.graph.input if v.name not in inits),
+        tuple(tensor(v) for v in model.graph.output),
+    )
 
 
 def _precision_of(path: Path) -> tuple[str, str]:
@@ -151,8 +164,10 @@ def load_source(path: str | os.PathLike, *, onnx: str | os.PathLike | None = Non
     """
     p = Path(path)
     if not p.is_file():
-        raise ArtifactError(f"{p}: model file not found; give an exported model.onnx (python -m export onnx) or a "
-                            "TensorRT engine built by python -m runtime build")
+        raise ArtifactError(
+            f"{p}: model file not found; give an exported model.onnx (python -m export onnx) or a "
+            "TensorRT engine built by python -m runtime build"
+        )
     suffix = p.suffix.lower()
     if suffix == ".onnx":
         if onnx is not None and Path(onnx).resolve() != p.resolve():
@@ -164,45 +179,74 @@ def load_source(path: str | os.PathLike, *, onnx: str | os.PathLike | None = Non
         base = _load_onnx(src, kind="engine", sha=sha256_file(p))
         key = side.get("key") if isinstance(side.get("key"), Mapping) else {}
         precision = str(key.get("precision") or base.precision)
-        return ModelSource(path=p, kind="engine", onnx=src, contract=base.contract, precision=precision,
-                           precision_source="engine sidecar" if key.get("precision") else base.precision_source,
-                           input=base.input, outputs=base.outputs, engine=info, sha256=base.sha256)
-    raise ConfigError(f"--model {p}: expected an .onnx model or a TensorRT .engine/.plan, got a {suffix or 'suffix-less'} "
-                      "file")
+        return ModelSource(
+            path=p,
+            kind="engine",
+            onnx=src,
+            contract=base.contract,
+            precision=precision,
+            precision_source="engine sidecar" if key.get("precision") else base.precision_source,
+            input=base.input,
+            outputs=base.outputs,
+            engine=info,
+            sha256=base.sha256,
+        )
+    raise ConfigError(
+        f"--model {p}: expected an .onnx model or a TensorRT .engine/.plan, got a {suffix or 'suffix-less'} file"
+    )
 
 
 def _load_onnx(p: Path, *, kind: str, sha: str) -> ModelSource:
     contract = read_contract(p)  # ArtifactError naming the missing keys and how to re-export
     inputs, outputs = graph_io(p)
     if len(inputs) != 1:
-        raise ArtifactError(f"{p}: the graph has {len(inputs)} inputs {[t.name for t in inputs]}; a deployed "
-                            "classifier takes exactly one image input")
+        raise ArtifactError(
+            f"{p}: the graph has {len(inputs)} inputs {[t.name for t in inputs]}; a deployed "
+            "classifier takes exactly one image input"
+        )
     if inputs[0].name != contract.input_name:
-        raise ArtifactError(f"{p}: the contract names input {contract.input_name!r} but the graph's input is "
-                            f"{inputs[0].name!r}; re-export the model with python -m export onnx")
+        raise ArtifactError(
+            f"{p}: the contract names input {contract.input_name!r} but the graph's input is "
+            f"{inputs[0].name!r}; re-export the model with python -m export onnx"
+        )
     want = (*contract.input_shape,)
     got = inputs[0].shape
     if len(got) != 4 or tuple(got[1:]) != want:
-        raise ArtifactError(f"{p}: input {got} does not match the contract's (batch, {', '.join(map(str, want))}); "
-                            "the model and its contract disagree: re-export it")
+        raise ArtifactError(
+            f"{p}: input {got} does not match the contract's (batch, {', '.join(map(str, want))}); "
+            "the model and its contract disagree: re-export it"
+        )
     if not outputs:
         raise ArtifactError(f"{p}: the graph has no outputs")
     precision, source = _precision_of(p)
-    src = ModelSource(path=p, kind=kind, onnx=p, contract=contract, precision=precision, precision_source=source,
-                      input=inputs[0], outputs=outputs, sha256=sha)
+    src = ModelSource(
+        path=p,
+        kind=kind,
+        onnx=p,
+        contract=contract,
+        precision=precision,
+        precision_source=source,
+        input=inputs[0],
+        outputs=outputs,
+        sha256=sha,
+    )
     n = src.logits.shape[-1] if src.logits.shape else None
     if n is not None and n != contract.num_classes:
-        raise ArtifactError(f"{p}: output {src.logits.name!r} has {n} classes but the contract lists "
-                            f"{contract.num_classes} ({list(contract.class_names)}); re-export the model")
+        raise ArtifactError(
+            f"{p}: output {src.logits.name!r} has {n} classes but the contract lists "
+            f"{contract.num_classes} ({list(contract.class_names)}); re-export the model"
+        )
     return src
 
 
 def _read_engine_sidecar(plan: Path) -> tuple[EngineInfo, dict[str, Any]]:
     side_path = sidecar_path(plan)
     if not side_path.is_file():
-        raise ArtifactError(f"{plan}: no sidecar {side_path.name} beside it, so nothing says which TensorRT version "
-                            "and GPU built it (a plan only runs there); rebuild it with python -m runtime build, "
-                            "which writes the sidecar, or deploy the ONNX instead")
+        raise ArtifactError(
+            f"{plan}: no sidecar {side_path.name} beside it, so nothing says which TensorRT version "
+            "and GPU built it (a plan only runs there); rebuild it with python -m runtime build, "
+            "which writes the sidecar, or deploy the ONNX instead"
+        )
     side = read_json(side_path)
     if not isinstance(side, Mapping):
         raise ArtifactError(f"{side_path}: expected a JSON object (the engine sidecar), got {type(side).__name__}")
@@ -210,8 +254,10 @@ def _read_engine_sidecar(plan: Path) -> tuple[EngineInfo, dict[str, Any]]:
     options = key.get("options") if isinstance(key.get("options"), Mapping) else {}
     version = str(key.get("tensorrt_version") or side.get("tensorrt_version") or "")
     if not version:
-        raise ArtifactError(f"{side_path}: the sidecar records no TensorRT version (key.tensorrt_version); it is "
-                            "not an engine sidecar of python -m runtime build: rebuild the engine")
+        raise ArtifactError(
+            f"{side_path}: the sidecar records no TensorRT version (key.tensorrt_version); it is "
+            "not an engine sidecar of python -m runtime build: rebuild the engine"
+        )
     ccs: list[str] = []
     for holder in (key, side, options):
         for name in ("compute_capability", "target_compute_capabilities", "compute_capabilities", "targets"):
@@ -220,8 +266,9 @@ def _read_engine_sidecar(plan: Path) -> tuple[EngineInfo, dict[str, Any]]:
                 value = value.split(",")
             values = value if isinstance(value, (list, tuple)) else [value]
             ccs += [_norm_cc(v) for v in values if v not in (None, "")]
-    flavour = str(side.get("flavour") or side.get("flavor") or key.get("flavour") or options.get("flavour")
-                  or "tensorrt").lower()
+    flavour = str(
+        side.get("flavour") or side.get("flavor") or key.get("flavour") or options.get("flavour") or "tensorrt"
+    ).lower()
     profile = None
     raw = key.get("profile") or side.get("profile")
     if raw:
@@ -229,7 +276,9 @@ def _read_engine_sidecar(plan: Path) -> tuple[EngineInfo, dict[str, Any]]:
             parts = [int(v) for v in str(raw).split(":")]
             profile = tuple(parts * 3 if len(parts) == 1 else parts)  # type: ignore[assignment]
         except ValueError:
-            log.warning("%s: unreadable batch profile %r; the Triton batch settings fall back to --batch", side_path, raw)
+            log.warning(
+                "%s: unreadable batch profile %r; the Triton batch settings fall back to --batch", side_path, raw
+            )
         if profile is not None and len(profile) != 3:
             profile = None
     info = EngineInfo(
@@ -255,19 +304,25 @@ def _engine_onnx(plan: Path, side: Mapping[str, Any], given: str | os.PathLike |
         if not recorded and isinstance(side.get("input"), Mapping):
             recorded = side["input"].get("path")
         if not recorded:
-            raise ArtifactError(f"{sidecar_path(plan)}: the sidecar does not name the ONNX the engine was built from; "
-                                "pass it with --onnx MODEL.onnx (its contract is deployed with the plan)")
+            raise ArtifactError(
+                f"{sidecar_path(plan)}: the sidecar does not name the ONNX the engine was built from; "
+                "pass it with --onnx MODEL.onnx (its contract is deployed with the plan)"
+            )
         r = Path(str(recorded))
         candidates = [r, plan.parent / r, plan.parent / r.name]
     for c in candidates:
         if c.is_file():
             if want_sha and sha256_file(c) != want_sha:
-                raise ArtifactError(f"{c}: this is not the ONNX {plan.name} was built from (sha256 differs from the "
-                                    f"sidecar's onnx_sha256 {want_sha[:12]}...); pass the right one with --onnx or "
-                                    "rebuild the engine from this ONNX with python -m runtime build")
+                raise ArtifactError(
+                    f"{c}: this is not the ONNX {plan.name} was built from (sha256 differs from the "
+                    f"sidecar's onnx_sha256 {want_sha[:12]}...); pass the right one with --onnx or "
+                    "rebuild the engine from this ONNX with python -m runtime build"
+                )
             return c
-    raise ArtifactError(f"{plan}: the ONNX it was built from is not found (tried {[str(c) for c in candidates]}); "
-                        "pass it with --onnx MODEL.onnx: the engine is deployed with that ONNX's contract")
+    raise ArtifactError(
+        f"{plan}: the ONNX it was built from is not found (tried {[str(c) for c in candidates]}); "
+        "pass it with --onnx MODEL.onnx: the engine is deployed with that ONNX's contract"
+    )
 
 
 def _norm_cc(value: Any) -> str:
@@ -298,25 +353,35 @@ def check_engine_gpu(info: EngineInfo, gpu: str | None) -> str:
     """
     built = f"{info.gpu_name or 'unknown GPU'} (compute capability {', '.join(info.compute_capabilities) or 'unknown'})"
     if not gpu or not str(gpu).strip():
-        raise ConfigError(f"a TensorRT plan runs only on the GPU it was built for ({built}, TensorRT "
-                          f"{info.tensorrt_version}); say which GPU the server has with --gpu NAME or --gpu 8.7 "
-                          "(compute capability) so the deploy can check it")
+        raise ConfigError(
+            f"a TensorRT plan runs only on the GPU it was built for ({built}, TensorRT "
+            f"{info.tensorrt_version}); say which GPU the server has with --gpu NAME or --gpu 8.7 "
+            "(compute capability) so the deploy can check it"
+        )
     cc = _norm_cc(gpu)
     if cc:
         if not info.compute_capabilities:
-            raise EngineError(f"{info.sidecar}: the sidecar records no compute capability, so the plan cannot be "
-                              f"checked against --gpu {gpu}; rebuild it with python -m runtime build")
+            raise EngineError(
+                f"{info.sidecar}: the sidecar records no compute capability, so the plan cannot be "
+                f"checked against --gpu {gpu}; rebuild it with python -m runtime build"
+            )
         if cc not in info.compute_capabilities:
-            raise EngineError(f"the engine was built for {built}, not for compute capability {cc} (--gpu {gpu}): "
-                              "a TensorRT plan does not run on another GPU model. Build an engine on the target GPU "
-                              "(python -m runtime build --onnx MODEL.onnx) or deploy the ONNX (platform "
-                              "onnxruntime_onnx)")
+            raise EngineError(
+                f"the engine was built for {built}, not for compute capability {cc} (--gpu {gpu}): "
+                "a TensorRT plan does not run on another GPU model. Build an engine on the target GPU "
+                "(python -m runtime build --onnx MODEL.onnx) or deploy the ONNX (platform "
+                "onnxruntime_onnx)"
+            )
         return f"compute capability {cc} matches the plan's {built}"
     if not info.gpu_name:
-        raise EngineError(f"{info.sidecar}: the sidecar records no GPU name; check by compute capability instead "
-                          f"(--gpu {', '.join(info.compute_capabilities) or 'X.Y'})")
+        raise EngineError(
+            f"{info.sidecar}: the sidecar records no GPU name; check by compute capability instead "
+            f"(--gpu {', '.join(info.compute_capabilities) or 'X.Y'})"
+        )
     if _norm_name(gpu) != _norm_name(info.gpu_name):
-        raise EngineError(f"the engine was built on {built}, not on {gpu!r} (--gpu): a TensorRT plan does not run on "
-                          "another GPU model. Build an engine on the target GPU (python -m runtime build --onnx "
-                          "MODEL.onnx) or deploy the ONNX (platform onnxruntime_onnx)")
+        raise EngineError(
+            f"the engine was built on {built}, not on {gpu!r} (--gpu): a TensorRT plan does not run on "
+            "another GPU model. Build an engine on the target GPU (python -m runtime build --onnx "
+            "MODEL.onnx) or deploy the ONNX (platform onnxruntime_onnx)"
+        )
     return f"GPU {gpu!r} matches the plan's {built}"

@@ -29,9 +29,17 @@ from runtime.errors import ExportError, MissingDependencyError
 log = logging.getLogger(__name__)
 
 LABELS_NAME = "labels.txt"
-TRITON_TYPES = {np.dtype(np.float32): "TYPE_FP32", np.dtype(np.float16): "TYPE_FP16", np.dtype(np.float64): "TYPE_FP64",
-                np.dtype(np.uint8): "TYPE_UINT8", np.dtype(np.int8): "TYPE_INT8", np.dtype(np.int16): "TYPE_INT16",
-                np.dtype(np.int32): "TYPE_INT32", np.dtype(np.int64): "TYPE_INT64", np.dtype(np.bool_): "TYPE_BOOL"}
+TRITON_TYPES = {
+    np.dtype(np.float32): "TYPE_FP32",
+    np.dtype(np.float16): "TYPE_FP16",
+    np.dtype(np.float64): "TYPE_FP64",
+    np.dtype(np.uint8): "TYPE_UINT8",
+    np.dtype(np.int8): "TYPE_INT8",
+    np.dtype(np.int16): "TYPE_INT16",
+    np.dtype(np.int32): "TYPE_INT32",
+    np.dtype(np.int64): "TYPE_INT64",
+    np.dtype(np.bool_): "TYPE_BOOL",
+}
 NUMPY_TYPES = {v: k for k, v in TRITON_TYPES.items()}
 _SCHEMA: Any = None
 
@@ -87,8 +95,10 @@ class TritonSettings:
 def _dims(t: Tensor, batched: bool) -> list[int]:
     dims = list(t.shape[1:] if batched else t.shape)
     if any(d is None for d in dims):
-        raise ExportError(f"tensor {t.name!r} has a dynamic dimension besides the batch {t.shape}; Triton needs "
-                          "fixed image dims: re-export with a fixed input size")
+        raise ExportError(
+            f"tensor {t.name!r} has a dynamic dimension besides the batch {t.shape}; Triton needs "
+            "fixed image dims: re-export with a fixed input size"
+        )
     return [int(d) for d in dims]  # type: ignore[arg-type]
 
 
@@ -99,23 +109,40 @@ def config_text(src: ModelSource, s: TritonSettings, header: Sequence[str] = ())
     lines = [f"# {h}" for h in header]
     lines += [f'name: "{s.name}"', f'platform: "{s.platform}"', f"max_batch_size: {s.max_batch_size}", "input ["]
     t = src.input
-    lines += ["  {", f'    name: "{t.name}"', f"    data_type: {TRITON_TYPES[t.dtype]}",
-              f"    dims: [ {', '.join(map(str, _dims(t, batched)))} ]", "  }", "]", "output ["]
+    lines += [
+        "  {",
+        f'    name: "{t.name}"',
+        f"    data_type: {TRITON_TYPES[t.dtype]}",
+        f"    dims: [ {', '.join(map(str, _dims(t, batched)))} ]",
+        "  }",
+        "]",
+        "output [",
+    ]
     for i, o in enumerate(src.outputs):
-        lines += ["  {", f'    name: "{o.name}"', f"    data_type: {TRITON_TYPES[o.dtype]}",
-                  f"    dims: [ {', '.join(map(str, _dims(o, batched)))} ]"]
+        lines += [
+            "  {",
+            f'    name: "{o.name}"',
+            f"    data_type: {TRITON_TYPES[o.dtype]}",
+            f"    dims: [ {', '.join(map(str, _dims(o, batched)))} ]",
+        ]
         if o.name == logits:
             lines.append(f'    label_filename: "{LABELS_NAME}"')
         lines.append("  }," if i < len(src.outputs) - 1 else "  }")
     lines.append("]")
     if batched:
-        lines += ["dynamic_batching {", f"  preferred_batch_size: [ {', '.join(map(str, s.preferred_batch_sizes))} ]",
-                  f"  max_queue_delay_microseconds: {s.max_queue_delay_us}", "}"]
+        lines += [
+            "dynamic_batching {",
+            f"  preferred_batch_size: [ {', '.join(map(str, s.preferred_batch_sizes))} ]",
+            f"  max_queue_delay_microseconds: {s.max_queue_delay_us}",
+            "}",
+        ]
     lines += ["instance_group [", "  {", f"    count: {s.instance_count}", f"    kind: {s.instance_kind}", "  }", "]"]
     return "\n".join(lines) + "\n"
 
 
-def check_config(cfg: Any, src: ModelSource, s: TritonSettings, model_dir: Path, folder_name: str | None = None) -> list[str]:
+def check_config(
+    cfg: Any, src: ModelSource, s: TritonSettings, model_dir: Path, folder_name: str | None = None
+) -> list[str]:
     """Problems of a parsed config against the model and Triton's rules (empty: none).
 
     ``folder_name``: the name the model folder will have (``model_dir`` may be a staging folder).
@@ -151,13 +178,17 @@ def check_config(cfg: Any, src: ModelSource, s: TritonSettings, model_dir: Path,
         else:
             labels = path.read_text(encoding="utf-8").splitlines()
             if labels != list(src.contract.class_names):
-                problems.append(f"{o.label_filename} lists {labels}, not the contract's {list(src.contract.class_names)}")
+                problems.append(
+                    f"{o.label_filename} lists {labels}, not the contract's {list(src.contract.class_names)}"
+                )
     if batched:
         if not cfg.HasField("dynamic_batching"):
             problems.append("a dynamic batch axis but no dynamic_batching")
         elif any(not 1 <= b <= cfg.max_batch_size for b in cfg.dynamic_batching.preferred_batch_size):
-            problems.append(f"preferred_batch_size {list(cfg.dynamic_batching.preferred_batch_size)} outside "
-                            f"1..max_batch_size {cfg.max_batch_size}")
+            problems.append(
+                f"preferred_batch_size {list(cfg.dynamic_batching.preferred_batch_size)} outside "
+                f"1..max_batch_size {cfg.max_batch_size}"
+            )
     kinds = {pb.ModelInstanceGroup.Kind.Name(g.kind) for g in cfg.instance_group}
     if s.platform == "tensorrt_plan" and kinds - {"KIND_GPU"}:
         problems.append(f"a TensorRT plan runs on the GPU only, instance_group has {sorted(kinds)}")
@@ -172,48 +203,68 @@ def readme_text(src: ModelSource, s: TritonSettings, gpu_check: str) -> str:
     """How to start Triton on the repository and query this model."""
     c = src.contract
     name = s.name
-    lines = [f"# Triton model `{name}`", "",
-             f"Written by `python -m export deploy --target triton` from `{src.path.name}` (contract of "
-             f"`{c.model_name}`, {c.num_classes} classes: {', '.join(c.class_names)}).", "",
-             "## Start the server", "",
-             "```bash",
-             "# REPO is the folder that holds this one (the model repository)",
-             "docker run --gpus all --rm -p 8000:8000 -p 8001:8001 -p 8002:8002 -v \"$PWD/REPO:/models\" \\",
-             "    nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models",
-             f"curl -s localhost:8000/v2/models/{name}/ready && echo ready",
-             "```", ""]
+    lines = [
+        f"# Triton model `{name}`",
+        "",
+        f"Written by `python -m export deploy --target triton` from `{src.path.name}` (contract of "
+        f"`{c.model_name}`, {c.num_classes} classes: {', '.join(c.class_names)}).",
+        "",
+        "## Start the server",
+        "",
+        "```bash",
+        "# REPO is the folder that holds this one (the model repository)",
+        'docker run --gpus all --rm -p 8000:8000 -p 8001:8001 -p 8002:8002 -v "$PWD/REPO:/models" \\',
+        "    nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models",
+        f"curl -s localhost:8000/v2/models/{name}/ready && echo ready",
+        "```",
+        "",
+    ]
     if s.platform == "tensorrt_plan" and src.engine is not None:
         e = src.engine
-        lines += [f"The plan was built by TensorRT {e.tensorrt_version} for {e.gpu_name or 'compute capability'} "
-                  f"({', '.join(e.compute_capabilities)}); {gpu_check}. Use a Triton release whose TensorRT is "
-                  f"{e.tensorrt_version}" + (" (the plan is version-compatible: a newer TensorRT also loads it)"
-                                              if e.version_compatible else "")
-                  + "; any other TensorRT or GPU model refuses the plan. `1/model.plan.json` is its sidecar.", ""]
+        lines += [
+            f"The plan was built by TensorRT {e.tensorrt_version} for {e.gpu_name or 'compute capability'} "
+            f"({', '.join(e.compute_capabilities)}); {gpu_check}. Use a Triton release whose TensorRT is "
+            f"{e.tensorrt_version}"
+            + (" (the plan is version-compatible: a newer TensorRT also loads it)" if e.version_compatible else "")
+            + "; any other TensorRT or GPU model refuses the plan. `1/model.plan.json` is its sidecar.",
+            "",
+        ]
     else:
         lines += ["Without a GPU, set `kind: KIND_CPU` in `instance_group` (`--instance cpu` when deploying).", ""]
-    contract_line = (f'contract = read_contract("{src.onnx.name}")  # the ONNX the plan was built from'
-                     if s.platform == "tensorrt_plan" else f'contract = read_contract("REPO/{name}/1/model.onnx")')
-    batch = (f"up to {s.max_batch_size} images per request; dynamic batching prefers {list(s.preferred_batch_sizes)}"
-             if s.max_batch_size else "the fixed batch of the model")
-    lines += ["## Query it", "",
-              f"The server expects the preprocessed tensor (`{src.input.name}`, {TRITON_TYPES[src.input.dtype]}, "
-              f"NCHW, {batch}). Make it with the contract, so the client cannot drift from training:", "",
-              "```python",
-              "import cv2, numpy as np, tritonclient.http as httpclient  # pip install 'tritonclient[http]'",
-              "from runtime.contract import read_contract                 # this project, torch-free",
-              "from runtime.preprocess import preprocess",
-              "",
-              contract_line,
-              "face = cv2.cvtColor(cv2.imread(\"face.png\"), cv2.COLOR_BGR2RGB)  # a face crop, RGB uint8",
-              "batch = preprocess([face], contract.preprocess)",
-              "client = httpclient.InferenceServerClient(\"localhost:8000\")",
-              f'inp = httpclient.InferInput("{src.input.name}", list(batch.shape), "{TRITON_TYPES[src.input.dtype][5:]}")',
-              f"inp.set_data_from_numpy(batch.astype(np.{src.input.dtype.name}))",
-              f'out = httpclient.InferRequestedOutput("{src.logits.name}", class_count=1)  # labels.txt -> names',
-              f'result = client.infer("{name}", [inp], outputs=[out])',
-              f'print(result.as_numpy("{src.logits.name}"))  # [b"score:index:label"]',
-              "```", "",
-              "`deploy_report.md` beside this file records what was checked here (the config parsed with Triton's "
-              "schema, the client's input reproducing the contract, top-1 through the model) and what needs the "
-              "server."]
+    contract_line = (
+        f'contract = read_contract("{src.onnx.name}")  # the ONNX the plan was built from'
+        if s.platform == "tensorrt_plan"
+        else f'contract = read_contract("REPO/{name}/1/model.onnx")'
+    )
+    batch = (
+        f"up to {s.max_batch_size} images per request; dynamic batching prefers {list(s.preferred_batch_sizes)}"
+        if s.max_batch_size
+        else "the fixed batch of the model"
+    )
+    lines += [
+        "## Query it",
+        "",
+        f"The server expects the preprocessed tensor (`{src.input.name}`, {TRITON_TYPES[src.input.dtype]}, "
+        f"NCHW, {batch}). Make it with the contract, so the client cannot drift from training:",
+        "",
+        "```python",
+        "import cv2, numpy as np, tritonclient.http as httpclient  # pip install 'tritonclient[http]'",
+        "from runtime.contract import read_contract                 # this project, torch-free",
+        "from runtime.preprocess import preprocess",
+        "",
+        contract_line,
+        'face = cv2.cvtColor(cv2.imread("face.png"), cv2.COLOR_BGR2RGB)  # a face crop, RGB uint8',
+        "batch = preprocess([face], contract.preprocess)",
+        'client = httpclient.InferenceServerClient("localhost:8000")',
+        f'inp = httpclient.InferInput("{src.input.name}", list(batch.shape), "{TRITON_TYPES[src.input.dtype][5:]}")',
+        f"inp.set_data_from_numpy(batch.astype(np.{src.input.dtype.name}))",
+        f'out = httpclient.InferRequestedOutput("{src.logits.name}", class_count=1)  # labels.txt -> names',
+        f'result = client.infer("{name}", [inp], outputs=[out])',
+        f'print(result.as_numpy("{src.logits.name}"))  # [b"score:index:label"]',
+        "```",
+        "",
+        "`deploy_report.md` beside this file records what was checked here (the config parsed with Triton's "
+        "schema, the client's input reproducing the contract, top-1 through the model) and what needs the "
+        "server.",
+    ]
     return "\n".join(lines) + "\n"

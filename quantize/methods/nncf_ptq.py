@@ -198,9 +198,13 @@ def quantize_nncf(
         with _quiet_nncf():
             if max_drop_pts is None:
                 q = nncf.quantize(
-                    model, calib_ds, preset=preset, subset_size=len(calibration), ignored_scope=scope,
+                    model,
+                    calib_ds,
+                    preset=preset,
+                    subset_size=len(calibration),
+                    ignored_scope=scope,
                     advanced_parameters=adv,
-                )  # fmt: skip
+                )
             else:
                 if validation is None:
                     raise QuantizationError("accuracy-controlled quantization (--max-drop) needs a validation set")
@@ -208,12 +212,22 @@ def quantize_nncf(
 
                 vx, vy = validation
                 q = nncf.quantize_with_accuracy_control(
-                    model, calib_ds, _dataset(vx, input_name, vy), _AccuracyFn(input_name, signed=target == "tensorrt"),
-                    max_drop=max_drop_pts / 100.0, preset=preset, subset_size=len(calibration), ignored_scope=scope,
+                    model,
+                    calib_ds,
+                    _dataset(vx, input_name, vy),
+                    _AccuracyFn(input_name, signed=target == "tensorrt"),
+                    max_drop=max_drop_pts / 100.0,
+                    preset=preset,
+                    subset_size=len(calibration),
+                    ignored_scope=scope,
                     advanced_quantization_parameters=adv,
                     advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(),
-                )  # fmt: skip
-                info["accuracy_control"] = {"max_drop_pts": max_drop_pts, "metric": "top-1 accuracy", "validation_size": len(vx)}
+                )
+                info["accuracy_control"] = {
+                    "max_drop_pts": max_drop_pts,
+                    "metric": "top-1 accuracy",
+                    "validation_size": len(vx),
+                }
     except QuantizationError:
         raise
     except Exception as exc:  # nncf raises ValueError, nncf.ValidationError, InternalError...
@@ -224,8 +238,14 @@ def quantize_nncf(
     if max_drop_pts is not None:
         # Which compute ops the restorer put back in float: quantizable in a plain run, float now.
         with _quiet_nncf():
-            plain_model = nncf.quantize(model, calib_ds, preset=preset, subset_size=len(calibration), ignored_scope=scope,
-                                        advanced_parameters=adv)  # fmt: skip
+            plain_model = nncf.quantize(
+                model,
+                calib_ds,
+                preset=preset,
+                subset_size=len(calibration),
+                ignored_scope=scope,
+                advanced_parameters=adv,
+            )
         plain = quantized_ops(plain_model)["int8"]
         now = set(quantized_ops(q)["int8"])
         info["accuracy_control"]["reverted_to_float"] = [n for n in plain if n not in now]

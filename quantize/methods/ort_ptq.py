@@ -37,7 +37,17 @@ log = logging.getLogger(__name__)
 
 # Ops quantized per target. TensorRT: compute ops plus what it runs in INT8 and ORT handles in QDQ
 # (pooling, concat, residual add); Sigmoid/Mul/Min/Max/Reduce* stay float in TensorRT anyway.
-TRT_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul", "MaxPool", "Concat", "Add", "AveragePool", "GlobalAveragePool")
+TRT_OP_TYPES = (
+    "Conv",
+    "ConvTranspose",
+    "Gemm",
+    "MatMul",
+    "MaxPool",
+    "Concat",
+    "Add",
+    "AveragePool",
+    "GlobalAveragePool",
+)
 # CPU: onnxruntime's own default (every op it has a QDQ/QLinear handler for) except ConvTranspose.
 # Measured on the dev LANMSFF, 1 thread, interleaved: the default list gives 2.15x FP32 at batch 1
 # and 2.53x at batch 32, against 2.01x/2.24x for Conv/Gemm/MatMul/pooling/Concat only: integer
@@ -110,18 +120,31 @@ def ort_settings(target: str, op_types: Sequence[str] | None = None) -> OrtSetti
     target = str(getattr(target, "value", target))
     if target == "tensorrt":
         return OrtSettings(
-            "QDQ", "QInt8", "QInt8", True, tuple(op_types or TRT_OP_TYPES),
-            {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
-             # MinMax over an unpadded per-channel range; TensorRT reads scales from the graph.
-             "AddQDQPairToWeight": False, "DedicatedQDQPair": False},
+            "QDQ",
+            "QInt8",
+            "QInt8",
+            True,
+            tuple(op_types or TRT_OP_TYPES),
+            {
+                "ActivationSymmetric": True,
+                "WeightSymmetric": True,
+                "QuantizeBias": False,
+                # MinMax over an unpadded per-channel range; TensorRT reads scales from the graph.
+                "AddQDQPairToWeight": False,
+                "DedicatedQDQPair": False,
+            },
             "MinMax",
-        )  # fmt: skip
+        )
     if target == "cpu":
         return OrtSettings(
-            "QDQ", "QUInt8", "QInt8", True, tuple(op_types or cpu_op_types()),
+            "QDQ",
+            "QUInt8",
+            "QInt8",
+            True,
+            tuple(op_types or cpu_op_types()),
             {"ActivationSymmetric": False, "WeightSymmetric": True, "QuantizeBias": True},
             "MinMax",
-        )  # fmt: skip
+        )
     raise QuantizationError(f"unknown target {target!r}; valid: tensorrt, cpu")
 
 
@@ -168,7 +191,11 @@ def quantize_ort(
     stripped = strip_output_qdq(quantized)
     if is_cpu:
         extra_info.update(cpu.after_quantization(quantized))
-    info = {"settings": settings.to_dict(), "nodes_excluded": list(nodes_to_exclude), "quantize_s": time.perf_counter() - t0}
+    info = {
+        "settings": settings.to_dict(),
+        "nodes_excluded": list(nodes_to_exclude),
+        "quantize_s": time.perf_counter() - t0,
+    }
     info["output_qdq_removed"] = stripped
     info.update(extra_info)
     return quantized, info
@@ -247,6 +274,8 @@ def _quantize_static_file(model, tmp, calibration, settings, nodes_to_exclude, i
             extra_options=dict(settings.extra_options),
         )
     except Exception as exc:  # ORT raises ValueError/RuntimeError/its own types
-        raise QuantizationError(f"onnxruntime quantize_static failed for target {target}: {type(exc).__name__}: {exc}") from exc
+        raise QuantizationError(
+            f"onnxruntime quantize_static failed for target {target}: {type(exc).__name__}: {exc}"
+        ) from exc
     quantized = onnx.load(str(dst))
     return quantized

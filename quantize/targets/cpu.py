@@ -27,7 +27,9 @@ from runtime.errors import ArtifactError, QuantizationError
 log = logging.getLogger(__name__)
 
 
-def before_quantization(model, samples: np.ndarray, *, input_name: str | None = None) -> tuple[Any, dict[str, Any], list[str]]:
+def before_quantization(
+    model, samples: np.ndarray, *, input_name: str | None = None
+) -> tuple[Any, dict[str, Any], list[str]]:
     """The cpu form's FP32 preparation on a copy of ``model``: (rewritten copy, info, nodes to keep in float).
 
     ``samples`` (a few calibration inputs) check that the rewrites leave the FP32 outputs unchanged.
@@ -122,9 +124,14 @@ def min_in_integers(model) -> list[str]:
             continue
         dqs = [producer.get(i) for i in node.input]
         ps = [params(d) for d in dqs]
-        if not ps or any(p is None for p in ps) or any(
+        if (
+            not ps
+            or any(p is None for p in ps)
+            or any(
                 p[0].item() != ps[0][0].item() or p[1].item() != ps[0][1].item() or p[1].dtype != ps[0][1].dtype
-                for p in ps):
+                for p in ps
+            )
+        ):
             continue
         out = node.output[0]
         integer = f"{out}/integer"
@@ -148,7 +155,6 @@ def min_in_integers(model) -> list[str]:
         _prune(model)
         _toposort(model)
     return moved
-
 
 
 # --- cpu form: graph rewrites before quantization ------------------------------------------------
@@ -260,8 +266,10 @@ def reduce_mean_as_pool_and_conv(model) -> list[str]:
             if keep:
                 nodes.append(helper.make_node("GlobalAveragePool", [x], [y], name=f"{node.name}/gap"))
             else:
-                nodes += [helper.make_node("GlobalAveragePool", [x], [f"{y}/gap"], name=f"{node.name}/gap"),
-                          helper.make_node("Flatten", [f"{y}/gap"], [y], name=f"{node.name}/flatten", axis=1)]
+                nodes += [
+                    helper.make_node("GlobalAveragePool", [x], [f"{y}/gap"], name=f"{node.name}/gap"),
+                    helper.make_node("Flatten", [f"{y}/gap"], [y], name=f"{node.name}/flatten", axis=1),
+                ]
             replaced.append(node.name)
         elif axes == [1] and keep and channels.get(x):
             c = channels[x]
@@ -322,11 +330,12 @@ def _check_pwfs(model, x_name, nodes, out_name, channels) -> bool:
     inits = [t for t in g.initializer if t.name in needed]
     consts = [n for n in g.node if n.op_type == "Constant" and n.output[0] in needed]
     sub = onnx.helper.make_graph(
-        consts + list(nodes), "pwfs_check",
+        consts + list(nodes),
+        "pwfs_check",
         [onnx.helper.make_tensor_value_info(x_name, onnx.TensorProto.FLOAT, [2, channels, 5, 3])],
         [onnx.helper.make_tensor_value_info(out_name, onnx.TensorProto.FLOAT, None)],
         initializer=inits,
-    )  # fmt: skip
+    )
     m = onnx.helper.make_model(sub, opset_imports=model.opset_import)
     m.ir_version = model.ir_version
     x = np.random.default_rng(0).normal(size=(2, channels, 5, 3)).astype(np.float32)
@@ -372,9 +381,18 @@ def pwfs_into_head(model) -> list[str]:
             start += width
             rm = producer.get(slot)
             match = None
-            if rm is not None and rm.op_type == "ReduceMean" and list(_attr(rm, "axes", [])) == [2, 3] and not _attr(rm, "keepdims", 1):
+            if (
+                rm is not None
+                and rm.op_type == "ReduceMean"
+                and list(_attr(rm, "axes", [])) == [2, 3]
+                and not _attr(rm, "keepdims", 1)
+            ):
                 match = _pwfs_source(model, rm.input[0], producer, consumers)
-            if match is None or shapes.get(match[0]) != 3 * width or not _check_pwfs(model, match[0], match[1], rm.input[0], 3 * width):
+            if (
+                match is None
+                or shapes.get(match[0]) != 3 * width
+                or not _check_pwfs(model, match[0], match[1], rm.input[0], 3 * width)
+            ):
                 new_inputs.append(slot)
                 new_cols.append(cols)
                 continue
@@ -384,12 +402,21 @@ def pwfs_into_head(model) -> list[str]:
             model.graph.initializer.append(split_sizes)
             abc = [f"{p}/pwfs_{k}" for k in "abc"]
             new_nodes += [
-                onnx.helper.make_node("ReduceMean", [x], [f"{p}/pwfs_channel_mean"], f"{p}/pwfs_channel_mean", axes=[2, 3], keepdims=0),
+                onnx.helper.make_node(
+                    "ReduceMean", [x], [f"{p}/pwfs_channel_mean"], f"{p}/pwfs_channel_mean", axes=[2, 3], keepdims=0
+                ),
                 onnx.helper.make_node("Split", [x, split_sizes.name], abc, f"{p}/pwfs_split", axis=1),
                 onnx.helper.make_node("Min", abc[:2], [f"{p}/pwfs_min_ab"], f"{p}/pwfs_min_ab"),
                 onnx.helper.make_node("Min", [f"{p}/pwfs_min_ab", abc[2]], [f"{p}/pwfs_min"], f"{p}/pwfs_min"),
-                onnx.helper.make_node("ReduceMean", [f"{p}/pwfs_min"], [f"{p}/pwfs_min_mean"], f"{p}/pwfs_min_mean", axes=[2, 3], keepdims=0),
-            ]  # fmt: skip
+                onnx.helper.make_node(
+                    "ReduceMean",
+                    [f"{p}/pwfs_min"],
+                    [f"{p}/pwfs_min_mean"],
+                    f"{p}/pwfs_min_mean",
+                    axes=[2, 3],
+                    keepdims=0,
+                ),
+            ]
             new_inputs += [f"{p}/pwfs_channel_mean", f"{p}/pwfs_min_mean"]
             new_cols += [np.concatenate([cols / 2] * 3, axis=1), -cols / 2]
             done.append(rm.name)
@@ -445,10 +472,12 @@ def _channel_map(model, x_name, channels, hw, region, outs) -> list[list[int]] |
     needed = {i for n in region for i in n.input}
     inits = [t for t in model.graph.initializer if t.name in needed]
     sub = onnx.helper.make_graph(
-        list(region), "channel_map",
+        list(region),
+        "channel_map",
         [onnx.helper.make_tensor_value_info(x_name, onnx.TensorProto.FLOAT, [1, channels, *hw])],
-        [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None) for o in outs], initializer=inits,
-    )  # fmt: skip
+        [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None) for o in outs],
+        initializer=inits,
+    )
     m = onnx.helper.make_model(sub, opset_imports=model.opset_import)
     m.ir_version = model.ir_version
     x = np.broadcast_to(np.arange(channels, dtype=np.float32)[None, :, None, None], (1, channels, *hw)).copy()
@@ -490,12 +519,22 @@ def fold_channel_shuffle(model) -> list[str]:
         c, hw = shape[1], shape[2:]
         # The conv that makes X, through channel-wise ops with single consumers.
         chain, t = [], x_name
-        while (node := producer.get(t)) is not None and node.op_type in ("Relu", "MaxPool") and len(consumers.get(node.input[0], [])) == 1:
+        while (
+            (node := producer.get(t)) is not None
+            and node.op_type in ("Relu", "MaxPool")
+            and len(consumers.get(node.input[0], [])) == 1
+        ):
             chain.append(node)
             t = node.input[0]
         conv = producer.get(t)
-        if conv is None or conv.op_type != "Conv" or int(_attr(conv, "group", 1)) != 1 or conv.input[1] not in inits \
-                or (len(conv.input) > 2 and conv.input[2] not in inits) or len(consumers.get(t, [])) != 1:  # fmt: skip
+        if (
+            conv is None
+            or conv.op_type != "Conv"
+            or int(_attr(conv, "group", 1)) != 1
+            or conv.input[1] not in inits
+            or (len(conv.input) > 2 and conv.input[2] not in inits)
+            or len(consumers.get(t, [])) != 1
+        ):
             continue
         # The shuffle region: shape ops from X up to tensors read by convs only.
         region, frontier, outs, ok = {}, [u for u in users if u.op_type == "Reshape"], [], True
@@ -508,7 +547,12 @@ def fold_channel_shuffle(model) -> list[str]:
                 for u in consumers.get(o, []):
                     if u.op_type in ("Reshape", "Transpose", "Slice", "Split"):
                         frontier.append(u)
-                    elif u.op_type == "Conv" and u.input[0] == o and u.input[1] in inits and int(_attr(u, "group", 1)) == 1:
+                    elif (
+                        u.op_type == "Conv"
+                        and u.input[0] == o
+                        and u.input[1] in inits
+                        and int(_attr(u, "group", 1)) == 1
+                    ):
                         if o not in outs:
                             outs.append(o)
                     else:
@@ -595,7 +639,9 @@ def fold_channel_shuffle(model) -> list[str]:
         keep = [n for n in model.graph.node if n.name not in region]
         del model.graph.node[:]
         model.graph.node.extend(keep)
-        model.graph.node.append(onnx.helper.make_node("Split", [x_name, sizes.name], list(outs), f"{x_name}/shuffle_split", axis=1))
+        model.graph.node.append(
+            onnx.helper.make_node("Split", [x_name, sizes.name], list(outs), f"{x_name}/shuffle_split", axis=1)
+        )
         done.append(x_name)
     if done:
         _toposort(model)
@@ -655,15 +701,25 @@ def _full_shapes(model) -> dict[str, list[int | None]]:
     return out
 
 
-def rewrite_for_cpu(model, samples: np.ndarray | None = None, *, rewrites: Sequence[str] = CPU_REWRITES,
-                    input_name: str | None = None, rtol: float = 1e-4) -> dict[str, list[str]]:
+def rewrite_for_cpu(
+    model,
+    samples: np.ndarray | None = None,
+    *,
+    rewrites: Sequence[str] = CPU_REWRITES,
+    input_name: str | None = None,
+    rtol: float = 1e-4,
+) -> dict[str, list[str]]:
     """Apply the cpu-form rewrites to the FP32 ``model`` in place; returns {rewrite: nodes affected}.
 
     With ``samples``, the rewritten graph is run against the original on them; if any output
     differs by more than ``rtol`` of its range the model is left as it was and {} is returned.
     """
-    funcs = {"relu_before_maxpool": relu_before_maxpool, "pwfs_into_head": pwfs_into_head,
-             "fold_channel_shuffle": fold_channel_shuffle, "reduce_mean_as_pool_and_conv": reduce_mean_as_pool_and_conv}
+    funcs = {
+        "relu_before_maxpool": relu_before_maxpool,
+        "pwfs_into_head": pwfs_into_head,
+        "fold_channel_shuffle": fold_channel_shuffle,
+        "reduce_mean_as_pool_and_conv": reduce_mean_as_pool_and_conv,
+    }
     unknown = [r for r in rewrites if r not in funcs]
     if unknown:
         raise QuantizationError(f"unknown cpu rewrites {unknown}; valid: {', '.join(funcs)}")
@@ -684,8 +740,11 @@ def rewrite_for_cpu(model, samples: np.ndarray | None = None, *, rewrites: Seque
         for a, b in zip(want, got):
             scale = float(np.abs(a).max()) or 1.0
             if a.shape != b.shape or float(np.abs(a - b).max()) > rtol * scale:
-                log.warning("cpu rewrites %s change the FP32 outputs (max |diff| %.3g); quantizing the graph as exported",
-                            list(done), float(np.abs(a - b).max()) if a.shape == b.shape else float("nan"))
+                log.warning(
+                    "cpu rewrites %s change the FP32 outputs (max |diff| %.3g); quantizing the graph as exported",
+                    list(done),
+                    float(np.abs(a - b).max()) if a.shape == b.shape else float("nan"),
+                )
                 return {}
     model.CopyFrom(work)
     return done

@@ -27,7 +27,7 @@ import abc
 import logging
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -113,7 +113,9 @@ def check_feeds(feeds: Mapping[str, Any], specs: tuple[TensorSpec, ...], *, wher
         if value.dtype != spec.dtype:
             problems.append(f"{spec.name!r} has dtype {value.dtype}, expected {spec.dtype} (cast with .astype)")
         if value.ndim != len(spec.shape):
-            problems.append(f"{spec.name!r} has shape {value.shape} (rank {value.ndim}), expected rank {len(spec.shape)}")
+            problems.append(
+                f"{spec.name!r} has shape {value.shape} (rank {value.ndim}), expected rank {len(spec.shape)}"
+            )
             continue
         for axis, (got, want) in enumerate(zip(value.shape, spec.shape)):
             if isinstance(want, int):
@@ -219,8 +221,13 @@ class Backend(abc.ABC):
         if not self._input_specs or not self._output_names:
             raise PipelineError(f"backend {self.name!r} did not set input_specs/output_names in _load()")
         self._loaded = True
-        log.debug("%s loaded %s: inputs %s outputs %s", self.name, self.path,
-                  [s.describe() for s in self._input_specs], list(self._output_names))
+        log.debug(
+            "%s loaded %s: inputs %s outputs %s",
+            self.name,
+            self.path,
+            [s.describe() for s in self._input_specs],
+            list(self._output_names),
+        )
         return self
 
     def close(self) -> None:

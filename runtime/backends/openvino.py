@@ -84,7 +84,7 @@ class OpenVinoBackend(Backend):
     @classmethod
     def _probe(cls) -> str | None:
         try:
-            import openvino  # noqa: F401
+            import openvino  # noqa: F401 - imported for its side effect (registration) or to probe availability
         except ImportError as exc:
             return f"openvino is not installed ({exc}); pip install '.[openvino]'"
         return None
@@ -109,14 +109,18 @@ class OpenVinoBackend(Backend):
             model = core.read_model(str(self.path))
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError/its own types
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:400]
-            raise ArtifactError(f"{self.path}: OpenVINO cannot read the model ({type(exc).__name__}: {first}); "
-                                "check the file is a complete ONNX model (re-export or re-quantize it)") from exc
+            raise ArtifactError(
+                f"{self.path}: OpenVINO cannot read the model ({type(exc).__name__}: {first}); "
+                "check the file is a complete ONNX model (re-export or re-quantize it)"
+            ) from exc
         try:
             self.compiled = core.compile_model(model, self.device, self.config())
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - any failure of an optional component reads as 'unavailable', not a crash
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:400]
-            raise ArtifactError(f"{self.path}: OpenVINO cannot compile the model for {self.device} "
-                                f"with {self.config()} ({type(exc).__name__}: {first})") from exc
+            raise ArtifactError(
+                f"{self.path}: OpenVINO cannot compile the model for {self.device} "
+                f"with {self.config()} ({type(exc).__name__}: {first})"
+            ) from exc
         self.request = self.compiled.create_infer_request()
         self.inference_precision = _ov_precision(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
         specs = []
@@ -126,8 +130,13 @@ class OpenVinoBackend(Backend):
         self._input_specs = tuple(specs)
         self._ports = list(self.compiled.outputs)
         self._output_names = tuple(p.get_any_name() for p in self._ports)
-        log.info("openvino %s: %d thread(s), inference precision %s (%s)", self.path.name, self.threads,
-                 self.inference_precision, "forced" if self.precision != "default" else "OpenVINO's choice")
+        log.info(
+            "openvino %s: %d thread(s), inference precision %s (%s)",
+            self.path.name,
+            self.threads,
+            self.inference_precision,
+            "forced" if self.precision != "default" else "OpenVINO's choice",
+        )
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         res = self.request.infer(dict(feeds))
@@ -140,13 +149,15 @@ class OpenVinoBackend(Backend):
         self._require_loaded()
         out = []
         for info in self.request.get_profiling_info():
-            out.append({
-                "name": info.node_name,
-                "op_type": info.node_type,
-                "exec_type": info.exec_type,
-                "status": str(info.status).rsplit(".", 1)[-1],
-                "ms": info.real_time.total_seconds() * 1e3,
-            })
+            out.append(
+                {
+                    "name": info.node_name,
+                    "op_type": info.node_type,
+                    "exec_type": info.exec_type,
+                    "status": str(info.status).rsplit(".", 1)[-1],
+                    "ms": info.real_time.total_seconds() * 1e3,
+                }
+            )
         return out
 
     def _close(self) -> None:
@@ -165,7 +176,10 @@ class OpenVinoBackend(Backend):
             "hint": "LATENCY",
             "precision_requested": self.precision,
             "inference_precision": self.inference_precision,
-            "precision_note": (f"OpenVINO chose {self.inference_precision} for float layers"
-                               if self.precision == "default" else f"forced {self.precision}"),
+            "precision_note": (
+                f"OpenVINO chose {self.inference_precision} for float layers"
+                if self.precision == "default"
+                else f"forced {self.precision}"
+            ),
             "openvino": ov.__version__.split("-")[0],
         }

@@ -134,7 +134,11 @@ def make_session(
     if provider_options:
         providers[0] = (want[0], dict(provider_options))
     if isinstance(model, (str, os.PathLike)):
-        src, label, fix = str(model), str(model), "check the file is a complete ONNX model (re-export or re-quantize it)"
+        src, label, fix = (
+            str(model),
+            str(model),
+            "check the file is a complete ONNX model (re-export or re-quantize it)",
+        )
     else:
         src = model if isinstance(model, bytes) else model.SerializeToString()
         label, fix = "in-memory model", "the graph is not one onnxruntime accepts"
@@ -142,7 +146,9 @@ def make_session(
         sess = ort.InferenceSession(src, so, providers=providers)
     except Exception as exc:  # InvalidProtobuf, Fail, InvalidGraph, NotImplemented...
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:400]
-        raise ArtifactError(f"{label}: onnxruntime cannot load the model ({type(exc).__name__}: {first}); {fix}") from exc
+        raise ArtifactError(
+            f"{label}: onnxruntime cannot load the model ({type(exc).__name__}: {first}); {fix}"
+        ) from exc
     used = list(sess.get_providers())
     if used[0] != want[0]:
         raise MissingDependencyError(
@@ -211,7 +217,7 @@ class OrtBackend(Backend):
     @classmethod
     def _probe(cls) -> str | None:
         try:
-            import onnxruntime  # noqa: F401
+            import onnxruntime  # noqa: F401 - imported for its side effect (registration) or to probe availability
         except ImportError as exc:
             return f"onnxruntime is not installed ({exc}); pip install onnxruntime"
         want = PROVIDERS[cls.default_provider][0]

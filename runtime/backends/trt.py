@@ -73,14 +73,16 @@ class TrtBackend(Backend):
         from runtime.trt.build import deserialize
         from runtime.trt.compat import TrtError
 
-        trt, opts = self.trt, self.options
+        trt = self.trt
         plan_path = self._plan_path()
         version_compatible = self._verify(plan_path)
         try:
             self.engine, self.runtime = deserialize(trt, plan_path.read_bytes(), version_compatible=version_compatible)
         except TrtError as exc:
-            raise EngineError(f"{plan_path}: TensorRT cannot load this plan ({exc}); it is corrupt or was built by an "
-                              "incompatible TensorRT. Rebuild it here: python -m runtime build --onnx MODEL.onnx") from exc
+            raise EngineError(
+                f"{plan_path}: TensorRT cannot load this plan ({exc}); it is corrupt or was built by an "
+                "incompatible TensorRT. Rebuild it here: python -m runtime build --onnx MODEL.onnx"
+            ) from exc
         self.plan_path = plan_path
         self.context = trt.call(self.engine, "ICudaEngine.create_execution_context")
         if self.context is None:
@@ -101,8 +103,10 @@ class TrtBackend(Backend):
             if trt.call(engine, "ICudaEngine.get_tensor_mode", name) == in_mode:
                 inputs.append(TensorSpec(name, dtype, shape))
                 if any(d < 0 for d in shape):
-                    lo, _opt, hi = (tuple(int(d) for d in s) for s in
-                                    trt.call(engine, "ICudaEngine.get_tensor_profile_shape", name, 0))
+                    lo, _opt, hi = (
+                        tuple(int(d) for d in s)
+                        for s in trt.call(engine, "ICudaEngine.get_tensor_profile_shape", name, 0)
+                    )
                     self._max_shapes[name] = hi
                     self._min_batch = max(self._min_batch, lo[0])
                     self._max_batch = hi[0] if self._max_batch is None else min(self._max_batch, hi[0])
@@ -117,7 +121,9 @@ class TrtBackend(Backend):
         for spec in inputs:
             trt.call(self.context, "IExecutionContext.set_input_shape", spec.name, self._max_shapes[spec.name])
         for name in outputs:
-            self._max_shapes[name] = tuple(int(d) for d in trt.call(self.context, "IExecutionContext.get_tensor_shape", name))
+            self._max_shapes[name] = tuple(
+                int(d) for d in trt.call(self.context, "IExecutionContext.get_tensor_shape", name)
+            )
         self.stream = self.cuda.create_stream()
         self._device: dict[str, Any] = {}
         self._host: dict[str, Any] = {}
@@ -128,9 +134,17 @@ class TrtBackend(Backend):
             self._buffers += [self._device[name], self._host[name]]
             # Addresses never change (buffers are sized for the largest batch): set them once.
             trt.call(self.context, "IExecutionContext.set_tensor_address", name, self._device[name].ptr)
-        log.info("trt: %s on %s via %s (TensorRT %s%s), batch %d..%d%s", plan_path.name, self.cuda.device().name,
-                 self.cuda.name, trt.version, ", lean" if trt.lean else "", self._min_batch, self._max_batch or 0,
-                 ", CUDA graphs" if self.options.get("cuda_graph") else "")
+        log.info(
+            "trt: %s on %s via %s (TensorRT %s%s), batch %d..%d%s",
+            plan_path.name,
+            self.cuda.device().name,
+            self.cuda.name,
+            trt.version,
+            ", lean" if trt.lean else "",
+            self._min_batch,
+            self._max_batch or 0,
+            ", CUDA graphs" if self.options.get("cuda_graph") else "",
+        )
 
     def _flavour(self) -> str | None:
         """The ``flavour`` option, else (for a plan) the flavour its sidecar records, else auto."""
@@ -184,32 +198,43 @@ class TrtBackend(Backend):
 
             actual = sha256_file(plan)
             if actual != recorded:
-                problems.append(f"the plan's sha256 {actual[:12]}... differs from the {recorded[:12]}... its sidecar "
-                                f"recorded at build time ({plan.stat().st_size} bytes now): the file is corrupt, "
-                                "truncated or was replaced")
+                problems.append(
+                    f"the plan's sha256 {actual[:12]}... differs from the {recorded[:12]}... its sidecar "
+                    f"recorded at build time ({plan.stat().st_size} bytes now): the file is corrupt, "
+                    "truncated or was replaced"
+                )
         from runtime.trt.compat import target_unsupported_reason
 
         if key.flavour != self.trt.flavour.value:
-            problems.append(f"built by {'TensorRT for RTX' if key.flavour == 'rtx' else 'TensorRT'} "
-                            f"{key.tensorrt_version}, this is {self.trt.label}")
+            problems.append(
+                f"built by {'TensorRT for RTX' if key.flavour == 'rtx' else 'TensorRT'} "
+                f"{key.tensorrt_version}, this is {self.trt.label}"
+            )
         elif key.tensorrt_version != str(self.trt.version) and not version_compatible:
             problems.append(f"built by TensorRT {key.tensorrt_version}, this is {self.trt.version}")
         if key.targets:  # built ahead of time: runs on any GPU of its target compute capabilities
             targets = tuple(side.get("target_compute_capabilities") or ())
-            why = target_unsupported_reason(dev.compute_capability, targets, dev.name) if targets else \
-                "its sidecar lists no target compute capabilities"
+            why = (
+                target_unsupported_reason(dev.compute_capability, targets, dev.name)
+                if targets
+                else "its sidecar lists no target compute capabilities"
+            )
             if why:
                 problems.append(why)
         elif (key.gpu_name, key.compute_capability) != (dev.name, dev.compute_capability):
-            problems.append(f"built on {key.gpu_name} (sm {key.compute_capability}), this is {dev.name} "
-                            f"(sm {dev.compute_capability})")
+            problems.append(
+                f"built on {key.gpu_name} (sm {key.compute_capability}), this is {dev.name} "
+                f"(sm {dev.compute_capability})"
+            )
         if self.trt.lean and not version_compatible:
             problems.append("the lean runtime loads version-compatible plans only")
         if problems and self.options.get("verify", True):
-            raise ArtifactError(f"{plan}: {'; '.join(problems)}. Rebuild it here: python -m runtime build --onnx "
-                                f"{side.get('onnx', 'MODEL.onnx')} --precision {key.precision} --batch {key.profile}"
-                                f"{' --version-compatible' if self.trt.lean else ''}"
-                                f"{' --flavour rtx --compute-capability ' + dev.compute_capability if key.targets else ''}")
+            raise ArtifactError(
+                f"{plan}: {'; '.join(problems)}. Rebuild it here: python -m runtime build --onnx "
+                f"{side.get('onnx', 'MODEL.onnx')} --precision {key.precision} --batch {key.profile}"
+                f"{' --version-compatible' if self.trt.lean else ''}"
+                f"{' --flavour rtx --compute-capability ' + dev.compute_capability if key.targets else ''}"
+            )
         return version_compatible
 
     # ---- inference ------------------------------------------------------------------------------
@@ -218,8 +243,10 @@ class TrtBackend(Backend):
         for name, shape in shapes.items():
             batch = shape[0] if batch is None else batch
             if not self._min_batch <= shape[0] <= (self._max_batch or shape[0]):
-                raise DataError(f"trt {self.path.name}: batch {shape[0]} of {name!r} is outside the engine's profile "
-                                f"{self._min_batch}..{self._max_batch}; rebuild with a wider --batch")
+                raise DataError(
+                    f"trt {self.path.name}: batch {shape[0]} of {name!r} is outside the engine's profile "
+                    f"{self._min_batch}..{self._max_batch}; rebuild with a wider --batch"
+                )
             if not self.trt.call(self.context, "IExecutionContext.set_input_shape", name, tuple(shape)):
                 raise DataError(f"trt {self.path.name}: TensorRT rejected shape {tuple(shape)} for {name!r}")
         return int(batch or 0)
@@ -291,18 +318,20 @@ class TrtBackend(Backend):
         info = super().describe()
         if self.loaded:
             dev = self.cuda.device()
-            info.update({
-                "tensorrt": str(self.trt.version),
-                "tensorrt_flavour": self.trt.flavour.value,
-                "tensorrt_branch": self.trt.branch,
-                "lean": self.trt.lean,
-                "cuda": self.cuda.name,
-                "gpu": dev.name,
-                "compute_capability": dev.compute_capability,
-                "engine": str(self.plan_path),
-                "cuda_graph": bool(self.options.get("cuda_graph")),
-                "batch_range": [self._min_batch, self._max_batch],
-            })
+            info.update(
+                {
+                    "tensorrt": str(self.trt.version),
+                    "tensorrt_flavour": self.trt.flavour.value,
+                    "tensorrt_branch": self.trt.branch,
+                    "lean": self.trt.lean,
+                    "cuda": self.cuda.name,
+                    "gpu": dev.name,
+                    "compute_capability": dev.compute_capability,
+                    "engine": str(self.plan_path),
+                    "cuda_graph": bool(self.options.get("cuda_graph")),
+                    "batch_range": [self._min_batch, self._max_batch],
+                }
+            )
         return info
 
     # ---- close ----------------------------------------------------------------------------------

@@ -6,10 +6,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import DataError
 from runtime.data.base import CANONICAL_CLASSES, DatasetIndex, Record, canonical_classes
 from runtime.data.folder import find_file, line_error, parse_int, read_csv_rows, reject_unknown_options
 from runtime.data.registry import register_dataset
+from runtime.errors import DataError
 
 # AffectNet expression code -> canonical class; codes 8 None, 9 Uncertain, 10 No-Face are dropped.
 AFFECTNET_LABELS: dict[int, str | None] = {
@@ -30,9 +30,16 @@ AFFECTNET_LABELS: dict[int, str | None] = {
 AFFECTNET_LISTS: dict[str, str] = {"training.csv": "train", "validation.csv": "test"}
 LIST_DIR = "Manually_Annotated_file_lists"
 COLUMNS = (
-    "subDirectory_filePath", "face_x", "face_y", "face_width", "face_height",
-    "facial_landmarks", "expression", "valence", "arousal",
-)  # fmt: skip
+    "subDirectory_filePath",
+    "face_x",
+    "face_y",
+    "face_width",
+    "face_height",
+    "facial_landmarks",
+    "expression",
+    "valence",
+    "arousal",
+)
 
 
 def _parse_float(text: str, path: Path, line: int, what: str) -> float:

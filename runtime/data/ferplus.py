@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import itertools
 import logging
-from dataclasses import replace
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import DataError
 from runtime.data.base import CANONICAL_CLASSES, DatasetIndex, Record, canonical_classes
 from runtime.data.fer2013 import read_fer2013
 from runtime.data.folder import HEADER_FIX, find_file, line_error, parse_int, read_csv_rows, reject_unknown_options
 from runtime.data.registry import register_dataset
+from runtime.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -117,15 +117,20 @@ def _read_csv(path: Path, pixels_path: Path) -> Iterator[tuple[Record, list[int]
         if labels is None or pixels is None:
             extra, line = (path, labels[0]) if pixels is None else (pixels_path, pixels.line)
             raise line_error(
-                extra, line, f"{path.name} and {pixels_path.name} have different row counts (this row has no "
-                "partner in the other file)", fix="use the matching files"
+                extra,
+                line,
+                f"{path.name} and {pixels_path.name} have different row counts (this row has no "
+                "partner in the other file)",
+                fix="use the matching files",
             )
         line, row = labels
         if len(row) != 12:
             raise line_error(path, line, f"expected 12 fields (Usage,Image name,10 votes), got {len(row)}")
         if FERPLUS_USAGE.get(row[0].strip()) != pixels.split:
             raise line_error(
-                path, line, f"Usage {row[0]!r} differs from {pixels_path.name} line {pixels.line}; files misaligned",
+                path,
+                line,
+                f"Usage {row[0]!r} differs from {pixels_path.name} line {pixels.line}; files misaligned",
                 f"use the {pixels_path.name} that {path.name} annotates, unedited",
             )
         votes = _parse_votes(row[2:], path, line)

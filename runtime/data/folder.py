@@ -14,30 +14,48 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import DataError
-from runtime.data.base import CANONICAL_CLASSES, IMAGE_SUFFIXES, DatasetIndex, Record, canonical_classes, iter_image_files
+from runtime.data.base import (
+    CANONICAL_CLASSES,
+    IMAGE_SUFFIXES,
+    DatasetIndex,
+    Record,
+    canonical_classes,
+    iter_image_files,
+)
 from runtime.data.registry import register_dataset
+from runtime.errors import DataError
 
 log = logging.getLogger(__name__)
 
 # Folder name (lower-case) -> canonical class. Covers the spellings used by public FER folders.
 FOLDER_ALIASES: dict[str, str] = {
-    "angry": "angry", "anger": "angry",
-    "disgust": "disgust", "disgusted": "disgust",
-    "fear": "fear", "afraid": "fear", "fearful": "fear",
-    "happy": "happy", "happiness": "happy",
-    "sad": "sad", "sadness": "sad",
-    "surprise": "surprise", "surprised": "surprise",
+    "angry": "angry",
+    "anger": "angry",
+    "disgust": "disgust",
+    "disgusted": "disgust",
+    "fear": "fear",
+    "afraid": "fear",
+    "fearful": "fear",
+    "happy": "happy",
+    "happiness": "happy",
+    "sad": "sad",
+    "sadness": "sad",
+    "surprise": "surprise",
+    "surprised": "surprise",
     "neutral": "neutral",
     "contempt": "contempt",
-}  # fmt: skip
+}
 
 # Split folder name (lower-case) -> split.
 SPLIT_ALIASES: dict[str, str] = {
-    "train": "train", "training": "train",
-    "val": "val", "valid": "val", "validation": "val",
-    "test": "test", "testing": "test",
-}  # fmt: skip
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
 
 
 # --- helpers shared by the real-dataset loaders ---------------------------------------------------
@@ -105,7 +123,9 @@ def checked_utf8_lines(lines: Iterable[str], path: Path) -> Iterator[str]:
             if bad:
                 byte = ord(bad.group()) - 0xDC00
                 raise line_error(
-                    path, number, f"not UTF-8 text (byte 0x{byte:02x} at column {bad.start() + 1})",
+                    path,
+                    number,
+                    f"not UTF-8 text (byte 0x{byte:02x} at column {bad.start() + 1})",
                     fix="save the file as UTF-8; is this the right file?",
                 )
         yield line

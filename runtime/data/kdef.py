@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import replace
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import DataError
 from runtime.data.base import CANONICAL_CLASSES, DatasetIndex, Record, canonical_classes, iter_image_files
 from runtime.data.folder import reject_unknown_options
 from runtime.data.registry import register_dataset
+from runtime.errors import DataError
 
 log = logging.getLogger(__name__)
 

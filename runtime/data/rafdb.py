@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from runtime.errors import DataError
 from runtime.data.base import CANONICAL_CLASSES, DatasetIndex, Record, canonical_classes
 from runtime.data.folder import checked_utf8_lines, line_error, parse_int, reject_unknown_options
 from runtime.data.registry import register_dataset
+from runtime.errors import DataError
 
 # RAF-DB label (1-based, as in list_patition_label.txt) -> canonical class.
 RAF_LABELS: dict[int, str] = {

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from runtime.errors import DataError
 from runtime.data.base import DatasetIndex, stratified_split
+from runtime.errors import DataError
 
 Loader = Callable[..., DatasetIndex]
 _LOADERS: dict[str, Loader] = {}

@@ -22,9 +22,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from runtime.errors import DataError
 from runtime.data.base import CANONICAL_CLASSES, DatasetIndex, Record
 from runtime.data.registry import register_dataset
+from runtime.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -170,10 +170,32 @@ def render(index: int, cfg: SynthConfig) -> tuple[np.ndarray, int, dict]:
     # Head outline: an ellipse whose width shrinks a little when turned (the head is deeper than wide).
     head_w = scale * fw * (1.0 + 0.12 * abs(np.sin(np.deg2rad(yaw))))
     hair = np.full(3, idp["hair"], dtype=np.float32)
-    cv2.ellipse(img, (int(cx), int(cy - 0.08 * scale)), (int(head_w * 1.04), int(scale * fh * 1.06)), 0, 180, 360, hair.tolist(), -1, cv2.LINE_AA)
-    cv2.ellipse(img, (int(cx), int(cy)), (int(head_w), int(scale * fh)), 0, 0, 360, idp["skin"].tolist(), -1, cv2.LINE_AA)
+    cv2.ellipse(
+        img,
+        (int(cx), int(cy - 0.08 * scale)),
+        (int(head_w * 1.04), int(scale * fh * 1.06)),
+        0,
+        180,
+        360,
+        hair.tolist(),
+        -1,
+        cv2.LINE_AA,
+    )
+    cv2.ellipse(
+        img, (int(cx), int(cy)), (int(head_w), int(scale * fh)), 0, 0, 360, idp["skin"].tolist(), -1, cv2.LINE_AA
+    )
     hl = idp["hair_line"]
-    cv2.ellipse(img, (int(cx), int(cy + hl * scale)), (int(head_w * 0.98), int(scale * 0.35)), 0, 180, 360, hair.tolist(), -1, cv2.LINE_AA)
+    cv2.ellipse(
+        img,
+        (int(cx), int(cy + hl * scale)),
+        (int(head_w * 0.98), int(scale * 0.35)),
+        0,
+        180,
+        360,
+        hair.tolist(),
+        -1,
+        cv2.LINE_AA,
+    )
 
     dark = idp["skin"] * 0.35
     t = np.linspace(-1.0, 1.0, 9)
@@ -284,6 +306,8 @@ def write_image_folder(cfg: SynthConfig, out: Path, progress: bool = True) -> di
             raise DataError(f"could not encode sample {i} as PNG")
         atomic_write(out / rel, lambda p, b=buf: p.write_bytes(b.tobytes()))
         counts[CLASSES[label]] += 1
-        lines.append(f"{rel},{CLASSES[label]},{meta['view']},{meta['identity']},{int(meta['occluded'])},{meta['intensity']}")
+        lines.append(
+            f"{rel},{CLASSES[label]},{meta['view']},{meta['identity']},{int(meta['occluded'])},{meta['intensity']}"
+        )
     atomic_write_text(out / "metadata.csv", "\n".join(lines) + "\n")
     return counts

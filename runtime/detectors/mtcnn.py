@@ -141,21 +141,31 @@ class MtcnnNets:
         thresholds: P-Net, R-Net, O-Net face-probability thresholds.
     """
 
-    def __init__(self, model_dir: str | os.PathLike | None = None, *, backend: str = "ort", threads: int | None = None,
-                 thresholds: tuple[float, float, float] = (0.6, 0.7, 0.8)) -> None:
+    def __init__(
+        self,
+        model_dir: str | os.PathLike | None = None,
+        *,
+        backend: str = "ort",
+        threads: int | None = None,
+        thresholds: tuple[float, float, float] = (0.6, 0.7, 0.8),
+    ) -> None:
         from runtime.backends import get_backend
 
         self.dir = Path(model_dir) if model_dir else MODEL_DIR
         missing = [n for n in NETS if not (self.dir / f"{n}.onnx").is_file()]
         if missing:
-            raise ArtifactError(f"{self.dir}: MTCNN network file(s) {missing} missing (expected pnet.onnx, rnet.onnx, "
-                                "onet.onnx; regenerate them with scripts/export_mtcnn.py or reinstall the package)")
+            raise ArtifactError(
+                f"{self.dir}: MTCNN network file(s) {missing} missing (expected pnet.onnx, rnet.onnx, "
+                "onet.onnx; regenerate them with scripts/export_mtcnn.py or reinstall the package)"
+            )
         if len(thresholds) != 3 or not all(0.0 < t < 1.0 for t in thresholds):
             raise ConfigError(f"MTCNN thresholds must be three probabilities in (0, 1), got {thresholds}")
         if not backend.startswith("ort"):
-            raise ConfigError(f"--detector-backend {backend!r}: the MTCNN networks run on ONNX Runtime backends (ort on the "
-                              "CPU, ort-cuda or ort-trt on a GPU); P-Net takes any image size, which a prebuilt "
-                              "TensorRT engine does not")
+            raise ConfigError(
+                f"--detector-backend {backend!r}: the MTCNN networks run on ONNX Runtime backends (ort on the "
+                "CPU, ort-cuda or ort-trt on a GPU); P-Net takes any image size, which a prebuilt "
+                "TensorRT engine does not"
+            )
         cls = get_backend(backend)
         reason = cls.unavailable_reason()
         if reason:
@@ -189,8 +199,17 @@ class MtcnnNets:
             if yy.size == 0:
                 continue
             # Each cell maps back to a 12-pixel window at stride 2 of this level.
-            b = np.stack([STRIDE * xx / s, STRIDE * yy / s, (STRIDE * xx + CELL) / s, (STRIDE * yy + CELL) / s,
-                          prob[yy, xx], *reg[:, yy, xx]], axis=1)
+            b = np.stack(
+                [
+                    STRIDE * xx / s,
+                    STRIDE * yy / s,
+                    (STRIDE * xx + CELL) / s,
+                    (STRIDE * yy + CELL) / s,
+                    prob[yy, xx],
+                    *reg[:, yy, xx],
+                ],
+                axis=1,
+            )
             found.append(b[nms(b[:, :4], b[:, 4], 0.5)])
         if not found:
             return np.zeros((0, 5), np.float32)
@@ -217,9 +236,13 @@ class MtcnnNets:
     def describe(self) -> dict[str, Any]:
         from runtime.artifacts import sha256_file
 
-        return {"nets": {n: {"path": str(self.dir / f"{n}.onnx"), "sha256": sha256_file(self.dir / f"{n}.onnx")}
-                         for n in NETS},
-                "backend": self.nets["pnet"].describe(), "thresholds": list(self.thresholds)}
+        return {
+            "nets": {
+                n: {"path": str(self.dir / f"{n}.onnx"), "sha256": sha256_file(self.dir / f"{n}.onnx")} for n in NETS
+            },
+            "backend": self.nets["pnet"].describe(),
+            "thresholds": list(self.thresholds),
+        }
 
     def close(self) -> None:
         for n in self.nets.values():

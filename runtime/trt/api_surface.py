@@ -183,7 +183,9 @@ REMOVED_IN_11: frozenset[str] = frozenset(
 )
 
 
-def names_for(branch: str, *, lean: bool = False, declared: Mapping[str, Iterable[str]] = API_SURFACE) -> frozenset[str]:
+def names_for(
+    branch: str, *, lean: bool = False, declared: Mapping[str, Iterable[str]] = API_SURFACE
+) -> frozenset[str]:
     """Names the code may use on ``branch`` ("10", "11" or "rtx"); ``lean`` narrows to the lean runtime's."""
     if branch not in BRANCHES:
         raise ValueError(f"unknown TensorRT branch {branch!r}; valid: {list(BRANCHES)}")
@@ -199,7 +201,9 @@ def check_removed(declared: Mapping[str, Iterable[str]] = API_SURFACE) -> list[s
     problems = []
     for section in ("common", "11", "rtx", "lean"):
         for name in sorted(set(declared.get(section, ())) & REMOVED_IN_11):
-            problems.append(f"{name} is declared in {section!r} but TensorRT 11 removed it: use it on the '10' branch only")
+            problems.append(
+                f"{name} is declared in {section!r} but TensorRT 11 removed it: use it on the '10' branch only"
+            )
     return problems
 
 
@@ -291,7 +295,9 @@ class WheelSurface:
         return frozenset(s[i:] for s in self.names if len(s) <= 64 for i in range(len(s)))
 
 
-def check_branch(surface: WheelSurface, *, lean: bool = False, declared: Mapping[str, Iterable[str]] = API_SURFACE) -> list[str]:
+def check_branch(
+    surface: WheelSurface, *, lean: bool = False, declared: Mapping[str, Iterable[str]] = API_SURFACE
+) -> list[str]:
     """Declared names of the wheel's branch that the wheel does not export (empty list = fine)."""
     wanted = names_for(surface.branch, lean=lean, declared=declared)
     return [
@@ -392,11 +398,21 @@ def read_module_surface(name: str = "tensorrt_rtx") -> WheelSurface:
                 if a.startswith("_"):
                     continue
                 raw = inspect.getattr_static(obj, a)
-                kinds[f"{n}.{a}"] = "property" if isinstance(raw, property) else (
-                    "method" if callable(raw) or type(raw).__name__ == "instancemethod" else "value")
+                kinds[f"{n}.{a}"] = (
+                    "property"
+                    if isinstance(raw, property)
+                    else ("method" if callable(raw) or type(raw).__name__ == "instancemethod" else "value")
+                )
     python_names = frozenset(n for n in ("__version__",) if hasattr(mod, n))
-    return WheelSurface(wheel=f"{name} (installed)", version=str(getattr(mod, "__version__", "0")), module=name,
-                        method="introspect", names=frozenset(kinds), python_names=python_names, kinds=kinds)
+    return WheelSurface(
+        wheel=f"{name} (installed)",
+        version=str(getattr(mod, "__version__", "0")),
+        module=name,
+        method="introspect",
+        names=frozenset(kinds),
+        python_names=python_names,
+        kinds=kinds,
+    )
 
 
 def _unpack(wheel: Path, dest: Path) -> tuple[Path, Path]:

@@ -197,8 +197,10 @@ class BuildResult:
             return f"{self.engine}: reused ({self.reason})"
         check = self.precision_check.summary() if self.precision_check else "precision not checked"
         where = f", for compute capabilities {','.join(self.targets)}" if self.targets else ""
-        return (f"{self.engine}: built in {self.build_s:.1f}s ({self.plan_bytes / 1e6:.1f} MB{where}), "
-                f"{self.typing} typing; {check}")
+        return (
+            f"{self.engine}: built in {self.build_s:.1f}s ({self.plan_bytes / 1e6:.1f} MB{where}), "
+            f"{self.typing} typing; {check}"
+        )
 
 
 def current_gpu(cuda: Any = None) -> GpuIdentity:
@@ -243,6 +245,7 @@ def lint_before_parse(onnx: Path) -> dict[str, Any] | None:
     import onnx as onnx_lib  # a core dependency
 
     from runtime.qdq_lint import lint_qdq
+
     try:
         model = onnx_lib.load(str(onnx), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - a malformed file is the parser's to report
@@ -258,12 +261,19 @@ def lint_before_parse(onnx: Path) -> dict[str, Any] | None:
             first.setdefault(f.code, f)
             counts[f.code] = counts.get(f.code, 0) + 1
         shown = "; ".join(f"{code} x{counts[code]} (e.g. [{f.node}]: {f.message})" for code, f in first.items())
-        raise TrtError(f"{onnx} is not a TensorRT Q/DQ graph, so it is refused before TensorRT's parser: "
-                       f"{report.summary()}. Errors by kind: {shown}. This looks like the x86 CPU form (python -m quantize int8 "
-                       "--target cpu); build the engine from the TensorRT form (--target tensorrt, model.nncf.int8.onnx "
-                       "or model.ort.int8.onnx); `python -m quantize lint FILE` lists every finding")
-    return {"passed": True, "errors": 0, "warnings": len(report.warnings), "int8_ops": len(report.int8_ops),
-            "float_ops": len(report.float_ops)}
+        raise TrtError(
+            f"{onnx} is not a TensorRT Q/DQ graph, so it is refused before TensorRT's parser: "
+            f"{report.summary()}. Errors by kind: {shown}. This looks like the x86 CPU form (python -m quantize int8 "
+            "--target cpu); build the engine from the TensorRT form (--target tensorrt, model.nncf.int8.onnx "
+            "or model.ort.int8.onnx); `python -m quantize lint FILE` lists every finding"
+        )
+    return {
+        "passed": True,
+        "errors": 0,
+        "warnings": len(report.warnings),
+        "int8_ops": len(report.int8_ops),
+        "float_ops": len(report.float_ops),
+    }
 
 
 def deserialize(trt: Trt, plan: bytes, *, version_compatible: bool = False, logger: Any = None) -> tuple[Any, Any]:
@@ -279,8 +289,10 @@ def deserialize(trt: Trt, plan: bytes, *, version_compatible: bool = False, logg
     except Exception as exc:  # noqa: BLE001 - TensorRT raises plain RuntimeError/TypeError
         raise TrtError(f"deserialize_cuda_engine raised {type(exc).__name__}: {exc}") from exc
     if engine is None:
-        raise TrtError("deserialize_cuda_engine returned None (plan from another TensorRT version or GPU, "
-                       "or a truncated file; see the TensorRT log above)")
+        raise TrtError(
+            "deserialize_cuda_engine returned None (plan from another TensorRT version or GPU, "
+            "or a truncated file; see the TensorRT log above)"
+        )
     return engine, runtime
 
 
@@ -314,8 +326,9 @@ def build_engine(cfg: BuildConfig, *, trt: Trt | None = None, gpu: GpuIdentity |
     if decision.reuse and not cfg.force and trt.aot:
         # No GPU needed or assumed: the plan's sha256 matched its sidecar in `decide`.
         log.info("%s: %s", out, decision.reason)
-        return BuildResult(engine=out, key=key, reused=True, reason=decision.reason, flavour=trt.flavour.value,
-                           targets=targets)
+        return BuildResult(
+            engine=out, key=key, reused=True, reason=decision.reason, flavour=trt.flavour.value, targets=targets
+        )
     if decision.reuse and not cfg.force:
         try:
             deserialize(trt, out.read_bytes(), version_compatible=cfg.version_compatible)
@@ -327,8 +340,11 @@ def build_engine(cfg: BuildConfig, *, trt: Trt | None = None, gpu: GpuIdentity |
             return BuildResult(engine=out, key=key, reused=True, reason=decision.reason, flavour=trt.flavour.value)
     else:
         reason = "forced rebuild" if (decision.reuse and cfg.force) else decision.reason
-    where = (f"ahead of time for compute capabilities {', '.join(targets)}{' (default)' if default_targets else ''}"
-             if gpu is None else f"{gpu.name} {gpu.compute_capability}")
+    where = (
+        f"ahead of time for compute capabilities {', '.join(targets)}{' (default)' if default_targets else ''}"
+        if gpu is None
+        else f"{gpu.name} {gpu.compute_capability}"
+    )
     log.info("building %s (%s, %s): %s", out, trt.label, where, reason)
     lint = lint_before_parse(cfg.onnx) if cfg.precision.value == "int8" else None
 
@@ -344,8 +360,12 @@ def build_engine(cfg: BuildConfig, *, trt: Trt | None = None, gpu: GpuIdentity |
                 if len(attempts) > 1:
                     raise type(exc)(*_error_args(exc, attempts)) from exc
                 raise
-            log.warning("strongly typed build did not give %s (%s); TensorRT %s: retrying weakly typed with "
-                        "precision flags", cfg.precision.value, exc, trt.version)
+            log.warning(
+                "strongly typed build did not give %s (%s); TensorRT %s: retrying weakly typed with precision flags",
+                cfg.precision.value,
+                exc,
+                trt.version,
+            )
             continue
         atomic_write_bytes(out, plan)
         _write_layer_reports(out, report, check, cfg)
@@ -376,9 +396,20 @@ def build_engine(cfg: BuildConfig, *, trt: Trt | None = None, gpu: GpuIdentity |
             },
         )
         log.info("%s: %s", out, check.summary())
-        return BuildResult(engine=out, key=key, reused=False, reason=reason, build_s=seconds, typing=typing.value,
-                           flags=tuple(flags), precision_check=check, attempts=tuple(attempts),
-                           flavour=trt.flavour.value, targets=targets, plan_bytes=len(plan))
+        return BuildResult(
+            engine=out,
+            key=key,
+            reused=False,
+            reason=reason,
+            build_s=seconds,
+            typing=typing.value,
+            flags=tuple(flags),
+            precision_check=check,
+            attempts=tuple(attempts),
+            flavour=trt.flavour.value,
+            targets=targets,
+            plan_bytes=len(plan),
+        )
     raise TrtError("no typing mode to try")  # pragma: no cover - typings_to_try is never empty
 
 
@@ -412,7 +443,9 @@ def _write_layer_reports(plan: Path, report: PrecisionReport, check: PrecisionCh
     atomic_write_text(layers_markdown_path(plan), precision_table_markdown(report, check, title=title))
 
 
-def _serialize(cfg: BuildConfig, trt: Trt, typing: Typing, targets: tuple[str, ...], logger: Any) -> tuple[bytes, list[str], float]:
+def _serialize(
+    cfg: BuildConfig, trt: Trt, typing: Typing, targets: tuple[str, ...], logger: Any
+) -> tuple[bytes, list[str], float]:
     """Parse, configure and build; returns (plan bytes, precision flags set, build seconds).
 
     Every TensorRT object is released here, in reverse order of creation, however this ends, and a
@@ -430,14 +463,24 @@ def _serialize(cfg: BuildConfig, trt: Trt, typing: Typing, targets: tuple[str, .
             errors = []
             for i in range(int(trt.read(parser, "OnnxParser.num_errors"))):
                 err = trt.call(parser, "OnnxParser.get_error", i)
-                node, desc = trt.call(err, "ParserError.node_name"), str(trt.call(err, "ParserError.desc")).strip().rstrip(".")
+                node, desc = (
+                    trt.call(err, "ParserError.node_name"),
+                    str(trt.call(err, "ParserError.desc")).strip().rstrip("."),
+                )
                 errors.append(f"{node}: {desc}" if node else desc)
-            raise TrtError(f"{trt.label}'s ONNX parser rejected {cfg.onnx}: {'; '.join(errors) or 'no detail'}. "
-                           "Run `python -m export check` on it (op support, dynamic shapes, INT64 traps)")
+            raise TrtError(
+                f"{trt.label}'s ONNX parser rejected {cfg.onnx}: {'; '.join(errors) or 'no detail'}. "
+                "Run `python -m export check` on it (op support, dynamic shapes, INT64 traps)"
+            )
 
         config = trt.call(builder, "Builder.create_builder_config")
         if cfg.workspace_mib is not None:
-            trt.call(config, "IBuilderConfig.set_memory_pool_limit", trt.get("MemoryPoolType.WORKSPACE"), cfg.workspace_mib << 20)
+            trt.call(
+                config,
+                "IBuilderConfig.set_memory_pool_limit",
+                trt.get("MemoryPoolType.WORKSPACE"),
+                cfg.workspace_mib << 20,
+            )
         if cfg.opt_level is not None:
             trt.write(config, "IBuilderConfig.builder_optimization_level", cfg.opt_level)
         if cfg.aux_streams is not None:
@@ -449,8 +492,10 @@ def _serialize(cfg: BuildConfig, trt: Trt, typing: Typing, targets: tuple[str, .
         if cfg.dla_core is not None:
             available = int(trt.read(builder, "Builder.num_DLA_cores"))
             if cfg.dla_core >= available:
-                raise ConfigError(f"--dla-core {cfg.dla_core} requested but this device has {available} DLA core(s) "
-                                  "(Jetson AGX Orin has 2, Orin NX 1 or 2, Orin Nano and desktop GPUs 0)")
+                raise ConfigError(
+                    f"--dla-core {cfg.dla_core} requested but this device has {available} DLA core(s) "
+                    "(Jetson AGX Orin has 2, Orin NX 1 or 2, Orin Nano and desktop GPUs 0)"
+                )
             trt.write(config, "IBuilderConfig.default_device_type", trt.get("DeviceType.DLA"))
             trt.write(config, "IBuilderConfig.DLA_core", cfg.dla_core)
             # Layers DLA cannot run (and batch sizes it cannot take) fall back to the GPU instead of failing.
@@ -465,9 +510,15 @@ def _serialize(cfg: BuildConfig, trt: Trt, typing: Typing, targets: tuple[str, .
         if plan is None:
             errors = [e.strip() for e in getattr(logger, "errors", []) if e.strip()]
             why = ("TensorRT said: " + " | ".join(errors[-3:])) if errors else "the TensorRT log above says why"
-            hint = (f" (targets {', '.join(targets)}: an op may have no kernel for one of them, e.g. Turing 7.5 has no "
-                    "FP32 GEMM)" if targets else "")
-            raise TrtError(f"{trt.label} could not build an engine from {cfg.onnx} ({typing.value} typing){hint}; {why}")
+            hint = (
+                f" (targets {', '.join(targets)}: an op may have no kernel for one of them, e.g. Turing 7.5 has no "
+                "FP32 GEMM)"
+                if targets
+                else ""
+            )
+            raise TrtError(
+                f"{trt.label} could not build an engine from {cfg.onnx} ({typing.value} typing){hint}; {why}"
+            )
         _save_timing_cache(cfg, trt, config)
         return bytes(memoryview(plan)), flags, seconds
     except PipelineError as exc:
@@ -479,8 +530,9 @@ def _serialize(cfg: BuildConfig, trt: Trt, typing: Typing, targets: tuple[str, .
     raise failure
 
 
-def _build_once(cfg: BuildConfig, trt: Trt, typing: Typing,
-                targets: tuple[str, ...] = ()) -> tuple[bytes, PrecisionReport, PrecisionCheck, list[str], float]:
+def _build_once(
+    cfg: BuildConfig, trt: Trt, typing: Typing, targets: tuple[str, ...] = ()
+) -> tuple[bytes, PrecisionReport, PrecisionCheck, list[str], float]:
     logger = trt.logger()
     plan_bytes, flags, seconds = _serialize(cfg, trt, typing, targets, logger)
 
@@ -509,16 +561,26 @@ def _add_batch_profile(cfg: BuildConfig, trt: Trt, builder: Any, network: Any, c
         name = trt.read(tensor, "ITensor.name")
         shape = tuple(int(d) for d in trt.read(tensor, "ITensor.shape"))
         if any(d < 0 for d in shape[1:]):
-            raise TrtError(f"input {name!r} has dynamic non-batch dimensions {shape}; only the batch axis may be "
-                           "dynamic: re-export with a fixed image size")
+            raise TrtError(
+                f"input {name!r} has dynamic non-batch dimensions {shape}; only the batch axis may be "
+                "dynamic: re-export with a fixed image size"
+            )
         if shape and shape[0] < 0:
             dynamic = True
             rest = shape[1:]
-            trt.call(profile, "IOptimizationProfile.set_shape", name, (cfg.batch.min, *rest), (cfg.batch.opt, *rest),
-                     (cfg.batch.max, *rest))
+            trt.call(
+                profile,
+                "IOptimizationProfile.set_shape",
+                name,
+                (cfg.batch.min, *rest),
+                (cfg.batch.opt, *rest),
+                (cfg.batch.max, *rest),
+            )
         elif shape and (cfg.batch.min, cfg.batch.max) != (shape[0], shape[0]):
-            raise ConfigError(f"input {name!r} has a fixed batch of {shape[0]} but --batch is {cfg.batch}; use --batch "
-                              f"{shape[0]} or re-export with `python -m export onnx --batch dynamic`")
+            raise ConfigError(
+                f"input {name!r} has a fixed batch of {shape[0]} but --batch is {cfg.batch}; use --batch "
+                f"{shape[0]} or re-export with `python -m export onnx --batch dynamic`"
+            )
     if dynamic:
         trt.call(config, "IBuilderConfig.add_optimization_profile", profile)
 

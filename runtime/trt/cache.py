@@ -116,9 +116,22 @@ class EngineKey:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EngineKey:
         try:
-            return cls(**{k: data[k] for k in ("onnx_sha256", "tensorrt_version", "gpu_name", "compute_capability",
-                                                "precision", "profile")}, options=dict(data.get("options", {})),
-                       flavour=str(data.get("flavour", "tensorrt")), targets=str(data.get("targets", "")))
+            return cls(
+                **{
+                    k: data[k]
+                    for k in (
+                        "onnx_sha256",
+                        "tensorrt_version",
+                        "gpu_name",
+                        "compute_capability",
+                        "precision",
+                        "profile",
+                    )
+                },
+                options=dict(data.get("options", {})),
+                flavour=str(data.get("flavour", "tensorrt")),
+                targets=str(data.get("targets", "")),
+            )
         except KeyError as exc:
             raise ArtifactError(f"engine key is missing field {exc}") from None
 
@@ -132,8 +145,16 @@ def key_differences(old: EngineKey, new: EngineKey) -> list[str]:
     """Human-readable differences, e.g. ``tensorrt_version: 10.3.0 -> 11.4.0``."""
     a, b = old.to_dict(), new.to_dict()
     out = []
-    for k in ("flavour", "onnx_sha256", "tensorrt_version", "gpu_name", "compute_capability", "targets", "precision",
-              "profile"):
+    for k in (
+        "flavour",
+        "onnx_sha256",
+        "tensorrt_version",
+        "gpu_name",
+        "compute_capability",
+        "targets",
+        "precision",
+        "profile",
+    ):
         if a[k] != b[k]:
             out.append(f"{k}: {a[k]} -> {b[k]}")
     for k in sorted(set(a["options"]) | set(b["options"])):

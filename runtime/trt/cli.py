@@ -25,7 +25,6 @@ For an argparse sub-parser style main, `register(subparsers)` adds both verbs an
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -78,10 +77,14 @@ def _share_arg(text: str) -> float:
 
 
 # ---- build -------------------------------------------------------------------------------------------
-BUILD_HELP = ("ONNX -> TensorRT engine (+ sidecar, layer precision report); TensorRT 10.x and 11.x on a GPU, "
-              "TensorRT for RTX ahead of time without one")
-SELFTEST_HELP = ("on a GPU with TensorRT: build FP32/FP16/INT8 engines of both models, check parity and latency, "
-                 "print the table; without them, say exactly what is missing (exit 3)")
+BUILD_HELP = (
+    "ONNX -> TensorRT engine (+ sidecar, layer precision report); TensorRT 10.x and 11.x on a GPU, "
+    "TensorRT for RTX ahead of time without one"
+)
+SELFTEST_HELP = (
+    "on a GPU with TensorRT: build FP32/FP16/INT8 engines of both models, check parity and latency, "
+    "print the table; without them, say exactly what is missing (exit 3)"
+)
 
 
 def add_build_parser(sub: Any) -> argparse.ArgumentParser:
@@ -97,28 +100,52 @@ def build_build_parser() -> argparse.ArgumentParser:
 def _add_build_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_common_flags(p, verbose_help="debug logging (TensorRT's log included)")
     p.add_argument("--onnx", required=True, help="model.onnx, model.fp16.onnx or model.int8.onnx")
-    p.add_argument("--precision", choices=PRECISIONS, default=None,
-                   help="precision the engine must realize (default: from the file name, .fp16./.int8., else fp32)")
-    p.add_argument("--batch", type=_batch_arg, default="1:8:32", help="optimization profile MIN:OPT:MAX (default 1:8:32)")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=None,
+        help="precision the engine must realize (default: from the file name, .fp16./.int8., else fp32)",
+    )
+    p.add_argument(
+        "--batch", type=_batch_arg, default="1:8:32", help="optimization profile MIN:OPT:MAX (default 1:8:32)"
+    )
     p.add_argument("--workspace-mib", type=_positive_int, default=None, help="workspace memory-pool limit in MiB")
     p.add_argument("--timing-cache", default=None, help="timing cache file, reused across builds")
-    p.add_argument("--opt-level", type=_positive_int, default=None, help="builder optimization level 0..5 (TensorRT default 3)")
+    p.add_argument(
+        "--opt-level", type=_positive_int, default=None, help="builder optimization level 0..5 (TensorRT default 3)"
+    )
     p.add_argument("--dla-core", type=_positive_int, default=None, help="DLA core (Jetson AGX/NX), with GPU fallback")
     p.add_argument("--out", default=None, help="engine path (default: beside the ONNX, MODEL.PRECISION.engine)")
-    p.add_argument("--typing", choices=("auto", "strong", "flags"), default="auto",
-                   help="strong: precision from the ONNX; flags: TensorRT 10 FP16/INT8 builder flags; auto: strong, "
-                        "falling back to flags on TensorRT 10 only (default)")
+    p.add_argument(
+        "--typing",
+        choices=("auto", "strong", "flags"),
+        default="auto",
+        help="strong: precision from the ONNX; flags: TensorRT 10 FP16/INT8 builder flags; auto: strong, "
+        "falling back to flags on TensorRT 10 only (default)",
+    )
     p.add_argument("--version-compatible", action="store_true", help="build a version-compatible plan (lean runtime)")
     p.add_argument("--aux-streams", type=_positive_int, default=None, help="max auxiliary streams (parallel branches)")
-    p.add_argument("--min-precision-share", type=_share_arg, default=None,
-                   help="fail unless this share of conv/GEMM layers runs in --precision (default fp32 .9, fp16 .8, int8 .5)")
+    p.add_argument(
+        "--min-precision-share",
+        type=_share_arg,
+        default=None,
+        help="fail unless this share of conv/GEMM layers runs in --precision (default fp32 .9, fp16 .8, int8 .5)",
+    )
     p.add_argument("--force", action="store_true", help="rebuild even if a matching cached engine exists")
-    p.add_argument("--flavour", choices=FLAVOURS, default="auto",
-                   help="tensorrt (10.x/11.x, builds on its GPU), rtx (TensorRT for RTX, builds without a GPU) or auto: "
-                        "tensorrt when importable, else rtx (default)")
-    p.add_argument("--compute-capability", default=None, metavar="CC[,CC...]",
-                   help="TensorRT for RTX: compute capabilities the plan must run on, e.g. 8.6,8.9,12.0 (default: "
-                        "8.0,8.6,8.9,12.0; 7.5 for Turing must be asked for)")
+    p.add_argument(
+        "--flavour",
+        choices=FLAVOURS,
+        default="auto",
+        help="tensorrt (10.x/11.x, builds on its GPU), rtx (TensorRT for RTX, builds without a GPU) or auto: "
+        "tensorrt when importable, else rtx (default)",
+    )
+    p.add_argument(
+        "--compute-capability",
+        default=None,
+        metavar="CC[,CC...]",
+        help="TensorRT for RTX: compute capabilities the plan must run on, e.g. 8.6,8.9,12.0 (default: "
+        "8.0,8.6,8.9,12.0; 7.5 for Turing must be asked for)",
+    )
     p.set_defaults(func=run_build)
     return p
 
@@ -171,21 +198,37 @@ def build_selftest_parser() -> argparse.ArgumentParser:
 
 def _add_selftest_args(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_common_flags(p, verbose_help="debug logging (TensorRT's log included)")
-    p.add_argument("--models", default="runs/selftest/models",
-                   help="folder with lanmsff.onnx, lanmsff.fp16.onnx, lanmsff.int8.onnx, manet.onnx, manet.fp16.onnx, "
-                        "manet.int8.onnx (see docs/tensorrt.md for how to make them)")
+    p.add_argument(
+        "--models",
+        default="runs/selftest/models",
+        help="folder with lanmsff.onnx, lanmsff.fp16.onnx, lanmsff.int8.onnx, manet.onnx, manet.fp16.onnx, "
+        "manet.int8.onnx (see docs/tensorrt.md for how to make them)",
+    )
     p.add_argument("--work", default="runs/selftest", help="engines, timing cache and the report go here")
     p.add_argument("--batch", type=_batch_arg, default="1:8:32", help="optimization profile MIN:OPT:MAX")
-    p.add_argument("--bench-batches", type=int_list_arg("--bench-batches"), default=(1, 8), help="latency batch sizes (default 1,8)")
+    p.add_argument(
+        "--bench-batches",
+        type=int_list_arg("--bench-batches"),
+        default=(1, 8),
+        help="latency batch sizes (default 1,8)",
+    )
     p.add_argument("--parity-samples", type=_positive_int, default=64, help="random images for parity (default 64)")
     p.add_argument("--seconds", type=float, default=2.0, help="minimum timed seconds per latency figure")
-    p.add_argument("--cuda", choices=("auto", "cuda-python", "pycuda", "all"), default="all",
-                   help="CUDA library for the engines; all: also re-run FP32 parity through every installed one")
+    p.add_argument(
+        "--cuda",
+        choices=("auto", "cuda-python", "pycuda", "all"),
+        default="all",
+        help="CUDA library for the engines; all: also re-run FP32 parity through every installed one",
+    )
     p.add_argument("--cuda-graph", action="store_true", help="bench with CUDA-graph replay as well")
     p.add_argument("--json", default=None, help="report path (default WORK/selftest.json)")
-    p.add_argument("--flavour", choices=FLAVOURS, default="auto",
-                   help="which TensorRT: tensorrt, rtx (TensorRT for RTX: needs an RTX-class GPU, compute capability "
-                        "8.0/8.6/8.9/12.0, to run) or auto (default)")
+    p.add_argument(
+        "--flavour",
+        choices=FLAVOURS,
+        default="auto",
+        help="which TensorRT: tensorrt, rtx (TensorRT for RTX: needs an RTX-class GPU, compute capability "
+        "8.0/8.6/8.9/12.0, to run) or auto (default)",
+    )
     p.set_defaults(func=run_selftest_cli)
     return p
 
@@ -252,12 +295,15 @@ def selftest_requirements(models_dir: Path, cuda_choice: str = "all", flavour: s
     except ImportError as exc:
         reqs.append(Requirement("onnxruntime (reference)", False, f"{exc}; pip install onnxruntime"))
     missing = [str(p) for p in _model_files(models_dir).values() if not p.is_file()]
-    reqs.append(Requirement(
-        "ONNX models",
-        not missing,
-        f"all 6 in {models_dir}" if not missing else
-        f"missing {missing}; make them with the commands in docs/tensorrt.md ('Self-test models') and pass --models",
-    ))
+    reqs.append(
+        Requirement(
+            "ONNX models",
+            not missing,
+            f"all 6 in {models_dir}"
+            if not missing
+            else f"missing {missing}; make them with the commands in docs/tensorrt.md ('Self-test models') and pass --models",
+        )
+    )
     return reqs
 
 
@@ -303,9 +349,14 @@ def run_selftest(args: argparse.Namespace, progress: Callable[[str], None] = lam
                 images = rng.random(spec.concrete_shape(args.parity_samples), dtype=np.float32).astype(spec.dtype)
                 ref = _ort_logits(fp32, spec.name, images.astype(np.float32))
                 cand = _batched(backend, spec.name, images, args.batch.max)
-                parity = compare_outputs(ref, cand, ref.argmax(1), precision=precision,
-                                         class_names=[str(i) for i in range(ref.shape[1])],
-                                         sample_ids=[f"r{i}" for i in range(len(ref))])
+                parity = compare_outputs(
+                    ref,
+                    cand,
+                    ref.argmax(1),
+                    precision=precision,
+                    class_names=[str(i) for i in range(ref.shape[1])],
+                    sample_ids=[f"r{i}" for i in range(len(ref))],
+                )
                 row.parity_passed, row.max_abs_diff = parity.passed, parity.max_abs_diff
                 row.top1_agreement = getattr(parity, "top1_agreement", None)
                 for batch in args.bench_batches:
@@ -327,8 +378,9 @@ def run_selftest(args: argparse.Namespace, progress: Callable[[str], None] = lam
             for impl in extra_impls:
                 if impl == row.cuda:
                     continue
-                other = SelftestRow(model, precision, impl, engine=str(engine), typing=row.typing,
-                                    realized_share=row.realized_share)
+                other = SelftestRow(
+                    model, precision, impl, engine=str(engine), typing=row.typing, realized_share=row.realized_share
+                )
                 rows.append(other)
                 try:
                     with TrtBackend(engine, cuda=impl) as backend:
@@ -337,7 +389,9 @@ def run_selftest(args: argparse.Namespace, progress: Callable[[str], None] = lam
                         ref = _ort_logits(fp32, spec.name, images)
                         cand = backend.infer({spec.name: images.astype(spec.dtype)})[backend.output_names[0]]
                         other.max_abs_diff = float(np.max(np.abs(ref - cand)))
-                        other.parity_passed = bool(np.array_equal(ref.argmax(1), cand.argmax(1)) and other.max_abs_diff < 1e-3)
+                        other.parity_passed = bool(
+                            np.array_equal(ref.argmax(1), cand.argmax(1)) and other.max_abs_diff < 1e-3
+                        )
                         stats = measure_latency(backend.bench_fn(1), batch=1, min_seconds=args.seconds)
                         other.latency["b1"] = _latency_summary(stats)
                 except PipelineError as exc:
@@ -356,14 +410,19 @@ def _ort_logits(onnx: Path, input_name: str, images: np.ndarray) -> np.ndarray:
 def _batched(backend: Any, name: str, images: np.ndarray, max_batch: int) -> np.ndarray:
     outs = []
     for start in range(0, len(images), max_batch):
-        res = backend.infer({name: images[start:start + max_batch]})
+        res = backend.infer({name: images[start : start + max_batch]})
         outs.append(np.asarray(res[backend.output_names[0]], dtype=np.float32))
     return np.concatenate(outs)
 
 
 def _latency_summary(stats: Any) -> dict[str, Any]:
-    d = {"p50_ms": stats.p50_ms, "p99_ms": stats.p99_ms, "p50_ci_ms": list(stats.p50_ci_ms),
-         "throughput_ips": stats.throughput_ips, "count": stats.count}
+    d = {
+        "p50_ms": stats.p50_ms,
+        "p99_ms": stats.p99_ms,
+        "p50_ci_ms": list(stats.p50_ci_ms),
+        "throughput_ips": stats.throughput_ips,
+        "count": stats.count,
+    }
     if getattr(stats, "device", None) is not None:
         d["device_p50_ms"] = stats.device.p50_ms
         d["device_p50_ci_ms"] = list(stats.device.p50_ci_ms)
@@ -378,20 +437,26 @@ def format_requirements(reqs: Sequence[Requirement]) -> str:
 
 
 def format_rows(rows: Sequence[SelftestRow]) -> str:
-    head = f"{'model':8} {'prec':5} {'cuda':11} {'typing':6} {'realized':8} {'parity':6} {'max|d|':9} " \
-           f"{'b1 dev p50 ms':13} {'b8 dev p50 ms':13} {'b8 img/s':9}"
+    head = (
+        f"{'model':8} {'prec':5} {'cuda':11} {'typing':6} {'realized':8} {'parity':6} {'max|d|':9} "
+        f"{'b1 dev p50 ms':13} {'b8 dev p50 ms':13} {'b8 img/s':9}"
+    )
     lines = [head, "-" * len(head)]
     for r in rows:
-        def dev(b: str) -> str:
+
+        def dev(b: str, r=r) -> str:
             lat = r.latency.get(b, {})
             v = lat.get("device_p50_ms", lat.get("p50_ms"))
             return f"{v:.3f}" if v is not None else "-"
+
         share = f"{r.realized_share:.0%}" if r.realized_share is not None else "-"
         parity = "-" if r.parity_passed is None else ("pass" if r.parity_passed else "FAIL")
         diff = f"{r.max_abs_diff:.2e}" if r.max_abs_diff is not None else "-"
         ips = r.latency.get("b8", {}).get("throughput_ips")
-        lines.append(f"{r.model:8} {r.precision:5} {r.cuda:11} {r.typing or '-':6} {share:8} {parity:6} {diff:9} "
-                     f"{dev('b1'):13} {dev('b8'):13} {(f'{ips:.0f}' if ips else '-'):9}")
+        lines.append(
+            f"{r.model:8} {r.precision:5} {r.cuda:11} {r.typing or '-':6} {share:8} {parity:6} {diff:9} "
+            f"{dev('b1'):13} {dev('b8'):13} {(f'{ips:.0f}' if ips else '-'):9}"
+        )
         if r.error:
             lines.append(f"    error: {r.error}")
     return "\n".join(lines)
@@ -402,8 +467,11 @@ def run_selftest_cli(args: argparse.Namespace) -> int:
     print(format_requirements(reqs))
     missing = [r for r in reqs if not r.ok]
     if missing:
-        print(f"selftest cannot run: missing {', '.join(r.name for r in missing)}. "
-              "See docs/tensorrt.md ('Running the self-test').", file=sys.stderr)
+        print(
+            f"selftest cannot run: missing {', '.join(r.name for r in missing)}. "
+            "See docs/tensorrt.md ('Running the self-test').",
+            file=sys.stderr,
+        )
         return EXIT_MISSING
     started = time.time()
     rows = run_selftest(args, progress=lambda m: log.info("%s", m))
@@ -411,8 +479,14 @@ def run_selftest_cli(args: argparse.Namespace) -> int:
     report = Path(args.json) if args.json else Path(args.work) / "selftest.json"
     from runtime.artifacts import atomic_write_json
 
-    atomic_write_json(report, {"requirements": [asdict(r) for r in reqs], "rows": [asdict(r) for r in rows],
-                               "seconds": round(time.time() - started, 1)})
+    atomic_write_json(
+        report,
+        {
+            "requirements": [asdict(r) for r in reqs],
+            "rows": [asdict(r) for r in rows],
+            "seconds": round(time.time() - started, 1),
+        },
+    )
     print(f"report: {report}")
     return EXIT_OK if rows and all(r.passed for r in rows) else EXIT_ERROR
 
@@ -452,7 +526,9 @@ def register(sub: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """``python -m runtime.trt.cli build|selftest ...`` (the same verbs without runtime/__main__.py)."""
-    parser = argparse.ArgumentParser(prog="python -m runtime.trt.cli", description="TensorRT engines: build and self-test.")
+    parser = argparse.ArgumentParser(
+        prog="python -m runtime.trt.cli", description="TensorRT engines: build and self-test."
+    )
     register(parser.add_subparsers(dest="command", required=True))
     return parser
 

@@ -51,9 +51,13 @@ INSTALL_HINT = (
     "install TensorRT with pip install '.[trt]' (desktop, TensorRT 11 from NVIDIA's index) or use the "
     "JetPack 6 system package python3-libnvinfer (TensorRT 10.3)"
 )
-RTX_INSTALL_HINT = ("install TensorRT for RTX with pip install '.[rtx]' (x86-64 Linux; `make setup` does it there); "
-                    "it builds engines without a GPU")
-LEAN_INSTALL_HINT = "install the lean runtime with pip install tensorrt-lean-cu13 (or JetPack's python3-libnvinfer-lean)"
+RTX_INSTALL_HINT = (
+    "install TensorRT for RTX with pip install '.[rtx]' (x86-64 Linux; `make setup` does it there); "
+    "it builds engines without a GPU"
+)
+LEAN_INSTALL_HINT = (
+    "install the lean runtime with pip install tensorrt-lean-cu13 (or JetPack's python3-libnvinfer-lean)"
+)
 
 # Import names, most specific first: the pip meta-package and JetPack install `tensorrt`; the bare
 # bindings wheel installs `tensorrt_bindings` (same for the lean runtime).
@@ -77,8 +81,14 @@ FLAVOUR_CHOICES = ("auto", Flavour.TENSORRT.value, Flavour.RTX.value)
 #: Compute capabilities an RTX plan runs on when no target is set (TensorRT-RTX's portable default).
 RTX_DEFAULT_TARGETS: tuple[str, ...] = ("8.0", "8.6", "8.9", "12.0")
 #: Compute capability -> ``ComputeCapability`` member (TensorRT for RTX 1.7).
-RTX_TARGETS: dict[str, str] = {"7.5": "SM75", "8.0": "SM80", "8.6": "SM86", "8.9": "SM89", "12.0": "SM120",
-                               "12.1": "SM121"}
+RTX_TARGETS: dict[str, str] = {
+    "7.5": "SM75",
+    "8.0": "SM80",
+    "8.6": "SM86",
+    "8.9": "SM89",
+    "12.0": "SM120",
+    "12.1": "SM121",
+}
 
 
 def parse_flavour(value: str | Flavour | None) -> Flavour | None:
@@ -111,8 +121,10 @@ def parse_targets(value: str | Sequence[str] | None) -> tuple[str, ...]:
         if "." not in text and text.isdigit() and len(text) >= 2:
             text = f"{text[:-1]}.{text[-1]}"
         if text not in RTX_TARGETS:
-            raise ConfigError(f"compute capability {item!r} cannot be targeted by TensorRT for RTX; valid: "
-                              f"{', '.join(RTX_TARGETS)} (e.g. --compute-capability 8.6,8.9,12.0)")
+            raise ConfigError(
+                f"compute capability {item!r} cannot be targeted by TensorRT for RTX; valid: "
+                f"{', '.join(RTX_TARGETS)} (e.g. --compute-capability 8.6,8.9,12.0)"
+            )
         out.append(text)
     return tuple(sorted(set(out), key=lambda t: tuple(int(x) for x in t.split("."))))
 
@@ -175,8 +187,11 @@ def branch_for(version: TrtVersion | str) -> str:
     if v.major == 10:
         return "10"
     if v.major > NEWEST_KNOWN_MAJOR:
-        log.warning("TensorRT %s is newer than the newest version this code knows (%d.x); using the 11 branch",
-                    v, NEWEST_KNOWN_MAJOR)
+        log.warning(
+            "TensorRT %s is newer than the newest version this code knows (%d.x); using the 11 branch",
+            v,
+            NEWEST_KNOWN_MAJOR,
+        )
     return "11"
 
 
@@ -218,9 +233,10 @@ def import_tensorrt(*, lean: bool = False, flavour: str | Flavour | None = None)
     raise MissingDependencyError(f"{what} is not importable ({'; '.join(attempts)}); {hint}")
 
 
-def target_unsupported_reason(compute_capability: str, targets: Sequence[str] = RTX_DEFAULT_TARGETS,
-                              gpu_name: str = "this GPU") -> str:
-    """"" when an ahead-of-time plan for ``targets`` runs on a GPU of ``compute_capability``, else why not.
+def target_unsupported_reason(
+    compute_capability: str, targets: Sequence[str] = RTX_DEFAULT_TARGETS, gpu_name: str = "this GPU"
+) -> str:
+    """ "" when an ahead-of-time plan for ``targets`` runs on a GPU of ``compute_capability``, else why not.
 
     TensorRT for RTX supports RTX-class GPUs only (Turing 7.5 on request, Ampere 8.0/8.6, Ada 8.9,
     Blackwell 12.0/12.1); data-centre Hopper (H100/H200, 9.0) is not in its support matrix.
@@ -229,10 +245,14 @@ def target_unsupported_reason(compute_capability: str, targets: Sequence[str] = 
     if cc in targets:
         return ""
     if cc not in RTX_TARGETS:
-        return (f"{gpu_name} has compute capability {cc}, which TensorRT for RTX does not support (it targets "
-                f"{', '.join(RTX_TARGETS)}; H100/H200 are 9.0): RTX engines cannot run here")
-    return (f"{gpu_name} has compute capability {cc}, not among the engine's targets {', '.join(targets)}; rebuild with "
-            f"--compute-capability {cc}")
+        return (
+            f"{gpu_name} has compute capability {cc}, which TensorRT for RTX does not support (it targets "
+            f"{', '.join(RTX_TARGETS)}; H100/H200 are 9.0): RTX engines cannot run here"
+        )
+    return (
+        f"{gpu_name} has compute capability {cc}, not among the engine's targets {', '.join(targets)}; rebuild with "
+        f"--compute-capability {cc}"
+    )
 
 
 def flavour_of(module: Any) -> Flavour:
@@ -241,7 +261,7 @@ def flavour_of(module: Any) -> Flavour:
 
 
 def tensorrt_unavailable_reason(*, lean: bool = False, flavour: str | Flavour | None = None) -> str:
-    """"" when TensorRT imports here and is a supported version, else why not (never raises)."""
+    """ "" when TensorRT imports here and is a supported version, else why not (never raises)."""
     try:
         trt = Trt.load(lean=lean, flavour=flavour)
     except PipelineError as exc:
@@ -267,8 +287,14 @@ class Trt:
         lean: True for the lean runtime (runtime names only).
     """
 
-    def __init__(self, module: Any, version: str | TrtVersion | None = None, *, lean: bool = False,
-                 flavour: str | Flavour | None = None) -> None:
+    def __init__(
+        self,
+        module: Any,
+        version: str | TrtVersion | None = None,
+        *,
+        lean: bool = False,
+        flavour: str | Flavour | None = None,
+    ) -> None:
         self.module = module
         raw = version if version is not None else getattr(module, "__version__", None)
         if raw is None:
@@ -279,8 +305,9 @@ class Trt:
             if lean:
                 raise ConfigError("TensorRT for RTX has no lean runtime; drop lean=True or use --flavour tensorrt")
             if (self.version.major, self.version.minor) < RTX_MIN:
-                raise ConfigError(f"TensorRT for RTX {self.version} is too old: this project needs 1.0 or newer; "
-                                  "pip install '.[rtx]'")
+                raise ConfigError(
+                    f"TensorRT for RTX {self.version} is too old: this project needs 1.0 or newer; pip install '.[rtx]'"
+                )
             self.branch = "rtx"
         else:
             self.branch = branch_for(self.version)
@@ -327,8 +354,10 @@ class Trt:
         targets = parse_targets(targets)
         if self.flavour is not Flavour.RTX:
             if targets:
-                raise ConfigError(f"--compute-capability needs TensorRT for RTX (ahead-of-time builds); {self.label} "
-                                  "builds for the GPU it runs on. Use --flavour rtx (pip install '.[rtx]') or drop it")
+                raise ConfigError(
+                    f"--compute-capability needs TensorRT for RTX (ahead-of-time builds); {self.label} "
+                    "builds for the GPU it runs on. Use --flavour rtx (pip install '.[rtx]') or drop it"
+                )
             return (), False
         if not targets:
             return RTX_DEFAULT_TARGETS, True
@@ -351,11 +380,15 @@ class Trt:
         if self.flavour is not Flavour.RTX:
             return
         if dla_core is not None:
-            raise ConfigError("--dla-core: TensorRT for RTX has no DLA support (Jetson DLA needs TensorRT 10.3 "
-                              "from JetPack); drop --dla-core or use --flavour tensorrt")
+            raise ConfigError(
+                "--dla-core: TensorRT for RTX has no DLA support (Jetson DLA needs TensorRT 10.3 "
+                "from JetPack); drop --dla-core or use --flavour tensorrt"
+            )
         if version_compatible:
-            raise ConfigError("--version-compatible: TensorRT for RTX has no lean runtime to load such a plan "
-                              "(the build fails looking for libnvinfer_lean); drop it or use --flavour tensorrt")
+            raise ConfigError(
+                "--version-compatible: TensorRT for RTX has no lean runtime to load such a plan "
+                "(the build fails looking for libnvinfer_lean); drop it or use --flavour tensorrt"
+            )
 
     # ---- the gate -------------------------------------------------------------------------------
     def allows(self, name: str) -> bool:
@@ -400,8 +433,13 @@ class Trt:
         """
         base = self.get("ILogger")
         levels = {}
-        for sev, level in (("INTERNAL_ERROR", logging.CRITICAL), ("ERROR", logging.ERROR),
-                           ("WARNING", logging.WARNING), ("INFO", logging.INFO), ("VERBOSE", logging.DEBUG)):
+        for sev, level in (
+            ("INTERNAL_ERROR", logging.CRITICAL),
+            ("ERROR", logging.ERROR),
+            ("WARNING", logging.WARNING),
+            ("INFO", logging.INFO),
+            ("VERBOSE", logging.DEBUG),
+        ):
             levels[self.get(f"ILogger.{sev}")] = level
         trt_log = logging.getLogger("runtime.trt.tensorrt")
 
@@ -489,5 +527,7 @@ class Trt:
         for name, np_type in table.items():
             if trt_dtype == self.get(name):
                 return np.dtype(np_type)
-        raise TrtError(f"TensorRT data type {trt_dtype!r} has no numpy equivalent here (BF16/FP8/INT4 I/O "
-                       "is not supported by this harness); export the model with float32/float16 I/O")
+        raise TrtError(
+            f"TensorRT data type {trt_dtype!r} has no numpy equivalent here (BF16/FP8/INT4 I/O "
+            "is not supported by this harness); export the model with float32/float16 I/O"
+        )

@@ -152,7 +152,7 @@ class CudaApi(abc.ABC):
     @abc.abstractmethod
     def destroy_graph(self, graph_exec: Any) -> None: ...
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: only implementations that hold a context override it
         """Release the library's context if the implementation holds one."""
 
     # ---- helpers built on the primitives ----------------------------------------------------------
@@ -199,8 +199,12 @@ class CudaPythonApi(CudaApi):
         props = self._check(self.rt.cudaGetDeviceProperties(self.index), "cudaGetDeviceProperties")
         raw = props.name
         name = raw.decode(errors="replace") if isinstance(raw, (bytes, bytearray)) else str(raw)
-        return DeviceInfo(self.index, name.split("\x00", 1)[0].strip(), f"{props.major}.{props.minor}",
-                          int(getattr(props, "totalGlobalMem", 0)))
+        return DeviceInfo(
+            self.index,
+            name.split("\x00", 1)[0].strip(),
+            f"{props.major}.{props.minor}",
+            int(getattr(props, "totalGlobalMem", 0)),
+        )
 
     def alloc_device(self, nbytes: int) -> DeviceBuffer:
         ptr = self._check(self.rt.cudaMalloc(max(int(nbytes), 1)), f"cudaMalloc({nbytes})")
@@ -223,11 +227,15 @@ class CudaPythonApi(CudaApi):
     def copy_htod_async(self, dst: DeviceBuffer, src: np.ndarray, stream: int) -> None:
         src = np.ascontiguousarray(src)
         kind = self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
-        self._check(self.rt.cudaMemcpyAsync(dst.ptr, src.ctypes.data, src.nbytes, kind, stream), "cudaMemcpyAsync(HtoD)")
+        self._check(
+            self.rt.cudaMemcpyAsync(dst.ptr, src.ctypes.data, src.nbytes, kind, stream), "cudaMemcpyAsync(HtoD)"
+        )
 
     def copy_dtoh_async(self, dst: np.ndarray, src: DeviceBuffer, stream: int) -> None:
         kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
-        self._check(self.rt.cudaMemcpyAsync(dst.ctypes.data, src.ptr, dst.nbytes, kind, stream), "cudaMemcpyAsync(DtoH)")
+        self._check(
+            self.rt.cudaMemcpyAsync(dst.ctypes.data, src.ptr, dst.nbytes, kind, stream), "cudaMemcpyAsync(DtoH)"
+        )
 
     def create_stream(self) -> int:
         flags = self.rt.cudaStreamNonBlocking
@@ -405,7 +413,7 @@ def get_cuda(prefer: str | None = None, device_index: int = 0) -> CudaApi:
 
 
 def cuda_unavailable_reason(prefer: str | None = None) -> str:
-    """"" when a CUDA implementation opens a device here, else why not (never raises)."""
+    """ "" when a CUDA implementation opens a device here, else why not (never raises)."""
     try:
         api = get_cuda(prefer)
     except PipelineError as exc:

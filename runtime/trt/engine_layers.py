@@ -354,14 +354,18 @@ def parse_build_log(messages: str | Sequence[str]) -> PrecisionReport:
         messages = [messages]
     listings = [m for m in messages if str(m).lstrip().startswith("Layers:")]
     if not listings:
-        raise TrtError("the TensorRT for RTX build logged no 'Layers:' listing: build with "
-                       "IBuilderConfig.profiling_verbosity = DETAILED and a logger that receives VERBOSE messages "
-                       "(runtime.trt.compat.Trt.logger does)")
-    lines = str(listings[-1]).lstrip()[len("Layers:"):].splitlines()
+        raise TrtError(
+            "the TensorRT for RTX build logged no 'Layers:' listing: build with "
+            "IBuilderConfig.profiling_verbosity = DETAILED and a logger that receives VERBOSE messages "
+            "(runtime.trt.compat.Trt.logger does)"
+        )
+    lines = str(listings[-1]).lstrip()[len("Layers:") :].splitlines()
     layers = [layer for layer in (_log_layer(line) for line in lines if line.strip()) if layer is not None]
     if not layers:
-        raise TrtError("the TensorRT for RTX 'Layers:' listing has no line of the form 'Name: ..., LayerType: ..., "
-                       "Inputs: [...]': has the log format changed? Look at the build log (-v)")
+        raise TrtError(
+            "the TensorRT for RTX 'Layers:' listing has no line of the form 'Name: ..., LayerType: ..., "
+            "Inputs: [...]': has the log format changed? Look at the build log (-v)"
+        )
     io: list[str] = []
     return PrecisionReport(schema="rtx-log", layers=tuple(layers), io_tensors=tuple(io))
 
@@ -404,7 +408,7 @@ def require_precision(report: PrecisionReport, requested: str, min_share: float 
         shown = ", ".join(check.offenders[:10]) + (" ..." if len(check.offenders) > 10 else "")
         hint = {
             "int8": "check the Q/DQ graph (quantize lint: per-tensor symmetric activations, zero-point 0) "
-                    "and that convolutions have Q/DQ on both input and weight",
+            "and that convolutions have Q/DQ on both input and weight",
             "fp16": "check that the ONNX is the FP16-cast graph (model.fp16.onnx), not the FP32 one",
             "fp32": "an FP32 graph should stay FP32 when strongly typed; check the typing mode",
         }[check.requested]
@@ -430,16 +434,32 @@ def precision_table_markdown(report: PrecisionReport, check: PrecisionCheck | No
         if check.offenders:
             out += [f"Conv/GEMM layers not in {check.requested}: " + ", ".join(f"`{o}`" for o in check.offenders), ""]
     counts = report.counts()
-    out += [f"{len(report.compute_layers)} conv/GEMM layers of {len(report.layers)} engine layers; by precision: "
-            + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none") + f" (source: {report.schema}).", ""]
+    out += [
+        f"{len(report.compute_layers)} conv/GEMM layers of {len(report.layers)} engine layers; by precision: "
+        + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none")
+        + f" (source: {report.schema}).",
+        "",
+    ]
     out += ["## Conv/GEMM layers", ""]
-    out += md_table(["#", "layer", "type", "precision", "inputs", "constants", "ONNX nodes"],
-                    [[i, f"`{layer.name}`", layer.layer_type, f"**{layer.precision}**",
-                      ", ".join(layer.input_dtypes) or "–", ", ".join(layer.constant_dtypes) or "–",
-                      ", ".join(layer.onnx_nodes) or "–"] for i, layer in enumerate(report.compute_layers, 1)])
+    out += md_table(
+        ["#", "layer", "type", "precision", "inputs", "constants", "ONNX nodes"],
+        [
+            [
+                i,
+                f"`{layer.name}`",
+                layer.layer_type,
+                f"**{layer.precision}**",
+                ", ".join(layer.input_dtypes) or "–",
+                ", ".join(layer.constant_dtypes) or "–",
+                ", ".join(layer.onnx_nodes) or "–",
+            ]
+            for i, layer in enumerate(report.compute_layers, 1)
+        ],
+    )
     others = [layer for layer in report.layers if not layer.compute]
     if others:
         out += ["", "## Other layers", ""]
-        out += md_table(["layer", "type", "precision"], [[f"`{layer.name}`", layer.layer_type, layer.precision]
-                                                         for layer in others])
+        out += md_table(
+            ["layer", "type", "precision"], [[f"`{layer.name}`", layer.layer_type, layer.precision] for layer in others]
+        )
     return "\n".join(out) + "\n"

@@ -21,8 +21,12 @@ CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 
 def _dw_block(cin: int, cout: int, stride: int) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False), nn.BatchNorm2d(cin), nn.ReLU6(inplace=True),
-        nn.Conv2d(cin, cout, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU6(inplace=True),
+        nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False),
+        nn.BatchNorm2d(cin),
+        nn.ReLU6(inplace=True),
+        nn.Conv2d(cin, cout, 1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU6(inplace=True),
     )
 
 
@@ -40,15 +44,20 @@ class MobileNetGray(nn.Module):
 
 class _SepConv(nn.Sequential):
     def __init__(self, cin: int, cout: int) -> None:
-        super().__init__(nn.Conv2d(cin, cin, 3, 1, 1, groups=cin, bias=False), nn.Conv2d(cin, cout, 1, bias=False),
-                         nn.BatchNorm2d(cout))
+        super().__init__(
+            nn.Conv2d(cin, cin, 3, 1, 1, groups=cin, bias=False),
+            nn.Conv2d(cin, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
 
 
 class _XBlock(nn.Module):
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__()
         self.skip = nn.Sequential(nn.Conv2d(cin, cout, 1, 2, bias=False), nn.BatchNorm2d(cout))
-        self.body = nn.Sequential(nn.ReLU(), _SepConv(cin, cout), nn.ReLU(), _SepConv(cout, cout), nn.MaxPool2d(3, 2, 1))
+        self.body = nn.Sequential(
+            nn.ReLU(), _SepConv(cin, cout), nn.ReLU(), _SepConv(cout, cout), nn.MaxPool2d(3, 2, 1)
+        )
 
     def forward(self, x):
         return self.body(x) + self.skip(x)
@@ -99,16 +108,25 @@ ARCHS = {
 }
 
 
-def plain_onnx(name: str, path: Path, *, batch: int | None = 1, input_name: str = "image",
-               output_name: str = "scores") -> Path:
+def plain_onnx(
+    name: str, path: Path, *, batch: int | None = 1, input_name: str = "image", output_name: str = "scores"
+) -> Path:
     """Export with a plain torch.onnx.export (fixed batch 1 by default, the exporter's usual default)."""
     factory, shape, *_ = ARCHS[name]
     model = factory()
     x = torch.rand(batch or 2, *shape)
     kwargs = {} if batch else {"dynamic_axes": {input_name: {0: "n"}, output_name: {0: "n"}}}
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.onnx.export(model, (x,), str(path), input_names=[input_name], output_names=[output_name], opset_version=17,
-                      dynamo=False, **kwargs)
+    torch.onnx.export(
+        model,
+        (x,),
+        str(path),
+        input_names=[input_name],
+        output_names=[output_name],
+        opset_version=17,
+        dynamo=False,
+        **kwargs,
+    )
     return path
 
 
@@ -116,8 +134,16 @@ def write_contract(name: str, path: Path, **override) -> Path:
     import yaml
 
     _, (c, h, w), mode, mean, std = ARCHS[name]
-    body = {"classes": list(CLASSES), "input_size": [h, w], "color_mode": mode, "scale": 1 / 255, "mean": mean,
-            "std": std, "resize": "stretch", "model_name": name}
+    body = {
+        "classes": list(CLASSES),
+        "input_size": [h, w],
+        "color_mode": mode,
+        "scale": 1 / 255,
+        "mean": mean,
+        "std": std,
+        "resize": "stretch",
+        "model_name": name,
+    }
     body.update(override)
     body = {k: v for k, v in body.items() if v is not None}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -136,7 +162,9 @@ def face_folder(root: Path, n: int, *, seed: int = 0, nested: bool = True, size:
         for ex in (w // 3, 2 * w // 3):
             cv2.circle(img, (ex + int(rng.integers(-2, 3)), h // 2 - 8), 3, (30, 30, 30), -1)
         mouth = int(rng.integers(-6, 7))
-        cv2.ellipse(img, (w // 2, h // 2 + 14), (10, max(1, abs(mouth))), 0, 0, 180 if mouth > 0 else -180, (60, 20, 20), 2)
+        cv2.ellipse(
+            img, (w // 2, h // 2 + 14), (10, max(1, abs(mouth))), 0, 0, 180 if mouth > 0 else -180, (60, 20, 20), 2
+        )
         img = np.clip(img.astype(np.int16) + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
         sub = root / ("batch2" if nested and i % 3 == 0 else "")
         sub.mkdir(parents=True, exist_ok=True)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import own_archs as A
 import pytest
 
-import own_archs as A
 from export.__main__ import main as export_cli
 from quantize.__main__ import main as quantize_cli
 from runtime.__main__ import bench_main, parity_main
@@ -67,8 +67,20 @@ def test_outside_onnx_and_unlabelled_faces_through_every_stage(tmp_path, arch):
     assert "unlabelled" in side["parity"] or side["parity"]["top1_agreement"] is not None
 
     report = tmp_path / "parity"
-    code = parity_main(["--reference", str(model), "--candidates", *map(str, outs.values()), "--data", str(faces),
-                        "--out", str(report), "--no-progress", "--no-plots"])  # fmt: skip
+    code = parity_main(
+        [
+            "--reference",
+            str(model),
+            "--candidates",
+            *map(str, outs.values()),
+            "--data",
+            str(faces),
+            "--out",
+            str(report),
+            "--no-progress",
+            "--no-plots",
+        ]
+    )
     body = json.loads((report / "parity.json").read_text())
     rows = [r for r in body["rows"] if not r.get("is_reference")]
     assert len(rows) == len(outs)
@@ -78,9 +90,28 @@ def test_outside_onnx_and_unlabelled_faces_through_every_stage(tmp_path, arch):
     assert code == (0 if all(r["passed"] for r in rows) else 1)
 
     bench = tmp_path / "bench"
-    assert bench_main(["--models", str(model), str(outs["int8.cpu"]), "--batch", "1,4", "--seconds", "0.05",
-                       "--iterations", "3", "--out", str(bench), "--no-progress", "--no-plots",
-                       "--backends", "ort"]) == 0  # fmt: skip
+    assert (
+        bench_main(
+            [
+                "--models",
+                str(model),
+                str(outs["int8.cpu"]),
+                "--batch",
+                "1,4",
+                "--seconds",
+                "0.05",
+                "--iterations",
+                "3",
+                "--out",
+                str(bench),
+                "--no-progress",
+                "--no-plots",
+                "--backends",
+                "ort",
+            ]
+        )
+        == 0
+    )
 
 
 def test_unlabelled_folder_quick_path(tmp_path):
@@ -107,8 +138,27 @@ def test_unlabelled_folder_quick_path(tmp_path):
 def test_bench_runs_a_plain_onnx_without_contract(tmp_path, caplog):
     plain = A.plain_onnx("mobilenet_gray", tmp_path / "plain.onnx", batch=None)
     with caplog.at_level(logging.WARNING):
-        assert bench_main(["--models", str(plain), "--batch", "1,2", "--seconds", "0.05", "--iterations", "3",
-                           "--out", str(tmp_path / "bench"), "--no-progress", "--no-plots", "--backends", "ort"]) == 0
+        assert (
+            bench_main(
+                [
+                    "--models",
+                    str(plain),
+                    "--batch",
+                    "1,2",
+                    "--seconds",
+                    "0.05",
+                    "--iterations",
+                    "3",
+                    "--out",
+                    str(tmp_path / "bench"),
+                    "--no-progress",
+                    "--no-plots",
+                    "--backends",
+                    "ort",
+                ]
+            )
+            == 0
+        )
     assert "has no deployment contract: benchmarking it on random inputs" in caplog.text
     rows = json.loads((tmp_path / "bench" / "bench.json").read_text())["rows"]
     assert sorted(r["batch"] for r in rows) == [1, 2] and all(r["latency_ms"] for r in rows)
@@ -126,13 +176,42 @@ def test_folder_without_readable_image_fails_and_writes_nothing(tmp_path, caplog
         (folder / "sub" / "b.png").write_bytes(b"")
     before = sorted(p.name for p in model.parent.iterdir())
     with caplog.at_level(logging.ERROR):
-        q = quantize_cli(["int8", "--method", "ort", "--target", "cpu", "--onnx", str(model), "--out",
-                          str(model.with_name("model.int8.onnx")), "--data", str(folder), *SMALL])  # fmt: skip
-        p = parity_main(["--reference", str(model), "--candidates", str(model), "--data", str(folder), "--out",
-                         str(tmp_path / "parity"), "--no-progress", "--no-plots"])  # fmt: skip
+        q = quantize_cli(
+            [
+                "int8",
+                "--method",
+                "ort",
+                "--target",
+                "cpu",
+                "--onnx",
+                str(model),
+                "--out",
+                str(model.with_name("model.int8.onnx")),
+                "--data",
+                str(folder),
+                *SMALL,
+            ]
+        )
+        p = parity_main(
+            [
+                "--reference",
+                str(model),
+                "--candidates",
+                str(model),
+                "--data",
+                str(folder),
+                "--out",
+                str(tmp_path / "parity"),
+                "--no-progress",
+                "--no-plots",
+            ]
+        )
     assert q != 0 and p != 0
-    expect = {"empty": "no image files found", "corrupt": "none of its 2 image file(s) can be decoded",
-              "missing": "no such file or folder"}[bad]  # fmt: skip
+    expect = {
+        "empty": "no image files found",
+        "corrupt": "none of its 2 image file(s) can be decoded",
+        "missing": "no such file or folder",
+    }[bad]
     assert expect in caplog.text, caplog.text
     assert sorted(p.name for p in model.parent.iterdir()) == before
     assert not (tmp_path / "parity" / "parity.json").exists()
@@ -149,8 +228,15 @@ def test_manet_through_the_same_route(tmp_path):
     torch.manual_seed(0)
     plain = tmp_path / "outside" / "manet.onnx"
     plain.parent.mkdir()
-    torch.onnx.export(create_model("manet_tiny").eval(), (torch.rand(1, *spec.input_shape),), str(plain),
-                      input_names=["x"], output_names=["y"], opset_version=17, dynamo=False)  # fmt: skip
+    torch.onnx.export(
+        create_model("manet_tiny").eval(),
+        (torch.rand(1, *spec.input_shape),),
+        str(plain),
+        input_names=["x"],
+        output_names=["y"],
+        opset_version=17,
+        dynamo=False,
+    )
     contract = plain.with_suffix(".yaml")
     contract.write_text(
         f"classes: {list(A.CLASSES)}\ninput_size: {list(spec.input_size)}\ncolor_mode: {spec.color_mode.value}\n"
@@ -162,8 +248,20 @@ def test_manet_through_the_same_route(tmp_path):
     outs = _quantize_all(model, faces, {"int8.cpu": QUANT["int8.cpu"], "fp16": QUANT["fp16"]}, ("--ignore", "none"))
     for path in outs.values():
         onnx.checker.check_model(str(path), full_check=True)
-    parity_main(["--reference", str(model), "--candidates", *map(str, outs.values()), "--data", str(faces),
-                 "--out", str(tmp_path / "parity"), "--no-progress", "--no-plots"])  # fmt: skip
+    parity_main(
+        [
+            "--reference",
+            str(model),
+            "--candidates",
+            *map(str, outs.values()),
+            "--data",
+            str(faces),
+            "--out",
+            str(tmp_path / "parity"),
+            "--no-progress",
+            "--no-plots",
+        ]
+    )
     rows = json.loads((tmp_path / "parity" / "parity.json").read_text())["rows"]
     assert len(rows) == 3 and all(np.isfinite(r["top1_agreement"]) for r in rows)
 
@@ -176,16 +274,50 @@ def test_detect_crops_faces_from_whole_photos_first(tmp_path):
     shutil.copytree(Path(__file__).resolve().parents[1] / "data" / "photos", photos)
     _, model = _adopt(tmp_path, "mobilenet_gray")
     report = tmp_path / "parity"
-    parity_main(["--reference", str(model), "--candidates", str(model), "--data", str(photos), "--detect",
-                 "--out", str(report), "--no-progress", "--no-plots"])  # fmt: skip
+    parity_main(
+        [
+            "--reference",
+            str(model),
+            "--candidates",
+            str(model),
+            "--data",
+            str(photos),
+            "--detect",
+            "--out",
+            str(report),
+            "--no-progress",
+            "--no-plots",
+        ]
+    )
     faces = json.loads((report / "faces" / "faces.json").read_text())
     assert faces["faces"] >= 6 and faces["images_without_face"] >= 2 and faces["source"] == str(photos)
     body = json.loads((report / "parity.json").read_text())
     assert f"({faces['faces']} images, unlabelled)" in body["dataset"]
     out = model.with_name("model.int8.onnx")
-    assert quantize_cli(["int8", "--method", "ort", "--target", "cpu", "--onnx", str(model), "--out", str(out),
-                         "--data", str(photos), "--detect", "--no-latency", "--calib-size", "8",
-                         "--min-calib-size", "4"]) == 0  # fmt: skip
+    assert (
+        quantize_cli(
+            [
+                "int8",
+                "--method",
+                "ort",
+                "--target",
+                "cpu",
+                "--onnx",
+                str(model),
+                "--out",
+                str(out),
+                "--data",
+                str(photos),
+                "--detect",
+                "--no-latency",
+                "--calib-size",
+                "8",
+                "--min-calib-size",
+                "4",
+            ]
+        )
+        == 0
+    )
     manifest = json.loads(model.with_name("model.int8.calibration.json").read_text())
     assert manifest["dataset"]["root"] == str(model.with_name("model.int8.faces"))
     # No face anywhere: a clear error, no crops folder left behind.
@@ -194,6 +326,22 @@ def test_detect_crops_faces_from_whole_photos_first(tmp_path):
     import cv2
 
     cv2.imwrite(str(empty / "flat.png"), np.full((120, 160, 3), 128, np.uint8))
-    assert parity_main(["--reference", str(model), "--candidates", str(model), "--data", str(empty), "--detect",
-                        "--out", str(tmp_path / "p2"), "--no-progress", "--no-plots"]) != 0  # fmt: skip
+    assert (
+        parity_main(
+            [
+                "--reference",
+                str(model),
+                "--candidates",
+                str(model),
+                "--data",
+                str(empty),
+                "--detect",
+                "--out",
+                str(tmp_path / "p2"),
+                "--no-progress",
+                "--no-plots",
+            ]
+        )
+        != 0
+    )
     assert not (tmp_path / "p2" / "faces").exists() and not (tmp_path / "p2" / "parity.json").exists()

@@ -9,10 +9,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import own_archs as A
 import pytest
 import yaml
 
-import own_archs as A
 import pipeline as P
 import pipeline.stages as S
 from runtime.errors import ConfigError
@@ -49,8 +49,13 @@ def _steps(run: Path) -> dict[str, str]:
 def test_own_onnx_config(tmp_path):
     plain = A.plain_onnx("mobilenet_gray", tmp_path / "my_fer.onnx")
     photos = A.face_folder(tmp_path / "my_photos", 24, seed=3)
-    cfg = _config("own_onnx.yaml", tmp_path, path=str(plain), data=str(photos),
-                  contract=str(REPO / "configs" / "own_model.contract.yaml"))
+    cfg = _config(
+        "own_onnx.yaml",
+        tmp_path,
+        path=str(plain),
+        data=str(photos),
+        contract=str(REPO / "configs" / "own_model.contract.yaml"),
+    )
     assert P.pipeline_main(["--config", str(cfg), "--no-progress"]) == 0
     run = tmp_path / "run"
     steps = _steps(run)
@@ -74,9 +79,14 @@ def test_folder_config_with_a_checkpoint(tmp_path):
 
     torch.manual_seed(0)
     spec = get_model_info("lanmsff_tiny").preprocess
-    ckpt = save_checkpoint(tmp_path / "trained" / "checkpoint.pt", create_model("lanmsff_tiny").eval(),
-                           model_name="lanmsff_tiny", class_names=A.CLASSES, preprocess=spec,
-                           dataset={"kind": "synthetic", "seed": 0, "count": 70, "size": 64})  # fmt: skip
+    ckpt = save_checkpoint(
+        tmp_path / "trained" / "checkpoint.pt",
+        create_model("lanmsff_tiny").eval(),
+        model_name="lanmsff_tiny",
+        class_names=A.CLASSES,
+        preprocess=spec,
+        dataset={"kind": "synthetic", "seed": 0, "count": 70, "size": 64},
+    )
     photos = A.face_folder(tmp_path / "my_photos", 20, seed=4)
     cfg = _config("folder.yaml", tmp_path, path=str(ckpt), data=str(photos))
     assert P.pipeline_main(["--config", str(cfg), "--no-progress"]) == 0
@@ -94,7 +104,9 @@ def test_source_section_validation():
     with pytest.raises(ConfigError, match="needs source.contract"):
         P.config_from_mapping({"source": {"kind": "onnx", "path": "m.onnx"}}, "x.yaml")
     with pytest.raises(ConfigError, match="unknown"):
-        P.config_from_mapping({"source": {"kind": "onnx", "path": "m.onnx", "contract": "c.yaml", "labels": 1}}, "x.yaml")
+        P.config_from_mapping(
+            {"source": {"kind": "onnx", "path": "m.onnx", "contract": "c.yaml", "labels": 1}}, "x.yaml"
+        )
     for name in ("own_onnx.yaml", "folder.yaml"):
         cfg = P.load_pipeline_config(REPO / "configs" / name)
         assert cfg.model_source.kind and cfg.model_source.data

@@ -25,7 +25,7 @@ from runtime.preprocess import ColorMode, PreprocessSpec, preprocess
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "e2e"))
-import own_archs as A  # noqa: E402
+import own_archs as A  # noqa: E402 - imported after sys.path / environment set-up at the top of the file
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 GOOD = {"classes": list(A.CLASSES), "input_size": [64, 64], "color_mode": "gray"}
@@ -145,7 +145,9 @@ def test_adopt_mismatch_is_a_clear_error_and_writes_nothing(tmp_path, caplog, ov
     out_dir = tmp_path / "run"
     out_dir.mkdir()
     with caplog.at_level(logging.ERROR):
-        code = export_cli(["adopt", "--onnx", str(plain), "--contract", str(contract), "--out", str(out_dir / "m.onnx")])
+        code = export_cli(
+            ["adopt", "--onnx", str(plain), "--contract", str(contract), "--out", str(out_dir / "m.onnx")]
+        )
     assert code != 0
     assert fragment in caplog.text
     assert [p.name for p in out_dir.iterdir() if not p.name.startswith(".")] == []  # nothing but the lock file
@@ -154,8 +156,14 @@ def test_adopt_mismatch_is_a_clear_error_and_writes_nothing(tmp_path, caplog, ov
 def test_adopt_refuses_external_data_outside_the_model_folder(tmp_path):
     plain = A.plain_onnx("mobilenet_gray", tmp_path / "m" / "plain.onnx")
     model = onnx.load(str(plain))
-    onnx.save_model(model, str(tmp_path / "m" / "ext.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location="ext.onnx.data", size_threshold=0)
+    onnx.save_model(
+        model,
+        str(tmp_path / "m" / "ext.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="ext.onnx.data",
+        size_threshold=0,
+    )
     moved = onnx.load(str(tmp_path / "m" / "ext.onnx"), load_external_data=False)
     for t in moved.graph.initializer:
         for e in t.external_data:
@@ -176,13 +184,23 @@ def test_adopt_refuses_external_data_outside_the_model_folder(tmp_path):
 
 def test_adopt_inlines_external_data_beside_the_model(tmp_path):
     plain = A.plain_onnx("mobilenet_gray", tmp_path / "m" / "plain.onnx")
-    onnx.save_model(onnx.load(str(plain)), str(tmp_path / "m" / "ext.onnx"), save_as_external_data=True,
-                    all_tensors_to_one_file=True, location="ext.onnx.data", size_threshold=0)
-    from export.adopt import adopt_onnx
+    onnx.save_model(
+        onnx.load(str(plain)),
+        str(tmp_path / "m" / "ext.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="ext.onnx.data",
+        size_threshold=0,
+    )
     from onnx.external_data_helper import uses_external_data
 
-    res = adopt_onnx(tmp_path / "m" / "ext.onnx", A.write_contract("mobilenet_gray", tmp_path / "c.yaml"),
-                     tmp_path / "out" / "m.onnx")
+    from export.adopt import adopt_onnx
+
+    res = adopt_onnx(
+        tmp_path / "m" / "ext.onnx",
+        A.write_contract("mobilenet_gray", tmp_path / "c.yaml"),
+        tmp_path / "out" / "m.onnx",
+    )
     written = onnx.load(str(res.model), load_external_data=False)
     assert not any(uses_external_data(t) for t in written.graph.initializer)
     x = np.random.default_rng(1).random((1, 1, 64, 64), dtype=np.float32)
@@ -194,7 +212,10 @@ def test_adopt_rejects_a_file_that_is_not_onnx(tmp_path, caplog):
     junk.write_bytes(b"\x00not onnx at all" * 10)
     contract = A.write_contract("mobilenet_gray", tmp_path / "c.yaml")
     with caplog.at_level(logging.ERROR):
-        assert export_cli(["adopt", "--onnx", str(junk), "--contract", str(contract), "--out", str(tmp_path / "o.onnx")]) != 0
+        assert (
+            export_cli(["adopt", "--onnx", str(junk), "--contract", str(contract), "--out", str(tmp_path / "o.onnx")])
+            != 0
+        )
     assert "not an ONNX model" in caplog.text and not (tmp_path / "o.onnx").exists()
 
 
@@ -215,8 +236,19 @@ def test_export_module_with_weights_matches_pytorch(tmp_path, in_e2e):
     torch.save(model.state_dict(), tmp_path / "sd.pt")
     contract = A.write_contract("xception_rgb", tmp_path / "c.yaml")
     out = tmp_path / "run" / "model.onnx"
-    argv = ["onnx", "--model", "own_archs:xception_rgb", "--weights", str(tmp_path / "sd.pt"), "--contract",
-            str(contract), "--out", str(out), "--parity-batches", "1,4"]
+    argv = [
+        "onnx",
+        "--model",
+        "own_archs:xception_rgb",
+        "--weights",
+        str(tmp_path / "sd.pt"),
+        "--contract",
+        str(contract),
+        "--out",
+        str(out),
+        "--parity-batches",
+        "1,4",
+    ]
     assert export_cli(argv) == 0
     onnx.checker.check_model(str(out), full_check=True)
     assert read_contract(out).model_name == "xception_rgb"
@@ -289,8 +321,12 @@ def test_export_registered_model_through_model_flag(tmp_path):
         f"mean: {list(spec.mean)}\nstd: {list(spec.std)}\nmodel_name: manet_tiny\n"
     )
     out = tmp_path / "run" / "model.onnx"
-    assert export_cli(["onnx", "--model", "manet_tiny", "--contract", str(contract), "--out", str(out),
-                       "--parity-batches", "1,2"]) == 0  # fmt: skip
+    assert (
+        export_cli(
+            ["onnx", "--model", "manet_tiny", "--contract", str(contract), "--out", str(out), "--parity-batches", "1,2"]
+        )
+        == 0
+    )
     c = read_contract(out)
     assert c.model_name == "manet_tiny" and c.output_names[0] == "logits" and len(c.output_names) > 1
 
@@ -299,11 +335,14 @@ def test_models_register_through_the_entry_point_group(tmp_path):
     """A package declaring [project.entry-points."ferdeploy.models"] adds its models to the registry."""
     site = tmp_path / "site"
     (site / "fer_plugin-0.1.dist-info").mkdir(parents=True)
-    (site / "fer_plugin-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: fer-plugin\nVersion: 0.1\n")
+    (site / "fer_plugin-0.1.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: fer-plugin\nVersion: 0.1\n"
+    )
     (site / "fer_plugin-0.1.dist-info" / "entry_points.txt").write_text(
         "[ferdeploy.models]\nfer_plugin = fer_plugin_models\nbroken = no_such_plugin_module\n"
     )
-    (site / "fer_plugin_models.py").write_text(textwrap.dedent("""
+    (site / "fer_plugin_models.py").write_text(
+        textwrap.dedent("""
         from torch import nn
         from runtime.preprocess import PreprocessSpec
         from train.models import register_model
@@ -311,10 +350,17 @@ def test_models_register_through_the_entry_point_group(tmp_path):
         @register_model("plugin_net", family="plugin", preprocess=PreprocessSpec(input_size=(48, 48)))
         def plugin_net(num_classes=7):
             return nn.Sequential(nn.Flatten(), nn.Linear(48 * 48, num_classes))
-    """))
+    """)
+    )
     code = "from train.models import list_models, create_model; print(list_models()); print(create_model('plugin_net'))"
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                         env={"PYTHONPATH": f"{site}:{REPO}", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={"PYTHONPATH": f"{site}:{REPO}", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
+    )
     assert res.returncode == 0, res.stderr
     assert "'plugin_net'" in res.stdout and "'lanmsff'" in res.stdout and "Linear" in res.stdout
     assert "model plugin broken (no_such_plugin_module) failed to load" in res.stderr

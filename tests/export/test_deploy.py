@@ -10,8 +10,8 @@ bad inputs refused with a clear message, a non-zero exit and nothing written.
 from __future__ import annotations
 
 import configparser
-import importlib.util
 import errno
+import importlib.util
 import json
 import os
 import subprocess
@@ -97,32 +97,45 @@ def check_nvinfer_keys(props: dict[str, str]) -> None:
 
 
 # ---- models -------------------------------------------------------------------------------------------
-def tiny_model(path: Path, spec: PreprocessSpec, *, batch: str | int = "batch", contract: bool = True,
-               seed: int = 0) -> Path:
+def tiny_model(
+    path: Path, spec: PreprocessSpec, *, batch: str | int = "batch", contract: bool = True, seed: int = 0
+) -> Path:
     """A linear classifier (Flatten -> Gemm) over ``spec``'s input, with the contract in metadata_props."""
     c, h, w = spec.input_shape
     rng = np.random.default_rng(seed)
     weights = (rng.standard_normal((c * h * w, len(CLASSES))) * 8 / np.sqrt(c * h * w)).astype(np.float32)
     graph = helper.make_graph(
-        [helper.make_node("Flatten", ["input"], ["flat"], axis=1), helper.make_node("Gemm", ["flat", "W", "B"], ["logits"])],
-        "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, c, h, w])],
+        [
+            helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+            helper.make_node("Gemm", ["flat", "W", "B"], ["logits"]),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, c, h, w])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, len(CLASSES)])],
-        [numpy_helper.from_array(weights, "W"), numpy_helper.from_array(np.zeros(len(CLASSES), np.float32), "B")])
+        [numpy_helper.from_array(weights, "W"), numpy_helper.from_array(np.zeros(len(CLASSES), np.float32), "B")],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 9
     if contract:
-        helper.set_model_props(model, DeploymentContract(model_name="tiny", class_names=CLASSES, preprocess=spec,
-                                                         exporter="onnx.helper").to_metadata())
+        helper.set_model_props(
+            model,
+            DeploymentContract(
+                model_name="tiny", class_names=CLASSES, preprocess=spec, exporter="onnx.helper"
+            ).to_metadata(),
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
 
 
 # MA-Net's contract (train/models/manet.py): 224x224 RGB scaled to [0, 1], no mean/std.
-MANET_SPEC = PreprocessSpec(input_size=(224, 224), color_mode="rgb", scale=1 / 255, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+MANET_SPEC = PreprocessSpec(
+    input_size=(224, 224), color_mode="rgb", scale=1 / 255, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)
+)
 HALF_SPEC = PreprocessSpec(input_size=(32, 32), color_mode="rgb", scale=1 / 255, mean=(0.5,), std=(0.5,))
-IMAGENET_SPEC = PreprocessSpec(input_size=(32, 32), color_mode="rgb", scale=1 / 255, mean=(0.485, 0.456, 0.406),
-                               std=(0.229, 0.224, 0.225))
+IMAGENET_SPEC = PreprocessSpec(
+    input_size=(32, 32), color_mode="rgb", scale=1 / 255, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)
+)
 
 
 @pytest.fixture(scope="module")
@@ -135,8 +148,14 @@ def lanmsff(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("deploy_lanmsff")
     torch.manual_seed(0)
     spec = get_model_info("lanmsff_tiny").preprocess
-    ckpt = save_checkpoint(d / "checkpoint.pt", create_model("lanmsff_tiny").eval(), model_name="lanmsff_tiny",
-                           class_names=CLASSES, preprocess=spec, dataset={"kind": "synthetic", "count": 14, "size": 64})
+    ckpt = save_checkpoint(
+        d / "checkpoint.pt",
+        create_model("lanmsff_tiny").eval(),
+        model_name="lanmsff_tiny",
+        class_names=CLASSES,
+        preprocess=spec,
+        dataset={"kind": "synthetic", "count": 14, "size": 64},
+    )
     out = d / "model.onnx"
     assert cli(["onnx", "--checkpoint", str(ckpt), "--out", str(out), "--parity-batches", "1,2"]) == 0
     return out
@@ -198,13 +217,17 @@ def test_lanmsff_deepstream_config(lanmsff, tmp_path):
     meta = {p.key: p.value for p in deployed.metadata_props}
     assert json.loads(meta["class_names"]) == list(CLASSES)
     x = np.random.default_rng(1).random((5, 1, 64, 64), dtype=np.float32)
-    probs = ort.InferenceSession(str(out / props["onnx-file"]), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    probs = ort.InferenceSession(str(out / props["onnx-file"]), providers=["CPUExecutionProvider"]).run(
+        None, {"input": x}
+    )[0]
     logits = ort.InferenceSession(str(lanmsff), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
     assert (probs.argmax(1) == logits.argmax(1)).all()
     r = report(out)
     assert r["exact"] and r["emulation"]["verdict"]["matches"]
-    assert r["emulation"]["verdict"]["max_abs_input_diff"] <= 1e-6 and r["emulation"]["verdict"]["top1_agreement"] == 1.0
+    assert (
+        r["emulation"]["verdict"]["max_abs_input_diff"] <= 1e-6 and r["emulation"]["verdict"]["top1_agreement"] == 1.0
+    )
     no_leftovers(tmp_path)
 
 
@@ -290,8 +313,15 @@ def test_letterbox_maps_to_aspect_and_symmetric_padding(tmp_path):
 
 
 # ---- engines (Triton tensorrt_plan) --------------------------------------------------------------------
-def fake_engine(tmp_path: Path, *, gpu: str = "Orin", cc: str = "8.7", flavour: str | None = None,
-                onnx_path: Path | None = None, profile: str = "1:4:16") -> Path:
+def fake_engine(
+    tmp_path: Path,
+    *,
+    gpu: str = "Orin",
+    cc: str = "8.7",
+    flavour: str | None = None,
+    onnx_path: Path | None = None,
+    profile: str = "1:4:16",
+) -> Path:
     """A stand-in plan (bytes only) with the sidecar python -m runtime build writes."""
     from runtime.artifacts import sha256_file
     from runtime.trt.cache import EngineKey, write_engine_sidecar
@@ -427,7 +457,7 @@ def test_deploy_needs_no_torch(tmp_path):
                     raise ImportError("torch is hidden for this test")
         sys.meta_path.insert(0, HideTorch())
         from export.__main__ import main
-        sys.exit(main(["deploy", "--model", {str(model)!r}, "--target", "deepstream", "--out", {str(tmp_path / 'ds')!r},
+        sys.exit(main(["deploy", "--model", {str(model)!r}, "--target", "deepstream", "--out", {str(tmp_path / "ds")!r},
                        "--samples", "4"]))
     """)
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONDONTWRITEBYTECODE": "1"}
@@ -452,7 +482,9 @@ def test_bgr_contract_uses_color_format_1(tmp_path):
 def test_network_mode_follows_the_file_precision(tmp_path, caplog):
     spec = PreprocessSpec(input_size=(8, 8))
     q = tiny_model(tmp_path / "model.int8.onnx", spec)
-    q.with_name(q.name + ".json").write_text(json.dumps({"stage": "quantize", "precision": "int8"}))  # quantize's sidecar
+    q.with_name(q.name + ".json").write_text(
+        json.dumps({"stage": "quantize", "precision": "int8"})
+    )  # quantize's sidecar
     assert deploy(q, "deepstream", tmp_path / "int8") == 0
     props = read_nvinfer(tmp_path / "int8" / "nvinfer_config.txt")
     assert props["network-mode"] == "1" and props["model-engine-file"].endswith("_int8.engine")
@@ -484,8 +516,15 @@ def test_pipeline_step_writes_where_it_says(tmp_path):
 def test_compute_capability_spellings():
     from export.deploy.model import _norm_cc
 
-    assert [_norm_cc(v) for v in ("8.7", "sm_87", "87", "sm_120", "12.0", (9, 0), "default")] == \
-        ["8.7", "8.7", "8.7", "12.0", "12.0", "9.0", ""]
+    assert [_norm_cc(v) for v in ("8.7", "sm_87", "87", "sm_120", "12.0", (9, 0), "default")] == [
+        "8.7",
+        "8.7",
+        "8.7",
+        "12.0",
+        "12.0",
+        "9.0",
+        "",
+    ]
 
 
 def test_fixed_batch_model_gets_max_batch_size_zero(tmp_path):

@@ -20,9 +20,9 @@ from torch import nn
 from export import preflight as pf
 from export.__main__ import main as cli
 from export.config import ExportConfig, parse_batch
-from runtime.errors import ConfigError, ExportError
 from export.exporter import EXPORTER_BY_FAMILY, export_model
 from runtime.artifacts import read_sidecar, sha256_file
+from runtime.errors import ConfigError, ExportError
 from runtime.preprocess import PreprocessSpec
 from train.checkpoint import CheckpointMeta, save_checkpoint
 from train.models import create_model, get_model_info
@@ -50,8 +50,14 @@ def _checkpoint(folder: Path, name: str) -> Path:
     torch.manual_seed(0)
     spec = get_model_info(name).preprocess
     data = _folder_dataset(folder / "data", spec)
-    return save_checkpoint(folder / "checkpoint.pt", create_model(name), model_name=name, class_names=CLASSES,
-                           preprocess=spec, dataset={"kind": "folder", "root": str(data)})
+    return save_checkpoint(
+        folder / "checkpoint.pt",
+        create_model(name),
+        model_name=name,
+        class_names=CLASSES,
+        preprocess=spec,
+        dataset={"kind": "folder", "root": str(data)},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +103,9 @@ def test_lanmsff_tiny_exports_with_dynamic_batch(lanmsff_run):
     assert _dims(model.graph.input[0]) == ["batch", 1, 64, 64]
     assert next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) == 17
     assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
-    assert not list(lanmsff_run.glob("*.data")) and not list(lanmsff_run.glob(".model.onnx.*"))  # self-contained, no temp left
+    assert not list(lanmsff_run.glob("*.data")) and not list(
+        lanmsff_run.glob(".model.onnx.*")
+    )  # self-contained, no temp left
     sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     for n in (1, 5):
         assert sess.run(None, {"input": np.zeros((n, 1, 64, 64), np.float32)})[0].shape == (n, 7)
@@ -152,11 +160,26 @@ def test_manet_tiny_exports_three_named_outputs(manet_run):
 def test_up_to_date_export_is_skipped_and_check_cli_passes(lanmsff_run, caplog):
     before = (lanmsff_run / "model.onnx").stat().st_mtime_ns
     caplog.set_level("INFO")
-    assert cli(["onnx", "--checkpoint", str(lanmsff_run / "checkpoint.pt"), "--out", str(lanmsff_run / "model.onnx")]) == 0
+    assert (
+        cli(["onnx", "--checkpoint", str(lanmsff_run / "checkpoint.pt"), "--out", str(lanmsff_run / "model.onnx")]) == 0
+    )
     assert "up to date" in caplog.text and (lanmsff_run / "model.onnx").stat().st_mtime_ns == before
     report = lanmsff_run / "check.json"
-    assert cli(["check", str(lanmsff_run / "model.onnx"), "--checkpoint", str(lanmsff_run / "checkpoint.pt"),
-                "--batches", "1,4", "--report", str(report)]) == 0
+    assert (
+        cli(
+            [
+                "check",
+                str(lanmsff_run / "model.onnx"),
+                "--checkpoint",
+                str(lanmsff_run / "checkpoint.pt"),
+                "--batches",
+                "1,4",
+                "--report",
+                str(report),
+            ]
+        )
+        == 0
+    )
     assert [p["batch"] for p in json.loads(report.read_text())["parity"]] == [1, 4]
 
 
@@ -195,7 +218,11 @@ def test_cbam_trap_fails_dynamic_export_with_the_fix(tmp_path):
 
 
 def test_cbam_trap_static_export_is_flagged_by_preflight(tmp_path):
-    res = export_model(_CbamTrap().eval(), _meta(), ExportConfig(checkpoint="unused.pt", out=tmp_path / "model.onnx", batch=2, parity_batches=(2,)))
+    res = export_model(
+        _CbamTrap().eval(),
+        _meta(),
+        ExportConfig(checkpoint="unused.pt", out=tmp_path / "model.onnx", batch=2, parity_batches=(2,)),
+    )
     codes = res.report.codes
     assert pf.GLOBAL_POOL_FIXED_KERNEL in codes and pf.POOL_KERNEL_FROM_SHAPE in codes and pf.STATIC_BATCH in codes
     assert _dims(onnx.load(str(res.model)).graph.input[0]) == [2, 1, 16, 16]
@@ -213,7 +240,9 @@ def test_non_divisible_adaptive_pool_export_error_names_the_trap(tmp_path):
             return self.fc(torch.flatten(self.head_pool(self.conv(x)), 1))
 
     with pytest.raises(ExportError) as err:
-        export_model(Adaptive().eval(), _meta("adaptive"), ExportConfig(checkpoint="unused.pt", out=tmp_path / "model.onnx"))
+        export_model(
+            Adaptive().eval(), _meta("adaptive"), ExportConfig(checkpoint="unused.pt", out=tmp_path / "model.onnx")
+        )
     assert [f.code for f in err.value.findings] == [pf.ADAPTIVE_POOL_NON_DIVISIBLE]
     assert "head_pool" in str(err.value) and "16×16" in str(err.value)
 
@@ -241,17 +270,35 @@ def test_existing_model_survives_an_export_that_fails_preflight(lanmsff_run, tmp
     out.write_bytes(good)
     (tmp_path / "model.preflight.json").write_text("{}")
     # An impossible tolerance makes the parity check fail after the candidate was written.
-    rc = cli(["onnx", "--checkpoint", str(lanmsff_run / "checkpoint.pt"), "--out", str(out), "--atol", "1e-30", "--parity-batches", "1"])
+    rc = cli(
+        [
+            "onnx",
+            "--checkpoint",
+            str(lanmsff_run / "checkpoint.pt"),
+            "--out",
+            str(out),
+            "--atol",
+            "1e-30",
+            "--parity-batches",
+            "1",
+        ]
+    )
     assert rc == 1
     assert out.read_bytes() == good and (tmp_path / "model.preflight.json").read_text() == "{}"
     assert "PARITY_MAX_ABS" in caplog.text and "unchanged" in caplog.text
     assert json.loads((tmp_path / "model.rejected.preflight.json").read_text())["passed"] is False
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "model.preflight.json", "model.rejected.preflight.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "model.onnx",
+        "model.preflight.json",
+        "model.rejected.preflight.json",
+    ]
 
 
 @pytest.mark.parametrize("batch", ["abc", "0", "-3", "1.5", "99999"])
 def test_invalid_batch_value(tmp_path, caplog, batch):
-    assert cli(["onnx", "--checkpoint", str(tmp_path / "c.pt"), "--out", str(tmp_path / "m.onnx"), "--batch", batch]) == 2  # bad usage
+    assert (
+        cli(["onnx", "--checkpoint", str(tmp_path / "c.pt"), "--out", str(tmp_path / "m.onnx"), "--batch", batch]) == 2
+    )  # bad usage
     assert "--batch must be 'dynamic' or" in caplog.text
 
 
@@ -279,7 +326,9 @@ def test_fixed_batch_export(tmp_path):
         def forward(self, x):
             return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.conv(x), 1), 1))
 
-    res = export_model(Small().eval(), _meta("small"), ExportConfig(checkpoint="unused.pt", out=tmp_path / "m.onnx", batch=3))
+    res = export_model(
+        Small().eval(), _meta("small"), ExportConfig(checkpoint="unused.pt", out=tmp_path / "m.onnx", batch=3)
+    )
     assert res.report.passed and [p.batch for p in res.report.parity] == [3]
     assert _dims(onnx.load(str(res.model)).graph.input[0]) == [3, 1, 16, 16]
     assert os.path.getsize(res.model) == res.file_size_bytes

@@ -52,9 +52,13 @@ def _codes(path: Path, valid: bool = True) -> dict[str, list[pf.Finding]]:
 def test_clean_graph_passes_with_op_report(tmp_path):
     path = _save(
         tmp_path,
-        [helper.make_node("Conv", ["input", "w"], ["c"], name="conv"), helper.make_node("GlobalAveragePool", ["c"], ["p"], name="gap"),
-         helper.make_node("Flatten", ["p"], ["logits"], name="flat")],
-        [_vi("input", ["batch", 1, 8, 8])], [_vi("logits", ["batch", 4])],
+        [
+            helper.make_node("Conv", ["input", "w"], ["c"], name="conv"),
+            helper.make_node("GlobalAveragePool", ["c"], ["p"], name="gap"),
+            helper.make_node("Flatten", ["p"], ["logits"], name="flat"),
+        ],
+        [_vi("input", ["batch", 1, 8, 8])],
+        [_vi("logits", ["batch", 4])],
         [numpy_helper.from_array(np.ones((4, 1, 3, 3), np.float32), "w")],
     )
     report = pf.run_preflight(path)
@@ -86,7 +90,12 @@ def test_pool_or_resize_parameters_from_a_runtime_shape(tmp_path):
         helper.make_node("Concat", ["ones", "sc2"], ["scales"], axis=0, name="cat"),
         helper.make_node("Resize", ["input", "", "scales"], ["logits"], mode="linear", name="resize_from_shape"),
     ]
-    inits = [_const("st", [2]), _const("en", [4]), _const("target", [16.0, 16.0], np.float32), _const("ones", [1.0, 1.0], np.float32)]
+    inits = [
+        _const("st", [2]),
+        _const("en", [4]),
+        _const("target", [16.0, 16.0], np.float32),
+        _const("ones", [1.0, 1.0], np.float32),
+    ]
     path = _save(tmp_path, nodes, [_vi("input", ["batch", 3, 8, 8])], [_vi("logits", ["batch", 3, "h", "w"])], inits)
     codes = _codes(path)
     [f] = codes[pf.POOL_KERNEL_FROM_SHAPE]
@@ -99,10 +108,17 @@ def test_global_pool_with_a_baked_whole_map_kernel(tmp_path):
     nodes = [
         helper.make_node("AveragePool", ["input"], ["a"], kernel_shape=[7, 7], strides=[7, 7], name="cbam_avg"),
         helper.make_node("MaxPool", ["input"], ["m"], kernel_shape=[7, 7], strides=[7, 7], name="cbam_max"),
-        helper.make_node("MaxPool", ["input"], ["s"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], name="stem_pool"),
+        helper.make_node(
+            "MaxPool", ["input"], ["s"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], name="stem_pool"
+        ),
         helper.make_node("Add", ["a", "m"], ["logits"], name="add"),
     ]
-    path = _save(tmp_path, nodes, [_vi("input", ["batch", 8, 7, 7])], [_vi("logits", ["batch", 8, 1, 1]), _vi("s", ["batch", 8, 4, 4])])
+    path = _save(
+        tmp_path,
+        nodes,
+        [_vi("input", ["batch", 8, 7, 7])],
+        [_vi("logits", ["batch", 8, 1, 1]), _vi("s", ["batch", 8, 4, 4])],
+    )
     found = _codes(path)[pf.GLOBAL_POOL_FIXED_KERNEL]
     assert {f.node for f in found} == {"cbam_avg", "cbam_max"}  # the 3×3/2 stem pool is fine
     assert all("x.amax((2, 3), keepdim=True)" in f.fix for f in found)
@@ -144,7 +160,9 @@ def test_int64_beyond_shape_tensors(tmp_path):
         helper.make_node("Add", ["xi", "offset"], ["yi"], name="add_offset"),
         helper.make_node("Cast", ["yi"], ["logits"], to=FLOAT, name="back"),
     ]
-    path = _save(tmp_path, nodes, [_vi("input", ["batch", 4])], [_vi("logits", ["batch", 4])], [_const("offset", [1, 2, 3, 4])])
+    path = _save(
+        tmp_path, nodes, [_vi("input", ["batch", 4])], [_vi("logits", ["batch", 4])], [_const("offset", [1, 2, 3, 4])]
+    )
     found = _codes(path)[pf.INT64_TENSOR]
     nodes_flagged = {f.node for f in found}
     assert {"to_int64", "offset"} <= nodes_flagged
@@ -152,14 +170,20 @@ def test_int64_beyond_shape_tensors(tmp_path):
 
 
 def test_if_subgraph_is_flagged(tmp_path):
-    then = helper.make_graph([helper.make_node("Relu", ["input"], ["t"], name="then_relu")], "then", [], [_vi("t", ["batch", 4])])
-    other = helper.make_graph([helper.make_node("Neg", ["input"], ["e"], name="else_neg")], "else", [], [_vi("e", ["batch", 4])])
+    then = helper.make_graph(
+        [helper.make_node("Relu", ["input"], ["t"], name="then_relu")], "then", [], [_vi("t", ["batch", 4])]
+    )
+    other = helper.make_graph(
+        [helper.make_node("Neg", ["input"], ["e"], name="else_neg")], "else", [], [_vi("e", ["batch", 4])]
+    )
     nodes = [
         helper.make_node("ReduceSum", ["input"], ["s"], keepdims=0, name="sum"),
         helper.make_node("Greater", ["s", "zero"], ["cond"], name="gt"),
         helper.make_node("If", ["cond"], ["logits"], then_branch=then, else_branch=other, name="branch"),
     ]
-    path = _save(tmp_path, nodes, [_vi("input", ["batch", 4])], [_vi("logits", ["batch", 4])], [_const("zero", 0.0, np.float32)])
+    path = _save(
+        tmp_path, nodes, [_vi("input", ["batch", 4])], [_vi("logits", ["batch", 4])], [_const("zero", 0.0, np.float32)]
+    )
     codes = _codes(path)
     [f] = codes[pf.CONTROL_FLOW]
     assert f.node == "branch" and "torch.where" in f.fix
@@ -169,11 +193,23 @@ def test_if_subgraph_is_flagged(tmp_path):
 
 def test_external_data_and_missing_external_data(tmp_path):
     w = numpy_helper.from_array(np.ones((64, 64), np.float32), "w")
-    graph = helper.make_graph([helper.make_node("MatMul", ["input", "w"], ["logits"], name="mm")], "g",
-                              [_vi("input", ["batch", 64])], [_vi("logits", ["batch", 64])], initializer=[w])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["input", "w"], ["logits"], name="mm")],
+        "g",
+        [_vi("input", ["batch", 64])],
+        [_vi("logits", ["batch", 64])],
+        initializer=[w],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     path = tmp_path / "model.onnx"
-    onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=0)
+    onnx.save(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="model.onnx.data",
+        size_threshold=0,
+    )
     codes = _codes(path)
     assert pf.EXTERNAL_DATA in codes and pf.EXTERNAL_DATA_MISSING not in codes
     (tmp_path / "model.onnx.data").unlink()
@@ -201,8 +237,13 @@ def test_ops_outside_the_list_and_custom_domains(tmp_path):
 
 
 def test_opset_beyond_tensorrt_10_3_and_dynamic_spatial_axes(tmp_path):
-    path = _save(tmp_path, [helper.make_node("Relu", ["input"], ["logits"], name="r")],
-                 [_vi("input", ["batch", 3, "h", "w"])], [_vi("logits", ["batch", 3, "h", "w"])], opset=21)
+    path = _save(
+        tmp_path,
+        [helper.make_node("Relu", ["input"], ["logits"], name="r")],
+        [_vi("input", ["batch", 3, "h", "w"])],
+        [_vi("logits", ["batch", 3, "h", "w"])],
+        opset=21,
+    )
     codes = _codes(path)
     assert codes[pf.OPSET_UNSUPPORTED][0].severity is pf.Severity.ERROR
     assert pf.DYNAMIC_NON_BATCH_DIM in codes
@@ -251,7 +292,11 @@ def test_lint_names_non_divisible_adaptive_pooling_with_its_module():
 def test_lint_is_quiet_on_divisible_and_global_pooling():
     class Fine(nn.Module):
         def forward(self, x):
-            return F.adaptive_avg_pool2d(x, 4).mean((2, 3)) + F.adaptive_max_pool2d(x, 1).flatten(1) + F.max_pool2d(x, 3, 2, 1).mean((2, 3))
+            return (
+                F.adaptive_avg_pool2d(x, 4).mean((2, 3))
+                + F.adaptive_max_pool2d(x, 1).flatten(1)
+                + F.max_pool2d(x, 3, 2, 1).mean((2, 3))
+            )
 
     assert pf.lint_module(Fine(), torch.zeros(2, 1, 8, 8)) == []
 
@@ -271,8 +316,16 @@ class _Tiny(nn.Module):
 
 def _tiny_onnx(tmp_path: Path, model: nn.Module) -> Path:
     path = tmp_path / "tiny.onnx"
-    torch.onnx.export(model.eval(), (torch.zeros(2, 1, 8, 8),), str(path), dynamo=False, opset_version=17,
-                      input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    torch.onnx.export(
+        model.eval(),
+        (torch.zeros(2, 1, 8, 8),),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+    )
     return path
 
 
@@ -300,7 +353,11 @@ def test_parity_passes_against_the_same_weights_and_fails_against_others(tmp_pat
 
 def test_parity_on_random_inputs_is_a_warning(tmp_path):
     model = _Tiny().eval()
-    report = pf.run_preflight(_tiny_onnx(tmp_path, model), reference=pf.Reference(model, _meta(), None, "the checkpoint records no dataset"), batches=(2,))
+    report = pf.run_preflight(
+        _tiny_onnx(tmp_path, model),
+        reference=pf.Reference(model, _meta(), None, "the checkpoint records no dataset"),
+        batches=(2,),
+    )
     assert report.passed and pf.PARITY_RANDOM_INPUTS in report.codes
 
 

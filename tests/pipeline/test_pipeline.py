@@ -18,16 +18,25 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runtime import errors as E
 import pipeline as P
 import pipeline.report as PR
 import pipeline.runner as R
 import pipeline.stages as S
+from runtime import errors as E
 from runtime.configs import to_dict
 from runtime.errors import ConfigError
 
-ALL_STEPS = ["train", "export", "quantize.fp16", "quantize.int8-nncf", "quantize.int8-ort", "quantize.int8-nncf-cpu",
-             "parity", "bench", "report"]
+ALL_STEPS = [
+    "train",
+    "export",
+    "quantize.fp16",
+    "quantize.int8-nncf",
+    "quantize.int8-ort",
+    "quantize.int8-nncf-cpu",
+    "parity",
+    "bench",
+    "report",
+]
 QUANTIZE = [s for s in ALL_STEPS if s.startswith("quantize.")]
 
 
@@ -80,7 +89,13 @@ def fake_stages(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
 
     def quantize(ctx, v):
         count(f"quantize.{v.name}")
-        ctx.layout.quantized(v).write_bytes(_digest(v.file, _read(ctx.layout.onnx), {k: x for k, x in to_dict(S.quantize_config(ctx, v)).items() if k not in ('onnx', 'out')}))
+        ctx.layout.quantized(v).write_bytes(
+            _digest(
+                v.file,
+                _read(ctx.layout.onnx),
+                {k: x for k, x in to_dict(S.quantize_config(ctx, v)).items() if k not in ("onnx", "out")},
+            )
+        )
         return {}
 
     def models(ctx) -> list[str]:  # what a real parity/bench result depends on: every model's bytes
@@ -143,13 +158,19 @@ def test_second_run_reuses_everything(tmp_path: Path, fake_stages: dict[str, int
         ("bench", "seconds", 0.2, ["bench", "report"]),
         ("parity", "limit", 5, ["parity", "report"]),
         # int8 arguments change every INT8 file, not FP16; their consumers follow.
-        ("quantize", "int8", {"calibration": {"size": 64}}, ["quantize.int8-nncf", "quantize.int8-ort",
-                                                           "quantize.int8-nncf-cpu", "parity", "bench", "report"]),
+        (
+            "quantize",
+            "int8",
+            {"calibration": {"size": 64}},
+            ["quantize.int8-nncf", "quantize.int8-ort", "quantize.int8-nncf-cpu", "parity", "bench", "report"],
+        ),
         ("export", "opset", 18, ALL_STEPS[1:]),
         ("fit", "train", {"epochs": 2, "batch_size": 8, "num_threads": 1}, ALL_STEPS),
     ],
 )
-def test_a_changed_config_reruns_exactly_its_dependents(tmp_path: Path, fake_stages, section, key, value, expected) -> None:
+def test_a_changed_config_reruns_exactly_its_dependents(
+    tmp_path: Path, fake_stages, section, key, value, expected
+) -> None:
     raw = base_config(tmp_path / "run")
     run(raw)
     raw[section] = {**raw.get(section, {}), key: value}
@@ -210,7 +231,9 @@ def test_library_version_change_reruns_dependent_steps(tmp_path: Path, fake_stag
     assert run(raw).ran() == QUANTIZE
 
 
-def test_changed_stage_code_reruns_that_stage_and_says_which_file(tmp_path: Path, fake_stages, monkeypatch, caplog) -> None:
+def test_changed_stage_code_reruns_that_stage_and_says_which_file(
+    tmp_path: Path, fake_stages, monkeypatch, caplog
+) -> None:
     raw = base_config(tmp_path / "run")
     run(raw)
     real = P.stage_code
@@ -313,16 +336,24 @@ def test_config_errors(tmp_path: Path) -> None:
 def test_demo_config_is_valid_and_complete() -> None:
     cfg = P.load_pipeline_config(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml")
     assert cfg.out == Path("runs/demo")
-    assert {v.file for v in P.quantize_variants(cfg.quantize)} >= {"model.fp16.onnx", "model.nncf.int8.onnx",
-                                                                   "model.ort.int8.onnx"}
+    assert {v.file for v in P.quantize_variants(cfg.quantize)} >= {
+        "model.fp16.onnx",
+        "model.nncf.int8.onnx",
+        "model.ort.int8.onnx",
+    }
     assert 1 in cfg.bench.batches and 32 in cfg.bench.batches and cfg.bench.torch
 
 
 def test_join_rows_matches_file_and_backend() -> None:
-    bench = [{"sha256": "a", "backend": "ort", "batch": 1}, {"sha256": "a", "backend": "trt", "batch": 1},
-             {"sha256": "b", "backend": "torch", "batch": 1}]
-    parity = [{"sha256": "a", "backend": "ort", "accuracy": 0.9, "passed": True},
-              {"sha256": "b", "backend": "torch", "accuracy": 0.91, "passed": True, "is_reference": True}]
+    bench = [
+        {"sha256": "a", "backend": "ort", "batch": 1},
+        {"sha256": "a", "backend": "trt", "batch": 1},
+        {"sha256": "b", "backend": "torch", "batch": 1},
+    ]
+    parity = [
+        {"sha256": "a", "backend": "ort", "accuracy": 0.9, "passed": True},
+        {"sha256": "b", "backend": "torch", "accuracy": 0.91, "passed": True, "is_reference": True},
+    ]
     rows = PR.join_rows(bench, parity)
     assert rows[0]["accuracy"] == 0.9 and "accuracy" not in rows[1] and rows[2]["is_reference"]
 
@@ -351,8 +382,9 @@ def test_real_tiny_pipeline_and_rerun(tmp_path: Path) -> None:
     body = json.loads((out / "report.json").read_text())
     assert body["kind"] == "pipeline" and body["schema"] == "ferdeploy-report/1"
     have = {(r["file"], r["backend"], r["batch"]) for r in body["rows"]}
-    want_files = ["checkpoint.pt", "model.onnx"] + (["model.fp16.onnx", "model.nncf.int8.onnx", "model.ort.int8.onnx"]
-                                                    if HAS_QUANTIZE_CLI else [])
+    want_files = ["checkpoint.pt", "model.onnx"] + (
+        ["model.fp16.onnx", "model.nncf.int8.onnx", "model.ort.int8.onnx"] if HAS_QUANTIZE_CLI else []
+    )
     for f in want_files:
         for b in (1, 2):
             assert (f, "torch" if f.endswith(".pt") else "ort", b) in have, (f, b)
@@ -363,8 +395,9 @@ def test_real_tiny_pipeline_and_rerun(tmp_path: Path) -> None:
     assert "## Accuracy and latency" in md and "](report.latency.png)" in md
     if HAS_RTX:  # TensorRT for RTX builds the engines without a GPU; they are listed but not run
         engines = {Path(e["engine"]).name: e for e in body["tensorrt"]["engines"]}
-        assert set(engines) == {"model.fp32.engine"} | ({"model.fp16.engine", "model.nncf.int8.engine",
-                                                         "model.ort.int8.engine"} if HAS_QUANTIZE_CLI else set())
+        assert set(engines) == {"model.fp32.engine"} | (
+            {"model.fp16.engine", "model.nncf.int8.engine", "model.ort.int8.engine"} if HAS_QUANTIZE_CLI else set()
+        )
         for name, e in engines.items():
             assert e["flavour"] == "rtx" and e["targets"] and e["realized"]["passed"], (name, e)
             assert (out / name).stat().st_size == e["size_bytes"] > 0 and (out / e["layers_md"]).is_file()
@@ -387,8 +420,10 @@ def test_real_tiny_pipeline_and_rerun(tmp_path: Path) -> None:
     cfg_path.write_text(yaml.safe_dump(raw))
     assert P.pipeline_main(["--config", str(cfg_path), "--no-progress"]) == 0
     log = json.loads((out / "pipeline.json").read_text())
-    assert [s["name"] for s in log["steps"] if s["status"] == "ran" and not s["name"].startswith("tensorrt.")] == \
-        ["bench", "report"]
+    assert [s["name"] for s in log["steps"] if s["status"] == "ran" and not s["name"].startswith("tensorrt.")] == [
+        "bench",
+        "report",
+    ]
 
     if HAS_RTX:  # other target compute capabilities rebuild every engine, and the report names them
         raw["tensorrt"] = {"compute_capabilities": ["8.6", "12.0"]}
@@ -396,8 +431,9 @@ def test_real_tiny_pipeline_and_rerun(tmp_path: Path) -> None:
         assert P.pipeline_main(["--config", str(cfg_path), "--no-progress"]) == 0
         log = json.loads((out / "pipeline.json").read_text())
         trt_steps = [s for s in log["steps"] if s["name"].startswith("tensorrt.")]
-        assert trt_steps and all(not s["info"]["reused"] and "targets: default -> 8.6,12.0" in s["info"]["reason"]
-                                 for s in trt_steps)
+        assert trt_steps and all(
+            not s["info"]["reused"] and "targets: default -> 8.6,12.0" in s["info"]["reason"] for s in trt_steps
+        )
         body = json.loads((out / "report.json").read_text())
         assert {tuple(e["targets"]) for e in body["tensorrt"]["engines"]} == {("8.6", "12.0")}
 

@@ -11,8 +11,14 @@ import pytest
 CLASSES = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 
 
-def write_folder_dataset(root: Path, size: tuple[int, int], channels: int, per_class: dict[str, int] | int,
-                         splits: tuple[str, ...] = ("train", "val"), seed: int = 0) -> Path:
+def write_folder_dataset(
+    root: Path,
+    size: tuple[int, int],
+    channels: int,
+    per_class: dict[str, int] | int,
+    splits: tuple[str, ...] = ("train", "val"),
+    seed: int = 0,
+) -> Path:
     """An ImageFolder (``root/<split>/<class>/*.png``) of random images; classes as given."""
     rng = np.random.default_rng(seed)
     counts = per_class if isinstance(per_class, dict) else {c: per_class for c in CLASSES}
@@ -41,8 +47,14 @@ def export_tiny(folder: Path, name: str, per_class: int = 3) -> Path:
     torch.manual_seed(0)
     spec = get_model_info(name).preprocess
     data = write_folder_dataset(folder / "data", spec.input_size, spec.channels, per_class)
-    ckpt = save_checkpoint(folder / "checkpoint.pt", create_model(name).eval(), model_name=name, class_names=CLASSES,
-                           preprocess=spec, dataset={"kind": "folder", "root": str(data)})  # fmt: skip
+    ckpt = save_checkpoint(
+        folder / "checkpoint.pt",
+        create_model(name).eval(),
+        model_name=name,
+        class_names=CLASSES,
+        preprocess=spec,
+        dataset={"kind": "folder", "root": str(data)},
+    )
     out = folder / "model.onnx"
     assert export_cli(["onnx", "--checkpoint", str(ckpt), "--out", str(out), "--parity-batches", "1,2"]) == 0
     return out

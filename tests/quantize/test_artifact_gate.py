@@ -38,8 +38,23 @@ def written(lanmsff_tiny_onnx, tmp_path_factory) -> dict[str, Path]:
     for method in ("nncf", "ort"):
         for target in ("tensorrt", "cpu"):
             p = d / f"model.{method}.{target}.int8.onnx"
-            assert cli(["int8", "--onnx", str(lanmsff_tiny_onnx), "--out", str(p), "--method", method,
-                        "--target", target, *FAST]) == 0  # fmt: skip
+            assert (
+                cli(
+                    [
+                        "int8",
+                        "--onnx",
+                        str(lanmsff_tiny_onnx),
+                        "--out",
+                        str(p),
+                        "--method",
+                        method,
+                        "--target",
+                        target,
+                        *FAST,
+                    ]
+                )
+                == 0
+            )
             out[f"int8-{method}-{target}"] = p
     p = d / "model.fp16.onnx"
     assert cli(["fp16", "--onnx", str(lanmsff_tiny_onnx), "--out", str(p), "--no-latency"]) == 0
@@ -47,8 +62,9 @@ def written(lanmsff_tiny_onnx, tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-@pytest.mark.parametrize("writer", ["export", "int8-nncf-tensorrt", "int8-ort-tensorrt", "int8-nncf-cpu",
-                                    "int8-ort-cpu", "fp16"])
+@pytest.mark.parametrize(
+    "writer", ["export", "int8-nncf-tensorrt", "int8-ort-tensorrt", "int8-nncf-cpu", "int8-ort-cpu", "fp16"]
+)
 def test_every_writer_output_passes_the_gate(written, writer):
     _assert_valid(written[writer])
 
@@ -97,8 +113,12 @@ def test_tensorrt_only_findings_do_not_block_the_cpu_form(tmp_path):
     from onnx import TensorProto, helper
 
     node = helper.make_node("Det", ["x"], ["y"])  # in the onnx-tensorrt "unsupported" list
-    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 3])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"])])
+    graph = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N"])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     path = tmp_path / "m.onnx"
     onnx.save(model, str(path))
@@ -125,8 +145,13 @@ def test_no_onnx_write_bypasses_the_gate():
             rel = path.relative_to(ROOT).as_posix()
             tree = ast.parse(path.read_text(encoding="utf-8"))
             for node in ast.walk(tree):
-                if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in (
-                        "save", "save_model") and isinstance(node.func.value, ast.Name) and node.func.value.id == "onnx":
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("save", "save_model")
+                    and isinstance(node.func.value, ast.Name)
+                    and node.func.value.id == "onnx"
+                ):
                     if rel not in ALLOWED_SAVES:
                         offenders.append(f"{rel}:{node.lineno}")
     assert not offenders, f"ONNX files written without export.gate.write_onnx: {offenders}"

@@ -7,6 +7,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from conftest import CLASSES, write_folder_dataset
 
 from quantize.calibration import (
     build_calibration_set,
@@ -22,12 +23,14 @@ from runtime.contract import DeploymentContract
 from runtime.errors import ConfigError, DataError
 from runtime.preprocess import PreprocessSpec
 
-from conftest import CLASSES, write_folder_dataset
-
 
 def _contract(root) -> DeploymentContract:
-    return DeploymentContract(model_name="lanmsff_tiny", class_names=CLASSES, preprocess=PreprocessSpec(),
-                              dataset={"kind": "folder", "root": str(root)})  # fmt: skip
+    return DeploymentContract(
+        model_name="lanmsff_tiny",
+        class_names=CLASSES,
+        preprocess=PreprocessSpec(),
+        dataset={"kind": "folder", "root": str(root)},
+    )
 
 
 @pytest.fixture(scope="module")

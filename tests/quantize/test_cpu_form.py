@@ -49,8 +49,17 @@ def cpu_int8(tiny, samples):
 def test_rewrites_apply_and_keep_fp32_outputs(tiny, samples):
     work = copy.deepcopy(tiny)
     done = rewrite_for_cpu(work, samples[:8])
-    assert set(done) == {"relu_before_maxpool", "pwfs_into_head", "fold_channel_shuffle", "reduce_mean_as_pool_and_conv"}
-    assert len(done["relu_before_maxpool"]) == 4 and len(done["pwfs_into_head"]) == 3 and len(done["fold_channel_shuffle"]) == 2
+    assert set(done) == {
+        "relu_before_maxpool",
+        "pwfs_into_head",
+        "fold_channel_shuffle",
+        "reduce_mean_as_pool_and_conv",
+    }
+    assert (
+        len(done["relu_before_maxpool"]) == 4
+        and len(done["pwfs_into_head"]) == 3
+        and len(done["fold_channel_shuffle"]) == 2
+    )
     # 2 MassAtt blocks × (spatial + channel mean) + 3 PWFS × 2 means + the last block's mean
     assert len(done["reduce_mean_as_pool_and_conv"]) == 11
     ops = collections.Counter(n.op_type for n in work.graph.node)
@@ -95,8 +104,18 @@ def test_no_float_islands_between_convs(cpu_int8):
     _, _, opt = cpu_int8
     ops = collections.Counter(n.op_type for n in opt.graph.node)
     # Nothing of PWFS or the means runs in float; the channel shuffle is folded away.
-    for op in ("MaxPool", "Max", "Sub", "Add", "Mul", "Reshape", "Conv", "FusedConv", "ReduceMean",
-               "GlobalAveragePool"):
+    for op in (
+        "MaxPool",
+        "Max",
+        "Sub",
+        "Add",
+        "Mul",
+        "Reshape",
+        "Conv",
+        "FusedConv",
+        "ReduceMean",
+        "GlobalAveragePool",
+    ):
         assert ops[op] == 0, (op, ops)
     # 30 convs + MassAtt's two channel means as 1×1 convs; every spatial mean in INT8.
     assert ops["QLinearConv"] == 32 and ops["QLinearGlobalAveragePool"] == 9

@@ -12,10 +12,10 @@ import pytest
 
 from quantize.__main__ import main as cli
 from quantize.calibration import manifest_path
-from runtime.qdq_lint import lint_qdq, sensitive_scopes
 from quantize.report import report_paths
 from runtime.artifacts import read_sidecar, sha256_file
 from runtime.contract import read_contract, read_metadata
+from runtime.qdq_lint import lint_qdq, sensitive_scopes
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 
@@ -126,8 +126,29 @@ def test_max_drop_runs_accuracy_control(lanmsff_tiny_onnx, tmp_path):
 @pytest.mark.parametrize("method", ["nncf", "ort"])
 def test_manet_tiny_quantizes_and_passes_lint(manet_tiny_onnx, tmp_path, method):
     out = tmp_path / f"manet.{method}.int8.onnx"
-    assert cli(["int8", "--onnx", str(manet_tiny_onnx), "--out", str(out), "--method", method, "--ignore", "none",
-                "--calib-size", "8", "--min-calib-size", "8", "--no-latency", "--val-limit", "7"]) == 0  # fmt: skip
+    assert (
+        cli(
+            [
+                "int8",
+                "--onnx",
+                str(manet_tiny_onnx),
+                "--out",
+                str(out),
+                "--method",
+                method,
+                "--ignore",
+                "none",
+                "--calib-size",
+                "8",
+                "--min-calib-size",
+                "8",
+                "--no-latency",
+                "--val-limit",
+                "7",
+            ]
+        )
+        == 0
+    )
     rep = lint_qdq(out)
     assert rep.passed, [str(f) for f in rep.errors]
     assert len(rep.int8_ops) >= 15
@@ -136,9 +157,32 @@ def test_manet_tiny_quantizes_and_passes_lint(manet_tiny_onnx, tmp_path, method)
 
 def test_latency_is_side_by_side(lanmsff_tiny_onnx, tmp_path):
     out = tmp_path / "model.int8.onnx"
-    assert cli(["int8", "--onnx", str(lanmsff_tiny_onnx), "--out", str(out), "--method", "ort", "--ignore", "none",
-                "--calib-size", "14", "--min-calib-size", "8", "--latency-batches", "1,2", "--latency-rounds", "2",
-                "--latency-seconds", "0.02"]) == 0  # fmt: skip
+    assert (
+        cli(
+            [
+                "int8",
+                "--onnx",
+                str(lanmsff_tiny_onnx),
+                "--out",
+                str(out),
+                "--method",
+                "ort",
+                "--ignore",
+                "none",
+                "--calib-size",
+                "14",
+                "--min-calib-size",
+                "8",
+                "--latency-batches",
+                "1,2",
+                "--latency-rounds",
+                "2",
+                "--latency-seconds",
+                "0.02",
+            ]
+        )
+        == 0
+    )
     lat = json.loads(report_paths(out)[0].read_text())["latency"]
     assert [r["batch"] for r in lat["rows"]] == [1, 2] and lat["rounds"] == 2
     for r in lat["rows"]:
@@ -167,6 +211,19 @@ def test_bad_inputs_fail_cleanly(lanmsff_tiny_onnx, tmp_path):
     assert _int8(lanmsff_tiny_onnx, lanmsff_tiny_onnx) == 2  # would overwrite the input
     assert _int8(lanmsff_tiny_onnx, tmp_path / "o.onnx", "--method", "ort", "--max-drop", "0.5") == 2
     assert _int8(lanmsff_tiny_onnx, tmp_path / "o.onnx", "--ignore", "no_such_node") == 2
-    assert cli(["int8", "--onnx", str(lanmsff_tiny_onnx), "--out", str(tmp_path / "o.onnx"), "--calib-size", "4",
-                "--no-latency"]) == 2  # fmt: skip  (--calib-size below --min-calib-size)
+    assert (
+        cli(
+            [
+                "int8",
+                "--onnx",
+                str(lanmsff_tiny_onnx),
+                "--out",
+                str(tmp_path / "o.onnx"),
+                "--calib-size",
+                "4",
+                "--no-latency",
+            ]
+        )
+        == 2
+    )  # --calib-size below --min-calib-size
     assert not (tmp_path / "o.onnx").exists() and not list(tmp_path.glob(".o.onnx*"))

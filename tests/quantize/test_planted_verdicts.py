@@ -54,7 +54,11 @@ def _swapped_classes(src: Path, dst: Path, a: int = 0, b: int = 3) -> Path:
     for name in gemm.input[1:]:
         if name in inits:
             arr = numpy_helper.to_array(inits[name]).copy()
-            axis = 0 if arr.ndim == 1 or (gemm.op_type == "Gemm" and any(a.name == "transB" and a.i for a in gemm.attribute)) else 1
+            axis = (
+                0
+                if arr.ndim == 1 or (gemm.op_type == "Gemm" and any(a.name == "transB" and a.i for a in gemm.attribute))
+                else 1
+            )
             idx = [slice(None)] * arr.ndim
             idx[axis] = [a, b]
             swapped = [slice(None)] * arr.ndim
@@ -75,8 +79,15 @@ def files(lanmsff_tiny_onnx, tmp_path_factory) -> dict[str, Path]:
 
 
 def _verdicts(reference: Path, *candidates: Path):
-    run = run_parity(ParityConfig(reference=str(reference), candidates=tuple(str(c) for c in candidates),
-                                  backends=("ort",), threads=1, split="train"))  # fmt: skip
+    run = run_parity(
+        ParityConfig(
+            reference=str(reference),
+            candidates=tuple(str(c) for c in candidates),
+            backends=("ort",),
+            threads=1,
+            split="train",
+        )
+    )
     return {Path(r.model).name: r.result for r in run.rows if not r.is_reference}
 
 
@@ -90,8 +101,9 @@ def test_int8_with_one_conv_scaled_by_10_fails_with_a_reason(files):
     bad = _scaled_conv_weight(files["int8"], files["dir"] / "bad.int8.onnx", 10.0)
     r = _verdicts(files["fp32"], files["int8"], bad)["bad.int8.onnx"]
     assert r.verdict is Verdict.FAIL
-    assert any("top-1 agreement" in m and "predictions changed class" in m and "below the bound 0.98" in m
-               for m in r.reasons), r.reasons
+    assert any(
+        "top-1 agreement" in m and "predictions changed class" in m and "below the bound 0.98" in m for m in r.reasons
+    ), r.reasons
     assert r.top1_agreement_ci[1] < 0.98
 
 
@@ -99,7 +111,11 @@ def test_swapped_class_order_fails(files):
     import onnxruntime as ort
 
     x = np.random.default_rng(0).random((16, 1, 64, 64), dtype=np.float32)
-    pred = ort.InferenceSession(str(files["fp32"]), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0].argmax(1)
+    pred = (
+        ort.InferenceSession(str(files["fp32"]), providers=["CPUExecutionProvider"])
+        .run(None, {"input": x})[0]
+        .argmax(1)
+    )
     top = int(np.bincount(pred, minlength=7).argmax())  # swap the class the model predicts most with another
     bad = _swapped_classes(files["fp32"], files["dir"] / "swapped.onnx", a=top, b=(top + 1) % 7)
     r = _verdicts(files["fp32"], bad)["swapped.onnx"]

@@ -8,8 +8,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from quantize.__main__ import main as cli
-from runtime.qdq_lint import Severity, lint_qdq, resolve_ignore, sensitive_scopes
 from runtime.errors import ArtifactError, ConfigError
+from runtime.qdq_lint import Severity, lint_qdq, resolve_ignore, sensitive_scopes
 
 
 def _const(name, arr):
@@ -33,8 +33,12 @@ def qdq_conv(
     w_q = rng.integers(-127, 128, w_shape).astype(np.int8)
     n_scales = w_shape[weight_axis]
     inits = [
-        _const("x_scale", np.asarray(act_scale, np.float32).reshape(-1) if len(act_scale) > 1 else np.float32(act_scale[0])),
-        _const("x_zp", (np.full(len(act_scale), act_zp) if len(act_scale) > 1 else np.asarray(act_zp)).astype(act_dtype)),
+        _const(
+            "x_scale", np.asarray(act_scale, np.float32).reshape(-1) if len(act_scale) > 1 else np.float32(act_scale[0])
+        ),
+        _const(
+            "x_zp", (np.full(len(act_scale), act_zp) if len(act_scale) > 1 else np.asarray(act_zp)).astype(act_dtype)
+        ),
         _const("w_q", w_q),
         _const("w_scale", np.full(n_scales, 0.01, np.float32)),
         _const("w_zp", np.zeros(n_scales, np.int8)),
@@ -45,8 +49,11 @@ def qdq_conv(
         helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zp"], ["w"], name="dq_w", axis=weight_axis),
     ]
     if quantized_bias:
-        inits += [_const("b_q", np.zeros(cout, np.int32)), _const("b_scale", np.full(cout, 2e-4, np.float32)),
-                  _const("b_zp", np.zeros(cout, np.int32))]  # fmt: skip
+        inits += [
+            _const("b_q", np.zeros(cout, np.int32)),
+            _const("b_scale", np.full(cout, 2e-4, np.float32)),
+            _const("b_zp", np.zeros(cout, np.int32)),
+        ]
         nodes.append(helper.make_node("DequantizeLinear", ["b_q", "b_scale", "b_zp"], ["b"], name="dq_b", axis=0))
     else:
         inits.append(_const("b", np.zeros(cout, np.float32)))
@@ -55,8 +62,13 @@ def qdq_conv(
     if float_only_consumer:
         nodes.append(helper.make_node("Max", ["xdq", "xdq"], ["m"], name="max"))
         outputs.append(helper.make_tensor_value_info("m", TensorProto.FLOAT, None))
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, cin, 8, 8])],
-                              outputs, initializer=inits)  # fmt: skip
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, cin, 8, 8])],
+        outputs,
+        initializer=inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 

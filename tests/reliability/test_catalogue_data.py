@@ -105,8 +105,9 @@ def run_cli(main: Callable, argv: Sequence[str], caplog, capsys) -> tuple[int, s
 
 
 def run_process(module: str, argv: Sequence[str]) -> tuple[int, str]:
-    proc = subprocess.run([sys.executable, "-m", module, *map(str, argv)], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *map(str, argv)], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     return proc.returncode, proc.stdout + proc.stderr
 
 
@@ -171,8 +172,20 @@ def run7(tmp_path_factory, faces7) -> Path:
     out = base / "run"
     cfg = fit_yaml(base / "fit.yaml", {"kind": "folder", "root": str(faces7)}, out)
     assert train_main()(["fit", "--config", str(cfg), "--no-progress"]) == 0
-    assert export_main(["onnx", "--checkpoint", str(out / "checkpoint.pt"), "--out", str(out / "model.onnx"),
-                        "--parity-batches", "1,2"]) == 0  # fmt: skip
+    assert (
+        export_main(
+            [
+                "onnx",
+                "--checkpoint",
+                str(out / "checkpoint.pt"),
+                "--out",
+                str(out / "model.onnx"),
+                "--parity-batches",
+                "1,2",
+            ]
+        )
+        == 0
+    )
     for name in ("checkpoint.pt", "checkpoint.json", "state.pt", "model.onnx"):
         assert (out / name).is_file(), name
     return out
@@ -196,8 +209,13 @@ def test_fit_bad_image_in_dataset(case, faces7, run7, tmp_path, caplog, capsys):
     cfg = fit_yaml(tmp_path / "fit.yaml", {"kind": "folder", "root": str(root)}, out)
     rc, text = run_cli(train_main(), ["fit", "--config", cfg, "--no-progress"], caplog, capsys)
     assert rc == EXIT_ERROR, text
-    assert_says(text, re.escape(f"train/happy/{name}"), re.escape(phrase), r"expected an image \(\.png",
-                r"Remove the file or replace it")  # fmt: skip
+    assert_says(
+        text,
+        re.escape(f"train/happy/{name}"),
+        re.escape(phrase),
+        r"expected an image \(\.png",
+        r"Remove the file or replace it",
+    )
     assert snapshot(out) == before  # the earlier checkpoint is intact, and no state.pt was started
 
 
@@ -214,7 +232,9 @@ def test_infer_folder_with_bad_images_goes_on(run7, faces7, tmp_path, caplog, ca
     assert rc == INFER_PARTIAL, text
     bad_names = [name for name, _, _ in BAD_IMAGES.values()]
     assert_says(text, *(re.escape(n) + r".*unreadable" for n in bad_names), r"4 input\(s\) could not be read")
-    status = {Path(s["source"]).name: s["status"] for s in json.loads((out / "predictions.json").read_text())["sources"]}
+    status = {
+        Path(s["source"]).name: s["status"] for s in json.loads((out / "predictions.json").read_text())["sources"]
+    }
     assert status == {"face.png": "ok", **{n: "unreadable" for n in bad_names}}
     after = snapshot(out)
     assert {k: after[k] for k in before} == before  # earlier files untouched; predictions.* are new
@@ -226,8 +246,10 @@ def test_infer_single_bad_image_process_exit_code(run7, tmp_path):
     bad.write_bytes(data)
     out = tmp_path / "infer"
     before = previous_outputs(out, {"notes.md": b"kept\n"})
-    rc, text = run_process("runtime", ["infer", "--model", run7 / "model.onnx", "--source", bad, "--out", out,
-                                       "--no-detect", "--no-progress"])  # fmt: skip
+    rc, text = run_process(
+        "runtime",
+        ["infer", "--model", run7 / "model.onnx", "--source", bad, "--out", out, "--no-detect", "--no-progress"],
+    )
     assert rc == INFER_NOTHING, text
     assert_says(text, re.escape(name) + r".*unreadable.*cannot decode", r"nothing was classified.*unreadable: 1")
     assert {k: v for k, v in snapshot(out).items() if k in before} == before
@@ -236,8 +258,9 @@ def test_infer_single_bad_image_process_exit_code(run7, tmp_path):
 # --- dataset folders: a missing class, an empty class, an unknown label --------------------------
 
 
-def _fit_fails(data: dict, tmp_path: Path, caplog, capsys, *, num_classes: int = 7, resume: bool = False,
-               out: Path | None = None) -> tuple[int, str, dict, Path]:  # fmt: skip
+def _fit_fails(
+    data: dict, tmp_path: Path, caplog, capsys, *, num_classes: int = 7, resume: bool = False, out: Path | None = None
+) -> tuple[int, str, dict, Path]:
     out = out or tmp_path / "out"
     before = snapshot(out) if out.exists() else previous_outputs(out, {"checkpoint.pt": b"earlier checkpoint bytes"})
     cfg = fit_yaml(tmp_path / "fit.yaml", data, out, num_classes=num_classes)
@@ -252,8 +275,14 @@ def test_fit_missing_class_folder(faces7, tmp_path, caplog, capsys):
         shutil.rmtree(root / split / "disgust")
     rc, text, before, out = _fit_fails({"kind": "folder", "root": str(root)}, tmp_path, caplog, capsys)
     assert rc == EXIT_ERROR, text
-    assert_says(text, r"no training samples of class\(es\) \['disgust'\]", r"'disgust': 0", r"'happy': 4",
-                r"7-class model", r"Add training images of those classes")  # fmt: skip
+    assert_says(
+        text,
+        r"no training samples of class\(es\) \['disgust'\]",
+        r"'disgust': 0",
+        r"'happy': 4",
+        r"7-class model",
+        r"Add training images of those classes",
+    )
     assert snapshot(out) == before
 
 
@@ -263,8 +292,11 @@ def test_fit_empty_class_folder(faces7, tmp_path, caplog, capsys):
         p.unlink()
     rc, text, before, out = _fit_fails({"kind": "folder", "root": str(root)}, tmp_path, caplog, capsys)
     assert rc == EXIT_ERROR, text
-    assert_says(text, r"train/fear: class folder contains no images \(suffixes \.png",
-                r"add its images or delete the empty folder")  # fmt: skip
+    assert_says(
+        text,
+        r"train/fear: class folder contains no images \(suffixes \.png",
+        r"add its images or delete the empty folder",
+    )
     assert snapshot(out) == before
 
 
@@ -273,8 +305,12 @@ def test_fit_unknown_class_folder(faces7, tmp_path, caplog, capsys):
     write_png(root / "train" / "joyful" / "0.png", 3)
     rc, text, before, out = _fit_fails({"kind": "folder", "root": str(root)}, tmp_path, caplog, capsys)
     assert rc == EXIT_ERROR, text
-    assert_says(text, r"train/joyful: unknown class folder 'joyful'", r"valid names \(case-insensitive\): .*happiness",
-                r"Rename the folder to one of them")  # fmt: skip
+    assert_says(
+        text,
+        r"train/joyful: unknown class folder 'joyful'",
+        r"valid names \(case-insensitive\): .*happiness",
+        r"Rename the folder to one of them",
+    )
     assert snapshot(out) == before
 
 
@@ -305,8 +341,10 @@ FERPLUS_HEADER = "Usage,Image name,neutral,happiness,surprise,sadness,anger,disg
 
 def _ferplus_csv(root: Path) -> tuple[dict, str]:
     (root / "fer2013.csv").write_text("emotion,pixels,Usage\n" + fer_row("0") * 3)
-    (root / "fer2013new.csv").write_text(FERPLUS_HEADER + "Training,fer0.png,10,0,0,0,0,0,0,0,0,0\n"
-                                         "Training,fer1.png,0,x,0,0,0,0,0,0,0,0\nTraining,fer2.png,0,9,0,0,0,0,0,0,0,1\n")  # fmt: skip
+    (root / "fer2013new.csv").write_text(
+        FERPLUS_HEADER + "Training,fer0.png,10,0,0,0,0,0,0,0,0,0\n"
+        "Training,fer1.png,0,x,0,0,0,0,0,0,0,0\nTraining,fer2.png,0,9,0,0,0,0,0,0,0,1\n"
+    )
     return {}, r"fer2013new\.csv:3: vote count must be an integer, got 'x'; correct that line"
 
 
@@ -314,8 +352,9 @@ def _ferplus_folders(root: Path) -> tuple[dict, str]:
     folder = root / "FER2013Train"
     for i in range(2):
         write_png(folder / f"fer{i}.png", i, size=48)
-    (folder / "label.csv").write_text('fer0.png,"(0, 0, 48, 48)",10,0,0,0,0,0,0,0,0,0\n'
-                                      'fer1.png,"(0, 0, 48)",0,10,0,0,0,0,0,0,0,0\n')  # fmt: skip
+    (folder / "label.csv").write_text(
+        'fer0.png,"(0, 0, 48, 48)",10,0,0,0,0,0,0,0,0,0\nfer1.png,"(0, 0, 48)",0,10,0,0,0,0,0,0,0,0\n'
+    )
     return {}, r"FER2013Train/label\.csv:2: face rectangle must look like \"\(0, 0, 48, 48\)\", got '\(0, 0, 48\)'"
 
 
@@ -341,7 +380,10 @@ def _affectnet(root: Path) -> tuple[dict, str]:
 def _kdef(root: Path) -> tuple[dict, str]:
     for name in ("AF01AFS", "AF01HAS", "AF01XXS"):
         write_png(root / "KDEF" / "AF01" / f"{name}.JPG", 1)
-    return {}, r"AF01XXS\.JPG: not a KDEF file name \(e\.g\. AF01AFS\.JPG.*\)\. Rename or remove the file, .*on_bad_name: skip"
+    return (
+        {},
+        r"AF01XXS\.JPG: not a KDEF file name \(e\.g\. AF01AFS\.JPG.*\)\. Rename or remove the file, .*on_bad_name: skip",
+    )
 
 
 def _caer_s(root: Path) -> tuple[dict, str]:
@@ -363,9 +405,16 @@ def _folder(root: Path) -> tuple[dict, str]:
 
 
 FORMATS: dict[str, Callable[[Path], tuple[dict, str]]] = {
-    "fer2013": _fer2013, "ferplus": _ferplus_csv, "ferplus_folders": _ferplus_folders, "rafdb": _rafdb,
-    "affectnet": _affectnet, "kdef": _kdef, "caer_s": _caer_s, "sfew": _sfew, "folder": _folder,
-}  # fmt: skip
+    "fer2013": _fer2013,
+    "ferplus": _ferplus_csv,
+    "ferplus_folders": _ferplus_folders,
+    "rafdb": _rafdb,
+    "affectnet": _affectnet,
+    "kdef": _kdef,
+    "caer_s": _caer_s,
+    "sfew": _sfew,
+    "folder": _folder,
+}
 
 
 @pytest.mark.parametrize("fmt", list(FORMATS))
@@ -385,22 +434,57 @@ def test_fit_malformed_entry_in_each_format(fmt, tmp_path, caplog, capsys):
 
 def test_quantize_int8_data_with_a_class_the_model_lacks(run7, faces8, tmp_path, caplog, capsys):
     out = tmp_path / "q"
-    before = previous_outputs(out, {"model.onnx": run7 / "model.onnx", "model.int8.onnx": b"earlier int8 model",
-                                    "model.int8.onnx.json": b'{"fingerprint": "earlier"}'})  # fmt: skip
-    argv = ["int8", "--onnx", out / "model.onnx", "--out", out / "model.int8.onnx", "--data", faces8,
-            "--method", "ort", "--no-latency", "--ignore", "none", "--min-calib-size", "8"]  # fmt: skip
+    before = previous_outputs(
+        out,
+        {
+            "model.onnx": run7 / "model.onnx",
+            "model.int8.onnx": b"earlier int8 model",
+            "model.int8.onnx.json": b'{"fingerprint": "earlier"}',
+        },
+    )
+    argv = [
+        "int8",
+        "--onnx",
+        out / "model.onnx",
+        "--out",
+        out / "model.int8.onnx",
+        "--data",
+        faces8,
+        "--method",
+        "ort",
+        "--no-latency",
+        "--ignore",
+        "none",
+        "--min-calib-size",
+        "8",
+    ]
     rc, text = run_cli(quantize_main(), argv, caplog, capsys)
     assert rc == EXIT_ERROR, text
-    assert_says(text, r"class\(es\) \['contempt'\] the model does not predict",
-                re.escape(f"model classes: {list(CLASSES7)}"), r"pick a dataset with the model's classes")  # fmt: skip
+    assert_says(
+        text,
+        r"class\(es\) \['contempt'\] the model does not predict",
+        re.escape(f"model classes: {list(CLASSES7)}"),
+        r"pick a dataset with the model's classes",
+    )
     assert snapshot(out) == before
 
 
 def test_parity_data_with_a_class_the_model_lacks(run7, faces8, tmp_path, caplog, capsys):
     out = tmp_path / "parity"
     before = previous_outputs(out, {"parity.json": b'{"earlier": true}', "parity.md": b"# earlier report\n"})
-    argv = ["parity", "--reference", run7 / "model.onnx", "--candidates", run7 / "model.onnx", "--data", faces8,
-            "--out", out, "--no-plots", "--no-progress"]  # fmt: skip
+    argv = [
+        "parity",
+        "--reference",
+        run7 / "model.onnx",
+        "--candidates",
+        run7 / "model.onnx",
+        "--data",
+        faces8,
+        "--out",
+        out,
+        "--no-plots",
+        "--no-progress",
+    ]
     rc, text = run_cli(runtime_main(), argv, caplog, capsys)
     assert rc == EXIT_ERROR, text
     assert_says(text, r"classes \['contempt'\] are not among the model's classes", re.escape(str(list(CLASSES7))))
@@ -417,11 +501,15 @@ def test_fit_data_has_more_classes_than_the_model(faces8, tmp_path, caplog, caps
 def test_fit_resume_with_changed_classes(run7, faces8, tmp_path, caplog, capsys):
     out = tmp_path / "run"
     copy_run(run7, out, ["checkpoint.pt", "checkpoint.json", "state.pt"])
-    rc, text, before, _ = _fit_fails({"kind": "folder", "root": str(faces8)}, tmp_path, caplog, capsys,
-                                     num_classes=8, resume=True, out=out)  # fmt: skip
+    rc, text, before, _ = _fit_fails(
+        {"kind": "folder", "root": str(faces8)}, tmp_path, caplog, capsys, num_classes=8, resume=True, out=out
+    )
     assert rc == EXIT_USAGE, text
-    assert_says(text, r"state\.pt: the run was started with a different config \(sections differ: \['data', 'model'\]\)",
-                r"use the same config to resume")  # fmt: skip
+    assert_says(
+        text,
+        r"state\.pt: the run was started with a different config \(sections differ: \['data', 'model'\]\)",
+        r"use the same config to resume",
+    )
     assert snapshot(out) == before  # state.pt, checkpoint.pt and its sidecar untouched
 
 
@@ -430,10 +518,28 @@ def test_fit_resume_with_changed_classes(run7, faces8, tmp_path, caplog, capsys)
 
 def _int8_fails(run7: Path, data: Path | None, tmp_path: Path, caplog, capsys, *extra: str) -> tuple[int, str]:
     out = tmp_path / "q"
-    before = previous_outputs(out, {"model.onnx": run7 / "model.onnx", "model.int8.onnx": b"earlier int8 model",
-                                    "model.int8.onnx.json": b'{"fingerprint": "earlier"}'})  # fmt: skip
-    argv = ["int8", "--onnx", out / "model.onnx", "--out", out / "model.int8.onnx", "--method", "ort", "--no-latency",
-            "--ignore", "none", *(["--data", data] if data else []), *extra]  # fmt: skip
+    before = previous_outputs(
+        out,
+        {
+            "model.onnx": run7 / "model.onnx",
+            "model.int8.onnx": b"earlier int8 model",
+            "model.int8.onnx.json": b'{"fingerprint": "earlier"}',
+        },
+    )
+    argv = [
+        "int8",
+        "--onnx",
+        out / "model.onnx",
+        "--out",
+        out / "model.int8.onnx",
+        "--method",
+        "ort",
+        "--no-latency",
+        "--ignore",
+        "none",
+        *(["--data", data] if data else []),
+        *extra,
+    ]
     rc, text = run_cli(quantize_main(), argv, caplog, capsys)
     assert snapshot(out) == before  # no model, sidecar, manifest or report written
     return rc, text
@@ -443,24 +549,45 @@ def test_calibration_set_empty(run7, tmp_path, caplog, capsys):
     data = write_faces(tmp_path / "only_val", per_split={"val": 2})
     rc, text = _int8_fails(run7, data, tmp_path, caplog, capsys)
     assert rc == EXIT_ERROR, text
-    assert_says(text, r"the train split of dataset 'folder' \(.*only_val.*\) is empty: nothing to calibrate on",
-                r"point --data at a dataset with training images")  # fmt: skip
+    assert_says(
+        text,
+        r"the train split of dataset 'folder' \(.*only_val.*\) is empty: nothing to calibrate on",
+        r"point --data at a dataset with training images",
+    )
 
 
 def test_calibration_set_below_the_minimum(run7, tmp_path, caplog, capsys):
     data = write_faces(tmp_path / "tiny", per_split={"train": 2, "val": 1})
     rc, text = _int8_fails(run7, data, tmp_path, caplog, capsys)
     assert rc == EXIT_ERROR, text
-    assert_says(text, r"train split of dataset 'folder' has only 14 samples; calibration needs at least 32",
-                r"add training images or point --data at a larger dataset")  # fmt: skip
+    assert_says(
+        text,
+        r"train split of dataset 'folder' has only 14 samples; calibration needs at least 32",
+        r"add training images or point --data at a larger dataset",
+    )
 
 
 def test_calibration_set_single_class_process_exit_code(run7, tmp_path):
     data = write_faces(tmp_path / "one", ("happy",), per_split={"train": 5, "val": 2})
     out = tmp_path / "q"
     before = previous_outputs(out, {"model.int8.onnx": b"earlier int8 model"})
-    rc, text = run_process("quantize", ["int8", "--onnx", run7 / "model.onnx", "--out", out / "model.int8.onnx",
-                                        "--data", data, "--method", "ort", "--no-latency", "--ignore", "none"])  # fmt: skip
+    rc, text = run_process(
+        "quantize",
+        [
+            "int8",
+            "--onnx",
+            run7 / "model.onnx",
+            "--out",
+            out / "model.int8.onnx",
+            "--data",
+            data,
+            "--method",
+            "ort",
+            "--no-latency",
+            "--ignore",
+            "none",
+        ],
+    )
     assert rc == EXIT_ERROR, text
     assert_says(text, r"holds a single class \('happy', 5 samples\)", r"use a dataset with every class")
     assert snapshot(out) == before
@@ -474,17 +601,23 @@ def test_calibration_size_below_the_minimum_is_usage(run7, faces7, tmp_path, cap
 
 # --- configs: an unknown key, a wrong type -------------------------------------------------------
 
-GOOD_FIT = "fit:\n  model: {name: lanmsff_tiny, num_classes: 7}\n  data: {kind: synthetic, options: {count: 14, size: 32}}\n"
+GOOD_FIT = (
+    "fit:\n  model: {name: lanmsff_tiny, num_classes: 7}\n  data: {kind: synthetic, options: {count: 14, size: 32}}\n"
+)
 
 
 @pytest.mark.parametrize(
     "body, patterns",
     [
-        (GOOD_FIT + "  train: {epochs: 1, learning_rate: 0.1}\n",
-         [r"unknown key\(s\) \['learning_rate'\]", r"valid keys: \[.*'lr'.*\]"]),
+        (
+            GOOD_FIT + "  train: {epochs: 1, learning_rate: 0.1}\n",
+            [r"unknown key\(s\) \['learning_rate'\]", r"valid keys: \[.*'lr'.*\]"],
+        ),
         (GOOD_FIT + "  train: {epochs: ten}\n", [r"fit\.yaml: fit\.train\.epochs: expected int, got 'ten' \(str\)"]),
-        (GOOD_FIT.replace("num_classes: 7}", "num_classes: 7, kwargs: 5}"),
-         [r"model\.kwargs: expected a mapping \(key: value, \.\.\.\), got 5 \(int\)"]),
+        (
+            GOOD_FIT.replace("num_classes: 7}", "num_classes: 7, kwargs: 5}"),
+            [r"model\.kwargs: expected a mapping \(key: value, \.\.\.\), got 5 \(int\)"],
+        ),
     ],
     ids=["unknown_key", "wrong_type", "wrong_type_mapping"],
 )
@@ -516,7 +649,10 @@ def pipeline_yaml(tmp_path: Path, out: Path, extra: str) -> Path:
 
 PIPELINE_CASES = {
     "unknown_key": ("bench:\n  secs: 2\n", [r"bench: unknown key\(s\) \['secs'\]; valid keys: \[.*'seconds'.*\]"]),
-    "unknown_section": ("benchmark:\n  seconds: 2\n", [r"unknown section\(s\) \['benchmark'\]; valid: \[.*'bench'.*\]"]),
+    "unknown_section": (
+        "benchmark:\n  seconds: 2\n",
+        [r"unknown section\(s\) \['benchmark'\]; valid: \[.*'bench'.*\]"],
+    ),
     "unknown_key_in_fit": ("", [r"fit\.train: unknown key\(s\) \['learning_rate'\]"]),
     "wrong_type": ("bench:\n  seconds: fast\n", [r"bench\.seconds: expected float, got 'fast' \(str\)"]),
     "wrong_type_list": ("bench:\n  batches: 32\n", [r"bench\.batches: expected a list, e\.g\. \[32\], got 32 \(int\)"]),

@@ -25,19 +25,22 @@ import onnx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))
-from harness_util import linear_model  # noqa: E402
+from harness_util import linear_model  # noqa: E402 - imported after sys.path / environment set-up at the top of the file
 
-from runtime.__main__ import main as runtime_main  # noqa: E402
-from runtime.backends.ort import OrtBackend  # noqa: E402
-from runtime.errors import EXIT_LOCKED, EXIT_STORAGE, InferenceError  # noqa: E402
+from runtime.__main__ import main as runtime_main  # noqa: E402 - imported after sys.path / environment set-up at the top of the file
+from runtime.backends.ort import OrtBackend  # noqa: E402 - imported after sys.path / environment set-up at the top of the file
+from runtime.errors import EXIT_LOCKED, EXIT_STORAGE, InferenceError  # noqa: E402 - imported after sys.path / environment set-up at the top of the file
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
     """sha256 of every file under ``folder`` (relative path -> digest)."""
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +56,21 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for i in range(3):
         cv2.imwrite(str(faces / f"f{i}.png"), (rng.random((8, 8)) * 255).astype(np.uint8))
     report = d / "report"
-    rc = runtime_main(["parity", "--reference", str(model), "--candidates", str(model), "--out", str(report),
-                       "--no-progress", "--no-plots", "--limit", "8"])
+    rc = runtime_main(
+        [
+            "parity",
+            "--reference",
+            str(model),
+            "--candidates",
+            str(model),
+            "--out",
+            str(report),
+            "--no-progress",
+            "--no-plots",
+            "--limit",
+            "8",
+        ]
+    )
     assert rc == 0 and (report / "parity.json").is_file()
     return {"dir": d, "model": model, "faces": faces, "report": report}
 
@@ -68,8 +84,19 @@ def _copy_of_report(env: dict[str, Path], out: Path) -> Path:
 
 
 def _infer(model: Path, env: dict[str, Path], out: Path) -> int:
-    return runtime_main(["infer", "--model", str(model), "--source", str(env["faces"]), "--no-detect",
-                         "--out", str(out), "--no-progress"])
+    return runtime_main(
+        [
+            "infer",
+            "--model",
+            str(model),
+            "--source",
+            str(env["faces"]),
+            "--no-detect",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
 
 
 def _bad_model(kind: str, env: dict[str, Path]) -> Path:
@@ -94,15 +121,18 @@ def _bad_model(kind: str, env: dict[str, Path]) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("kind", "phrases"), [
-    ("missing", ["missing.onnx", "not found"]),
-    ("empty", ["empty.onnx", "empty (0 bytes)", "re-export"]),
-    ("truncated", ["truncated.onnx", "truncated", "re-export"]),
-    ("not_onnx", ["not_onnx.onnx", "not an ONNX model", "re-export"]),
-    ("opset_old", ["opset 5 is not supported", "--opset 17"]),
-    ("opset_new", ["opset 99 is not supported", "--opset 17"]),
-    ("no_contract", ["lacks deployment-contract", "python -m export onnx"]),
-])
+@pytest.mark.parametrize(
+    ("kind", "phrases"),
+    [
+        ("missing", ["missing.onnx", "not found"]),
+        ("empty", ["empty.onnx", "empty (0 bytes)", "re-export"]),
+        ("truncated", ["truncated.onnx", "truncated", "re-export"]),
+        ("not_onnx", ["not_onnx.onnx", "not an ONNX model", "re-export"]),
+        ("opset_old", ["opset 5 is not supported", "--opset 17"]),
+        ("opset_new", ["opset 99 is not supported", "--opset 17"]),
+        ("no_contract", ["lacks deployment-contract", "python -m export onnx"]),
+    ],
+)
 def test_bad_model_file_at_inference(kind, phrases, env, tmp_path, caplog):
     out = tmp_path / "out"
     out.mkdir()
@@ -128,15 +158,18 @@ def test_bad_model_file_at_quantization(kind, env, tmp_path, caplog):
 
 
 # ---- inference inputs: the backend API the harness and user code call ---------------------------------
-@pytest.mark.parametrize(("feeds", "phrases"), [
-    (lambda x: {"pixels": x}, ["feed names do not match", "missing ['input']", "unexpected ['pixels']"]),
-    (lambda x: {"input": x[0]}, ["rank 3", "expected rank 4"]),
-    (lambda x: {"input": x.astype(np.float64)}, ["dtype float64, expected float32", ".astype"]),
-    (lambda x: {"input": x.astype(np.uint8)}, ["dtype uint8, expected float32"]),
-    (lambda x: {"input": np.zeros((2, 1, 16, 8), np.float32)}, ["dimension 2 is 16, expected 8"]),
-    (lambda x: {"input": np.zeros((0, 1, 8, 8), np.float32)}, ["dimension 0 is 0", ">= 1"]),
-    (lambda x: {"input": [[1.0]]}, ["not a numpy array"]),
-])
+@pytest.mark.parametrize(
+    ("feeds", "phrases"),
+    [
+        (lambda x: {"pixels": x}, ["feed names do not match", "missing ['input']", "unexpected ['pixels']"]),
+        (lambda x: {"input": x[0]}, ["rank 3", "expected rank 4"]),
+        (lambda x: {"input": x.astype(np.float64)}, ["dtype float64, expected float32", ".astype"]),
+        (lambda x: {"input": x.astype(np.uint8)}, ["dtype uint8, expected float32"]),
+        (lambda x: {"input": np.zeros((2, 1, 16, 8), np.float32)}, ["dimension 2 is 16, expected 8"]),
+        (lambda x: {"input": np.zeros((0, 1, 8, 8), np.float32)}, ["dimension 0 is 0", ">= 1"]),
+        (lambda x: {"input": [[1.0]]}, ["not a numpy array"]),
+    ],
+)
 def test_wrong_input_at_inference(feeds, phrases, env):
     x = np.random.default_rng(1).random((2, 1, 8, 8), dtype=np.float32)
     with OrtBackend(env["model"]) as backend:
@@ -203,8 +236,21 @@ def test_disk_full_during_report_write_keeps_the_previous_report(env, tmp_path, 
         return real_write_text(self, data, *args, **kwargs)
 
     monkeypatch.setattr(Path, "write_text", fills_up)
-    rc = runtime_main(["parity", "--reference", str(env["model"]), "--candidates", str(env["model"]), "--out", str(out),
-                       "--no-progress", "--no-plots", "--limit", "8"])
+    rc = runtime_main(
+        [
+            "parity",
+            "--reference",
+            str(env["model"]),
+            "--candidates",
+            str(env["model"]),
+            "--out",
+            str(out),
+            "--no-progress",
+            "--no-plots",
+            "--limit",
+            "8",
+        ]
+    )
     assert rc == EXIT_STORAGE
     assert "no space left on device" in caplog.text and str(out / "parity.json") in caplog.text
     assert "left untouched" in caplog.text
@@ -213,8 +259,9 @@ def test_disk_full_during_report_write_keeps_the_previous_report(env, tmp_path, 
 
 def _cli(args: list[str], **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, env=env,
-                          timeout=120, **kwargs)
+    return subprocess.run(
+        [sys.executable, *args], cwd=REPO, capture_output=True, text=True, env=env, timeout=120, **kwargs
+    )
 
 
 def test_file_size_limit_in_a_real_process_keeps_the_previous_report(env, tmp_path):
@@ -229,8 +276,24 @@ def test_file_size_limit_in_a_real_process_keeps_the_previous_report(env, tmp_pa
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     assert (env["report"] / "parity.json").stat().st_size > limit
-    proc = _cli(["-m", "runtime", "parity", "--reference", str(env["model"]), "--candidates", str(env["model"]),
-                 "--out", str(out), "--no-progress", "--no-plots", "--limit", "8"], preexec_fn=limited)
+    proc = _cli(
+        [
+            "-m",
+            "runtime",
+            "parity",
+            "--reference",
+            str(env["model"]),
+            "--candidates",
+            str(env["model"]),
+            "--out",
+            str(out),
+            "--no-progress",
+            "--no-plots",
+            "--limit",
+            "8",
+        ],
+        preexec_fn=limited,
+    )
     assert proc.returncode == EXIT_STORAGE, proc.stderr
     assert "file too large" in proc.stderr and "Traceback" not in proc.stderr
     assert tree_digest(out) == before
@@ -255,8 +318,21 @@ def test_two_runs_on_one_output_folder_do_not_interleave(env, tmp_path):
     before = tree_digest(out)
     holder = _hold_lock(out)
     try:
-        args = ["-m", "runtime", "parity", "--reference", str(env["model"]), "--candidates", str(env["model"]),
-                "--out", str(out), "--no-progress", "--no-plots", "--limit", "8"]
+        args = [
+            "-m",
+            "runtime",
+            "parity",
+            "--reference",
+            str(env["model"]),
+            "--candidates",
+            str(env["model"]),
+            "--out",
+            str(out),
+            "--no-progress",
+            "--no-plots",
+            "--limit",
+            "8",
+        ]
         proc = _cli(args)
         assert proc.returncode == EXIT_LOCKED, proc.stderr
         assert f"pid {holder.pid}" in proc.stderr and "in use by another" in proc.stderr
@@ -293,8 +369,19 @@ def test_lock_is_reentrant_in_one_process_and_exclusive_across_processes(tmp_pat
 
 # ---- how errors are shown ------------------------------------------------------------------------------
 def test_tracebacks_only_with_debug(env, tmp_path):
-    args = ["-m", "runtime", "infer", "--model", str(tmp_path / "nope.onnx"), "--source", str(env["faces"]),
-            "--no-detect", "--out", str(tmp_path / "o"), "--no-progress"]
+    args = [
+        "-m",
+        "runtime",
+        "infer",
+        "--model",
+        str(tmp_path / "nope.onnx"),
+        "--source",
+        str(env["faces"]),
+        "--no-detect",
+        "--out",
+        str(tmp_path / "o"),
+        "--no-progress",
+    ]
     plain = _cli(args)
     debug = _cli([*args, "--debug"])
     assert plain.returncode == debug.returncode == 1
@@ -312,17 +399,50 @@ def test_a_bug_is_reported_as_internal_error_with_code_70(env, tmp_path, caplog,
     assert _infer(env["model"], env, tmp_path / "o") == 70
     assert "internal error" in caplog.text and "planted bug" in caplog.text and "--debug" in caplog.text
     with pytest.raises(ZeroDivisionError):  # --debug lets the traceback through
-        runtime_main(["infer", "--model", str(env["model"]), "--source", str(env["faces"]), "--no-detect",
-                      "--out", str(tmp_path / "o"), "--no-progress", "--debug"])
+        runtime_main(
+            [
+                "infer",
+                "--model",
+                str(env["model"]),
+                "--source",
+                str(env["faces"]),
+                "--no-detect",
+                "--out",
+                str(tmp_path / "o"),
+                "--no-progress",
+                "--debug",
+            ]
+        )
 
 
 def test_sigterm_exits_143_and_leaves_no_temporary_files(env, tmp_path):
     # A bench long enough to be inside its timing loop when SIGTERM arrives.
     out = tmp_path / "bench"
     env_vars = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "runtime", "bench", "--models", str(env["model"]), "--batch", "1",
-                             "--seconds", "30", "--warmup", "0", "--out", str(out), "--no-progress", "--no-plots"],
-                            cwd=REPO, stderr=subprocess.PIPE, text=True, env=env_vars)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "runtime",
+            "bench",
+            "--models",
+            str(env["model"]),
+            "--batch",
+            "1",
+            "--seconds",
+            "30",
+            "--warmup",
+            "0",
+            "--out",
+            str(out),
+            "--no-progress",
+            "--no-plots",
+        ],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env_vars,
+    )
     time.sleep(5.0)  # imports and model load take ~2 s here; the timing loop then runs for 30 s
     assert proc.poll() is None
     proc.send_signal(signal.SIGTERM)

@@ -53,7 +53,8 @@ def test_exit_code_table_and_docs_agree() -> None:
     assert not unexplained, f"EXIT_* constants without a meaning in EXIT_CODES: {unexplained}"
     rows = _doc_exit_rows()
     assert set(rows) == set(errors.EXIT_CODES), (
-        f"docs/errors.md lists codes {sorted(rows)}; runtime.errors.EXIT_CODES has {sorted(errors.EXIT_CODES)}")
+        f"docs/errors.md lists codes {sorted(rows)}; runtime.errors.EXIT_CODES has {sorted(errors.EXIT_CODES)}"
+    )
     by_code: dict[int, set[str]] = {}
     for name, code in constants.items():
         by_code.setdefault(code, set()).add(name)
@@ -88,12 +89,16 @@ def test_exit_codes_are_defined_once_and_never_written_as_numbers() -> None:
                 names = [n.id for t in node.targets for n in ast.walk(t) if isinstance(n, ast.Name)]
                 if any(n.startswith("EXIT_") for n in names):
                     defined.append(f"{rel}:{node.lineno}")
-            if isinstance(node, ast.FunctionDef) and (node.name.endswith("main") or any(
-                    "cli_entry" in ast.unparse(d) for d in node.decorator_list)):
+            if isinstance(node, ast.FunctionDef) and (
+                node.name.endswith("main") or any("cli_entry" in ast.unparse(d) for d in node.decorator_list)
+            ):
                 for ret in ast.walk(node):
                     value = getattr(ret, "value", None) if isinstance(ret, ast.Return) else None
-                    consts = [value] if isinstance(value, ast.Constant) else (
-                        [value.body, value.orelse] if isinstance(value, ast.IfExp) else [])
+                    consts = (
+                        [value]
+                        if isinstance(value, ast.Constant)
+                        else ([value.body, value.orelse] if isinstance(value, ast.IfExp) else [])
+                    )
                     if any(isinstance(c, ast.Constant) and type(c.value) is int and c.value != 0 for c in consts):
                         literal.append(f"{rel}:{ret.lineno} ({node.name})")
     assert not defined, f"EXIT_* bound outside runtime/errors.py (import them from there): {defined}"

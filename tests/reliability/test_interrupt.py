@@ -68,8 +68,13 @@ def _default_sigint() -> None:
 
 def _run(args: list[str], **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", *args], cwd=REPO, env=_env(**env), capture_output=True, text=True,
-        timeout=TIMEOUT_S, preexec_fn=_default_sigint,
+        [sys.executable, "-m", *args],
+        cwd=REPO,
+        env=_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        preexec_fn=_default_sigint,
     )
 
 
@@ -186,7 +191,9 @@ def test_sigkill_in_first_epoch_leaves_nothing_that_blocks_a_fresh_start(
 
 
 @pytest.mark.parametrize("sig, code", [("TERM", EXIT_TERMINATED), ("INT", EXIT_INTERRUPTED)])
-def test_sigterm_sigint_while_state_is_written_discard_the_temp_file(tiny_config: Path, tmp_path: Path, sig: str, code: int) -> None:
+def test_sigterm_sigint_while_state_is_written_discard_the_temp_file(
+    tiny_config: Path, tmp_path: Path, sig: str, code: int
+) -> None:
     # Resuming from here is the same as after the SIGKILL above (same state.pt), so not repeated.
     out = tmp_path / "run"
     proc = _fit(tiny_config, out, kill_at=f"state-write:2:{sig}")
@@ -269,8 +276,12 @@ def test_export_killed_before_replace_keeps_old_model(
     marker = tmp_path / "holding"
     child = subprocess.Popen(
         [sys.executable, "-m", "export", "onnx", "--checkpoint", str(other_checkpoint), "--out", str(model), "--force"],
-        cwd=REPO, env=_env(FER_EXPORT_HOLD_BEFORE_REPLACE=str(marker)),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint,
+        cwd=REPO,
+        env=_env(FER_EXPORT_HOLD_BEFORE_REPLACE=str(marker)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_default_sigint,
     )
     try:
         deadline = time.monotonic() + TIMEOUT_S

@@ -28,11 +28,11 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from runtime.errors import DataError
-from runtime.data.affectnet import AFFECTNET_LABELS, COLUMNS as AFFECTNET_COLUMNS, _parse_float, _read_list, load_affectnet
+from runtime.data.affectnet import AFFECTNET_LABELS, _parse_float, _read_list, load_affectnet
+from runtime.data.affectnet import COLUMNS as AFFECTNET_COLUMNS
 from runtime.data.base import CANONICAL_CLASSES, IMAGE_SUFFIXES
 from runtime.data.caer_s import CAER_S_CLASSES, load_caer_s
-from runtime.data.fer2013 import FER2013_LABELS, FER2013_USAGE, LABEL_INDEX, parse_pixels, read_fer2013, load_fer2013
+from runtime.data.fer2013 import FER2013_LABELS, FER2013_USAGE, LABEL_INDEX, load_fer2013, parse_pixels, read_fer2013
 from runtime.data.ferplus import (
     CSV_HEADER,
     FERPLUS_FOLDERS,
@@ -49,6 +49,7 @@ from runtime.data.folder import FOLDER_ALIASES, SPLIT_ALIASES, load_folder, pars
 from runtime.data.kdef import KDEF_EXPRESSIONS, KDEF_VIEWS, load_kdef
 from runtime.data.rafdb import RAF_LABELS, load_rafdb
 from runtime.data.sfew import SFEW_CLASSES, load_sfew
+from runtime.errors import DataError
 
 PROPS = settings(
     max_examples=40,
@@ -105,9 +106,32 @@ def run_parser(fn, files: dict[Path, bytes]):
 # --- mutating files ---------------------------------------------------------------------------------
 
 TOKENS = [
-    "", " ", ",", '"', "-1", "256", "999999999999999999999", "1.5", "1e3", "nan", "inf", "x", "None",
-    "\t", "\x00", "\u0663", "\uff17", "é", "\u2028", "\x85", "0x10", "+2", "1_0", "()", "(1, 2)",
-]  # fmt: skip
+    "",
+    " ",
+    ",",
+    '"',
+    "-1",
+    "256",
+    "999999999999999999999",
+    "1.5",
+    "1e3",
+    "nan",
+    "inf",
+    "x",
+    "None",
+    "\t",
+    "\x00",
+    "\u0663",
+    "\uff17",
+    "é",
+    "\u2028",
+    "\x85",
+    "0x10",
+    "+2",
+    "1_0",
+    "()",
+    "(1, 2)",
+]
 BYTES = [b"\xff", b"\xfe\xff", b"\xc3", b"\xed\xa0\x80", b"\x80abc", b"\xef\xbb\xbf", b"\r", b"\n", b"\x00", b'"']
 
 
@@ -199,8 +223,11 @@ csv_field = st.text(alphabet=st.characters(exclude_categories=("Cs",), exclude_c
 
 
 @PROPS
-@given(rows=st.lists(st.lists(csv_field, min_size=1, max_size=4), max_size=6),
-       newline=st.sampled_from(["\n", "\r\n"]), bom=st.booleans())  # fmt: skip
+@given(
+    rows=st.lists(st.lists(csv_field, min_size=1, max_size=4), max_size=6),
+    newline=st.sampled_from(["\n", "\r\n"]),
+    bom=st.booleans(),
+)
 def test_read_csv_rows_round_trip(scratch, rows, newline, bom) -> None:
     buf = io.StringIO(newline="")
     # QUOTE_MINIMAL leaves a lone "\r" unquoted when the line terminator is "\n": not valid csv.
@@ -216,8 +243,10 @@ def test_read_csv_rows_round_trip(scratch, rows, newline, bom) -> None:
 
 
 @PROPS
-@given(raw=st.one_of(st.binary(max_size=200), st.text(max_size=100).map(lambda t: t.encode("utf-8", "surrogatepass"))),
-       edits=mutations())  # fmt: skip
+@given(
+    raw=st.one_of(st.binary(max_size=200), st.text(max_size=100).map(lambda t: t.encode("utf-8", "surrogatepass"))),
+    edits=mutations(),
+)
 def test_read_csv_rows_on_arbitrary_bytes(scratch, raw, edits) -> None:
     path = fresh(scratch) / "junk.csv"
     data = mutate(raw, edits)
@@ -249,7 +278,9 @@ def test_parse_int_is_an_int_or_a_line_error(text, line) -> None:
 # --- FER-2013 -----------------------------------------------------------------------------------------
 
 fer_rows = st.lists(
-    st.tuples(st.sampled_from(sorted(FER2013_LABELS)), st.sampled_from(sorted(FER2013_USAGE)), st.integers(0, 2**32 - 1)),
+    st.tuples(
+        st.sampled_from(sorted(FER2013_LABELS)), st.sampled_from(sorted(FER2013_USAGE)), st.integers(0, 2**32 - 1)
+    ),
     max_size=4,
 )
 
@@ -298,15 +329,18 @@ def test_fer2013_malformed_rows(scratch, rows, edits) -> None:
 
 
 @PROPS
-@given(tokens=st.lists(st.one_of(st.integers(-300, 600).map(str), st.sampled_from(TOKENS)), max_size=2400),
-       n_valid=st.sampled_from([0, SIDE * SIDE - 1, SIDE * SIDE, SIDE * SIDE + 1]), seed=st.integers(0, 99))  # fmt: skip
+@given(
+    tokens=st.lists(st.one_of(st.integers(-300, 600).map(str), st.sampled_from(TOKENS)), max_size=2400),
+    n_valid=st.sampled_from([0, SIDE * SIDE - 1, SIDE * SIDE, SIDE * SIDE + 1]),
+    seed=st.integers(0, 99),
+)
 def test_parse_pixels_is_an_image_or_a_line_error(tokens, n_valid, seed) -> None:
     values = np.random.default_rng(seed).integers(0, 256, size=n_valid)
     text = " ".join([*map(str, values), *tokens])
     path = Path("fer2013.csv")
     try:
         img = parse_pixels(text, path, 5)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - any failure of an optional component reads as 'unavailable', not a crash
         assert type(exc) is DataError and str(exc).startswith(f"{path}:5: "), repr(exc)
     else:
         # Only 2,304 integers 0..255 may pass, and they must be exactly the ones written.
@@ -361,7 +395,7 @@ def test_parse_rect_and_votes_never_raise_other_errors(text) -> None:
     for fn in (lambda: _parse_rect(text, path, 9), lambda: _parse_votes(text.split(","), path, 9)):
         try:
             fn()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - any failure of an optional component reads as 'unavailable', not a crash
             assert type(exc) is DataError and str(exc).startswith(f"{path}:9: "), repr(exc)
 
 
@@ -458,7 +492,7 @@ def test_ferplus_folders_malformed(scratch, rows, edits, long_name) -> None:
     path = next(iter(files))
     data = mutate(files[path], edits)
     if long_name:  # an image name longer than the file system allows
-        data = b"x" * 300 + b".png" + data[data.index(b","):] if b"," in data else data
+        data = b"x" * 300 + b".png" + data[data.index(b",") :] if b"," in data else data
     path.write_bytes(data)
     files[path] = data
     for rec, votes in run_parser(lambda: list(_read_folders(root)), files) or []:
@@ -491,14 +525,22 @@ def affectnet_lines(rows, split_tag: str, header: bool) -> list[str]:
 
 
 @FEW
-@given(train=affectnet_rows, val=affectnet_rows, headers=st.tuples(st.booleans(), st.booleans()),
-       fmt=file_format(), num_classes=st.sampled_from([7, 8]))  # fmt: skip
+@given(
+    train=affectnet_rows,
+    val=affectnet_rows,
+    headers=st.tuples(st.booleans(), st.booleans()),
+    fmt=file_format(),
+    num_classes=st.sampled_from([7, 8]),
+)
 def test_affectnet_round_trip(scratch, train, val, headers, fmt, num_classes) -> None:
     root = fresh(scratch)
     (root / "Manually_Annotated_Images").mkdir()
     lists = root / "Manually_Annotated_file_lists"
     lists.mkdir()
-    for name, rows, tag, header in (("training.csv", train, "tr", headers[0]), ("validation.csv", val, "va", headers[1])):
+    for name, rows, tag, header in (
+        ("training.csv", train, "tr", headers[0]),
+        ("validation.csv", val, "va", headers[1]),
+    ):
         (lists / name).write_bytes(render_lines(affectnet_lines(rows, tag, header), fmt)[0])
     index = load_affectnet(root, num_classes=num_classes)
     classes = CANONICAL_CLASSES[:num_classes]
@@ -529,11 +571,13 @@ def test_affectnet_malformed(scratch, rows, header, edits) -> None:
 
 
 @PROPS
-@given(text=st.one_of(st.text(max_size=12), st.sampled_from(["nan", "NaN", "inf", "-Infinity", "1e999", "0.5", " -2 "])))
+@given(
+    text=st.one_of(st.text(max_size=12), st.sampled_from(["nan", "NaN", "inf", "-Infinity", "1e999", "0.5", " -2 "]))
+)
 def test_affectnet_parse_float_is_finite_or_a_line_error(text) -> None:
     try:
         value = _parse_float(text, Path("training.csv"), 4, "valence")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - any failure of an optional component reads as 'unavailable', not a crash
         assert type(exc) is DataError and str(exc).startswith("training.csv:4: valence"), repr(exc)
     else:
         assert math.isfinite(value) and value == float(text)
@@ -558,7 +602,12 @@ def write_rafdb(root: Path, rows, images: str) -> list[str]:
 
 
 @FEW
-@given(rows=raf_rows, fmt=file_format(), images=st.sampled_from(["aligned", "original"]), sep=st.sampled_from([" ", "\t", "  "]))
+@given(
+    rows=raf_rows,
+    fmt=file_format(),
+    images=st.sampled_from(["aligned", "original"]),
+    sep=st.sampled_from([" ", "\t", "  "]),
+)
 def test_rafdb_round_trip(scratch, rows, fmt, images, sep) -> None:
     root = fresh(scratch)
     lines = [line.replace(" ", sep) for line in write_rafdb(root, rows, images)]
@@ -601,9 +650,11 @@ def kdef_name(code) -> str:
 
 
 @FEW
-@given(codes=st.lists(kdef_codes, min_size=1, max_size=8, unique_by=kdef_name),
-       lower=st.lists(st.booleans(), min_size=8, max_size=8),
-       suffix=st.sampled_from([".JPG", ".jpg", ".png", ".JPEG"]))  # fmt: skip
+@given(
+    codes=st.lists(kdef_codes, min_size=1, max_size=8, unique_by=kdef_name),
+    lower=st.lists(st.booleans(), min_size=8, max_size=8),
+    suffix=st.sampled_from([".JPG", ".jpg", ".png", ".JPEG"]),
+)
 def test_kdef_names_round_trip(scratch, codes, lower, suffix) -> None:
     root = fresh(scratch)
     expected = {}
@@ -620,19 +671,30 @@ def test_kdef_names_round_trip(scratch, codes, lower, suffix) -> None:
         session, gender, person, expression, view = expected[r.id]
         assert r.label == C[KDEF_EXPRESSIONS[expression]] and r.split == "train"
         assert r.meta == {
-            "view": KDEF_VIEWS[view], "subject": f"{session}{gender}{person:02d}", "person": f"{gender}{person:02d}",
-            "session": session, "gender": gender,
-        }  # fmt: skip
+            "view": KDEF_VIEWS[view],
+            "subject": f"{session}{gender}{person:02d}",
+            "person": f"{gender}{person:02d}",
+            "session": session,
+            "gender": gender,
+        }
 
 
 name_chars = st.characters(exclude_categories=("Cs",), exclude_characters="/\x00")
 
 
 @FEW
-@given(code=kdef_codes, edits=st.lists(st.tuples(st.integers(0, 9), st.sampled_from(["del", "ins", "sub"]),
-                                                  st.one_of(name_chars, st.sampled_from(list("0123456789ABFMSLHRX٠١٣３ſı"))))),
-       stem=st.one_of(st.none(), st.text(name_chars, min_size=1, max_size=12), st.just("digit")),
-       digit=st.tuples(st.sampled_from([2, 3]), st.characters(categories=("Nd",))))  # fmt: skip
+@given(
+    code=kdef_codes,
+    edits=st.lists(
+        st.tuples(
+            st.integers(0, 9),
+            st.sampled_from(["del", "ins", "sub"]),
+            st.one_of(name_chars, st.sampled_from(list("0123456789ABFMSLHRX٠١٣３ſı"))),
+        )
+    ),
+    stem=st.one_of(st.none(), st.text(name_chars, min_size=1, max_size=12), st.just("digit")),
+    digit=st.tuples(st.sampled_from([2, 3]), st.characters(categories=("Nd",))),
+)
 def test_kdef_bad_names_are_rejected_or_parsed_correctly(scratch, code, edits, stem, digit) -> None:
     if stem == "digit":  # any script's decimal digit in the person number ("AF1٣AFS")
         chars = list(kdef_name(code))
@@ -653,7 +715,7 @@ def test_kdef_bad_names_are_rejected_or_parsed_correctly(scratch, code, edits, s
     path.write_bytes(b"")
     try:
         index = load_kdef(root)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - any failure of an optional component reads as 'unavailable', not a crash
         assert type(exc) is DataError, repr(exc)
         assert str(path) in str(exc) and "not a KDEF file name" in str(exc)
         return
@@ -673,19 +735,31 @@ def test_kdef_bad_names_are_rejected_or_parsed_correctly(scratch, code, edits, s
 @st.composite
 def class_trees(draw, table: dict[str, str], splits: list[str] | None):
     """{split folder or "": {class folder: [file names]}} with class folders from ``table``."""
+
     # Two folders naming one split ("val", "Validation") are rejected on purpose: draw distinct splits.
-    unique = (lambda n: SPLIT_ALIASES[n.lower()])
-    split_names = draw(st.lists(st.sampled_from(splits), min_size=1, max_size=len(splits), unique_by=unique)) if splits else [""]
+    def unique(n):
+        return SPLIT_ALIASES[n.lower()]
+
+    split_names = (
+        draw(st.lists(st.sampled_from(splits), min_size=1, max_size=len(splits), unique_by=unique)) if splits else [""]
+    )
     tree = {}
     for split in split_names:
         folders = draw(st.lists(st.sampled_from(sorted(table)), min_size=1, max_size=4, unique_by=lambda n: table[n]))
         case = draw(st.sampled_from([str.lower, str.upper, str.title]))
         tree[split] = {
-            case(f): draw(st.lists(st.tuples(st.text("abcxyz019_-", min_size=1, max_size=8), st.sampled_from(IMAGE_SUFFIXES),
-                                              st.booleans()).map(lambda t: t[0] + (t[1].upper() if t[2] else t[1])),
-                                   min_size=1, max_size=3, unique=True))
+            case(f): draw(
+                st.lists(
+                    st.tuples(
+                        st.text("abcxyz019_-", min_size=1, max_size=8), st.sampled_from(IMAGE_SUFFIXES), st.booleans()
+                    ).map(lambda t: t[0] + (t[1].upper() if t[2] else t[1])),
+                    min_size=1,
+                    max_size=3,
+                    unique=True,
+                )
+            )
             for f in folders
-        }  # fmt: skip
+        }
     return tree
 
 
@@ -705,14 +779,20 @@ def write_tree(root: Path, tree) -> dict[str, tuple[str, str]]:
 
 def check_tree(index, expected, table, split_table) -> None:
     got = {r.id: (r.label, r.split) for r in index.records}
-    want = {rel: (C[table[folder.lower()]], split_table[split.lower()] if split else "train")
-            for rel, (folder, split) in expected.items()}  # fmt: skip
+    want = {
+        rel: (C[table[folder.lower()]], split_table[split.lower()] if split else "train")
+        for rel, (folder, split) in expected.items()
+    }
     assert got == want
     assert len(index.records) == len(expected)
 
 
 @FEW
-@given(tree=st.one_of(class_trees(FOLDER_ALIASES, None), class_trees(FOLDER_ALIASES, ["train", "Val", "TEST", "validation"])))
+@given(
+    tree=st.one_of(
+        class_trees(FOLDER_ALIASES, None), class_trees(FOLDER_ALIASES, ["train", "Val", "TEST", "validation"])
+    )
+)
 def test_image_folder_round_trip(scratch, tree) -> None:
     root = fresh(scratch)
     expected = write_tree(root, tree)
@@ -738,10 +818,14 @@ def test_sfew_round_trip(scratch, tree) -> None:
 @FEW
 @given(
     loader=st.sampled_from(["folder", "caer_s", "sfew"]),
-    folders=st.lists(st.one_of(st.text(name_chars, min_size=1, max_size=10), st.sampled_from(sorted(FOLDER_ALIASES))),
-                     min_size=1, max_size=4, unique_by=str.lower),
+    folders=st.lists(
+        st.one_of(st.text(name_chars, min_size=1, max_size=10), st.sampled_from(sorted(FOLDER_ALIASES))),
+        min_size=1,
+        max_size=4,
+        unique_by=str.lower,
+    ),
     empty=st.booleans(),
-)  # fmt: skip
+)
 def test_class_folders_are_known_or_a_clear_error(scratch, loader, folders, empty) -> None:
     assume(all(f not in (".", "..") and len(f.encode()) < 200 for f in folders))
     root = fresh(scratch)
@@ -754,7 +838,7 @@ def test_class_folders_are_known_or_a_clear_error(scratch, loader, folders, empt
     table = {"folder": FOLDER_ALIASES, "caer_s": CAER_S_CLASSES, "sfew": SFEW_CLASSES}[loader]
     try:
         index = fn(root)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - any failure of an optional component reads as 'unavailable', not a crash
         assert type(exc) is DataError, repr(exc)
         assert str(root) in str(exc)  # names the folder it could not use
         return

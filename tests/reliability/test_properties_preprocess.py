@@ -34,9 +34,19 @@ PROPS = settings(
 
 LAYOUTS = ("hw", "hw1", "hw3", "hw4")
 NON_UINT8 = (
-    np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint16, np.uint32, np.uint64,
-    np.float16, np.float32, np.float64, np.complex64,
-)  # fmt: skip
+    np.bool_,
+    np.int8,
+    np.int16,
+    np.int32,
+    np.int64,
+    np.uint16,
+    np.uint32,
+    np.uint64,
+    np.float16,
+    np.float32,
+    np.float64,
+    np.complex64,
+)
 
 
 # --- strategies -------------------------------------------------------------------------------------
@@ -170,8 +180,13 @@ def test_constant_image_maps_to_its_value_or_the_padding(
 
 
 @PROPS
-@given(spec=specs(), n=st.integers(1, 3), size=st.tuples(st.integers(1, 40), st.integers(1, 40)),
-       layout=st.sampled_from(LAYOUTS), seed=st.integers(0, 2**32 - 1))  # fmt: skip
+@given(
+    spec=specs(),
+    n=st.integers(1, 3),
+    size=st.tuples(st.integers(1, 40), st.integers(1, 40)),
+    layout=st.sampled_from(LAYOUTS),
+    seed=st.integers(0, 2**32 - 1),
+)
 def test_batch_array_equals_list_of_images(
     spec: PreprocessSpec, n: int, size: tuple[int, int], layout: str, seed: int
 ) -> None:
@@ -378,8 +393,11 @@ def test_any_spec_parameters_are_valid_or_a_config_error(base: PreprocessSpec, w
     assert all(v != 0 for v in spec.std)
     assume(spec.input_size[0] * spec.input_size[1] <= 64 * 64)
     rng = np.random.default_rng(seed)
-    images = [rng.integers(0, 256, size=(7, 5, 3), dtype=np.uint8), np.full((3, 9), 255, np.uint8),
-              np.zeros((2, 2), np.uint8)]  # fmt: skip
+    images = [
+        rng.integers(0, 256, size=(7, 5, 3), dtype=np.uint8),
+        np.full((3, 9), 255, np.uint8),
+        np.zeros((2, 2), np.uint8),
+    ]
     out = preprocess(images, spec)
     assert_contract(out, 3, spec)
     assert PreprocessSpec.from_metadata(spec.to_metadata()) == spec

@@ -23,9 +23,9 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests" / "runtime"))  # harness_util: the runtime tests' tiny ONNX models
 
-from harness_util import linear_model  # noqa: E402
+from harness_util import linear_model  # noqa: E402 - imported after sys.path / environment set-up at the top of the file
 
-from runtime.backends.ort import OrtBackend  # noqa: E402
+from runtime.backends.ort import OrtBackend  # noqa: E402 - imported after sys.path / environment set-up at the top of the file
 
 
 def _load_soak():
@@ -165,8 +165,9 @@ SOAK_COUNT = int(os.environ.get("SOAK_COUNT", "1000"))
 
 @pytest.mark.slow
 def test_soak_no_memory_growth(tmp_path: Path) -> None:
-    results, skipped = soak.run_soak(SOAK_COUNT, soak.ALL_BACKENDS, model="lanmsff_tiny", threads=1, warmup=200,
-                                     workdir=tmp_path)  # fmt: skip
+    results, skipped = soak.run_soak(
+        SOAK_COUNT, soak.ALL_BACKENDS, model="lanmsff_tiny", threads=1, warmup=200, workdir=tmp_path
+    )
     ran = [r.backend for r in results]
     # onnxruntime is a core dependency: its three soaks always run; torch only where installed.
     assert ran == [b for b in soak.ALL_BACKENDS if b not in skipped]
@@ -186,8 +187,21 @@ def test_soak_no_memory_growth(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_soak_cli_writes_json(tmp_path: Path, capsys) -> None:
     out = tmp_path / "soak.json"
-    code = soak.main(["--count", "300", "--warmup", "50", "--backends", "ort", "--model", "lanmsff_tiny",
-                      "--json", str(out), "--no-progress"])  # fmt: skip
+    code = soak.main(
+        [
+            "--count",
+            "300",
+            "--warmup",
+            "50",
+            "--backends",
+            "ort",
+            "--model",
+            "lanmsff_tiny",
+            "--json",
+            str(out),
+            "--no-progress",
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "| ort | 300 |" in printed

@@ -47,16 +47,25 @@ def linear_model(
         nodes.append(helper.make_node("Cast", ["input"], ["x32"], to=TensorProto.FLOAT))
         x = "x32"
     if qdq:
-        inits += [numpy_helper.from_array(np.array(1 / 255, np.float32), "s"),
-                  numpy_helper.from_array(np.array(0, np.uint8), "zp")]
-        nodes += [helper.make_node("QuantizeLinear", [x, "s", "zp"], ["xq"]),
-                  helper.make_node("DequantizeLinear", ["xq", "s", "zp"], ["xdq"])]
+        inits += [
+            numpy_helper.from_array(np.array(1 / 255, np.float32), "s"),
+            numpy_helper.from_array(np.array(0, np.uint8), "zp"),
+        ]
+        nodes += [
+            helper.make_node("QuantizeLinear", [x, "s", "zp"], ["xq"]),
+            helper.make_node("DequantizeLinear", ["xq", "s", "zp"], ["xdq"]),
+        ]
         x = "xdq"
     nodes.append(helper.make_node("Flatten", [x], ["flat"], axis=1))
     if fp16:
-        inits += [numpy_helper.from_array(w.astype(np.float16), "W16"), numpy_helper.from_array(b.astype(np.float16), "B16")]
-        nodes += [helper.make_node("Cast", ["W16"], ["W"], to=TensorProto.FLOAT),
-                  helper.make_node("Cast", ["B16"], ["B"], to=TensorProto.FLOAT)]
+        inits += [
+            numpy_helper.from_array(w.astype(np.float16), "W16"),
+            numpy_helper.from_array(b.astype(np.float16), "B16"),
+        ]
+        nodes += [
+            helper.make_node("Cast", ["W16"], ["W"], to=TensorProto.FLOAT),
+            helper.make_node("Cast", ["B16"], ["B"], to=TensorProto.FLOAT),
+        ]
     else:
         inits += [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")]
     out = "logits" if io_dtype == TensorProto.FLOAT else "logits32"
@@ -64,7 +73,8 @@ def linear_model(
     if io_dtype != TensorProto.FLOAT:
         nodes.append(helper.make_node("Cast", [out], ["logits"], to=io_dtype))
     graph = helper.make_graph(
-        nodes, "tiny_linear",
+        nodes,
+        "tiny_linear",
         [helper.make_tensor_value_info("input", io_dtype, ["batch", 1, 8, 8])],
         [helper.make_tensor_value_info("logits", io_dtype, ["batch", 7])],
         inits,
@@ -72,8 +82,14 @@ def linear_model(
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="harness-tests")
     model.ir_version = 9
     if contract:
-        meta = DeploymentContract(model_name="tiny_linear", class_names=CLASSES, preprocess=SPEC, dataset=DATASET,
-                                  checkpoint_sha256="0" * 64, exporter="onnx.helper").to_metadata()
+        meta = DeploymentContract(
+            model_name="tiny_linear",
+            class_names=CLASSES,
+            preprocess=SPEC,
+            dataset=DATASET,
+            checkpoint_sha256="0" * 64,
+            exporter="onnx.helper",
+        ).to_metadata()
         helper.set_model_props(model, meta)
     onnx.checker.check_model(model)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +34,7 @@ def test_atomic_write_bytes_and_text(tmp_path: Path) -> None:
     assert atomic_write_bytes(target, b"\x00\x01hello") == target
     assert target.read_bytes() == b"\x00\x01hello"
     atomic_write_text(target, "héllo\n")
-    assert target.read_bytes() == "héllo\n".encode("utf-8")
+    assert target.read_bytes() == "héllo\n".encode()
     assert sorted(p.name for p in target.parent.iterdir()) == ["file.bin"]
 
 
@@ -165,8 +164,18 @@ def test_sidecar_of_missing_artifact(tmp_path: Path) -> None:
 def test_library_versions_keys() -> None:
     v = library_versions()
     assert set(v) == {
-        "python", "numpy", "torch", "onnx", "onnxruntime", "onnxscript", "onnxslim", "nncf", "tensorrt", "cv2", "PIL",
-    }  # fmt: skip
+        "python",
+        "numpy",
+        "torch",
+        "onnx",
+        "onnxruntime",
+        "onnxscript",
+        "onnxslim",
+        "nncf",
+        "tensorrt",
+        "cv2",
+        "PIL",
+    }
     import cv2
     import onnx
 

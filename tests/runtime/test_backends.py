@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from harness_util import CLASSES, linear_model, weights
 from onnx import TensorProto
 
-from harness_util import CLASSES, linear_model, weights
 from runtime.backends import available_backends, backend_names, get_backend, random_feeds, register_backend
 from runtime.backends.base import Backend, TensorSpec, check_feeds
 from runtime.backends.ort import OrtBackend, OrtCudaBackend, default_threads
@@ -177,7 +177,9 @@ def test_torch_reference_backend(tmp_path):
     torch.manual_seed(0)
     net = create_model("lanmsff_tiny").eval()
     spec = get_model_info("lanmsff_tiny").preprocess
-    ck = save_checkpoint(tmp_path / "checkpoint.pt", net, model_name="lanmsff_tiny", class_names=CLASSES, preprocess=spec)
+    ck = save_checkpoint(
+        tmp_path / "checkpoint.pt", net, model_name="lanmsff_tiny", class_names=CLASSES, preprocess=spec
+    )
     assert get_backend("torch") is TorchBackend and TorchBackend.is_available()
     assert TorchBackend.accepts(ck) and not TorchBackend.accepts("m.onnx")
     x = np.random.default_rng(0).random((2, *spec.input_shape), dtype=np.float32)

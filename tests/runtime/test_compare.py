@@ -35,8 +35,12 @@ def _cmp(ref, cand, labels, ids, precision, **kw):
 
 
 def test_table_matches_the_contract():
-    assert TOLERANCES[Precision.FP32] == Tolerance(min_top1_agreement=0.999, max_accuracy_drop_pts=0.5, max_prob_diff=1e-4)
-    assert TOLERANCES[Precision.FP16] == Tolerance(min_top1_agreement=0.995, max_accuracy_drop_pts=0.5, max_prob_diff=1e-2)
+    assert TOLERANCES[Precision.FP32] == Tolerance(
+        min_top1_agreement=0.999, max_accuracy_drop_pts=0.5, max_prob_diff=1e-4
+    )
+    assert TOLERANCES[Precision.FP16] == Tolerance(
+        min_top1_agreement=0.995, max_accuracy_drop_pts=0.5, max_prob_diff=1e-2
+    )
     assert TOLERANCES[Precision.INT8] == Tolerance(min_top1_agreement=0.98, max_accuracy_drop_pts=1.0)
     assert TOLERANCES[Precision.INT8].describe() == "agree ≥ 0.98, drop ≤ 1 pt"
     assert as_precision("FP16") is Precision.FP16
@@ -127,7 +131,11 @@ def test_int8_rules_agreement_and_accuracy_drop():
     for i in correct[:10]:
         cand[i] = np.roll(cand[i], 1)
     r = _cmp(ref, cand, y, ids, "int8")
-    assert r.verdict is Verdict.PASS and r.top1_agreement == pytest.approx(0.99) and r.accuracy_drop_pts == pytest.approx(1.0)
+    assert (
+        r.verdict is Verdict.PASS
+        and r.top1_agreement == pytest.approx(0.99)
+        and r.accuracy_drop_pts == pytest.approx(1.0)
+    )
     assert r.max_prob_diff > 0.1  # no probability bound for int8
     # 60 flips of correct predictions: agreement 0.94 (CI well below 0.98), drop 6 pts: both rules fail.
     for i in correct[10:60]:

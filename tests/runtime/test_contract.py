@@ -32,7 +32,9 @@ def _contract() -> DeploymentContract:
     return DeploymentContract(
         model_name="manet",
         class_names=CLASSES,
-        preprocess=PreprocessSpec(input_size=(224, 224), color_mode="rgb", mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.2), resize="letterbox"),
+        preprocess=PreprocessSpec(
+            input_size=(224, 224), color_mode="rgb", mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.2), resize="letterbox"
+        ),
         dataset={"kind": "folder", "root": "/data/raf", "val_fraction": 0.1},
         checkpoint_sha256="ab" * 32,
         exporter="torch.onnx.export(dynamo=False) torch 2.13.0",
@@ -91,7 +93,9 @@ def test_missing_file_is_a_clear_error(tmp_path):
         read_contract(tmp_path / "nope.onnx")
 
 
-@pytest.mark.parametrize("content", [b"this is not a protobuf \xff\xfe" * 10, b"", np.arange(300, dtype=np.uint8).tobytes()])
+@pytest.mark.parametrize(
+    "content", [b"this is not a protobuf \xff\xfe" * 10, b"", np.arange(300, dtype=np.uint8).tobytes()]
+)
 def test_non_onnx_file_is_a_clear_error(tmp_path, content):
     p = tmp_path / "model.onnx"
     p.write_bytes(content)

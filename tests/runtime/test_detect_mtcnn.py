@@ -18,8 +18,17 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime.detect import (MIN_FACE, WORK_SIDE, Box, MtcnnDetector, make_detector, match_faces, min_face_pixels,
-                            mtcnn_unavailable_reason, working_copy)
+from runtime.detect import (
+    MIN_FACE,
+    WORK_SIDE,
+    Box,
+    MtcnnDetector,
+    make_detector,
+    match_faces,
+    min_face_pixels,
+    mtcnn_unavailable_reason,
+    working_copy,
+)
 from runtime.detectors import mtcnn as M
 from runtime.errors import ArtifactError, ConfigError
 
@@ -28,7 +37,9 @@ LABELS = json.loads((PHOTOS / "labels.json").read_text())["photos"]
 # Stated bounds (docs: BENCHMARKS.md "Face detector"): faces found and false boxes over the set, per scale.
 MIN_RECALL, MAX_FALSE = 7, 1
 
-pytestmark = pytest.mark.skipif(bool(mtcnn_unavailable_reason()), reason=f"MTCNN unavailable: {mtcnn_unavailable_reason()}")
+pytestmark = pytest.mark.skipif(
+    bool(mtcnn_unavailable_reason()), reason=f"MTCNN unavailable: {mtcnn_unavailable_reason()}"
+)
 
 
 @pytest.fixture(scope="module")

@@ -29,10 +29,10 @@ from onnx import TensorProto, helper, numpy_helper
 from runtime import errors as E
 from runtime import infer as I
 from runtime.contract import DeploymentContract
+from runtime.data.synthetic import CLASSES, SynthConfig, render
 from runtime.detect import Box, haar_unavailable_reason, make_detector
 from runtime.errors import ArtifactError, MissingDependencyError
 from runtime.preprocess import PreprocessSpec
-from runtime.data.synthetic import CLASSES, SynthConfig, render
 
 REPO = Path(__file__).resolve().parents[2]
 # Frontal faces of three identities, no occluder, little noise: learnable by a linear model.
@@ -64,7 +64,10 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     w = np.linalg.solve(xc.T @ xc + 0.1 * np.eye(x.shape[1]), xc.T @ (y - ym))
     b = ym - mu @ w
     graph = helper.make_graph(
-        [helper.make_node("Flatten", ["input"], ["flat"], axis=1), helper.make_node("Gemm", ["flat", "W", "B"], ["logits"])],
+        [
+            helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+            helper.make_node("Gemm", ["flat", "W", "B"], ["logits"]),
+        ],
         "ridge_fer",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 24, 24])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", len(CLASSES)])],
@@ -72,8 +75,16 @@ def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="test_infer")
     m.ir_version = 9
-    helper.set_model_props(m, DeploymentContract(model_name="ridge_fer", class_names=CLASSES, preprocess=SPEC,
-                                                 checkpoint_sha256="0" * 64, exporter="numpy ridge").to_metadata())
+    helper.set_model_props(
+        m,
+        DeploymentContract(
+            model_name="ridge_fer",
+            class_names=CLASSES,
+            preprocess=SPEC,
+            checkpoint_sha256="0" * 64,
+            exporter="numpy ridge",
+        ).to_metadata(),
+    )
     path = tmp_path_factory.mktemp("model") / "model.onnx"
     onnx.save(m, str(path))
     return path
@@ -97,8 +108,9 @@ def _labels_of(source: str) -> str:
 
 
 def test_folder_of_faces_predictions_match_labels(model: Path, faces_dir: Path, tmp_path: Path) -> None:
-    res = I.run_infer(I.InferConfig(model=str(model), source=str(faces_dir), out=str(tmp_path), detector="none"),
-                      progress=False)
+    res = I.run_infer(
+        I.InferConfig(model=str(model), source=str(faces_dir), out=str(tmp_path), detector="none"), progress=False
+    )
     status = {Path(s.source).name: s.status for s in res.sources}
     assert status.pop("broken.png") == "unreadable" and status.pop("notes.txt") == "unreadable"
     assert set(status.values()) == {"ok"} and len(status) == 35
@@ -135,7 +147,9 @@ def test_short_video_annotated_and_predictions_match_labels(model: Path, tmp_pat
     video = tmp_path / "clip.avi"
     _write_video(video, frames, "MJPG")
     out = tmp_path / "out"
-    code = I.infer_main(["--model", str(model), "--source", str(video), "--out", str(out), "--no-detect", "--no-progress"])
+    code = I.infer_main(
+        ["--model", str(model), "--source", str(video), "--out", str(out), "--no-detect", "--no-progress"]
+    )
     assert code == E.EXIT_OK
     body = json.loads((out / "predictions.json").read_text())
     assert body["sources"][0]["status"] == "ok" and body["sources"][0]["frames"] == 28
@@ -185,8 +199,11 @@ def test_scene_detection_crop_with_margin_and_no_face(model: Path, tmp_path: Pat
     cv2.imwrite(str(src / "group.png"), scene)
     cv2.imwrite(str(src / "empty_room.jpg"), np.full((150, 300, 3), 128, np.uint8))
     det = PlantedDetector({360: boxes, 300: []})
-    res = I.run_infer(I.InferConfig(model=str(model), source=str(src), out=str(tmp_path / "out"), margin=0.25),
-                      detector=det, progress=False)
+    res = I.run_infer(
+        I.InferConfig(model=str(model), source=str(src), out=str(tmp_path / "out"), margin=0.25),
+        detector=det,
+        progress=False,
+    )
     st = {Path(s.source).name: s for s in res.sources}
     assert st["empty_room.jpg"].status == "no_face" and st["group.png"].status == "ok" and st["group.png"].faces == 3
     assert res.exit_code == E.EXIT_OK  # an image without a face is reported, not an error
@@ -221,7 +238,9 @@ def test_empty_folder_missing_source_and_closed_camera(model: Path, tmp_path: Pa
     assert I.infer_main([*args, "--source", "97"]) == E.EXIT_NOTHING  # no camera 97: reported, nothing classified
     body = json.loads((tmp_path / "o" / "predictions.json").read_text())
     assert body["sources"][0]["status"] == "unreadable" and "camera" in body["sources"][0]["message"]
-    assert I.infer_main(["--model", str(tmp_path / "missing.onnx"), "--source", str(empty), "--no-detect"]) == E.EXIT_ERROR
+    assert (
+        I.infer_main(["--model", str(tmp_path / "missing.onnx"), "--source", str(empty), "--no-detect"]) == E.EXIT_ERROR
+    )
     assert I.infer_main([*args, "--source", str(empty), "--margin", "-1"]) == E.EXIT_USAGE
 
 
@@ -252,8 +271,10 @@ def test_haar_detector_on_synthetic_scenes(model: Path, tmp_path: Path) -> None:
         scene = np.full((400, 520), 128, np.uint8)
         scene[80:320, 120:360] = cv2.resize(img, (240, 240), interpolation=cv2.INTER_LINEAR)
         cv2.imwrite(str(src / f"scene{k:02d}.png"), scene)
-    res = I.run_infer(I.InferConfig(model=str(model), source=str(src), out=str(tmp_path / "out"), detector="haar",
-                                    margin=0.0), progress=False)
+    res = I.run_infer(
+        I.InferConfig(model=str(model), source=str(src), out=str(tmp_path / "out"), detector="haar", margin=0.0),
+        progress=False,
+    )
     found = [s for s in res.sources if s.status == "ok"]
     assert {s.status for s in res.sources} <= {"ok", "no_face"} and len(res.sources) == 21
     assert 2 <= len(found) <= 21, f"Haar found {len(found)} of 21 synthetic faces"
@@ -298,7 +319,9 @@ def test_infer_runs_without_torch(model: Path, faces_dir: Path, tmp_path: Path) 
         """
     )
     env = {"PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    res = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env
+    )
     assert res.returncode == E.EXIT_PARTIAL, res.stderr[-2000:]
     assert len((tmp_path / "predictions.csv").read_text().splitlines()) == 36
 
@@ -316,16 +339,21 @@ def test_same_stem_inputs_and_subfolders_all_get_their_own_annotated_file(model:
         (src / rel).parent.mkdir(parents=True, exist_ok=True)
         assert cv2.imwrite(str(src / rel), face), rel
     out = tmp_path / "out"
-    assert I.infer_main(["--model", str(model), "--source", str(src), "--out", str(out), "--no-detect",
-                         "--no-progress"]) == E.EXIT_OK
+    assert (
+        I.infer_main(["--model", str(model), "--source", str(src), "--out", str(out), "--no-detect", "--no-progress"])
+        == E.EXIT_OK
+    )
     body = json.loads((out / "predictions.json").read_text())
     written = sorted(str(Path(s["annotated"]).relative_to(out / "annotated")) for s in body["sources"])
     assert written == ["a/face.png", "b/face.PNG.png", "b/face.png", "face.pgm.png", "face.png", "face.webp"]
     assert all((out / "annotated" / w).is_file() for w in written)
     # A name already taken in the run gets a counter instead of overwriting.
     used: set[str] = set()
-    assert [str(I.annotated_name(n, used)) for n in ("x.pgm.png", "x.pgm", "X.pgm")] == ["x.pgm.png", "x.pgm.2.png",
-                                                                                      "X.pgm.3.png"]
+    assert [str(I.annotated_name(n, used)) for n in ("x.pgm.png", "x.pgm", "X.pgm")] == [
+        "x.pgm.png",
+        "x.pgm.2.png",
+        "X.pgm.3.png",
+    ]
 
 
 def test_videos_of_the_same_name_in_two_folders_both_survive(model: Path, tmp_path: Path) -> None:
@@ -334,8 +362,12 @@ def test_videos_of_the_same_name_in_two_folders_both_survive(model: Path, tmp_pa
         (tmp_path / "in" / d).mkdir(parents=True)
         _write_video(tmp_path / "in" / d / "clip.avi", frames, "MJPG")
     out = tmp_path / "out"
-    assert I.infer_main(["--model", str(model), "--source", str(tmp_path / "in"), "--out", str(out), "--no-detect",
-                         "--no-progress"]) == E.EXIT_OK
+    assert (
+        I.infer_main(
+            ["--model", str(model), "--source", str(tmp_path / "in"), "--out", str(out), "--no-detect", "--no-progress"]
+        )
+        == E.EXIT_OK
+    )
     body = json.loads((out / "predictions.json").read_text())
     written = sorted(Path(s["annotated"]).relative_to(out).parts[0] for s in body["sources"])
     assert written == ["a", "b"] and all(Path(s["annotated"]).is_file() for s in body["sources"])
@@ -385,7 +417,9 @@ def test_default_detector_on_real_photos_end_to_end(model: Path, tmp_path: Path)
     labels = json.loads((PHOTOS / "labels.json").read_text())["photos"]
     body = json.loads((out / "predictions.json").read_text())
     assert body["detector"]["detector"] == "mtcnn"
-    status = {Path(s["source"]).name: (s["status"], s["faces"]) for s in body["sources"] if s["source"].endswith(".jpg")}
+    status = {
+        Path(s["source"]).name: (s["status"], s["faces"]) for s in body["sources"] if s["source"].endswith(".jpg")
+    }
     assert status == {n: ("ok", 1) if e["faces"] else ("no_face", 0) for n, e in labels.items()}
     rows = (out / "frames.csv").read_text().splitlines()
     assert rows[0] == "source,frame,faces,detect_ms,preprocess_ms,infer_ms,total_ms,width,height,detector"
@@ -397,8 +431,11 @@ def test_huge_input_gets_a_one_line_notice(model: Path, tmp_path: Path, caplog) 
     cv2.imwrite(str(src), np.full((4000, 6100, 3), 127, np.uint8))  # 24.4 MP
     det = PlantedDetector({})
     with caplog.at_level("WARNING", logger="runtime.infer"):
-        res = I.run_infer(I.InferConfig(model=str(model), source=str(src), out=str(tmp_path / "o"), annotate=False),
-                          detector=det, progress=False)
+        res = I.run_infer(
+            I.InferConfig(model=str(model), source=str(src), out=str(tmp_path / "o"), annotate=False),
+            detector=det,
+            progress=False,
+        )
     notes = [r.getMessage() for r in caplog.records if "MP)" in r.getMessage()]
     assert len(notes) == 1 and "6100×4000" in notes[0] and "1280×839" in notes[0], notes
     assert res.sources[0].status == "no_face"

@@ -31,8 +31,9 @@ def test_samples_are_exact_calls_after_warmup():
     warm = [5.0] * 3
     timed = [1.0, 2.0, 3.0, 4.0, 10.0]
     clock = FakeClock(warm + timed + [99.0] * 10)
-    s = measure_latency(clock.run, batch=4, warmup_s=0.0, warmup_iterations=3, min_iterations=5, min_seconds=0.0,
-                        timer=clock.timer)
+    s = measure_latency(
+        clock.run, batch=4, warmup_s=0.0, warmup_iterations=3, min_iterations=5, min_seconds=0.0, timer=clock.timer
+    )
     assert s.samples_ms == tuple(timed)
     assert s.warmup_iterations == 3 and s.warmup_s == pytest.approx(0.015)
     assert s.count == 5 and s.min_ms == 1.0 and s.max_ms == 10.0 and s.mean_ms == pytest.approx(4.0)
@@ -45,28 +46,40 @@ def test_samples_are_exact_calls_after_warmup():
 def test_warmup_needs_both_time_and_iterations():
     # 10 warm-up iterations of 1 ms do not reach 50 ms: warm-up continues to 50 calls.
     clock = FakeClock([1.0] * 1000)
-    s = measure_latency(clock.run, batch=1, warmup_s=0.05, warmup_iterations=10, min_iterations=5, min_seconds=0.0,
-                        timer=clock.timer)
+    s = measure_latency(
+        clock.run, batch=1, warmup_s=0.05, warmup_iterations=10, min_iterations=5, min_seconds=0.0, timer=clock.timer
+    )
     assert s.warmup_iterations == 50
     # Slow calls: time is reached after 1 call, but 10 iterations are still run.
     clock = FakeClock([100.0] * 1000)
-    s = measure_latency(clock.run, batch=1, warmup_s=0.05, warmup_iterations=10, min_iterations=5, min_seconds=0.0,
-                        timer=clock.timer)
+    s = measure_latency(
+        clock.run, batch=1, warmup_s=0.05, warmup_iterations=10, min_iterations=5, min_seconds=0.0, timer=clock.timer
+    )
     assert s.warmup_iterations == 10
 
 
 def test_measurement_needs_both_iterations_and_seconds():
     clock = FakeClock([1.0] * 10_000)
-    s = measure_latency(clock.run, batch=1, warmup_s=0, warmup_iterations=0, min_iterations=50, min_seconds=0.2,
-                        timer=clock.timer)
+    s = measure_latency(
+        clock.run, batch=1, warmup_s=0, warmup_iterations=0, min_iterations=50, min_seconds=0.2, timer=clock.timer
+    )
     assert s.count == 200  # 0.2 s of 1 ms calls outlasts 50 iterations
     clock = FakeClock([10.0] * 10_000)
-    s = measure_latency(clock.run, batch=1, warmup_s=0, warmup_iterations=0, min_iterations=50, min_seconds=0.2,
-                        timer=clock.timer)
+    s = measure_latency(
+        clock.run, batch=1, warmup_s=0, warmup_iterations=0, min_iterations=50, min_seconds=0.2, timer=clock.timer
+    )
     assert s.count == 50  # 50 iterations outlast 0.2 s
     clock = FakeClock([1.0] * 10_000)
-    s = measure_latency(clock.run, batch=1, warmup_s=0, warmup_iterations=0, min_iterations=50, min_seconds=10.0,
-                        max_iterations=60, timer=clock.timer)
+    s = measure_latency(
+        clock.run,
+        batch=1,
+        warmup_s=0,
+        warmup_iterations=0,
+        min_iterations=50,
+        min_seconds=10.0,
+        max_iterations=60,
+        timer=clock.timer,
+    )
     assert s.count == 60  # the cap wins over min_seconds
 
 
@@ -78,15 +91,23 @@ def test_device_times_are_summarised_when_the_callable_returns_them():
         clock.run()
         return next(dev)
 
-    s = measure_latency(run, batch=2, warmup_s=0, warmup_iterations=0, min_iterations=10, min_seconds=0,
-                        timer=clock.timer)
+    s = measure_latency(
+        run, batch=2, warmup_s=0, warmup_iterations=0, min_iterations=10, min_seconds=0, timer=clock.timer
+    )
     assert s.device is not None and s.device.count == 10 and s.device.mean_ms == pytest.approx(1.0)
     assert s.p50_ms == pytest.approx(2.0)
     assert s.to_dict()["device"]["mean_ms"] == pytest.approx(1.0)
     # A callable returning anything else (ORT returns a list) has no device stats.
     clock = FakeClock([2.0] * 100)
-    s = measure_latency(lambda: (clock.run(), [1.0])[1], batch=1, warmup_s=0, warmup_iterations=0, min_iterations=3,
-                        min_seconds=0, timer=clock.timer)
+    s = measure_latency(
+        lambda: (clock.run(), [1.0])[1],
+        batch=1,
+        warmup_s=0,
+        warmup_iterations=0,
+        min_iterations=3,
+        min_seconds=0,
+        timer=clock.timer,
+    )
     assert s.device is None
 
 
@@ -148,6 +169,7 @@ def test_cis_overlap():
 
 
 def test_real_clock_smoke():
-    s = measure_latency(lambda: sum(range(100)), batch=1, warmup_s=0.01, warmup_iterations=2, min_iterations=20,
-                        min_seconds=0.01)
+    s = measure_latency(
+        lambda: sum(range(100)), batch=1, warmup_s=0.01, warmup_iterations=2, min_iterations=20, min_seconds=0.01
+    )
     assert s.count >= 20 and 0 < s.min_ms <= s.p50_ms <= s.p99_ms <= s.max_ms

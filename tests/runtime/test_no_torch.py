@@ -30,9 +30,16 @@ BLOCK_TORCH = textwrap.dedent(
 def _run(code: str, tmp_path: Path) -> subprocess.CompletedProcess:
     script = tmp_path / "check.py"
     script.write_text(BLOCK_TORCH + textwrap.dedent(code), encoding="utf-8")
-    env = {"PYTHONPATH": f"{REPO}:{HERE}", "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "MPLBACKEND": "Agg",
-           "HOME": str(tmp_path)}
-    return subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=240, env=env)
+    env = {
+        "PYTHONPATH": f"{REPO}:{HERE}",
+        "OMP_NUM_THREADS": "1",
+        "PATH": "/usr/bin:/bin",
+        "MPLBACKEND": "Agg",
+        "HOME": str(tmp_path),
+    }
+    return subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=240, env=env
+    )
 
 
 def test_runtime_imports_and_runs_without_torch(tmp_path):
@@ -42,7 +49,7 @@ def test_runtime_imports_and_runs_without_torch(tmp_path):
         f"""
         import numpy as np
         try:
-            import torch  # noqa: F401
+            import torch  # noqa: F401 - imported for its side effect (registration) or to probe availability
             raise SystemExit("torch import was not blocked")
         except ImportError:
             pass

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from harness_util import linear_model
+
 from runtime.__main__ import main
 from runtime.backends import available_backends, get_backend
 from runtime.backends.ort import OrtBackend
@@ -93,9 +93,24 @@ def test_bad_file_and_feeds(tmp_path, models):
 
 @needs_ov
 def test_parity_and_bench_rows(models, tmp_path):
-    rc = main(["parity", "--reference", str(models["fp32"]), "--candidates", str(models["fp32"]), str(models["int8"]),
-               "--backends", "ort,openvino", "--threads", "1", "--out", str(tmp_path / "p"), "--no-progress",
-               "--no-plots"])
+    rc = main(
+        [
+            "parity",
+            "--reference",
+            str(models["fp32"]),
+            "--candidates",
+            str(models["fp32"]),
+            str(models["int8"]),
+            "--backends",
+            "ort,openvino",
+            "--threads",
+            "1",
+            "--out",
+            str(tmp_path / "p"),
+            "--no-progress",
+            "--no-plots",
+        ]
+    )
     body = json.loads((tmp_path / "p" / "parity.json").read_text())
     rows = {(r["label"].split("/")[-1], r["backend"]): r for r in body["rows"]}
     assert {("model.onnx", "openvino"), ("model.int8.onnx", "openvino"), ("model.onnx", "ort")} <= set(rows)
@@ -110,9 +125,30 @@ def test_parity_and_bench_rows(models, tmp_path):
         assert ov["precision"] == "fp32" and "0.0001" in ov["bounds"]
     assert f"(ran {chosen})" in (tmp_path / "p" / "parity.md").read_text() or chosen == "f32"
     assert rc == 0
-    rc = main(["bench", "--models", str(models["fp32"]), str(models["int8"]), "--backends", "ort,openvino", "--batch",
-               "1,4", "--seconds", "0", "--iterations", "3", "--warmup", "0", "--threads", "1", "--out",
-               str(tmp_path / "b"), "--no-progress", "--no-plots"])
+    rc = main(
+        [
+            "bench",
+            "--models",
+            str(models["fp32"]),
+            str(models["int8"]),
+            "--backends",
+            "ort,openvino",
+            "--batch",
+            "1,4",
+            "--seconds",
+            "0",
+            "--iterations",
+            "3",
+            "--warmup",
+            "0",
+            "--threads",
+            "1",
+            "--out",
+            str(tmp_path / "b"),
+            "--no-progress",
+            "--no-plots",
+        ]
+    )
     assert rc == 0
     bench = json.loads((tmp_path / "b" / "bench.json").read_text())
     ov_rows = [r for r in bench["rows"] if r["backend"] == "openvino"]

@@ -12,8 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from harness_util import CLASSES, biased_model, linear_model, swapped_model, write_sidecar
+
 from runtime.__main__ import VERBS, main, register_verb
 from runtime.backends.ort import OrtBackend
 from runtime.compare import Precision
@@ -79,8 +79,11 @@ def test_planted_faulty_backends_fail_the_right_rows(models):
     def factory(name, path):
         return OrtBackend(path) if name == "ort" else Planted(path, fault=name, swap=(a, b))
 
-    cfg = ParityConfig(reference=str(models["good"]), candidates=(str(models["copy"]), str(models["fp16"])),
-                       backends=("ort", "swap", "bias"))
+    cfg = ParityConfig(
+        reference=str(models["good"]),
+        candidates=(str(models["copy"]), str(models["fp16"])),
+        backends=("ort", "swap", "bias"),
+    )
     run = run_parity(cfg, factory=factory)
     rows = {(Path(r.model).parent.name if r.precision is Precision.FP32 else "fp16", r.backend): r for r in run.rows}
     assert rows[("good", "ort")].is_reference and rows[("good", "ort")].passed
@@ -92,13 +95,19 @@ def test_planted_faulty_backends_fail_the_right_rows(models):
     delta = np.asarray(swap.confusion_delta)
     assert delta[:, [a, b]].any() and not np.delete(delta, [a, b], axis=1).any()
     bias = rows[("copy", "bias")].result
-    assert not bias.passed and bias.top1_agreement == 1.0 and bias.reasons == (
-        f"class probabilities differ by up to {bias.max_prob_diff:.3g}, above the bound 0.0001",)
+    assert (
+        not bias.passed
+        and bias.top1_agreement == 1.0
+        and bias.reasons == (f"class probabilities differ by up to {bias.max_prob_diff:.3g}, above the bound 0.0001",)
+    )
     # FP16 candidate (detected from its float16 initializers): the bias is within Δp 1e-2, the swap is not.
     assert rows[("fp16", "ort")].passed and rows[("fp16", "bias")].passed
     assert not rows[("fp16", "swap")].passed
     assert {r.name for r in run.failing} == {
-        "copy/model.onnx [swap, fp32]", "copy/model.onnx [bias, fp32]", f"{models['fp16'].parent.name}/model.fp16.onnx [swap, fp16]"}
+        "copy/model.onnx [swap, fp32]",
+        "copy/model.onnx [bias, fp32]",
+        f"{models['fp16'].parent.name}/model.fp16.onnx [swap, fp16]",
+    }
     assert not run.passed and run.count == len(data) == 21
 
 
@@ -118,14 +127,35 @@ def test_precision_from_sidecar_then_graph(models, tmp_path):
 
 def test_cli_parity_exit_code_names_failing_rows(models, tmp_path, caplog):
     out = tmp_path / "report"
-    rc = main(["parity", "--reference", str(models["good"]), "--candidates", str(models["copy"]), str(models["swapped"]),
-               str(models["biased"]), str(models["fp16"]), str(models["int8"]), "--out", str(out), "--no-progress",
-               "--no-plots", "--threads", "1"])
+    rc = main(
+        [
+            "parity",
+            "--reference",
+            str(models["good"]),
+            "--candidates",
+            str(models["copy"]),
+            str(models["swapped"]),
+            str(models["biased"]),
+            str(models["fp16"]),
+            str(models["int8"]),
+            "--out",
+            str(out),
+            "--no-progress",
+            "--no-plots",
+            "--threads",
+            "1",
+        ]
+    )
     assert rc == 1
     body = json.loads((out / "parity.json").read_text())
     verdict = {(r["label"].split("/")[-1], r["backend"]): r["passed"] for r in body["rows"]}
-    assert verdict == {("model.onnx", "ort"): True, ("swapped.onnx", "ort"): False, ("biased.onnx", "ort"): False,
-                       ("model.fp16.onnx", "ort"): True, ("model.int8.onnx", "ort"): True}
+    assert verdict == {
+        ("model.onnx", "ort"): True,
+        ("swapped.onnx", "ort"): False,
+        ("biased.onnx", "ort"): False,
+        ("model.fp16.onnx", "ort"): True,
+        ("model.int8.onnx", "ort"): True,
+    }
     precisions = {r["label"].split("/")[-1]: r["precision"] for r in body["rows"]}
     assert precisions["model.fp16.onnx"] == "fp16" and precisions["model.int8.onnx"] == "int8"
     assert "swapped.onnx [ort, fp32]" in caplog.text and "biased.onnx [ort, fp32]" in caplog.text
@@ -135,8 +165,19 @@ def test_cli_parity_exit_code_names_failing_rows(models, tmp_path, caplog):
 
 
 def test_cli_parity_passes_and_writes_plots(models, tmp_path):
-    rc = main(["parity", "--reference", str(models["good"]), "--candidates", str(models["copy"]), str(models["int8"]),
-               "--out", str(tmp_path), "--no-progress"])
+    rc = main(
+        [
+            "parity",
+            "--reference",
+            str(models["good"]),
+            "--candidates",
+            str(models["copy"]),
+            str(models["int8"]),
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     assert (tmp_path / "parity.confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -153,15 +194,43 @@ def _image_folder(root: Path) -> Path:
 
 def test_cli_parity_data_override(models, tmp_path):
     folder = _image_folder(tmp_path / "faces")
-    rc = main(["parity", "--reference", str(models["good"]), "--candidates", str(models["copy"]), "--data", str(folder),
-               "--out", str(tmp_path / "r1"), "--no-progress", "--no-plots"])
+    rc = main(
+        [
+            "parity",
+            "--reference",
+            str(models["good"]),
+            "--candidates",
+            str(models["copy"]),
+            "--data",
+            str(folder),
+            "--out",
+            str(tmp_path / "r1"),
+            "--no-progress",
+            "--no-plots",
+        ]
+    )
     assert rc == 0
     body = json.loads((tmp_path / "r1" / "parity.json").read_text())
     assert body["reference"]["count"] == 6 and "ImageFolder" in body["dataset"]
     cfg = tmp_path / "data.yaml"
-    cfg.write_text("fit:\n  data:\n    kind: synthetic\n    val_fraction: 0.5\n    seed: 1\n    options: {count: 28, size: 16}\n")
-    rc = main(["parity", "--reference", str(models["good"]), "--candidates", str(models["copy"]), "--data", str(cfg),
-               "--out", str(tmp_path / "r2"), "--no-progress", "--no-plots"])
+    cfg.write_text(
+        "fit:\n  data:\n    kind: synthetic\n    val_fraction: 0.5\n    seed: 1\n    options: {count: 28, size: 16}\n"
+    )
+    rc = main(
+        [
+            "parity",
+            "--reference",
+            str(models["good"]),
+            "--candidates",
+            str(models["copy"]),
+            "--data",
+            str(cfg),
+            "--out",
+            str(tmp_path / "r2"),
+            "--no-progress",
+            "--no-plots",
+        ]
+    )
     assert rc == 0
     assert json.loads((tmp_path / "r2" / "parity.json").read_text())["reference"]["count"] == 14
 
@@ -196,8 +265,20 @@ def test_cli_parity_bad_inputs_exit_nonzero(models, tmp_path, caplog, case):
         p = tmp_path / "weights.bin"
         p.write_bytes(b"x")
         cand, expect = str(p), "expected a .onnx"
-    rc = main(["parity", "--reference", str(models["good"]), "--candidates", cand, *extra, "--out", str(tmp_path / "o"),
-               "--no-progress", "--no-plots"])
+    rc = main(
+        [
+            "parity",
+            "--reference",
+            str(models["good"]),
+            "--candidates",
+            cand,
+            *extra,
+            "--out",
+            str(tmp_path / "o"),
+            "--no-progress",
+            "--no-plots",
+        ]
+    )
     # A wrong kind of file on the command line is bad usage (2); a bad file's content is an error (1).
     assert rc == (2 if case == "pt_candidate_suffix" else 1) and expect in caplog.text
     assert not (tmp_path / "o" / "parity.json").exists()  # nothing half-written
@@ -211,11 +292,44 @@ def test_cli_usage_errors_exit_2(models, capsys):
 
 
 def test_cli_bench_with_parity_join(models, tmp_path):
-    main(["parity", "--reference", str(models["good"]), "--candidates", str(models["copy"]), "--out",
-          str(tmp_path / "p"), "--no-progress", "--no-plots"])
-    rc = main(["bench", "--models", str(models["copy"]), str(models["int8"]), "--batch", "1,4", "--seconds", "0",
-               "--iterations", "5", "--warmup", "0", "--threads", "1", "--repeat", "2", "--parity",
-               str(tmp_path / "p" / "parity.json"), "--out", str(tmp_path / "b"), "--no-progress"])
+    main(
+        [
+            "parity",
+            "--reference",
+            str(models["good"]),
+            "--candidates",
+            str(models["copy"]),
+            "--out",
+            str(tmp_path / "p"),
+            "--no-progress",
+            "--no-plots",
+        ]
+    )
+    rc = main(
+        [
+            "bench",
+            "--models",
+            str(models["copy"]),
+            str(models["int8"]),
+            "--batch",
+            "1,4",
+            "--seconds",
+            "0",
+            "--iterations",
+            "5",
+            "--warmup",
+            "0",
+            "--threads",
+            "1",
+            "--repeat",
+            "2",
+            "--parity",
+            str(tmp_path / "p" / "parity.json"),
+            "--out",
+            str(tmp_path / "b"),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     body = json.loads((tmp_path / "b" / "bench.json").read_text())
     rows = {(r["label"].split("/")[-1], r["batch"]): r for r in body["rows"]}
@@ -230,14 +344,33 @@ def test_cli_bench_with_parity_join(models, tmp_path):
         assert (tmp_path / "b" / f"bench.{name}.png").is_file()
 
 
-@pytest.mark.parametrize("args, expect", [
-    (["--batch", "1,x"], "comma-separated"),
-    (["--batch", "0"], "positive"),
-    (["--backends", "nosuch"], "unknown backend"),
-])
+@pytest.mark.parametrize(
+    "args, expect",
+    [
+        (["--batch", "1,x"], "comma-separated"),
+        (["--batch", "0"], "positive"),
+        (["--backends", "nosuch"], "unknown backend"),
+    ],
+)
 def test_cli_bench_bad_options(models, tmp_path, caplog, args, expect):
-    rc = main(["bench", "--models", str(models["good"]), *args, "--seconds", "0", "--iterations", "2", "--warmup", "0",
-               "--out", str(tmp_path), "--no-progress", "--no-plots"])
+    rc = main(
+        [
+            "bench",
+            "--models",
+            str(models["good"]),
+            *args,
+            "--seconds",
+            "0",
+            "--iterations",
+            "2",
+            "--warmup",
+            "0",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+            "--no-plots",
+        ]
+    )
     assert rc == 2 and expect in caplog.text  # bad usage (docs/errors.md)
 
 
@@ -263,7 +396,9 @@ def test_verb_registry_is_open_to_other_modules():
 
 
 def test_python_dash_m_runtime_help():
-    res = subprocess.run([sys.executable, "-m", "runtime", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "runtime", "--help"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 0 and "parity" in res.stdout and "bench" in res.stdout
 
 
@@ -278,12 +413,32 @@ def test_cli_parity_pytorch_reference(tmp_path):
 
     torch.manual_seed(0)
     spec = get_model_info("lanmsff_tiny").preprocess
-    ck = save_checkpoint(tmp_path / "checkpoint.pt", create_model("lanmsff_tiny"), model_name="lanmsff_tiny",
-                         class_names=CLASSES, preprocess=spec,
-                         dataset={"kind": "synthetic", "count": 42, "size": 64, "seed": 0, "val_fraction": 0.3})
-    onnx_path = export_onnx(ExportConfig(checkpoint=str(ck), out=str(tmp_path / "model.onnx"), parity_batches="1")).model
-    rc = main(["parity", "--reference", str(ck), "--candidates", str(onnx_path), "--limit", "8", "--no-progress",
-               "--no-plots", "--threads", "1"])
+    ck = save_checkpoint(
+        tmp_path / "checkpoint.pt",
+        create_model("lanmsff_tiny"),
+        model_name="lanmsff_tiny",
+        class_names=CLASSES,
+        preprocess=spec,
+        dataset={"kind": "synthetic", "count": 42, "size": 64, "seed": 0, "val_fraction": 0.3},
+    )
+    onnx_path = export_onnx(
+        ExportConfig(checkpoint=str(ck), out=str(tmp_path / "model.onnx"), parity_batches="1")
+    ).model
+    rc = main(
+        [
+            "parity",
+            "--reference",
+            str(ck),
+            "--candidates",
+            str(onnx_path),
+            "--limit",
+            "8",
+            "--no-progress",
+            "--no-plots",
+            "--threads",
+            "1",
+        ]
+    )
     assert rc == 0
     body = json.loads((tmp_path / "parity" / "parity.json").read_text())
     assert [(r["backend"], r["passed"]) for r in body["rows"]] == [("torch", True), ("ort", True)]

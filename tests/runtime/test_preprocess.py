@@ -195,9 +195,7 @@ def test_constant_gray_image_scales_to_0_2() -> None:
 
 
 def test_per_channel_mean_std_normalisation() -> None:
-    spec = PreprocessSpec(
-        input_size=(8, 8), color_mode="rgb", mean=(0.5, 0.25, 0.0), std=(0.5, 0.25, 2.0)
-    )
+    spec = PreprocessSpec(input_size=(8, 8), color_mode="rgb", mean=(0.5, 0.25, 0.0), std=(0.5, 0.25, 2.0))
     img = np.empty((8, 8, 3), np.uint8)
     img[..., 0], img[..., 1], img[..., 2] = 255, 51, 102
     out = preprocess([img], spec)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import onnx
 import pytest
-
 from harness_util import linear_model
+
 from runtime.__main__ import main
 from runtime.profile import profile_tables
 
@@ -22,8 +22,11 @@ def model(tmp_path_factory) -> Path:
 
 
 def test_tables_are_ranked_and_shares_sum_to_100():
-    recs = [{"name": "a", "op_type": "Conv", "ms": 3.0}, {"name": "b", "op_type": "Relu", "ms": 1.0},
-            {"name": "c", "op_type": "Conv", "ms": 4.0}]
+    recs = [
+        {"name": "a", "op_type": "Conv", "ms": 3.0},
+        {"name": "b", "op_type": "Relu", "ms": 1.0},
+        {"name": "c", "op_type": "Conv", "ms": 4.0},
+    ]
     t = profile_tables(recs, top=2)
     assert [n["name"] for n in t["nodes"]] == ["c", "a"] and t["total_ms"] == 8.0
     assert [(o["op_type"], o["count"]) for o in t["op_types"]] == [("Conv", 2), ("Relu", 1)]
@@ -33,9 +36,30 @@ def test_tables_are_ranked_and_shares_sum_to_100():
 
 def test_bench_profile_writes_tables(model, tmp_path):
     backends = "ort,openvino" if HAS_OV else "ort"
-    rc = main(["bench", "--models", str(model), "--backends", backends, "--batch", "1,4", "--seconds", "0",
-               "--iterations", "3", "--warmup", "0", "--threads", "1", "--out", str(tmp_path), "--no-progress",
-               "--no-plots", "--profile"])
+    rc = main(
+        [
+            "bench",
+            "--models",
+            str(model),
+            "--backends",
+            backends,
+            "--batch",
+            "1,4",
+            "--seconds",
+            "0",
+            "--iterations",
+            "3",
+            "--warmup",
+            "0",
+            "--threads",
+            "1",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+            "--no-plots",
+            "--profile",
+        ]
+    )
     assert rc == 0
     graph_ops = {n.op_type for n in onnx.load(str(model)).graph.node}
     for batch in (1, 4):

@@ -26,8 +26,19 @@ from runtime.report import (
 )
 
 NAMES = ("a", "b", "c")
-ROW_KEYS = {"model", "label", "backend", "precision", "batch", "accuracy", "macro_f1", "top1_agreement",
-            "max_abs_diff", "latency_ms", "throughput_ips"}
+ROW_KEYS = {
+    "model",
+    "label",
+    "backend",
+    "precision",
+    "batch",
+    "accuracy",
+    "macro_f1",
+    "top1_agreement",
+    "max_abs_diff",
+    "latency_ms",
+    "throughput_ips",
+}
 
 
 def _parity_run() -> ParityRun:
@@ -39,11 +50,24 @@ def _parity_run() -> ParityRun:
     bad = compare_outputs(ref, ref[:, [1, 0, 2]], y, precision="int8", class_names=NAMES, sample_ids=ids)
     info = ModelInfo("runs/x/checkpoint.pt", "checkpoint", "m", NAMES, PreprocessSpec(), sha256="r" * 64)
     rows = (
-        ParityRow(info.path, "x/checkpoint.pt", "torch", Precision.FP32, "checkpoint", "", "r" * 64, good, is_reference=True),
+        ParityRow(
+            info.path, "x/checkpoint.pt", "torch", Precision.FP32, "checkpoint", "", "r" * 64, good, is_reference=True
+        ),
         ParityRow("runs/x/model.onnx", "x/model.onnx", "ort", Precision.FP32, "graph", "", "a" * 64, good),
-        ParityRow("runs/x/model.int8.onnx", "x/model.int8.onnx", "ort", Precision.INT8, "sidecar", "nncf", "b" * 64, bad),
-        ParityRow("runs/x/model.int8.onnx", "x/model.int8.onnx", "trt", Precision.INT8, "sidecar", "nncf", "b" * 64, None,
-                  error="ArtifactError: engine build failed"),
+        ParityRow(
+            "runs/x/model.int8.onnx", "x/model.int8.onnx", "ort", Precision.INT8, "sidecar", "nncf", "b" * 64, bad
+        ),
+        ParityRow(
+            "runs/x/model.int8.onnx",
+            "x/model.int8.onnx",
+            "trt",
+            Precision.INT8,
+            "sidecar",
+            "nncf",
+            "b" * 64,
+            None,
+            error="ArtifactError: engine build failed",
+        ),
     )
     return ParityRun(info, "torch", "synthetic val", 30, NAMES, rows, {"ort-cuda": "no CUDA"})
 
@@ -52,8 +76,10 @@ def _bench_run() -> BenchRun:
     rng = np.random.default_rng(1)
     rows, over = [], []
     for rep in range(2):
-        for sha, label, prec, scale in (("a" * 64, "x/model.onnx", Precision.FP32, 2.0),
-                                        ("b" * 64, "x/model.int8.onnx", Precision.INT8, 1.0)):
+        for sha, label, prec, scale in (
+            ("a" * 64, "x/model.onnx", Precision.FP32, 2.0),
+            ("b" * 64, "x/model.int8.onnx", Precision.INT8, 1.0),
+        ):
             for b in (1, 8):
                 st = summarize(rng.lognormal(np.log(scale * b), 0.05, 60), batch=b)
                 rows.append(BenchRow(f"runs/{label}", label, "ort", prec, "graph", sha, b, rep, st))
@@ -124,10 +150,16 @@ def test_load_report_rejects_foreign_json(tmp_path):
 
 
 def test_environment_probes_with_fakes():
-    cpuinfo = ("processor\t: 0\nmodel name\t: Fake CPU 9000\nphysical id\t: 0\ncore id\t: 0\n\n"
-               "processor\t: 1\nmodel name\t: Fake CPU 9000\nphysical id\t: 0\ncore id\t: 0\n\n")
-    files = {"/proc/cpuinfo": cpuinfo, "/proc/meminfo": "MemTotal: 1024 kB\n",
-             "/etc/nv_tegra_release": "# R36 (release), REVISION: 4.3\n", "/proc/device-tree/model": "NVIDIA Jetson AGX Orin\x00"}
+    cpuinfo = (
+        "processor\t: 0\nmodel name\t: Fake CPU 9000\nphysical id\t: 0\ncore id\t: 0\n\n"
+        "processor\t: 1\nmodel name\t: Fake CPU 9000\nphysical id\t: 0\ncore id\t: 0\n\n"
+    )
+    files = {
+        "/proc/cpuinfo": cpuinfo,
+        "/proc/meminfo": "MemTotal: 1024 kB\n",
+        "/etc/nv_tegra_release": "# R36 (release), REVISION: 4.3\n",
+        "/proc/device-tree/model": "NVIDIA Jetson AGX Orin\x00",
+    }
     outputs = {
         "nvidia-smi --query-gpu=name,driver_version,compute_cap,memory.total,clocks.sm,clocks.max.sm,power.limit,pstate "
         "--format=csv,noheader,nounits": "NVIDIA H100, 570.1, 9.0, 81559, 1980, 1980, 700.00, P0\n",
@@ -135,7 +167,7 @@ def test_environment_probes_with_fakes():
         "nvpmodel -q": "NV Power Mode: MAXN\n0\n",
     }
     read = files.get
-    run = lambda cmd: outputs.get(" ".join(cmd))  # noqa: E731
+    run = lambda cmd: outputs.get(" ".join(cmd))  # noqa: E731 - a one-line stand-in
     cpu = cpu_info(read)
     assert cpu["model"] == "Fake CPU 9000" and cpu["physical_cores"] == 1
     (gpu,) = gpu_info(run)

@@ -51,7 +51,9 @@ def test_a_planted_session_builder_is_found(tmp_path):
         "def f(p):\n    import onnxruntime as ort\n\n    return ort.InferenceSession(p)\n"
     )
     (tmp_path / "runtime" / "backends").mkdir(parents=True)
-    (tmp_path / "runtime" / "backends" / "ort.py").write_text("from onnxruntime import InferenceSession\nInferenceSession('x')\n")
+    (tmp_path / "runtime" / "backends" / "ort.py").write_text(
+        "from onnxruntime import InferenceSession\nInferenceSession('x')\n"
+    )
     assert session_builders(tmp_path) == ["quantize/bad.py:4"]
 
 

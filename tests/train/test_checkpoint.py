@@ -183,5 +183,7 @@ def test_weights_of_another_class_count_are_named(tmp_path: Path) -> None:
     payload["num_classes"] = 8
     payload["class_names"] = [*CLASSES, "contempt"]
     torch.save(payload, path)
-    with pytest.raises(CheckpointError, match=r"do not fit model 'lanmsff_tiny' with 8 classes.*size mismatch.*retrain"):
+    with pytest.raises(
+        CheckpointError, match=r"do not fit model 'lanmsff_tiny' with 8 classes.*size mismatch.*retrain"
+    ):
         load_checkpoint(path)

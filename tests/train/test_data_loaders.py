@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from runtime.errors import DataError
 from runtime.data import CANONICAL_CLASSES, Record, list_datasets, load_dataset, load_image, stratified_split
+from runtime.errors import DataError
 
 C = {name: i for i, name in enumerate(CANONICAL_CLASSES)}
 
@@ -34,7 +34,9 @@ def by_id(index) -> dict[str, Record]:
 
 
 def test_unknown_kind_lists_valid_kinds(tmp_path):
-    with pytest.raises(DataError, match="valid kinds: .*affectnet.*caer_s.*fer2013.*ferplus.*folder.*kdef.*rafdb.*sfew"):
+    with pytest.raises(
+        DataError, match="valid kinds: .*affectnet.*caer_s.*fer2013.*ferplus.*folder.*kdef.*rafdb.*sfew"
+    ):
         load_dataset("imagenet", tmp_path)
     assert {"affectnet", "caer_s", "fer2013", "ferplus", "folder", "kdef", "rafdb", "sfew"} <= set(list_datasets())
 
@@ -69,8 +71,16 @@ def test_folder_aliases_and_auto_val(tmp_path):
     index = load_dataset("folder", tmp_path, val_fraction=0.25, seed=0)
     assert index.class_names == CANONICAL_CLASSES  # contempt present -> 8 classes
     assert counts(index) == {"train": 9, "val": 5, "test": 0}  # val: 1 + round(1.5) + min 1 + min 1
-    assert index.class_counts() == {"angry": 4, "disgust": 0, "fear": 0, "happy": 6, "sad": 2, "surprise": 0,
-                                    "neutral": 0, "contempt": 2}  # fmt: skip
+    assert index.class_counts() == {
+        "angry": 4,
+        "disgust": 0,
+        "fear": 0,
+        "happy": 6,
+        "sad": 2,
+        "surprise": 0,
+        "neutral": 0,
+        "contempt": 2,
+    }
     assert by_id(index)["Anger/0.png"].label == C["angry"]
     assert load_image(index.records[0]).shape == (8, 8, 3)
 
@@ -115,8 +125,13 @@ def write_fer2013(path: Path, rows: list[tuple[str, str, str]]) -> Path:
 
 
 def test_fer2013(tmp_path):
-    rows = [("0", fer_pixels(10), "Training"), ("3", fer_pixels(20), "Training"), ("6", fer_pixels(30), "Training"),
-            ("5", fer_pixels(40), "PublicTest"), ("4", fer_pixels(50), "PrivateTest")]  # fmt: skip
+    rows = [
+        ("0", fer_pixels(10), "Training"),
+        ("3", fer_pixels(20), "Training"),
+        ("6", fer_pixels(30), "Training"),
+        ("5", fer_pixels(40), "PublicTest"),
+        ("4", fer_pixels(50), "PrivateTest"),
+    ]
     write_fer2013(tmp_path / "fer2013.csv", rows)
     index = load_dataset("fer2013", tmp_path)
     assert counts(index) == {"train": 3, "val": 1, "test": 1}
@@ -239,8 +254,15 @@ def test_rafdb(tmp_path):
     write_rafdb(tmp_path, lines)
     index = load_dataset("rafdb", tmp_path, val_fraction=0.5, seed=1)
     assert counts(index) == {"train": 5, "val": 5, "test": 2}
-    assert index.class_counts("val") == {"angry": 1, "disgust": 0, "fear": 1, "happy": 1, "sad": 0, "surprise": 1,
-                                         "neutral": 1}  # fmt: skip
+    assert index.class_counts("val") == {
+        "angry": 1,
+        "disgust": 0,
+        "fear": 1,
+        "happy": 1,
+        "sad": 0,
+        "surprise": 1,
+        "neutral": 1,
+    }
     records = by_id(index)
     assert records["Image/aligned/train_00001_aligned.jpg"].label == C["surprise"] == 5
     assert records["Image/aligned/test_0001_aligned.jpg"].label == C["sad"]
@@ -324,7 +346,9 @@ def test_kdef_bad_name(tmp_path, caplog):
 
 # --- AffectNet ------------------------------------------------------------------------------------
 
-AFFECTNET_HEADER = "subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,expression,valence,arousal\n"
+AFFECTNET_HEADER = (
+    "subDirectory_filePath,face_x,face_y,face_width,face_height,facial_landmarks,expression,valence,arousal\n"
+)
 
 
 def write_affectnet(root: Path, train_header: bool, val_header: bool) -> None:

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from runtime.configs import from_mapping
 from runtime.errors import ConfigError
 from train import loop
 from train.checkpoint import load_checkpoint
 from train.config import FitConfig, load_fit_config
-from runtime.configs import from_mapping
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -26,7 +26,15 @@ def tiny_cfg(**train) -> FitConfig:
         {
             "model": {"name": "lanmsff_tiny", "num_classes": 7, "kwargs": {"bn_momentum": 0.1}},
             "data": {"kind": "synthetic", "val_fraction": 0.25, "seed": 3, "options": {"count": 56, "size": 32}},
-            "train": {"epochs": 3, "batch_size": 8, "lr": 0.003, "scheduler": "onecycle", "seed": 5, "num_threads": 1, **train},
+            "train": {
+                "epochs": 3,
+                "batch_size": 8,
+                "lr": 0.003,
+                "scheduler": "onecycle",
+                "seed": 5,
+                "num_threads": 1,
+                **train,
+            },
         },
     )
 
@@ -116,7 +124,15 @@ def test_manet_trains_through_fit_with_both_heads(tmp_path: Path) -> None:
         {
             "model": {"name": "manet_tiny", "num_classes": 7},
             "data": {"kind": "synthetic", "val_fraction": 0.25, "options": {"count": 28, "size": 64, "mode": "rgb"}},
-            "train": {"epochs": 2, "batch_size": 7, "optimizer": "sgd", "lr": 0.01, "scheduler": "step", "num_threads": 1, "augment": "none"},
+            "train": {
+                "epochs": 2,
+                "batch_size": 7,
+                "optimizer": "sgd",
+                "lr": 0.01,
+                "scheduler": "step",
+                "num_threads": 1,
+                "augment": "none",
+            },
         },
     )
     loop.fit(cfg, out=tmp_path, progress=False)
@@ -145,7 +161,9 @@ def test_cli_rejects_unknown_config_key(tmp_path: Path) -> None:
     bad.write_text("fit:\n  train: {epochs: 1, learning_rate: 0.1}\n")
     proc = subprocess.run(
         [sys.executable, "-m", "train", "fit", "--config", str(bad), "--out", str(tmp_path / "o")],
-        cwd=REPO, capture_output=True, text=True,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
     assert proc.returncode == 2  # a config error is bad usage (docs/errors.md)
     assert "learning_rate" in proc.stderr and "valid keys" in proc.stderr
@@ -163,9 +181,27 @@ def test_torchrun_ddp_two_processes(tmp_path: Path) -> None:
         "  train: {epochs: 1, batch_size: 7, num_threads: 1, scheduler: none}\n"
     )
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
-         "-m", "train", "fit", "--config", str(cfg), "--out", str(tmp_path / "o"), "--no-progress"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            "29517",
+            "-m",
+            "train",
+            "fit",
+            "--config",
+            str(cfg),
+            "--out",
+            str(tmp_path / "o"),
+            "--no-progress",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     side = json.loads((tmp_path / "o" / "checkpoint.json").read_text())

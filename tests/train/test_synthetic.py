@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.errors import DataError
 from runtime.data import load_dataset
 from runtime.data.base import read_image_file
 from runtime.data.synthetic import CLASSES, VIEWS, SynthConfig, generate, render, write_image_folder
+from runtime.errors import DataError
 
 REPO = Path(__file__).resolve().parents[2]
 KDEF_VIEWS = {"full_left", "half_left", "frontal", "half_right", "full_right"}
@@ -81,7 +81,12 @@ def test_views_cover_kdef() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "shape"),
-    [({}, (64, 64)), ({"mode": "rgb"}, (64, 64, 3)), ({"size": 32}, (32, 32)), ({"size": 48, "mode": "rgb"}, (48, 48, 3))],
+    [
+        ({}, (64, 64)),
+        ({"mode": "rgb"}, (64, 64, 3)),
+        ({"size": 32}, (32, 32)),
+        ({"size": 48, "mode": "rgb"}, (48, 48, 3)),
+    ],
 )
 def test_gray_rgb_and_size(kwargs: dict, shape: tuple[int, ...]) -> None:
     img, _, _ = render(0, SynthConfig(count=1, **kwargs))
@@ -158,8 +163,12 @@ def test_cli_data_synth(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "train", "data", "synth", "--out", str(out), "--count", "14", "--seed", "1"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     pngs = sorted(out.rglob("*.png"))
     assert len(pngs) == 14

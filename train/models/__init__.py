@@ -76,7 +76,7 @@ _plugins_loaded = False
 def _load_families() -> None:
     # Importing a family module registers its variants; imported lazily so a broken family
     # does not stop the others from listing.
-    from train.models import lanmsff, manet  # noqa: F401
+    from train.models import lanmsff, manet  # noqa: F401 - imported for its side effect (registration) or to probe availability
 
     _load_plugins()
 
@@ -102,5 +102,6 @@ def _load_plugins() -> None:
         try:
             ep.load()
         except Exception as exc:  # a broken third-party package must not break the registry
-            logging.getLogger(__name__).warning("model plugin %s (%s) failed to load: %s: %s", ep.name, ep.value,
-                                                type(exc).__name__, exc)
+            logging.getLogger(__name__).warning(
+                "model plugin %s (%s) failed to load: %s: %s", ep.name, ep.value, type(exc).__name__, exc
+            )

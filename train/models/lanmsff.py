@@ -138,9 +138,7 @@ class AttentionBlock(nn.Module):
         super().__init__()
         self.twopath = TwoPath(cin, cout)
         self.att = MassAtt(cout)
-        self.post = nn.Sequential(
-            nn.Conv2d(cout, cout, 1), _bn(cout), nn.MaxPool2d(2), nn.ReLU(), nn.Dropout(dropout)
-        )
+        self.post = nn.Sequential(nn.Conv2d(cout, cout, 1), _bn(cout), nn.MaxPool2d(2), nn.ReLU(), nn.Dropout(dropout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = self.twopath(x)

@@ -63,9 +63,11 @@ class Restricted:
         except KeyError:
             raise AttributeError(f"fake {self._cls} does not implement {attr!r}") from None
         if callable(value) and not isinstance(value, (FakeEnumValue, Restricted)):
+
             def recorder(*args, _v=value, **kwargs):
                 self._fake.calls.append((f"{self._cls}.{attr}", args))
                 return _v(*args, **kwargs)
+
             return recorder
         self._fake.calls.append((f"{self._cls}.{attr}", ()))
         return value
@@ -120,8 +122,19 @@ def make_fake_trt(
         return ns
 
     # Enums: every member any version has; the surface filter drops what this version lacks.
-    fake.BuilderFlag = enum("BuilderFlag", "FP16", "INT8", "DEBUG", "GPU_FALLBACK", "REFIT", "TF32",
-                            "VERSION_COMPATIBLE", "EXCLUDE_LEAN_RUNTIME", "BF16", "FP8")
+    fake.BuilderFlag = enum(
+        "BuilderFlag",
+        "FP16",
+        "INT8",
+        "DEBUG",
+        "GPU_FALLBACK",
+        "REFIT",
+        "TF32",
+        "VERSION_COMPATIBLE",
+        "EXCLUDE_LEAN_RUNTIME",
+        "BF16",
+        "FP8",
+    )
     fake.NetworkDefinitionCreationFlag = enum("NetworkDefinitionCreationFlag", "EXPLICIT_BATCH", "STRONGLY_TYPED")
     fake.MemoryPoolType = enum("MemoryPoolType", "WORKSPACE", "DLA_MANAGED_SRAM")
     fake.ProfilingVerbosity = enum("ProfilingVerbosity", "LAYER_NAMES_ONLY", "NONE", "DETAILED")
@@ -131,8 +144,10 @@ def make_fake_trt(
     fake.DataType = enum("DataType", "FLOAT", "HALF", "INT8", "INT32", "BOOL", "UINT8", "FP8", "BF16", "INT64")
 
     class ILogger:
-        INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = (FakeEnumValue("ILogger", n, i) for i, n in enumerate(
-            ("INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE")))
+        INTERNAL_ERROR, ERROR, WARNING, INFO, VERBOSE = (
+            FakeEnumValue("ILogger", n, i)
+            for i, n in enumerate(("INTERNAL_ERROR", "ERROR", "WARNING", "INFO", "VERBOSE"))
+        )
 
         def __init__(self) -> None:
             pass
@@ -153,10 +168,14 @@ def make_fake_trt(
             return True
 
         return Restricted(
-            fake, "IBuilderConfig",
+            fake,
+            "IBuilderConfig",
             set_memory_pool_limit=lambda pool, size: fake.state.__setitem__("workspace", (repr(pool), size)),
-            builder_optimization_level=3, max_aux_streams=-1, profiling_verbosity=None,
-            default_device_type=None, DLA_core=-1,
+            builder_optimization_level=3,
+            max_aux_streams=-1,
+            profiling_verbosity=None,
+            default_device_type=None,
+            DLA_core=-1,
             set_flag=set_flag,
             add_optimization_profile=lambda p: fake.state.__setitem__("profile", p) or 0,
             create_timing_cache=create_timing_cache,
@@ -172,6 +191,7 @@ def make_fake_trt(
     def make_profile() -> Restricted:
         def set_shape(name, lo, opt, hi):
             fake.state["shapes"] = (name, tuple(lo), tuple(opt), tuple(hi))
+
         return Restricted(fake, "IOptimizationProfile", set_shape=set_shape)
 
     def build_serialized_network(network, config):
@@ -183,14 +203,25 @@ def make_fake_trt(
         return memoryview(b"PLAN" + json.dumps({"shapes": shapes, "version": version}).encode())
 
     def Builder(logger):  # noqa: N802 - mirrors the TensorRT class name
-        return Restricted(fake, "Builder", create_network=make_network, create_builder_config=make_config,
-                          create_optimization_profile=make_profile,
-                          build_serialized_network=build_serialized_network, num_DLA_cores=num_dla_cores)
+        return Restricted(
+            fake,
+            "Builder",
+            create_network=make_network,
+            create_builder_config=make_config,
+            create_optimization_profile=make_profile,
+            build_serialized_network=build_serialized_network,
+            num_DLA_cores=num_dla_cores,
+        )
 
-    def OnnxParser(network, logger):  # noqa: N802
+    def OnnxParser(network, logger):  # noqa: N802 - mirrors TensorRT's own CamelCase factory name
         error = Restricted(fake, "ParserError", desc=lambda: "Unsupported op Foo", node_name=lambda: "/foo/Foo")
-        return Restricted(fake, "OnnxParser", parse_from_file=lambda path: parse_ok,
-                          num_errors=(0 if parse_ok else 1), get_error=lambda i: error)
+        return Restricted(
+            fake,
+            "OnnxParser",
+            parse_from_file=lambda path: parse_ok,
+            num_errors=(0 if parse_ok else 1),
+            get_error=lambda i: error,
+        )
 
     fake.Builder = Builder
     fake.OnnxParser = OnnxParser
@@ -218,7 +249,8 @@ def make_fake_trt(
             return Restricted(fake, "EngineInspector", get_engine_information=lambda fmt: inspector_text())
 
         return Restricted(
-            fake, "ICudaEngine",
+            fake,
+            "ICudaEngine",
             num_io_tensors=2,
             get_tensor_name=lambda i: names[i],
             get_tensor_mode=lambda n: modes[n],
@@ -259,15 +291,22 @@ def make_fake_trt(
             fake.cuda.enqueue(stream, compute)
             return True
 
-        return Restricted(fake, "IExecutionContext", set_input_shape=set_input_shape, get_tensor_shape=get_tensor_shape,
-                          set_tensor_address=set_tensor_address, execute_async_v3=execute_async_v3)
+        return Restricted(
+            fake,
+            "IExecutionContext",
+            set_input_shape=set_input_shape,
+            get_tensor_shape=get_tensor_shape,
+            set_tensor_address=set_tensor_address,
+            execute_async_v3=execute_async_v3,
+        )
 
     runtime = None
 
-    def Runtime(logger):  # noqa: N802
+    def Runtime(logger):  # noqa: N802 - mirrors TensorRT's own CamelCase factory name
         nonlocal runtime
-        runtime = Restricted(fake, "Runtime", deserialize_cuda_engine=deserialize_cuda_engine,
-                             engine_host_code_allowed=False)
+        runtime = Restricted(
+            fake, "Runtime", deserialize_cuda_engine=deserialize_cuda_engine, engine_host_code_allowed=False
+        )
         return runtime
 
     fake.Runtime = Runtime

@@ -55,9 +55,12 @@ def test_removed_names_are_really_absent_from_11_and_present_in_10():
     assert sorted(n for n in REMOVED_IN_11 if n in s11) == []
     for label in ("10.3", "10.13"):
         s10 = surface(label)
-        assert {"BuilderFlag.FP16", "BuilderFlag.INT8", "IInt8EntropyCalibrator2", "IBuilderConfig.int8_calibrator"} <= {
-            n for n in REMOVED_IN_11 if n in s10
-        }
+        assert {
+            "BuilderFlag.FP16",
+            "BuilderFlag.INT8",
+            "IInt8EntropyCalibrator2",
+            "IBuilderConfig.int8_calibrator",
+        } <= {n for n in REMOVED_IN_11 if n in s10}
 
 
 def _planted(section: str, name: str) -> dict:
@@ -104,11 +107,18 @@ def _literal_uses(path: Path) -> set[tuple[str, str]]:
     tree = ast.parse(path.read_text())
     uses = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in (
-                "get", "call", "read", "write") and _is_trt(node.func.value, path):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in ("get", "call", "read", "write")
+            and _is_trt(node.func.value, path)
+        ):
             index = 0 if node.func.attr == "get" else 1
-            if len(node.args) > index and isinstance(node.args[index], ast.Constant) and isinstance(
-                    node.args[index].value, str):
+            if (
+                len(node.args) > index
+                and isinstance(node.args[index], ast.Constant)
+                and isinstance(node.args[index].value, str)
+            ):
                 value = node.args[index].value
                 if value[:1].isupper() and all(part.isidentifier() for part in value.split(".")):
                     uses.add((value, node.func.attr))
@@ -170,6 +180,9 @@ def test_methods_are_called_and_properties_read(label):
     if not s.exact:
         pytest.skip("member kinds need the exact (introspect) surface")
     expected = {"call": {"method"}, "read": {"property"}, "write": {"property"}, "get": {"class", "value", "function"}}
-    wrong = sorted(f"{op}({name}) but it is a {s.kinds.get(name)}" for name, op in USES
-                   if name in s.kinds and s.kinds[name] not in expected[op])
+    wrong = sorted(
+        f"{op}({name}) but it is a {s.kinds.get(name)}"
+        for name, op in USES
+        if name in s.kinds and s.kinds[name] not in expected[op]
+    )
     assert wrong == []

@@ -33,8 +33,9 @@ def env(monkeypatch, tmp_path):
     monkeypatch.setattr(cuda, "get_cuda", lambda prefer=None, device_index=0: fake_cuda)
     onnx = tmp_path / "lanmsff.int8.onnx"
     onnx.write_bytes(b"x")
-    engine = build_engine(BuildConfig(onnx=onnx, precision="int8", batch="1:2:4"), trt=Trt(fake),
-                          gpu=GpuIdentity("Orin", "8.7")).engine
+    engine = build_engine(
+        BuildConfig(onnx=onnx, precision="int8", batch="1:2:4"), trt=Trt(fake), gpu=GpuIdentity("Orin", "8.7")
+    ).engine
     return fake, fake_cuda, onnx, engine
 
 
@@ -100,7 +101,9 @@ def test_plan_from_another_gpu_or_version_is_refused(env, monkeypatch):
     fake, _cuda, _onnx, engine = env
     other = FakeCuda("NVIDIA GeForce RTX 4090", "8.9")
     monkeypatch.setattr(cuda, "get_cuda", lambda prefer=None, device_index=0: other)
-    with pytest.raises(ArtifactError, match="built on Orin \\(sm 8.7\\), this is NVIDIA GeForce RTX 4090.*Rebuild it here"):
+    with pytest.raises(
+        ArtifactError, match="built on Orin \\(sm 8.7\\), this is NVIDIA GeForce RTX 4090.*Rebuild it here"
+    ):
         TrtBackend(engine).load()
     assert other.closed  # resources released on a failed load
     newer = make_fake_trt("10.13.3.9", cuda=env[1])
@@ -116,8 +119,13 @@ def test_lean_runtime_needs_a_version_compatible_plan(env, monkeypatch):
     monkeypatch.setattr(compat, "import_tensorrt", lambda lean=False, **_: lean_module)
     with pytest.raises(ArtifactError, match="lean runtime loads version-compatible plans only"):
         TrtBackend(engine, lean=True).load()
-    vc = build_engine(BuildConfig(onnx=onnx, precision="int8", batch="1:2:4", version_compatible=True,
-                                  out=onnx.with_name("vc.engine")), trt=Trt(fake), gpu=GpuIdentity("Orin", "8.7")).engine
+    vc = build_engine(
+        BuildConfig(
+            onnx=onnx, precision="int8", batch="1:2:4", version_compatible=True, out=onnx.with_name("vc.engine")
+        ),
+        trt=Trt(fake),
+        gpu=GpuIdentity("Orin", "8.7"),
+    ).engine
     with TrtBackend(vc, lean=True) as b:  # a 10.3-built version-compatible plan on an 11.4 lean runtime
         assert b.trt.lean and b.describe()["lean"] is True
         assert b.infer({"input": np.ones((1, 1, 4, 4), np.float32)})["logits"].shape == (1, 3)
@@ -135,7 +143,9 @@ def test_precision_from_file_name():
 
 def test_unavailable_reason_without_tensorrt(monkeypatch):
     def missing(lean=False, **_):
-        raise compat.MissingDependencyError("TensorRT is not importable (...); install TensorRT with pip install '.[trt]'")
+        raise compat.MissingDependencyError(
+            "TensorRT is not importable (...); install TensorRT with pip install '.[trt]'"
+        )
 
     monkeypatch.setattr(compat, "import_tensorrt", missing)
     reason = TrtBackend.unavailable_reason()

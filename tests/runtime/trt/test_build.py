@@ -32,9 +32,20 @@ INT8_11 = (FIXTURES / "inspector_trt11_lanmsff_int8.json").read_text()
 def inspector_for(precision: str) -> str:
     """One-conv engine inspector JSON (10.x schema) whose conv runs in ``precision``."""
     fmt = {"fp32": "Row major linear FP32", "fp16": "Channel major FP16 format where channel % 8 == 0"}[precision]
-    return json.dumps({"Layers": [{"Name": "w + /c/Conv", "LayerType": "CaskConvolution", "ParameterType": "Convolution",
-                                   "Inputs": [{"Name": "input", "Dimensions": [-1], "Format/Datatype": fmt}],
-                                   "Outputs": []}], "Bindings": ["input", "logits"]})
+    return json.dumps(
+        {
+            "Layers": [
+                {
+                    "Name": "w + /c/Conv",
+                    "LayerType": "CaskConvolution",
+                    "ParameterType": "Convolution",
+                    "Inputs": [{"Name": "input", "Dimensions": [-1], "Format/Datatype": fmt}],
+                    "Outputs": [],
+                }
+            ],
+            "Bindings": ["input", "logits"],
+        }
+    )
 
 
 @pytest.fixture
@@ -59,8 +70,15 @@ def fake_for(label: str, restrict: str, **kw):
 def test_int8_build_writes_plan_sidecar_layers_and_timing_cache(tmp_path, onnx, label, restrict):
     fake = fake_for(label, restrict)
     cache_file = tmp_path / "timing.cache"
-    cfg = BuildConfig(onnx=onnx, precision="int8", batch="1:8:32", workspace_mib=256, opt_level=4, aux_streams=2,
-                      timing_cache=cache_file)
+    cfg = BuildConfig(
+        onnx=onnx,
+        precision="int8",
+        batch="1:8:32",
+        workspace_mib=256,
+        opt_level=4,
+        aux_streams=2,
+        timing_cache=cache_file,
+    )
     result = build_engine(cfg, trt=Trt(fake), gpu=GPU)
 
     assert not result.reused and result.typing == "strong" and result.flags == ()
@@ -93,14 +111,17 @@ def test_option_change_and_other_gpu_rebuild_with_reason(onnx, caplog):
     build_engine(BuildConfig(onnx=onnx, precision="int8"), trt=Trt(fake), gpu=GPU)
     r = build_engine(BuildConfig(onnx=onnx, precision="int8", opt_level=5), trt=Trt(fake), gpu=GPU)
     assert not r.reused and "options.opt_level: None -> 5" in r.reason
-    r = build_engine(BuildConfig(onnx=onnx, precision="int8", opt_level=5), trt=Trt(fake), gpu=GpuIdentity("RTX 4090", "8.9"))
+    r = build_engine(
+        BuildConfig(onnx=onnx, precision="int8", opt_level=5), trt=Trt(fake), gpu=GpuIdentity("RTX 4090", "8.9")
+    )
     assert not r.reused and "gpu_name: Orin -> RTX 4090" in r.reason and "building" in caplog.text
 
 
 def test_other_tensorrt_version_rebuilds(onnx):
     build_engine(BuildConfig(onnx=onnx, precision="int8"), trt=Trt(make_fake_trt("10.3.0", inspector=INT8_10)), gpu=GPU)
-    r = build_engine(BuildConfig(onnx=onnx, precision="int8"), trt=Trt(make_fake_trt("11.4.0.106", inspector=INT8_11)),
-                     gpu=GPU)
+    r = build_engine(
+        BuildConfig(onnx=onnx, precision="int8"), trt=Trt(make_fake_trt("11.4.0.106", inspector=INT8_11)), gpu=GPU
+    )
     assert not r.reused and "tensorrt_version: 10.3.0 -> 11.4.0.106" in r.reason
 
 
@@ -168,8 +189,11 @@ def test_dla_core_with_gpu_fallback(onnx):
     assert setters["IBuilderConfig.DLA_core="] == (1,)
     assert "BuilderFlag.GPU_FALLBACK" in fake.state["flags"]
     with pytest.raises(ConfigError, match="--dla-core 0 requested but this device has 0 DLA"):
-        build_engine(BuildConfig(onnx=onnx, precision="int8", dla_core=0, force=True),
-                     trt=Trt(make_fake_trt("10.3.0", inspector=INT8_10)), gpu=GPU)
+        build_engine(
+            BuildConfig(onnx=onnx, precision="int8", dla_core=0, force=True),
+            trt=Trt(make_fake_trt("10.3.0", inspector=INT8_10)),
+            gpu=GPU,
+        )
 
 
 def test_version_compatible_sets_flag_and_allows_host_code(onnx):
@@ -182,10 +206,15 @@ def test_version_compatible_sets_flag_and_allows_host_code(onnx):
 
 def test_parser_and_builder_failures(onnx):
     with pytest.raises(TrtError, match="parser rejected .*/foo/Foo: Unsupported op Foo"):
-        build_engine(BuildConfig(onnx=onnx, precision="int8"), trt=Trt(make_fake_trt("10.3.0", parse_ok=False)), gpu=GPU)
+        build_engine(
+            BuildConfig(onnx=onnx, precision="int8"), trt=Trt(make_fake_trt("10.3.0", parse_ok=False)), gpu=GPU
+        )
     with pytest.raises(TrtError, match="could not build an engine"):
-        build_engine(BuildConfig(onnx=onnx, precision="int8", typing="strong"),
-                     trt=Trt(make_fake_trt("11.4.0.106", build_ok=False)), gpu=GPU)
+        build_engine(
+            BuildConfig(onnx=onnx, precision="int8", typing="strong"),
+            trt=Trt(make_fake_trt("11.4.0.106", build_ok=False)),
+            gpu=GPU,
+        )
 
 
 def test_static_batch_must_match_profile(onnx):
@@ -199,15 +228,18 @@ def test_static_batch_must_match_profile(onnx):
         build_engine(BuildConfig(onnx=onnx, precision="int8", force=True), trt=Trt(fake), gpu=GPU)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    ({"opt_level": 6}, "opt_level must be an integer 0..5"),
-    ({"workspace_mib": 0}, "workspace_mib must be an integer >= 1"),
-    ({"dla_core": -1}, "dla_core"),
-    ({"min_precision_share": 1.5}, r"\[0, 1\]"),
-    ({"precision": "fp8"}, "unknown precision"),
-    ({"typing": "weak"}, "unknown typing"),
-    ({"batch": "8:1:32"}, "min <= opt <= max"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"opt_level": 6}, "opt_level must be an integer 0..5"),
+        ({"workspace_mib": 0}, "workspace_mib must be an integer >= 1"),
+        ({"dla_core": -1}, "dla_core"),
+        ({"min_precision_share": 1.5}, r"\[0, 1\]"),
+        ({"precision": "fp8"}, "unknown precision"),
+        ({"typing": "weak"}, "unknown typing"),
+        ({"batch": "8:1:32"}, "min <= opt <= max"),
+    ],
+)
 def test_build_config_validation(onnx, kwargs, match):
     args = {"onnx": onnx, "precision": "int8", **kwargs}
     with pytest.raises(ConfigError, match=match):

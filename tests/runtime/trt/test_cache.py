@@ -20,8 +20,15 @@ from runtime.trt.cache import (
 
 
 def key(**changes) -> EngineKey:
-    base = dict(onnx_sha256="a" * 64, tensorrt_version="10.3.0", gpu_name="Orin", compute_capability="8.7",
-                precision="int8", profile="1:8:32", options={"typing": "auto", "opt_level": None, "dla_core": None})
+    base = dict(
+        onnx_sha256="a" * 64,
+        tensorrt_version="10.3.0",
+        gpu_name="Orin",
+        compute_capability="8.7",
+        precision="int8",
+        profile="1:8:32",
+        options={"typing": "auto", "opt_level": None, "dla_core": None},
+    )
     base.update(changes)
     return EngineKey(**base)
 
@@ -33,8 +40,16 @@ def test_batch_profile_parse(text, expected):
     assert str(p) == ":".join(map(str, expected))
 
 
-@pytest.mark.parametrize("text,match", [("8:1:32", "min <= opt <= max"), ("1:8", "MIN:OPT:MAX"),
-                                        ("a:b:c", "integers"), ("0:1:2", ">= 1"), ("1:64:32", "min <= opt <= max")])
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("8:1:32", "min <= opt <= max"),
+        ("1:8", "MIN:OPT:MAX"),
+        ("a:b:c", "integers"),
+        ("0:1:2", ">= 1"),
+        ("1:64:32", "min <= opt <= max"),
+    ],
+)
 def test_batch_profile_rejects(text, match):
     with pytest.raises(ConfigError, match=match):
         BatchProfile.parse(text)
@@ -50,10 +65,19 @@ def test_key_roundtrip_and_digest():
 
 
 def test_key_differences_are_readable():
-    diffs = key_differences(key(), key(tensorrt_version="11.4.0.106", gpu_name="NVIDIA H100 80GB HBM3",
-                                       options={"typing": "auto", "opt_level": 5, "dla_core": None}))
-    assert diffs == ["tensorrt_version: 10.3.0 -> 11.4.0.106", "gpu_name: Orin -> NVIDIA H100 80GB HBM3",
-                     "options.opt_level: None -> 5"]
+    diffs = key_differences(
+        key(),
+        key(
+            tensorrt_version="11.4.0.106",
+            gpu_name="NVIDIA H100 80GB HBM3",
+            options={"typing": "auto", "opt_level": 5, "dla_core": None},
+        ),
+    )
+    assert diffs == [
+        "tensorrt_version: 10.3.0 -> 11.4.0.106",
+        "gpu_name: Orin -> NVIDIA H100 80GB HBM3",
+        "options.opt_level: None -> 5",
+    ]
 
 
 @pytest.fixture
@@ -73,14 +97,17 @@ def test_matching_sidecar_is_reused(plan):
     assert read_engine_key(plan) == key()
 
 
-@pytest.mark.parametrize("change,reason", [
-    ({"tensorrt_version": "11.4.0.106"}, "tensorrt_version: 10.3.0 -> 11.4.0.106"),
-    ({"gpu_name": "NVIDIA GeForce RTX 4090", "compute_capability": "8.9"}, "compute_capability: 8.7 -> 8.9"),
-    ({"onnx_sha256": "b" * 64}, "onnx_sha256"),
-    ({"precision": "fp16"}, "precision: int8 -> fp16"),
-    ({"profile": "1:4:8"}, "profile: 1:8:32 -> 1:4:8"),
-    ({"options": {"typing": "auto", "opt_level": 5, "dla_core": None}}, "options.opt_level: None -> 5"),
-])
+@pytest.mark.parametrize(
+    "change,reason",
+    [
+        ({"tensorrt_version": "11.4.0.106"}, "tensorrt_version: 10.3.0 -> 11.4.0.106"),
+        ({"gpu_name": "NVIDIA GeForce RTX 4090", "compute_capability": "8.9"}, "compute_capability: 8.7 -> 8.9"),
+        ({"onnx_sha256": "b" * 64}, "onnx_sha256"),
+        ({"precision": "fp16"}, "precision: int8 -> fp16"),
+        ({"profile": "1:4:8"}, "profile: 1:8:32 -> 1:4:8"),
+        ({"options": {"typing": "auto", "opt_level": 5, "dla_core": None}}, "options.opt_level: None -> 5"),
+    ],
+)
 def test_any_key_difference_rebuilds(plan, change, reason):
     d = decide(plan, key(**change))
     assert not d.reuse and reason in d.reason

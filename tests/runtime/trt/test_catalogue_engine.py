@@ -45,12 +45,16 @@ def built(tmp_path, monkeypatch, capsys):
     return argv, engine
 
 
-@pytest.mark.parametrize(("version", "gpu", "inspector", "reason"), [
-    ("11.4.0.106", ("Orin", "8.7"), INT8_11, "tensorrt_version: 10.3.0 -> 11.4.0.106"),
-    ("10.3.0", ("NVIDIA H100 80GB HBM3", "9.0"), INT8_10, "gpu_name: Orin -> NVIDIA H100 80GB HBM3"),
-])
+@pytest.mark.parametrize(
+    ("version", "gpu", "inspector", "reason"),
+    [
+        ("11.4.0.106", ("Orin", "8.7"), INT8_11, "tensorrt_version: 10.3.0 -> 11.4.0.106"),
+        ("10.3.0", ("NVIDIA H100 80GB HBM3", "9.0"), INT8_10, "gpu_name: Orin -> NVIDIA H100 80GB HBM3"),
+    ],
+)
 def test_engine_from_another_tensorrt_or_gpu_is_rebuilt_with_the_reason_logged(
-        built, monkeypatch, caplog, capsys, version, gpu, inspector, reason):
+    built, monkeypatch, caplog, capsys, version, gpu, inspector, reason
+):
     argv, engine = built
     # Loading it as it is is refused with the fix named ...
     _install(monkeypatch, version, gpu, inspector)

@@ -27,14 +27,17 @@ def onnx(tmp_path):
     return path
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--batch", "8:1:32"], "min <= opt <= max"),
-    (["--batch", "1:x:3"], "integers"),
-    (["--precision", "fp8"], "invalid choice: 'fp8'"),
-    (["--typing", "weak"], "invalid choice: 'weak'"),
-    (["--min-precision-share", "2"], "in \\[0, 1\\]"),
-    (["--workspace-mib", "-5"], ">= 0"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--batch", "8:1:32"], "min <= opt <= max"),
+        (["--batch", "1:x:3"], "integers"),
+        (["--precision", "fp8"], "invalid choice: 'fp8'"),
+        (["--typing", "weak"], "invalid choice: 'weak'"),
+        (["--min-precision-share", "2"], "in \\[0, 1\\]"),
+        (["--workspace-mib", "-5"], ">= 0"),
+    ],
+)
 def test_bad_arguments_are_usage_errors(onnx, capsys, argv, message):
     with pytest.raises(SystemExit) as exc:
         cli.build_main(["--onnx", str(onnx), *argv])
@@ -48,11 +51,14 @@ def test_onnx_is_required(capsys):
     assert exc.value.code == 2 and "--onnx" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--onnx", "absent.onnx"], "ONNX model not found: absent.onnx"),
-    (["--opt-level", "9"], "opt_level must be an integer 0..5"),
-    (["--workspace-mib", "0"], "workspace_mib must be an integer >= 1"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--onnx", "absent.onnx"], "ONNX model not found: absent.onnx"),
+        (["--opt-level", "9"], "opt_level must be an integer 0..5"),
+        (["--workspace-mib", "0"], "workspace_mib must be an integer >= 1"),
+    ],
+)
 def test_invalid_configuration_exits_2_before_tensorrt(onnx, caplog, argv, message, monkeypatch):
     monkeypatch.setattr(compat, "import_tensorrt", lambda lean=False, **_: pytest.fail("TensorRT touched"))
     if "--onnx" not in argv:
@@ -83,7 +89,9 @@ def test_build_with_fake_tensorrt(onnx, monkeypatch, capsys, tmp_path):
 
 def test_selftest_without_tensorrt_says_what_is_missing(tmp_path, capsys, monkeypatch):
     def missing(lean=False, **_):
-        raise compat.MissingDependencyError("TensorRT is not importable (no module); install TensorRT with pip install '.[trt]'")
+        raise compat.MissingDependencyError(
+            "TensorRT is not importable (no module); install TensorRT with pip install '.[trt]'"
+        )
 
     monkeypatch.setattr(compat, "import_tensorrt", missing)
     code = cli.selftest_main(["--models", str(tmp_path / "models"), "--work", str(tmp_path / "w")])
@@ -98,9 +106,13 @@ def test_selftest_without_tensorrt_says_what_is_missing(tmp_path, capsys, monkey
 
 @pytest.mark.skipif(HAVE_TRT, reason="TensorRT is installed here")
 def test_selftest_entry_point_in_a_fresh_process(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "runtime.trt.cli", "selftest", "--models", str(tmp_path),
-                           "--flavour", "tensorrt"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "runtime.trt.cli", "selftest", "--models", str(tmp_path), "--flavour", "tensorrt"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == E.EXIT_MISSING
     assert "[MISSING] TensorRT" in proc.stdout and "[MISSING] CUDA Python + GPU" in proc.stdout
     assert "selftest cannot run" in proc.stderr
@@ -109,7 +121,9 @@ def test_selftest_entry_point_in_a_fresh_process(tmp_path):
 def test_selftest_rejects_bad_arguments(capsys):
     with pytest.raises(SystemExit) as exc:
         cli.selftest_main(["--bench-batches", "0,8"])
-    assert exc.value.code == 2 and "--bench-batches must be comma-separated positive integers" in capsys.readouterr().err
+    assert (
+        exc.value.code == 2 and "--bench-batches must be comma-separated positive integers" in capsys.readouterr().err
+    )
 
 
 def test_verb_registration_targets_resolve():
@@ -126,8 +140,17 @@ def test_verb_registration_targets_resolve():
 
 
 def test_format_rows_shows_failures():
-    row = cli.SelftestRow("lanmsff", "int8", "cuda-python", typing="strong", realized_share=0.67, parity_passed=False,
-                          max_abs_diff=0.5, latency={"b1": {"p50_ms": 1.0, "device_p50_ms": 0.4}}, error="")
+    row = cli.SelftestRow(
+        "lanmsff",
+        "int8",
+        "cuda-python",
+        typing="strong",
+        realized_share=0.67,
+        parity_passed=False,
+        max_abs_diff=0.5,
+        latency={"b1": {"p50_ms": 1.0, "device_p50_ms": 0.4}},
+        error="",
+    )
     text = cli.format_rows([row, cli.SelftestRow("manet", "fp16", "pycuda", error="TensorRT could not build")])
     assert "FAIL" in text and "0.400" in text and "67%" in text and "error: TensorRT could not build" in text
     assert not row.passed

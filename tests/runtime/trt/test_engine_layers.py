@@ -35,10 +35,18 @@ def report(request, fixtures_dir):
 def test_both_schemas_give_the_same_layers(report):
     assert len(report.layers) == 11
     assert report.io_tensors == ("input", "logits")
-    compute = {layer.name.split(" + ")[1] if " + " in layer.name else layer.name: layer.precision
-               for layer in report.compute_layers}
-    assert compute == {"/stem/Conv": "fp16", "/block1/dw/Conv": "int8", "/block1/pw/Conv": "int8",
-                       "/massatt/fc1/Gemm": "fp16", "/block2/Conv": "int8", "/head/fc/Gemm": "int8"}
+    compute = {
+        layer.name.split(" + ")[1] if " + " in layer.name else layer.name: layer.precision
+        for layer in report.compute_layers
+    }
+    assert compute == {
+        "/stem/Conv": "fp16",
+        "/block1/dw/Conv": "int8",
+        "/block1/pw/Conv": "int8",
+        "/massatt/fc1/Gemm": "fp16",
+        "/block2/Conv": "int8",
+        "/head/fc/Gemm": "int8",
+    }
     assert report.counts() == {"fp16": 2, "int8": 4}
     assert report.share("int8") == pytest.approx(4 / 6)
     # Reformat, Q/DQ scale, pooling and pointwise layers are not counted.
@@ -51,8 +59,10 @@ def test_int8_passes_default_threshold_and_fails_a_stricter_one(report):
     assert ok.passed and ok.min_share == DEFAULT_MIN_SHARE["int8"] and ok.compute_layers == 6
     strict = check_precision(report, "int8", min_share=0.8)
     assert not strict.passed
-    assert sorted(strict.offenders) == ["massatt.fc1.weight + /massatt/fc1/Gemm + /massatt/Relu (fp16)",
-                                        "stem.weight + /stem/Conv + /stem/Relu (fp16)"]
+    assert sorted(strict.offenders) == [
+        "massatt.fc1.weight + /massatt/fc1/Gemm + /massatt/Relu (fp16)",
+        "stem.weight + /stem/Conv + /stem/Relu (fp16)",
+    ]
     with pytest.raises(PrecisionNotRealizedError, match=r"requested int8 but int8 realized in 67% of 6") as err:
         require_precision(report, "int8", 0.8)
     assert "Q/DQ" in str(err.value) and err.value.check.share == pytest.approx(4 / 6)
@@ -76,8 +86,15 @@ def test_malformed_output(bad, match):
 
 
 def test_layer_list_without_wrapper_and_schema_guess():
-    layers = [{"Name": "c", "LayerType": "CaskConvolution", "ParameterType": "Convolution",
-               "Inputs": [{"Name": "x", "Dimensions": [1], "Format/Datatype": "Row major linear FP32"}], "Outputs": []}]
+    layers = [
+        {
+            "Name": "c",
+            "LayerType": "CaskConvolution",
+            "ParameterType": "Convolution",
+            "Inputs": [{"Name": "x", "Dimensions": [1], "Format/Datatype": "Row major linear FP32"}],
+            "Outputs": [],
+        }
+    ]
     rep = parse_engine_information(json.dumps(layers))
     assert rep.schema == "10" and rep.share("fp32") == 1.0
     layers[0]["Inputs"] = [{"Name": "x", "Dimensions": [1], "Format": "kLINEAR", "Datatype": "Half"}]
@@ -86,8 +103,13 @@ def test_layer_list_without_wrapper_and_schema_guess():
 
 
 def test_precision_falls_back_to_weights_then_outputs():
-    layer = {"Name": "g", "LayerType": "gemm", "Inputs": [], "Weights": {"Type": "Int8", "Count": 4},
-             "Outputs": [{"Name": "y", "Format/Datatype": "Row major linear FP32"}]}
+    layer = {
+        "Name": "g",
+        "LayerType": "gemm",
+        "Inputs": [],
+        "Weights": {"Type": "Int8", "Count": 4},
+        "Outputs": [{"Name": "y", "Format/Datatype": "Row major linear FP32"}],
+    }
     assert parse_engine_information([layer]).layers[0].precision == "int8"
     del layer["Weights"]
     assert parse_engine_information([layer]).layers[0].precision == "fp32"
@@ -106,13 +128,24 @@ def test_bad_threshold_and_precision():
         check_precision(rep, "fp8")
 
 
-@pytest.mark.parametrize("text,dtype", [
-    ("Row major linear FP32", "fp32"), ("Channel major FP16 format where channel % 8 == 0", "fp16"),
-    ("Thirty-two wide channel vectorized row major Int8 format", "int8"),
-    ("Channel major INT8 format where channel % 16 == 0", "int8"), ("Row major linear UInt8 format", "uint8"),
-    ("Channel major BFloat16 format where channel % 8 == 0", "bf16"), ("Row major linear FP8 format", "fp8"),
-    ("Half", "fp16"), ("Float", "fp32"), ("Int8", "int8"), ("Int32", "int32"), ("kLINEAR", "unknown"), (None, "unknown"),
-])
+@pytest.mark.parametrize(
+    "text,dtype",
+    [
+        ("Row major linear FP32", "fp32"),
+        ("Channel major FP16 format where channel % 8 == 0", "fp16"),
+        ("Thirty-two wide channel vectorized row major Int8 format", "int8"),
+        ("Channel major INT8 format where channel % 16 == 0", "int8"),
+        ("Row major linear UInt8 format", "uint8"),
+        ("Channel major BFloat16 format where channel % 8 == 0", "bf16"),
+        ("Row major linear FP8 format", "fp8"),
+        ("Half", "fp16"),
+        ("Float", "fp32"),
+        ("Int8", "int8"),
+        ("Int32", "int32"),
+        ("kLINEAR", "unknown"),
+        (None, "unknown"),
+    ],
+)
 def test_dtype_of(text, dtype):
     assert dtype_of(text) == dtype
 
@@ -149,14 +182,18 @@ def test_rtx_build_log_gives_per_layer_precision(fixtures_dir):
 def test_rtx_build_log_line_parsing():
     from runtime.trt.engine_layers import parse_build_log
 
-    line = ("Name: /a/Conv_myl0_2, LayerType: correlation, Inputs: [ { Name: x, Dimensions: [-1,4,8,8], Strides: [1], "
-            "StrideOrder: [0], Datatype: Half, Format: (NHWC) Channel major format }], Constants: [ { Name: w, "
-            "Dimensions: [4,4,3,3], Datatype: Half, Format: (Linear) Row major linear format }], Outputs: [ { Name: y, "
-            "Dimensions: [-1,4,8,8], Datatype: Half, Format: (Linear) Row major linear format }], TacticName: t, "
-            "StreamId: 0, Metadata: [ONNX Layer: /a/Conv][ONNX Layer: /a/Relu]")
+    line = (
+        "Name: /a/Conv_myl0_2, LayerType: correlation, Inputs: [ { Name: x, Dimensions: [-1,4,8,8], Strides: [1], "
+        "StrideOrder: [0], Datatype: Half, Format: (NHWC) Channel major format }], Constants: [ { Name: w, "
+        "Dimensions: [4,4,3,3], Datatype: Half, Format: (Linear) Row major linear format }], Outputs: [ { Name: y, "
+        "Dimensions: [-1,4,8,8], Datatype: Half, Format: (Linear) Row major linear format }], TacticName: t, "
+        "StreamId: 0, Metadata: [ONNX Layer: /a/Conv][ONNX Layer: /a/Relu]"
+    )
     fused = line.replace("/a/Conv_myl0_2, LayerType: correlation", "__myl_FcAdd_myl0_3, LayerType: runtime_fusion")
-    rep = parse_build_log("Layers:\n" + line + "\n" + fused + "\nName: s, LayerType: shape_call, Inputs: [], "
-                          "Constants: [], Outputs: [], TacticName: , StreamId: 0, Metadata: \n")
+    rep = parse_build_log(
+        "Layers:\n" + line + "\n" + fused + "\nName: s, LayerType: shape_call, Inputs: [], "
+        "Constants: [], Outputs: [], TacticName: , StreamId: 0, Metadata: \n"
+    )
     conv, fc, shape = rep.layers
     assert (conv.precision, conv.compute, conv.onnx_nodes) == ("fp16", True, ("/a/Conv", "/a/Relu"))
     assert fc.compute and fc.layer_type == "runtime_fusion"  # a GEMM compiled with its epilogue

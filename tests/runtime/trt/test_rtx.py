@@ -29,8 +29,12 @@ from runtime.trt.compat import RTX_DEFAULT_TARGETS, Flavour, Trt, TrtError, pars
 from runtime.trt.engine_layers import PrecisionNotRealizedError
 
 HAVE_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
-pytestmark = [pytest.mark.tensorrt, pytest.mark.skipif(not HAVE_RTX, reason="TensorRT for RTX is not installed "
-                                                       "(pip install '.[rtx]'; x86-64 Linux only)")]
+pytestmark = [
+    pytest.mark.tensorrt,
+    pytest.mark.skipif(
+        not HAVE_RTX, reason="TensorRT for RTX is not installed (pip install '.[rtx]'; x86-64 Linux only)"
+    ),
+]
 BATCH = "1:4:8"
 
 
@@ -58,11 +62,18 @@ def _small_model(path: Path) -> Path:
         helper.make_node("Gemm", ["f", "wf", "bf"], ["logits"], transB=1, name="/fc/Gemm"),
     ]
     graph = helper.make_graph(
-        nodes, "small",
+        nodes,
+        "small",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 1, 16, 16])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 7])],
-        [init("w1", (4, 1, 3, 3)), init("b1", (4,)), init("w2", (8, 4, 3, 3)), init("b2", (8,)), init("wf", (7, 8)),
-         init("bf", (7,))],
+        [
+            init("w1", (4, 1, 3, 3)),
+            init("b1", (4,)),
+            init("w2", (8, 4, 3, 3)),
+            init("b2", (8,)),
+            init("wf", (7, 8)),
+            init("bf", (7,)),
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
@@ -122,19 +133,26 @@ def test_cache_reuses_and_rebuilds_when_targets_or_profile_change(rtx, small, ca
     again = build_engine(BuildConfig(onnx=small, precision="fp32", batch=BATCH, flavour="rtx"))
     assert again.reused and "cached engine matches" in again.reason
     with caplog.at_level(logging.INFO, logger="runtime.trt.build"):
-        narrowed = build_engine(BuildConfig(onnx=small, precision="fp32", batch=BATCH, flavour="rtx", targets=("8.6", "12.0")))
+        narrowed = build_engine(
+            BuildConfig(onnx=small, precision="fp32", batch=BATCH, flavour="rtx", targets=("8.6", "12.0"))
+        )
     assert not narrowed.reused and "targets: default -> 8.6,12.0" in narrowed.reason
     assert "ahead of time for compute capabilities 8.6, 12.0" in caplog.text
     side = read_sidecar(narrowed.engine)
     assert side["key"]["targets"] == "8.6,12.0" and side["target_compute_capabilities"] == ["8.6", "12.0"]
     assert side["artifact_sha256"] != read_sidecar(narrowed.engine)["key"]["onnx_sha256"]
-    assert build_engine(BuildConfig(onnx=small, precision="fp32", batch=BATCH, flavour="rtx",
-                                    targets=("12.0", "8.6"))).reused  # same set, other order
-    wider = build_engine(BuildConfig(onnx=small, precision="fp32", batch="1:8:16", flavour="rtx", targets=("8.6", "12.0")))
+    assert build_engine(
+        BuildConfig(onnx=small, precision="fp32", batch=BATCH, flavour="rtx", targets=("12.0", "8.6"))
+    ).reused  # same set, other order
+    wider = build_engine(
+        BuildConfig(onnx=small, precision="fp32", batch="1:8:16", flavour="rtx", targets=("8.6", "12.0"))
+    )
     assert not wider.reused and "profile: 1:4:8 -> 1:8:16" in wider.reason
     # A plan changed on disk is rebuilt, not trusted (no GPU needed to tell).
     wider.engine.write_bytes(wider.engine.read_bytes()[:-16])
-    healed = build_engine(BuildConfig(onnx=small, precision="fp32", batch="1:8:16", flavour="rtx", targets=("8.6", "12.0")))
+    healed = build_engine(
+        BuildConfig(onnx=small, precision="fp32", batch="1:8:16", flavour="rtx", targets=("8.6", "12.0"))
+    )
     assert not healed.reused and "sha256 mismatch" in healed.reason
     assert first.engine == healed.engine
 
@@ -167,11 +185,17 @@ def test_a_node_the_parser_cannot_import_is_named(rtx, tmp_path):
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("Relu", ["input"], ["r"], name="/ok/Relu"),
-         helper.make_node("NoSuchOp", ["r"], ["logits"], name="/odd/NoSuchOp", domain="ferdeploy.test")],
-        "odd", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ferdeploy.test", 1)])
+        [
+            helper.make_node("Relu", ["input"], ["r"], name="/ok/Relu"),
+            helper.make_node("NoSuchOp", ["r"], ["logits"], name="/odd/NoSuchOp", domain="ferdeploy.test"),
+        ],
+        "odd",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 4])],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ferdeploy.test", 1)]
+    )
     model.ir_version = 8
     path = tmp_path / "odd.onnx"
     onnx.save(model, str(path))
@@ -188,11 +212,25 @@ def test_a_target_without_kernels_fails_with_tensorrts_reason(rtx, small):
 
 def test_cli_builds_for_chosen_compute_capabilities(rtx, small, capsys):
     out = small.with_name("small.cli.engine")
-    argv = ["--onnx", str(small), "--precision", "fp32", "--batch", BATCH, "--compute-capability", "8.6,8.9,12.0",
-            "--flavour", "rtx", "--out", str(out)]
+    argv = [
+        "--onnx",
+        str(small),
+        "--precision",
+        "fp32",
+        "--batch",
+        BATCH,
+        "--compute-capability",
+        "8.6,8.9,12.0",
+        "--flavour",
+        "rtx",
+        "--out",
+        str(out),
+    ]
     assert cli.build_main(argv) == E.EXIT_OK
     printed = capsys.readouterr().out
-    assert "for compute capabilities 8.6,8.9,12.0" in printed and "fp32 realized in 100% of 3 conv/GEMM layers" in printed
+    assert (
+        "for compute capabilities 8.6,8.9,12.0" in printed and "fp32 realized in 100% of 3 conv/GEMM layers" in printed
+    )
     assert cli.build_main(argv) == E.EXIT_OK and "reused" in capsys.readouterr().out
     assert cli.build_main([*argv[:-2], "--out", str(out), "--compute-capability", "6.1"]) == E.EXIT_USAGE
 
@@ -217,8 +255,14 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     torch.manual_seed(0)
     spec = get_model_info("lanmsff_tiny").preprocess
     classes = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
-    ckpt = save_checkpoint(folder / "checkpoint.pt", create_model("lanmsff_tiny").eval(), model_name="lanmsff_tiny",
-                           class_names=classes, preprocess=spec, dataset={"kind": "synthetic"})
+    ckpt = save_checkpoint(
+        folder / "checkpoint.pt",
+        create_model("lanmsff_tiny").eval(),
+        model_name="lanmsff_tiny",
+        class_names=classes,
+        preprocess=spec,
+        dataset={"kind": "synthetic"},
+    )
     fp32 = folder / "model.onnx"
     assert export_cli(["onnx", "--checkpoint", str(ckpt), "--out", str(fp32), "--parity-batches", "1"]) == 0
     model = onnx.load(str(fp32))
@@ -228,9 +272,11 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
     converted = convert_fp16(model)
     onnx.save(converted[0] if isinstance(converted, tuple) else converted, str(folder / "model.fp16.onnx"))
     files["fp16"] = folder / "model.fp16.onnx"
-    for name, q in (("nncf", lambda: quantize_nncf(model, calib, target="tensorrt")),
-                    ("ort", lambda: quantize_ort(model, calib, target="tensorrt")),
-                    ("ort.cpu", lambda: quantize_ort(model, calib, target="cpu"))):
+    for name, q in (
+        ("nncf", lambda: quantize_nncf(model, calib, target="tensorrt")),
+        ("ort", lambda: quantize_ort(model, calib, target="tensorrt")),
+        ("ort.cpu", lambda: quantize_ort(model, calib, target="cpu")),
+    ):
         qmodel, _info = q()
         files[name] = folder / f"model.{name}.int8.onnx"
         onnx.save(qmodel, str(files[name]))
@@ -286,11 +332,14 @@ def test_int8_requested_from_a_float_graph_fails_the_precision_check_and_keeps_t
 
 
 # ---- loading an RTX plan: only on a GPU of its targets -----------------------------------------------------
-@pytest.mark.parametrize("gpu,cc,expect", [
-    ("NVIDIA H200", "9.0", "does not support"),  # what the lent GPU machines have: not an RTX target
-    ("NVIDIA GeForce RTX 3090", "8.6", "not among the engine's targets 8.9, 12.0"),
-    ("NVIDIA GeForce RTX 4090", "8.9", None),  # passes the check; then needs the real GPU to deserialize
-])
+@pytest.mark.parametrize(
+    "gpu,cc,expect",
+    [
+        ("NVIDIA H200", "9.0", "does not support"),  # what the lent GPU machines have: not an RTX target
+        ("NVIDIA GeForce RTX 3090", "8.6", "not among the engine's targets 8.9, 12.0"),
+        ("NVIDIA GeForce RTX 4090", "8.9", None),  # passes the check; then needs the real GPU to deserialize
+    ],
+)
 def test_rtx_plan_loads_only_on_a_gpu_of_its_targets(rtx, small, monkeypatch, gpu, cc, expect):
     from runtime.backends.trt import TrtBackend
     from runtime.errors import ArtifactError, EngineError
@@ -298,8 +347,9 @@ def test_rtx_plan_loads_only_on_a_gpu_of_its_targets(rtx, small, monkeypatch, gp
 
     from .fakes import FakeCuda
 
-    plan = build_engine(BuildConfig(onnx=small, precision="fp32", batch=BATCH, flavour="rtx",
-                                    targets=("8.9", "12.0"))).engine
+    plan = build_engine(
+        BuildConfig(onnx=small, precision="fp32", batch=BATCH, flavour="rtx", targets=("8.9", "12.0"))
+    ).engine
     fake_cuda = FakeCuda(gpu, cc)
     monkeypatch.setattr(cuda, "get_cuda", lambda prefer=None, device_index=0: fake_cuda)
     with pytest.raises(EngineError if expect is None else ArtifactError) as err:
