@@ -137,8 +137,9 @@ def sqnr_db(reference: np.ndarray, candidate: np.ndarray) -> float:
     """SQNR of ``candidate`` against ``reference`` in dB (onnxruntime's QDQ-debug helper)."""
     from onnxruntime.quantization.qdq_loss_debug import compute_signal_to_quantization_noice_ratio
 
-    return float(compute_signal_to_quantization_noice_ratio(np.asarray(reference, np.float32),
-                                                            np.asarray(candidate, np.float32)))
+    return float(
+        compute_signal_to_quantization_noice_ratio(np.asarray(reference, np.float32), np.asarray(candidate, np.float32))
+    )
 
 
 def _float_source(g, tensor: str) -> tuple[Any, list[Any]] | None:
@@ -241,14 +242,22 @@ def float_variant(int8_model, fp32_model, names: Sequence[str]) -> tuple[Any, di
             if bounds is not None:  # keep the quantizer's range (it may carry an absorbed ReLU/Clip)
                 lo_name, hi_name = f"{q.name}__explain_lo", f"{q.name}__explain_hi"
                 if lo_name not in have:
-                    model.graph.initializer.extend([numpy_helper.from_array(np.array(bounds[0], np.float32), lo_name),
-                                                    numpy_helper.from_array(np.array(bounds[1], np.float32), hi_name)])
+                    model.graph.initializer.extend(
+                        [
+                            numpy_helper.from_array(np.array(bounds[0], np.float32), lo_name),
+                            numpy_helper.from_array(np.array(bounds[1], np.float32), hi_name),
+                        ]
+                    )
                     have.update((lo_name, hi_name))
-                clip = helper.make_node("Clip", [prev, lo_name, hi_name], [f"{prev}__explain_clip_{name}"],
-                                        name=f"{q.name}__explain_clip_{name}")
+                clip = helper.make_node(
+                    "Clip",
+                    [prev, lo_name, hi_name],
+                    [f"{prev}__explain_clip_{name}"],
+                    name=f"{q.name}__explain_clip_{name}",
+                )
                 prev = clip.output[0]
                 clones.append(clip)
-            for k, c in enumerate(chain):
+            for c in chain:
                 clone = copy.deepcopy(c)
                 clone.name = f"{c.name}__explain_float_{name}"
                 clone.input[0] = prev
@@ -340,7 +349,8 @@ def check_pair(fp32_path: str, int8_path: str, fp32_model, int8_model) -> list[s
     if fi != qi or fo != qo:
         raise ArtifactError(
             f"{int8_path} and {fp32_path} are not the same model: inputs {qi} vs {fi}, outputs {qo} vs {fo}; "
-            "pass the FP32 file the INT8 one was quantized from")
+            "pass the FP32 file the INT8 one was quantized from"
+        )
     if sidecar_path(int8_path).is_file():
         try:
             want = (read_sidecar(int8_path).get("input") or {}).get("sha256")
@@ -349,13 +359,15 @@ def check_pair(fp32_path: str, int8_path: str, fp32_model, int8_model) -> list[s
         if want and want != sha256_file(fp32_path):
             raise ArtifactError(
                 f"{int8_path} was quantized from a file with sha256 {want[:12]}…, not {fp32_path} "
-                f"({sha256_file(fp32_path)[:12]}…); pass the FP32 file it was made from")
+                f"({sha256_file(fp32_path)[:12]}…); pass the FP32 file it was made from"
+            )
     status = quantized_ops(GraphIndex(int8_model))
     if not status["int8"]:
         n_q = sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in int8_model.graph.node)
         raise ArtifactError(
             f"{int8_path}: no quantized compute node (Conv/ConvTranspose/Gemm/MatMul with dequantized data and "
-            f"weight; {n_q} Q/DQ nodes in all): not a Q/DQ INT8 model. Make one with `python -m quantize int8`")
+            f"weight; {n_q} Q/DQ nodes in all): not a Q/DQ INT8 model. Make one with `python -m quantize int8`"
+        )
     return list(status["int8"])
 
 
@@ -380,7 +392,9 @@ class _Runner:
         return float((y.argmax(1) == self.ref.argmax(1)).mean()), sqnr_db(self.ref, y)
 
 
-def _node_output_sqnr(fp32_model, int8_model, nodes: Sequence[str], x: np.ndarray, threads: int | None) -> dict[str, float]:
+def _node_output_sqnr(
+    fp32_model, int8_model, nodes: Sequence[str], x: np.ndarray, threads: int | None
+) -> dict[str, float]:
     """SQNR of each quantized node's output (INT8 file) against the same tensor in the FP32 model."""
     from runtime.backends.ort import make_session
 
@@ -443,8 +457,13 @@ def explain(cfg: ExplainConfig) -> ExplainResult:
     run.ref = run.logits(fp32_model)
     agree0, sqnr0 = run.score(int8_model)
     baseline = Variant("int8", "int8", (), agree0, sqnr0)
-    log.info("INT8 file: top-1 agreement %.4f with FP32 on %d samples, logit SQNR %.1f dB; %d quantized nodes",
-             agree0, len(x), sqnr0, len(nodes))
+    log.info(
+        "INT8 file: top-1 agreement %.4f with FP32 on %d samples, logit SQNR %.1f dB; %d quantized nodes",
+        agree0,
+        len(x),
+        sqnr0,
+        len(nodes),
+    )
     op_types = {n.name: n.op_type for n in int8_model.graph.node}
     out_sqnr = _node_output_sqnr(fp32_model, int8_model, nodes, x[: min(len(x), 64)], cfg.threads)
     scopes = sensitive_scopes(GraphIndex(fp32_model))
@@ -456,8 +475,10 @@ def explain(cfg: ExplainConfig) -> ExplainResult:
         ws = ",".join(sorted(set(sources.values())))
         return Variant(name, kind, tuple(names), agree, sq, 100.0 * (agree - agree0), weight_source=ws, **extra)
 
-    per_node = [measure(n, "node", [n], op_type=op_types.get(n, ""), output_sqnr_db=out_sqnr.get(n),
-                        groups=member[n]) for n in nodes]
+    per_node = [
+        measure(n, "node", [n], op_type=op_types.get(n, ""), output_sqnr_db=out_sqnr.get(n), groups=member[n])
+        for n in nodes
+    ]
     ranked = sorted(per_node, key=lambda v: (-v.agreement, -v.logit_sqnr_db))
     groups = []
     for gname in GROUPS:
@@ -470,17 +491,21 @@ def explain(cfg: ExplainConfig) -> ExplainResult:
     notes = []
     kept_dq = [v.name for v in per_node if v.weight_source != "fp32"]
     if kept_dq:
-        notes.append(f"{len(kept_dq)} node(s) have no FP32 twin with the same weight shape (rewritten graph): "
-                     f"returned to float with their dequantized weights ({', '.join(kept_dq[:6])}"
-                     f"{'…' if len(kept_dq) > 6 else ''})")
+        notes.append(
+            f"{len(kept_dq)} node(s) have no FP32 twin with the same weight shape (rewritten graph): "
+            f"returned to float with their dequantized weights ({', '.join(kept_dq[:6])}"
+            f"{'…' if len(kept_dq) > 6 else ''})"
+        )
 
     # Greedy: add nodes in rank order, keep each that raises agreement (or SQNR at equal agreement).
     chosen: list[str] = []
     greedy: list[Variant] = []
     best_agree, best_sq = agree0, sqnr0
     if agree0 >= cfg.target_agreement:
-        message = (f"the INT8 file already agrees with FP32 on {agree0:.2%} of {len(x)} samples "
-                   f"(target {cfg.target_agreement:.2%}): nothing needs to return to float")
+        message = (
+            f"the INT8 file already agrees with FP32 on {agree0:.2%} of {len(x)} samples "
+            f"(target {cfg.target_agreement:.2%}): nothing needs to return to float"
+        )
         reached = True
     else:
         for v in ranked:
@@ -495,25 +520,41 @@ def explain(cfg: ExplainConfig) -> ExplainResult:
                 best_agree, best_sq = trial.agreement, trial.logit_sqnr_db
         reached = best_agree >= cfg.target_agreement
         if reached:
-            message = (f"returning {len(chosen)} node(s) to float raises agreement from {agree0:.2%} to "
-                       f"{best_agree:.2%} (target {cfg.target_agreement:.2%}): {', '.join(chosen)}")
+            message = (
+                f"returning {len(chosen)} node(s) to float raises agreement from {agree0:.2%} to "
+                f"{best_agree:.2%} (target {cfg.target_agreement:.2%}): {', '.join(chosen)}"
+            )
         else:
             every = groups[-1].agreement
-            why = (f"even with every quantized compute node in float agreement is {every:.2%}: the rest of the error "
-                   "is in the other Q/DQ pairs (Add, Concat, pooling, output quantizers) and their ranges — try a "
-                   "larger or more representative calibration set, or another method"
-                   if every < cfg.target_agreement else
-                   "the error is spread over many nodes — raise --max-float, or use accuracy-aware "
-                   "quantization (--max-drop)")
-            message = (f"cannot reach {cfg.target_agreement:.2%} agreement by returning up to {cfg.max_float} node(s) to "
-                       f"float: the best set found ({len(chosen)} node(s)) gives {best_agree:.2%} "
-                       f"(INT8 file {agree0:.2%}); {why}")
+            why = (
+                f"even with every quantized compute node in float agreement is {every:.2%}: the rest of the error "
+                "is in the other Q/DQ pairs (Add, Concat, pooling, output quantizers) and their ranges — try a "
+                "larger or more representative calibration set, or another method"
+                if every < cfg.target_agreement
+                else "the error is spread over many nodes — raise --max-float, or use accuracy-aware "
+                "quantization (--max-drop)"
+            )
+            message = (
+                f"cannot reach {cfg.target_agreement:.2%} agreement by returning up to {cfg.max_float} node(s) to "
+                f"float: the best set found ({len(chosen)} node(s)) gives {best_agree:.2%} "
+                f"(INT8 file {agree0:.2%}); {why}"
+            )
     log.info("%s", message)
     return ExplainResult(
-        fp32=str(cfg.fp32), int8=str(cfg.int8), samples=int(len(x)), source=val.source,
-        target_agreement=cfg.target_agreement, baseline=baseline, nodes=tuple(ranked), groups=tuple(groups),
-        greedy=tuple(greedy), recommended=tuple(chosen), reached=reached, message=message,
-        elapsed_s=time.perf_counter() - t0, notes=tuple(notes),
+        fp32=str(cfg.fp32),
+        int8=str(cfg.int8),
+        samples=int(len(x)),
+        source=val.source,
+        target_agreement=cfg.target_agreement,
+        baseline=baseline,
+        nodes=tuple(ranked),
+        groups=tuple(groups),
+        greedy=tuple(greedy),
+        recommended=tuple(chosen),
+        reached=reached,
+        message=message,
+        elapsed_s=time.perf_counter() - t0,
+        notes=tuple(notes),
     )
 
 
@@ -532,35 +573,71 @@ def render_markdown(res: ExplainResult, *, command: str = "", top: int = 20) -> 
     out = ["# INT8 error by node", ""]
     if command:
         out += [f"Command: `{command}`", ""]
-    out += [f"FP32 `{res.fp32}`, INT8 `{res.int8}`; {res.samples} samples ({res.source}).", "",
-            f"INT8 file: top-1 agreement with FP32 **{b.agreement:.2%}**, logit SQNR {_sq(b.logit_sqnr_db)} dB.", "",
-            f"**{res.message}**", ""]
+    out += [
+        f"FP32 `{res.fp32}`, INT8 `{res.int8}`; {res.samples} samples ({res.source}).",
+        "",
+        f"INT8 file: top-1 agreement with FP32 **{b.agreement:.2%}**, logit SQNR {_sq(b.logit_sqnr_db)} dB.",
+        "",
+        f"**{res.message}**",
+        "",
+    ]
     if res.recommended:
-        out += ["Applied: `recommended.int8.onnx` in this folder is the INT8 file with these nodes in float (the "
-                "variant scored above). Re-quantizing with `python -m quantize int8 --onnx " + res.fp32 + " --ignore "
-                + ",".join(res.recommended) + " ...` also moves the other quantizers: measure its agreement again.", ""]
-    out += [f"## Nodes ranked by the agreement their return to float recovers (top {min(top, len(res.nodes))} "
-            f"of {len(res.nodes)})", ""]
-    out += md_table(["rank", "node", "op", "group", "output SQNR (dB)", "agreement if float", "recovered (pts)",
-                     "logit SQNR (dB)"],
-                    [[i, f"`{v.name}`", v.op_type, ",".join(v.groups) or "–", _sq(v.output_sqnr_db), f"{v.agreement:.2%}",
-                      f"{v.recovered_pts:+.2f}", _sq(v.logit_sqnr_db)] for i, v in enumerate(res.nodes[:top], 1)],
-                    align="rlllrrrr")
+        out += [
+            "Applied: `recommended.int8.onnx` in this folder is the INT8 file with these nodes in float (the "
+            "variant scored above). Re-quantizing with `python -m quantize int8 --onnx "
+            + res.fp32
+            + " --ignore "
+            + ",".join(res.recommended)
+            + " ...` also moves the other quantizers: measure its agreement again.",
+            "",
+        ]
+    out += [
+        f"## Nodes ranked by the agreement their return to float recovers (top {min(top, len(res.nodes))} "
+        f"of {len(res.nodes)})",
+        "",
+    ]
+    out += md_table(
+        ["rank", "node", "op", "group", "output SQNR (dB)", "agreement if float", "recovered (pts)", "logit SQNR (dB)"],
+        [
+            [
+                i,
+                f"`{v.name}`",
+                v.op_type,
+                ",".join(v.groups) or "–",
+                _sq(v.output_sqnr_db),
+                f"{v.agreement:.2%}",
+                f"{v.recovered_pts:+.2f}",
+                _sq(v.logit_sqnr_db),
+            ]
+            for i, v in enumerate(res.nodes[:top], 1)
+        ],
+        align="rlllrrrr",
+    )
     if res.groups:
         out += ["", "## Model-level groups returned to float", ""]
-        out += md_table(["group", "nodes", "agreement if float", "recovered (pts)", "logit SQNR (dB)"],
-                        [[v.name, len(v.nodes), f"{v.agreement:.2%}", f"{v.recovered_pts:+.2f}", _sq(v.logit_sqnr_db)]
-                         for v in res.groups], align="lrrrr")
+        out += md_table(
+            ["group", "nodes", "agreement if float", "recovered (pts)", "logit SQNR (dB)"],
+            [
+                [v.name, len(v.nodes), f"{v.agreement:.2%}", f"{v.recovered_pts:+.2f}", _sq(v.logit_sqnr_db)]
+                for v in res.groups
+            ],
+            align="lrrrr",
+        )
     if res.greedy:
         out += ["", "## Greedy float set", ""]
-        out += md_table(["step", "node added", "agreement", "logit SQNR (dB)"],
-                        [[i, f"`{v.nodes[-1]}`", f"{v.agreement:.2%}", _sq(v.logit_sqnr_db)]
-                         for i, v in enumerate(res.greedy, 1)], align="rlrr")
+        out += md_table(
+            ["step", "node added", "agreement", "logit SQNR (dB)"],
+            [[i, f"`{v.nodes[-1]}`", f"{v.agreement:.2%}", _sq(v.logit_sqnr_db)] for i, v in enumerate(res.greedy, 1)],
+            align="rlrr",
+        )
     if res.notes:
         out += ["", "## Notes", ""] + [f"- {n}" for n in res.notes]
-    out += ["", "Output SQNR: the node's output in the INT8 file against the same tensor in FP32 (includes the error "
-            "arriving from upstream). Agreement if float: the INT8 file with only that node (or group) reading float "
-            "activations and FP32 weights."]
+    out += [
+        "",
+        "Output SQNR: the node's output in the INT8 file against the same tensor in FP32 (includes the error "
+        "arriving from upstream). Agreement if float: the INT8 file with only that node (or group) reading float "
+        "activations and FP32 weights.",
+    ]
     return "\n".join(out) + "\n"
 
 
@@ -590,16 +667,19 @@ def _plot(res: ExplainResult, path: Path, top: int = 20) -> Path | None:
     return path
 
 
-def write_explain(res: ExplainResult, out: str | os.PathLike, *, command: str = "",
-                  plots: bool = True) -> dict[str, Path]:
+def write_explain(
+    res: ExplainResult, out: str | os.PathLike, *, command: str = "", plots: bool = True
+) -> dict[str, Path]:
     """Write ``explain.json``, ``explain.md`` (and ``explain.png``) into ``out``."""
     from runtime.artifacts import atomic_write_json, atomic_write_text
 
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     body = {**res.to_dict(), "command": command}
-    paths = {"json": atomic_write_json(folder / "explain.json", body),
-             "md": atomic_write_text(folder / "explain.md", render_markdown(res, command=command))}
+    paths = {
+        "json": atomic_write_json(folder / "explain.json", body),
+        "md": atomic_write_text(folder / "explain.md", render_markdown(res, command=command)),
+    }
     if res.recommended:
         paths["model"] = write_recommended(res, folder / "recommended.int8.onnx")
     if plots:
@@ -623,24 +703,33 @@ def write_recommended(res: ExplainResult, path: str | os.PathLike) -> Path:
     variant, sources = float_variant(onnx.load(res.int8), onnx.load(res.fp32), res.recommended)
     out = atomic_write_bytes(path, variant.SerializeToString())
     side = read_sidecar(res.int8) if sidecar_path(res.int8).is_file() else {"precision": "int8"}
-    side.update({
-        "float_nodes": sorted(set(side.get("float_nodes") or []) | set(res.recommended)),
-        "derived_from": {"path": res.int8, "sha256": sha256_file(res.int8), "by": "python -m quantize explain",
-                         "weights": sources, "expected_agreement": res.greedy[-1].agreement if res.greedy else None},
-    })
+    side.update(
+        {
+            "float_nodes": sorted(set(side.get("float_nodes") or []) | set(res.recommended)),
+            "derived_from": {
+                "path": res.int8,
+                "sha256": sha256_file(res.int8),
+                "by": "python -m quantize explain",
+                "weights": sources,
+                "expected_agreement": res.greedy[-1].agreement if res.greedy else None,
+            },
+        }
+    )
     write_sidecar(out, side)
     return out
 
 
 def summary_table(res: ExplainResult, top: int = 10) -> str:
     """A short plain-text table for the terminal (the CLI prints it)."""
-    lines = [f"INT8 agreement with FP32: {res.baseline.agreement:.2%} ({res.samples} samples)",
-             f"{'node':<40} {'op':<13} {'if float':>9} {'Δpts':>7} {'out SQNR':>9}"]
+    lines = [
+        f"INT8 agreement with FP32: {res.baseline.agreement:.2%} ({res.samples} samples)",
+        f"{'node':<40} {'op':<13} {'if float':>9} {'Δpts':>7} {'out SQNR':>9}",
+    ]
     for v in res.nodes[:top]:
-        lines.append(f"{v.name[:40]:<40} {v.op_type:<13} {v.agreement:>9.2%} {v.recovered_pts:>+7.2f} "
-                     f"{_sq(v.output_sqnr_db):>9}")
+        lines.append(
+            f"{v.name[:40]:<40} {v.op_type:<13} {v.agreement:>9.2%} {v.recovered_pts:>+7.2f} {_sq(v.output_sqnr_db):>9}"
+        )
     for v in res.groups:
         lines.append(f"{'group ' + v.name:<40} {'':<13} {v.agreement:>9.2%} {v.recovered_pts:>+7.2f}")
     lines.append(res.message)
     return "\n".join(lines)
-

@@ -22,8 +22,10 @@ FAST = ["--calib-size", "14", "--min-calib-size", "8", "--no-latency"]
 @pytest.fixture(scope="module")
 def int8_file(lanmsff_tiny_onnx, tmp_path_factory):
     out = tmp_path_factory.mktemp("explain") / "model.int8.onnx"
-    assert cli(["int8", "--onnx", str(lanmsff_tiny_onnx), "--out", str(out), *FAST, "--method", "ort",
-                "--ignore", "none"]) == 0
+    assert (
+        cli(["int8", "--onnx", str(lanmsff_tiny_onnx), "--out", str(out), *FAST, "--method", "ort", "--ignore", "none"])
+        == 0
+    )
     return out
 
 
@@ -47,8 +49,21 @@ def test_float_variant_of_every_node_equals_fp32(lanmsff_tiny_onnx, int8_file):
 
 def test_cli_ranks_nodes_and_writes_reports(lanmsff_tiny_onnx, int8_file, tmp_path, capsys):
     out = tmp_path / "report"
-    rc = cli(["explain", "--fp32", str(lanmsff_tiny_onnx), "--int8", str(int8_file), "--out", str(out),
-              "--target-agreement", "1.0", "--max-float", "3"])
+    rc = cli(
+        [
+            "explain",
+            "--fp32",
+            str(lanmsff_tiny_onnx),
+            "--int8",
+            str(int8_file),
+            "--out",
+            str(out),
+            "--target-agreement",
+            "1.0",
+            "--max-float",
+            "3",
+        ]
+    )
     assert rc == 0
     body = json.loads((out / "explain.json").read_text())
     nodes = body["nodes"]
@@ -95,8 +110,20 @@ def test_bad_inputs_are_clear(lanmsff_tiny_onnx, manet_tiny_onnx, int8_file, tmp
         explain(ExplainConfig(fp32=str(tmp_path / "nope.onnx"), int8=str(int8_file)))
     with pytest.raises(ConfigError, match="target-agreement"):
         ExplainConfig(fp32="a", int8="b", target_agreement=1.5)
-    assert cli(["explain", "--fp32", str(lanmsff_tiny_onnx), "--int8", str(lanmsff_tiny_onnx),
-                "--out", str(tmp_path / "r")]) != 0
+    assert (
+        cli(
+            [
+                "explain",
+                "--fp32",
+                str(lanmsff_tiny_onnx),
+                "--int8",
+                str(lanmsff_tiny_onnx),
+                "--out",
+                str(tmp_path / "r"),
+            ]
+        )
+        != 0
+    )
     assert "not a Q/DQ INT8 model" in caplog.text
 
 
