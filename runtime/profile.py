@@ -162,10 +162,11 @@ def profile_row(
 
 
 def profile_stem(model: str, backend: str, batch: int) -> str:
-    """File stem of one profile: ``<model file stem>.<backend>.b<batch>.profile``."""
-    name = Path(model).name
-    stem = name[: -len(".onnx")] if name.endswith(".onnx") else name
-    return f"{stem}.{backend}.b{batch}.profile"
+    """File stem of one profile: ``<model folder>.<model file stem>.<backend>.b<batch>.profile``
+    (the folder keeps two ``model.int8.onnx`` of one sweep apart)."""
+    path = Path(model)
+    stem = path.name[: -len(".onnx")] if path.name.endswith(".onnx") else path.name
+    return f"{path.parent.name}.{stem}.{backend}.b{batch}.profile"
 
 
 def render_profile(p: Mapping[str, Any]) -> str:

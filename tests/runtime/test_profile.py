@@ -63,15 +63,15 @@ def test_bench_profile_writes_tables(model, tmp_path):
     assert rc == 0
     graph_ops = {n.op_type for n in onnx.load(str(model)).graph.node}
     for batch in (1, 4):
-        body = json.loads((tmp_path / "profile" / f"model.ort.b{batch}.profile.json").read_text())
+        body = json.loads((tmp_path / "profile" / f"{model.parent.name}.model.ort.b{batch}.profile.json").read_text())
         assert body["batch"] == batch and body["backend"] == "ort" and body["node_count"] >= 1
         types = {o["op_type"] for o in body["op_types"]}
         assert types and types <= graph_ops | {"FusedGemm", "FusedConv"}  # onnxruntime may fuse
         assert sum(o["share"] for o in body["op_types"]) == pytest.approx(100.0, abs=0.01)
         assert all(n["ms"] >= 0 for n in body["nodes"]) and len(body["nodes"]) <= 20
-        md = (tmp_path / "profile" / f"model.ort.b{batch}.profile.md").read_text()
+        md = (tmp_path / "profile" / f"{model.parent.name}.model.ort.b{batch}.profile.md").read_text()
         assert "## Op types" in md and "Gemm" in md
     if HAS_OV:
-        body = json.loads((tmp_path / "profile" / "model.openvino.b4.profile.json").read_text())
+        body = json.loads((tmp_path / "profile" / f"{model.parent.name}.model.openvino.b4.profile.json").read_text())
         assert body["op_types"] and body["inference_precision"]
         assert sum(o["share"] for o in body["op_types"]) == pytest.approx(100.0, abs=0.01)
