@@ -313,6 +313,9 @@ def run_int8(cfg: Int8Config, *, force: bool = False, progress: Callable[[str], 
     )
 
     t = time.perf_counter()
+    say(
+        f"int8 {cfg.method.value}/{cfg.target.value}: reading {cfg.calibration.size} calibration images and the validation set"
+    )
     calib = build_calibration_set(
         contract, size=cfg.calibration.size, seed=cfg.calibration.seed, data=cfg.data, min_size=cfg.calibration.min_size
     )
@@ -332,6 +335,7 @@ def run_int8(cfg: Int8Config, *, force: bool = False, progress: Callable[[str], 
         ignored: list[str] = []
         scope_info.update(mode="none", chosen=[])
     elif cfg.ignore == ("auto",):
+        say("ignored scope 'auto': reading up to 300 held-out images to score each trial on")
         holdout = build_holdout_set(contract, exclude_ids=calib.ids, data=cfg.data, size=300, min_size=32)
         sel: LabelledSet = holdout if holdout is not None else val
         groups = {g: scopes.group(g) for g in GROUPS}
@@ -391,6 +395,7 @@ def run_int8(cfg: Int8Config, *, force: bool = False, progress: Callable[[str], 
             log.debug("lint: %s", f)
 
     t = time.perf_counter()
+    say(f"scoring the INT8 model against FP32 on {len(val)} validation images")
     cand_val = predict(make_session(q), val.tensors)
     tol = tolerance_for("int8")
     if cfg.max_drop_pts is not None:
@@ -511,6 +516,7 @@ def run_fp16(cfg: Fp16Config, *, force: bool = False, progress: Callable[[str], 
     half, info = convert_fp16(model, keep_fp32_ops=keep)
     copy_contract(model, half, {KEY_PRECISION: "fp16", KEY_QUANTIZATION: json.dumps({"form": "fp16 graph, fp32 I/O"})})
     val = build_validation_set(contract, data=cfg.data, limit=cfg.val_limit)
+    say(f"fp16: scoring the FP16 model against FP32 on {len(val)} validation images")
     ref = predict(make_session(model), val.tensors)
     val = with_reference_labels(val, ref)
     out = predict(make_session(half), val.tensors)
