@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 # The whole pipeline (train, export, quantize, TensorRT where present, parity, bench, report) into
 # runs/demo/; a rerun reuses every up-to-date artifact (docs/pipeline.md).
 demo: setup
-	$(PY) -m runtime pipeline --config configs/demo.yaml
+	$(VENV)/bin/ferdeploy pipeline --config configs/demo.yaml
 
 # Reproduces every speed figure README.md quotes: the demo's models (made by `make demo`, reused when
 # current) timed against FP32 in alternating rounds, 1 and 2 threads, batch 1 and 32, three repeats:
