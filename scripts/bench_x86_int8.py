@@ -1,0 +1,277 @@
+"""x86 INT8 against OpenVINO (issue 17, deliverables 2 and 5): one process, interleaved rounds.
+
+    python scripts/bench_x86_int8.py --fp32 D/model.onnx --int8 D/model.ort.cpu.int8.onnx \
+        --threads 1,2 --batches 1,32 --rounds 5 --repeats 3
+    python scripts/bench_x86_int8.py --manet /tmp/manet --threads 1,2 --batches 1,8 --rounds 3 --repeats 3
+
+Rows (per thread count, per batch): onnxruntime FP32; the project's INT8 file on onnxruntime; the
+same file read by OpenVINO; OpenVINO FP32 as read (OpenVINO's default precision: bf16 on CPUs that
+have it); OpenVINO INT8 made by ``nncf.quantize`` with its defaults from the FP32 ONNX.
+
+Threads are explicit in both runtimes: onnxruntime ``intra_op_num_threads`` (`make_session`) and
+OpenVINO ``INFERENCE_NUM_THREADS`` (the `OpenVinoBackend` compile properties: one stream, LATENCY
+hint). Each OpenVINO model is reshaped to a fixed batch and compiled once per (threads, batch);
+onnxruntime keeps the dynamic batch. A round times every engine once per batch; a repeat is
+``--rounds`` rounds, giving one p50 per cell; the tables show median [min-max] over ``--repeats``.
+
+``--manet DIR`` exports a random-init full ``manet`` into DIR (if missing), quantizes its x86 INT8
+file with ``python -m quantize int8 --method ort --target cpu`` and times it (speed only: no
+agreement figures for random weights). The Markdown tables go to stdout and ``--out`` (JSON beside).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from quantize.calibration import build_calibration_set, build_validation_set  # noqa: E402
+from runtime.backends.openvino import OpenVinoBackend, _ov_precision  # noqa: E402
+from runtime.backends.ort import make_session  # noqa: E402
+from runtime.cli import parse_int_list  # noqa: E402
+from runtime.contract import read_contract  # noqa: E402
+from runtime.latency import measure_latency, summarize  # noqa: E402
+from runtime.report import md_table  # noqa: E402
+
+ENGINES = (
+    ("ort_fp32", "onnxruntime FP32"),
+    ("ort_int8", "project x86 INT8 on onnxruntime"),
+    ("ov_int8", "project x86 INT8 read by OpenVINO"),
+    ("ov_fp32", "OpenVINO FP32 as read (default precision: {prec})"),
+    ("ov_nncf", "OpenVINO INT8, nncf.quantize defaults"),
+)
+INT8 = ("ort_int8", "ov_int8", "ov_nncf")
+PROJECT = ("ort_int8", "ov_int8")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--fp32", type=Path, help="FP32 ONNX with its contract sidecar")
+    p.add_argument("--int8", type=Path, help="the project's x86 INT8 file (--target cpu)")
+    p.add_argument("--manet", type=Path, help="folder for a random-init manet (export + quantize if missing)")
+    p.add_argument("--threads", default="1,2")
+    p.add_argument("--batches", default="1,32")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--seconds-per-round", type=float, default=0.3)
+    p.add_argument("--min-iterations", type=int, default=5, help="timed calls per engine per round, at least")
+    p.add_argument("--calib-size", type=int, default=300, help="images given to nncf.quantize")
+    p.add_argument("--val-limit", type=int, default=0, help="validation images for agreement (0: all)")
+    p.add_argument("--ov-dynamic", action="store_true", help="OpenVINO keeps the dynamic batch (no reshape)")
+    p.add_argument("--out", type=Path, help="write the Markdown here (and .json beside)")
+    return p
+
+
+def prepare_manet(folder: Path) -> tuple[Path, Path]:
+    """Random-init full manet in ``folder`` (tests/quantize/conftest.py export_tiny style) + its x86 INT8."""
+    onnx = folder / "model.onnx"
+    if not onnx.exists():
+        sys.path.insert(0, str(ROOT / "tests" / "quantize"))
+        from conftest import export_tiny
+
+        export_tiny(folder, "manet", per_class=5)
+    int8 = folder / "model.cpu.int8.onnx"
+    if not int8.exists():
+        cmd = [sys.executable, "-m", "quantize", "int8", "--onnx", str(onnx), "--out", str(int8)]
+        cmd += ["--method", "ort", "--target", "cpu", "--ignore", "none"]
+        cmd += ["--calib-size", "32", "--min-calib-size", "16", "--no-latency"]
+        subprocess.run(cmd, check=True, cwd=ROOT)
+    return onnx, int8
+
+
+def nncf_default_int8(fp32: Path, calib: np.ndarray):
+    """``nncf.quantize(ov_model, nncf.Dataset(tensors))`` with every setting left at its default."""
+    import nncf
+    import openvino as ov
+
+    model = ov.Core().read_model(str(fp32))
+    name = model.inputs[0].get_any_name()
+    data = nncf.Dataset([{name: calib[i : i + 1]} for i in range(len(calib))])
+    return nncf.quantize(model, data)
+
+
+def ov_compile(model_or_path, threads: int, batch: int | None):
+    """Compile with `OpenVinoBackend`'s properties (threads, 1 stream, LATENCY); fixed batch if given."""
+    import openvino as ov
+
+    core = ov.Core()
+    model = core.read_model(str(model_or_path)) if isinstance(model_or_path, (str, Path)) else model_or_path.clone()
+    if batch is not None:
+        shape = model.inputs[0].get_partial_shape()
+        shape[0] = batch
+        model.reshape({model.inputs[0].get_any_name(): shape})
+    cfg = OpenVinoBackend("unused.onnx", threads=threads).config()
+    compiled = core.compile_model(model, "CPU", cfg)
+    return compiled, _ov_precision(compiled.get_property("INFERENCE_PRECISION_HINT"))
+
+
+def ov_runner(compiled, x: np.ndarray):
+    req = compiled.create_infer_request()
+    feed = {compiled.inputs[0].get_any_name(): x}
+    return lambda: req.infer(feed)
+
+
+def predict_top1(engine: str, models: dict, x: np.ndarray, threads: int, batch: int = 32) -> np.ndarray:
+    """Top-1 of ``engine`` over ``x`` (OpenVINO: fixed batch, last batch padded)."""
+    out = []
+    if engine.startswith("ort"):
+        sess = make_session(models[engine], threads=threads)
+        name = sess.get_inputs()[0].name
+        for i in range(0, len(x), batch):
+            out.append(sess.run(None, {name: x[i : i + batch]})[0])
+    else:
+        compiled, _ = ov_compile(models[engine], threads, batch)
+        req = compiled.create_infer_request()
+        name = compiled.inputs[0].get_any_name()
+        for i in range(0, len(x), batch):
+            chunk = x[i : i + batch]
+            pad = np.concatenate([chunk, np.repeat(chunk[-1:], batch - len(chunk), 0)]) if len(chunk) < batch else chunk
+            out.append(np.asarray(req.infer({name: pad})[compiled.outputs[0]])[: len(chunk)])
+    return np.concatenate(out).argmax(1)
+
+
+def tile(inputs: np.ndarray, batch: int) -> np.ndarray:
+    reps = -(-batch // len(inputs))
+    return np.ascontiguousarray(np.concatenate([inputs] * reps)[:batch], dtype=np.float32)
+
+
+def time_threads(models: dict, inputs: np.ndarray, threads: int, batches, args, prec: dict) -> dict:
+    """p50 per (engine, batch) for each repeat: {engine: {batch: [p50 per repeat]}}."""
+    runners: dict[tuple[str, int], object] = {}
+    for engine, _ in ENGINES:
+        if engine.startswith("ort"):
+            sess = make_session(models[engine], threads=threads)
+            name = sess.get_inputs()[0].name
+            for b in batches:
+                x = tile(inputs, b)
+                runners[engine, b] = lambda s=sess, n=name, x=x: s.run(None, {n: x})
+        else:
+            for b in batches:
+                compiled, prec[engine] = ov_compile(models[engine], threads, None if args.ov_dynamic else b)
+                runners[engine, b] = ov_runner(compiled, tile(inputs, b))
+    p50: dict = {e: {b: [] for b in batches} for e, _ in ENGINES}
+    for rep in range(args.repeats):
+        samples: dict = {key: [] for key in runners}
+        for r in range(args.rounds):
+            for b in batches:
+                for engine, _ in ENGINES:
+                    st = measure_latency(
+                        runners[engine, b],
+                        batch=b,
+                        warmup_s=0.5 if (rep, r) == (0, 0) else 0.0,
+                        warmup_iterations=3 if r == 0 else 1,
+                        min_iterations=args.min_iterations,
+                        min_seconds=args.seconds_per_round,
+                        n_boot=10,
+                    )
+                    samples[engine, b].extend(st.samples_ms)
+        for (engine, b), s in samples.items():
+            p50[engine][b].append(summarize(s, batch=b, n_boot=10).p50_ms)
+        line = ", ".join(f"{e} b{b} {p50[e][b][-1]:.2f}" for b in batches for e, _ in ENGINES)
+        print(f"# {threads} thread(s), repeat {rep + 1}: p50 ms {line}", file=sys.stderr, flush=True)
+    return p50
+
+
+def mr(values) -> str:
+    v = np.asarray(values, dtype=float)
+    return f"{np.median(v):.2f}× [{v.min():.2f}–{v.max():.2f}]"
+
+
+def render(results: dict, threads, batches, prec: dict, accuracy: dict | None) -> list[str]:
+    cells = [(t, b) for t in threads for b in batches]
+    head = ["engine", *(f"{t} thr b{b}" for t, b in cells)]
+    lat_rows, sp_rows = [], []
+    for engine, label in ENGINES:
+        label = label.format(prec=prec.get("ov_fp32", "?"))
+        lat, sp = [label], [label]
+        for t, b in cells:
+            p = np.asarray(results[t][engine][b])
+            ref = np.asarray(results[t]["ort_fp32"][b])
+            lat.append(f"{np.median(p):.2f} [{p.min():.2f}–{p.max():.2f}]")
+            sp.append(mr(ref / p))
+        lat_rows.append(lat)
+        sp_rows.append(sp)
+    best, ratio = ["project best INT8 (engine)"], ["project best INT8 / OpenVINO NNCF defaults"]
+    for t, b in cells:
+        med = {e: float(np.median(results[t][e][b])) for e in PROJECT}
+        e = min(med, key=med.get)
+        best.append(f"{med[e]:.2f} ms ({'ort' if e == 'ort_int8' else 'openvino'})")
+        ratio.append(mr(np.asarray(results[t]["ov_nncf"][b]) / np.asarray(results[t][e][b])))
+    lines = ["p50 ms, median [min–max] over repeats:", "", *md_table(head, lat_rows), ""]
+    lines += ["Speed-up over onnxruntime FP32 (per repeat, same thread count and batch), median [min–max]:", ""]
+    lines += [*md_table(head, [*sp_rows, best, ratio]), ""]
+    if accuracy:
+        rows = [[k, f"{v['agreement'] * 100:.2f} %", f"{v['top1'] * 100:.2f} %"] for k, v in accuracy.items()]
+        lines += ["Top-1 agreement with FP32 (onnxruntime) and top-1 accuracy on the validation images:", ""]
+        lines += [*md_table(["engine", "agreement with FP32", "top-1"], rows), ""]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    threads = parse_int_list(args.threads, "--threads")
+    batches = parse_int_list(args.batches, "--batches")
+    speed_only = args.manet is not None
+    if speed_only:
+        args.fp32, args.int8 = prepare_manet(args.manet)
+    if not (args.fp32 and args.int8):
+        raise SystemExit("give --fp32 and --int8, or --manet DIR")
+    contract = read_contract(args.fp32)
+    t0 = time.time()
+    calib = build_calibration_set(contract, size=args.calib_size, seed=0, data=None, min_size=16)
+    ov_nncf = nncf_default_int8(args.fp32, calib.tensors)
+    print(f"# nncf.quantize defaults on {len(calib)} images: {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
+    models = {
+        "ort_fp32": args.fp32,
+        "ort_int8": args.int8,
+        "ov_int8": args.int8,
+        "ov_fp32": args.fp32,
+        "ov_nncf": ov_nncf,
+    }
+    accuracy = None
+    if not speed_only:
+        val = build_validation_set(contract, data=None, limit=args.val_limit)
+        ref = predict_top1("ort_fp32", models, val.tensors, max(threads))
+        accuracy = {"FP32 (onnxruntime)": {"agreement": 1.0, "top1": float((ref == val.labels).mean())}}
+        for e in INT8:
+            top = predict_top1(e, models, val.tensors, max(threads))
+            label = dict(ENGINES)[e]
+            accuracy[label] = {"agreement": float((top == ref).mean()), "top1": float((top == val.labels).mean())}
+        print(f"# accuracy on {len(val)} images: {accuracy}", file=sys.stderr, flush=True)
+    inputs = calib.tensors[: max(batches)]
+    prec: dict = {}
+    results = {t: time_threads(models, inputs, t, batches, args, prec) for t in threads}
+    import onnxruntime
+    import openvino
+
+    head = [
+        f"Date {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {platform.processor() or platform.machine()}; "
+        f"onnxruntime {onnxruntime.__version__}, openvino {openvino.__version__.split('-')[0]}; "
+        f"{args.rounds} rounds x {args.repeats} repeats, >= {args.seconds_per_round} s and "
+        f">= {args.min_iterations} calls per engine per round; OpenVINO "
+        f"{'dynamic batch (no reshape)' if args.ov_dynamic else 'fixed batch per compiled model'}; "
+        f"nncf.quantize defaults on {len(calib)} calibration images.",
+        "",
+    ]
+    lines = head + render(results, threads, batches, prec, accuracy)
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+        blob = {"threads": threads, "batches": batches, "p50_ms": results, "accuracy": accuracy, "precision": prec}
+        args.out.with_suffix(".json").write_text(json.dumps(blob, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
