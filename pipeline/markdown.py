@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from runtime.report import md_table
+from runtime.report import agreement_text, md_table, verdict_text
 
 log = logging.getLogger(__name__)
 
@@ -27,14 +27,6 @@ def _fmt(v: Any, spec: str = ".4f") -> str:
 
 def _mb(n: Any) -> str:
     return "–" if n is None else f"{n / 1e6:.2f} MB"
-
-
-def _agree_ci(r: Mapping[str, Any]) -> str:
-    ci = r.get("top1_agreement_ci")
-    a = r.get("top1_agreement")
-    if a is None:
-        return "–"
-    return f"{a:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else f"{a:.4f}"
 
 
 def _measurement_lines(m: Mapping[str, Any]) -> list[str]:
@@ -137,7 +129,6 @@ def _engine_lines(trt: Mapping[str, Any]) -> list[str]:
 def render_report(body: Mapping[str, Any]) -> str:
     """report.md from report.json's content (pure)."""
     from runtime.env import summary_line
-    from runtime.report import verdict_text
 
     rows = body.get("rows", [])
     tr = body.get("training") or {}
@@ -297,7 +288,7 @@ def render_report(body: Mapping[str, Any]) -> str:
                 _row_name(r),
                 r.get("backend"),
                 verdict_text({**r, "bounds": ""}),
-                _agree_ci(r),
+                agreement_text(r.get("top1_agreement"), r.get("top1_agreement_ci")),
                 _fmt(r.get("accuracy_drop_pts"), "+.2f"),
                 _fmt(r.get("max_prob_diff"), ".3g"),
                 r.get("bounds") or "–",

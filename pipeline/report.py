@@ -237,13 +237,7 @@ def _deploy_summaries(ctx: Context) -> list[dict[str, Any]]:
                 "folder": ctx.layout.rel(rep.parent),
                 "report": ctx.layout.rel(rep.with_suffix(".md")),
                 "exact": body.get("exact"),
-                "model": Path(
-                    str(
-                        (body.get("model") or {}).get("path", "")
-                        if isinstance(body.get("model"), dict)
-                        else body.get("model", "")
-                    )
-                ).name,
+                "model": Path(str((body.get("model") or {}).get("path", ""))).name,  # export/deploy/report.py
                 "max_abs_input_diff": max((s.get("max_abs_input_diff") or 0.0 for s in sets), default=None),
                 "top1_agreement": min(
                     (s.get("top1_agreement") for s in sets if s.get("top1_agreement") is not None), default=None

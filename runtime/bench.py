@@ -319,21 +319,7 @@ def run_bench(cfg: BenchConfig, *, progress: bool = False) -> BenchRun:
             try:
                 be = _make_backend(name, info.path, cfg.threads).load()
             except PipelineError as exc:
-                for b in cfg.batches:
-                    rows.append(
-                        BenchRow(
-                            info.path,
-                            info.label,
-                            name,
-                            info.precision,
-                            info.precision_source,
-                            info.sha256,
-                            b,
-                            rep,
-                            None,
-                            error=f"{type(exc).__name__}: {exc}",
-                        )
-                    )
+                rows += [_row(info, name, b, rep, None, error=f"{type(exc).__name__}: {exc}") for b in cfg.batches]
                 continue
             try:
                 desc = be.describe()
@@ -344,21 +330,11 @@ def run_bench(cfg: BenchConfig, *, progress: bool = False) -> BenchRun:
                 )
                 for b in cfg.batches:
                     if fixed is not None and b != fixed:  # a fixed-batch graph would silently run its own batch
-                        rows.append(
-                            BenchRow(
-                                info.path,
-                                info.label,
-                                name,
-                                info.precision,
-                                info.precision_source,
-                                info.sha256,
-                                b,
-                                rep,
-                                None,
-                                error=f"the model has a fixed batch of {fixed}; "
-                                f"bench it with --batch {fixed} (or make the batch dynamic: export adopt)",
-                            )
+                        error = (
+                            f"the model has a fixed batch of {fixed}; "
+                            f"bench it with --batch {fixed} (or make the batch dynamic: export adopt)"
                         )
+                        rows.append(_row(info, name, b, rep, None, error=error))
                         continue
                     feeds = random_feeds(be.input_specs, b, seed=cfg.seed)
                     hook = be.bench_fn(b)
@@ -373,19 +349,7 @@ def run_bench(cfg: BenchConfig, *, progress: bool = False) -> BenchRun:
                         seed=cfg.seed,
                     )
                     rows.append(
-                        BenchRow(
-                            info.path,
-                            info.label,
-                            name,
-                            info.precision,
-                            info.precision_source,
-                            info.sha256,
-                            b,
-                            rep,
-                            stats,
-                            "bench_fn" if hook else "infer",
-                            desc,
-                        )
+                        _row(info, name, b, rep, stats, timed="bench_fn" if hook else "infer", backend_info=desc)
                     )
                     log.info(
                         "%-40s %-8s b=%-3d p50 %.3f ms [%.3f, %.3f] p99 %.3f ms  %.1f img/s",
@@ -431,6 +395,22 @@ def run_bench(cfg: BenchConfig, *, progress: bool = False) -> BenchRun:
         bar.close()
     return BenchRun(
         tuple(rows), tuple(overhead), spread_of(rows), cfg, skipped, time.perf_counter() - t_start, tuple(profiles)
+    )
+
+
+def _row(info: Any, backend: str, batch: int, repeat: int, stats: LatencyStats | None, **extra: Any) -> BenchRow:
+    """A `BenchRow` of model ``info`` (a `runtime.parity.ModelInfo`) on ``backend``."""
+    return BenchRow(
+        info.path,
+        info.label,
+        backend,
+        info.precision,
+        info.precision_source,
+        info.sha256,
+        batch,
+        repeat,
+        stats,
+        **extra,
     )
 
 

@@ -357,8 +357,10 @@ def compare_outputs(
     mean_d = float(fin.mean()) if fin.size else float("nan")
     p99_d = float(np.percentile(fin, 99)) if fin.size else float("nan")
     safe_cand = np.where(np.isfinite(cand64), cand64, 0.0)
-    kl = float(softmax_kl(ref64, safe_cand).mean())
-    pdiff = np.abs(np.exp(_log_softmax(safe_cand)) - np.exp(_log_softmax(ref64)))
+    lp, lq = _log_softmax(ref64), _log_softmax(safe_cand)  # once, for both the KL and the probability error
+    p_ref, p_cand = np.exp(lp), np.exp(lq)
+    kl = float(np.maximum((p_ref * (lp - lq)).sum(axis=1), 0.0).mean())  # as `softmax_kl`
+    pdiff = np.abs(p_cand - p_ref)
     max_p, mean_p = float(pdiff.max()), float(pdiff.mean())
 
     ref_pred = ref64.argmax(axis=1)

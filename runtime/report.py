@@ -429,7 +429,8 @@ def _f(v: Any, fmt: str = ".4f") -> str:
     return format(v, fmt)
 
 
-def _agree(value: float | None, ci: Sequence[float] | None) -> str:
+def agreement_text(value: float | None, ci: Sequence[float] | None) -> str:
+    """``0.9964 [0.9870, 0.9990]``: top-1 agreement with its 95% interval (``–`` when not measured)."""
     if value is None:
         return "–"
     return f"{value:.4f} [{ci[0]:.4f}, {ci[1]:.4f}]" if ci else f"{value:.4f}"
@@ -487,7 +488,7 @@ def render_markdown(report: Report) -> str:
                 _f(r.accuracy),
                 _f(r.macro_f1),
                 _f(r.accuracy_drop_pts, "+.2f"),
-                _agree(r.top1_agreement, r.top1_agreement_ci),
+                agreement_text(r.top1_agreement, r.top1_agreement_ci),
                 _f(r.max_prob_diff, ".3g"),
                 _f(r.max_abs_diff, ".3g"),
                 _f(r.kl_mean, ".3g"),

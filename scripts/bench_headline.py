@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -35,14 +34,11 @@ HEADLINE_FILES = ("model.ort.cpu.int8.onnx", "model.nncf.cpu.int8.onnx")  # the 
 OTHER_FILES = ("model.fp16.onnx", "model.nncf.int8.onnx", "model.ort.int8.onnx")
 
 
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+def _machine() -> str:
+    from runtime.env import cpu_info
+
+    cpu = cpu_info()
+    return f"{cpu.get('model')}, {cpu.get('logical_cores')} logical cores"
 
 
 def _inputs(model: Path, count: int = 32) -> np.ndarray:
@@ -143,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     body = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": f"{_cpu_name()}, {__import__('os').cpu_count()} logical cores",
+        "machine": _machine(),
         "command": "make bench (python scripts/bench_headline.py " + " ".join(argv or sys.argv[1:]) + ")",
         "method": f"onnxruntime CPU, FP32 and candidate timed in {args.rounds} alternating rounds of >= {args.seconds} s "
         f"each; speed-up = FP32 p50 / candidate p50; {args.repeats} repeats per cell: median [min-max]",

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
@@ -254,8 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime
     import openvino
 
+    from runtime.env import cpu_info
+
     head = [
-        f"Date {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {platform.processor() or platform.machine()}; "
+        f"Date {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {cpu_info().get('model')}; "
         f"onnxruntime {onnxruntime.__version__}, openvino {openvino.__version__.split('-')[0]}; "
         f"{args.rounds} rounds x {args.repeats} repeats, >= {args.seconds_per_round} s and "
         f">= {args.min_iterations} calls per engine per round; OpenVINO "
