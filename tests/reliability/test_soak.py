@@ -112,6 +112,20 @@ class _HoardingBackend(OrtBackend):
         return super()._infer(feeds)
 
 
+class _SteppingBackend(OrtBackend):
+    """The ORT backend, plus a one-off step: the 100th call keeps 12 MiB of touched memory, once."""
+
+    def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import mmap
+
+        n = self.__dict__["calls"] = self.__dict__.get("calls", 0) + 1
+        if n == 100:
+            block = mmap.mmap(-1, 12 * MIB)
+            block.write(b"\x01" * (12 * MIB))
+            self.__dict__["step"] = block
+        return super()._infer(feeds)
+
+
 class _ObjectLeakBackend(OrtBackend):
     """The ORT backend, plus a planted Python leak: every call keeps a small dict (~1 KiB)."""
 
@@ -144,6 +158,22 @@ def test_rss_leak_is_flagged(linear_onnx: Path) -> None:
     assert r.growth.growth_mib > 15
     assert r.growth.shape == "slope"
     assert any("RSS grew" in f for f in r.failures)
+    # The confirmation window saw the leak go on (another 300 × 64 KiB).
+    assert r.confirm_growth_mib is not None and r.confirm_growth_mib > 15
+    assert "more over 300 further inferences" in " ".join(r.failures)
+
+
+def test_a_one_off_step_over_the_bound_is_reported_not_failed(linear_onnx: Path) -> None:
+    # 12 MiB once (call 100, inside the soak window), then nothing: over the 8 MiB bound in the
+    # soak window, flat in the confirmation window.
+    r = soak.soak_backend("step", _SteppingBackend, linear_onnx, count=300, warmup=20, sample_every=10)
+    assert r.growth.over_bound and r.growth.growth_mib > 11
+    assert r.confirm_growth_mib is not None and abs(r.confirm_growth_mib) < 1
+    assert r.passed, r.failures
+    head, _, row = soak.format_table([r]).splitlines()
+    cells = dict(zip([c.strip() for c in head.split("|")], [c.strip() for c in row.split("|")]))
+    assert float(cells["confirm window MiB"]) == pytest.approx(r.confirm_growth_mib, abs=0.01)
+    assert cells["result"] == "pass"
 
 
 def test_python_object_leak_is_flagged(linear_onnx: Path) -> None:
