@@ -92,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
         "groups (gates, pwfs, heads, stem), type:OpType, node names",
     )
     p.add_argument("--bias-correction", action="store_true", help="NNCF fast bias correction (off by default)")
+    p.add_argument(
+        "--no-runtime-pick",
+        action="store_true",
+        help="cpu target: do not time the file on each installed x86 runtime (onnxruntime, OpenVINO) to name the fastest",
+    )
 
     f = sub.add_parser("fp16", help="FP16 graph with FP32 inputs and outputs")
     _add_common(f)
@@ -196,6 +201,7 @@ def main(argv: Sequence[str]) -> int:
         return _explain(args, argv)
     from quantize.config import CalibrationConfig, Fp16Config, Int8Config
     from quantize.orchestrate import run_fp16, run_int8
+    from quantize.runtime_pick import RuntimePickConfig
 
     data = args.data
     if args.detect:  # faces cropped from the photos into <out stem>.faces/ beside the output
@@ -217,6 +223,7 @@ def main(argv: Sequence[str]) -> int:
             val_limit=args.val_limit,
             calibration=CalibrationConfig(size=args.calib_size, seed=args.calib_seed, min_size=args.min_calib_size),
             latency=_latency(args),
+            runtime_pick=RuntimePickConfig(enabled=not args.no_runtime_pick, threads=args.threads),
         )
         with output_lock(Path(args.out).parent, "quantization"):
             result = run_int8(cfg, force=args.force)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from quantize.calibration import DEFAULT_CALIB_SIZE, DEFAULT_MIN_SIZE
+from quantize.runtime_pick import RuntimePickConfig
 from runtime.configs import from_mapping, load_yaml
 from runtime.errors import ConfigError
 
@@ -104,6 +105,8 @@ class Int8Config:
         val_limit: Score on at most this many validation samples (0: all).
         calibration: Calibration subset settings.
         latency: Latency settings.
+        runtime_pick: cpu target: time the file on each installed x86 runtime and name the fastest
+            at equal accuracy (`quantize.runtime_pick`).
     """
 
     onnx: Path
@@ -118,6 +121,7 @@ class Int8Config:
     val_limit: int = 0
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     latency: LatencyConfig = field(default_factory=LatencyConfig)
+    runtime_pick: RuntimePickConfig = field(default_factory=RuntimePickConfig)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "onnx", Path(self.onnx))

@@ -424,6 +424,13 @@ def run_int8(cfg: Int8Config, *, force: bool = False, progress: Callable[[str], 
     _save_model(
         q, cfg.out, stage=f"quantize int8 ({cfg.method.value}, {cfg.target.value} form)", target=cfg.target.value
     )
+    runtime = None
+    if cfg.target is Target.CPU and cfg.runtime_pick.enabled:
+        from quantize.runtime_pick import pick_runtime
+
+        t = time.perf_counter()
+        runtime = pick_runtime(cfg.out, val.tensors, ref_val, val.labels, cfg.runtime_pick, progress=say)
+        timing["runtime_pick_s"] = time.perf_counter() - t
     manifest, manifest_sha = write_manifest(cfg.out, calib)
     timing["total_s"] = time.perf_counter() - t_start
     calib_summary = {k: calib.manifest[k] for k in ("source", "size", "seed", "class_counts", "tensor_sha256")}
@@ -444,6 +451,7 @@ def run_int8(cfg: Int8Config, *, force: bool = False, progress: Callable[[str], 
         calibration=calib_summary,
         conversion=qinfo,
         timing=timing,
+        runtime=runtime,
     )
     paths = write_report(report, cfg.out)
     side = write_sidecar(
@@ -460,6 +468,9 @@ def run_int8(cfg: Int8Config, *, force: bool = False, progress: Callable[[str], 
             "accuracy_control": accuracy_control,
             "float_nodes": sorted(set(ignored) | set(reverted)),
             "settings": qinfo.get("settings"),
+            "runtime": None
+            if runtime is None
+            else {"fastest": runtime.fastest, "description": runtime.runtime, "note": runtime.note},
             "lint": {
                 "passed": lint.passed,
                 "errors": len(lint.errors),

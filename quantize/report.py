@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runtime.artifacts import atomic_write_json, atomic_write_text
 from runtime.compare import ParityResult
 from runtime.latency import LatencyStats
 from runtime.qdq_lint import LintReport
+
+if TYPE_CHECKING:
+    from quantize.runtime_pick import RuntimePick
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,7 @@ class QuantReport:
     calibration: dict[str, Any] = field(default_factory=dict)
     conversion: dict[str, Any] = field(default_factory=dict)
     timing: dict[str, float] = field(default_factory=dict)
+    runtime: RuntimePick | None = None  # cpu target: the fastest x86 runtime for the file, measured
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -97,6 +101,7 @@ class QuantReport:
             "calibration": self.calibration,
             "conversion": self.conversion,
             "timing": self.timing,
+            "runtime": self.runtime.to_dict() if self.runtime else None,
         }
 
     def to_markdown(self) -> str:
@@ -222,6 +227,10 @@ class QuantReport:
                     for r in lat.rows
                 ],
             )
+        if self.runtime:
+            from quantize.runtime_pick import render_markdown
+
+            lines += ["", render_markdown(self.runtime).rstrip("\n")]
         if self.timing:
             lines += ["", "Timing: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.timing.items())]
         return "\n".join(lines) + "\n"

@@ -91,6 +91,17 @@ def test_cpu_target_is_u8s8_and_says_so(lanmsff_tiny_onnx, tmp_path):
     md = out.with_name("model.cpu.int8.report.md").read_text()
     assert "not applicable: this is the cpu form" in md and "- error:" not in md
     _assert_contract_kept(lanmsff_tiny_onnx, out, "int8")
+    # The cpu target names the x86 runtime that ran the file fastest at equal accuracy, measured.
+    from runtime.backends import available_backends
+
+    report = json.loads(report_paths(out)[0].read_text())["runtime"]
+    labels = [c["label"] for c in report["candidates"]]
+    assert labels == ["onnxruntime", "openvino", "openvino-f32"]
+    assert side["runtime"]["fastest"] == report["fastest"] in labels
+    ran = {c["label"]: c["available"] for c in report["candidates"]}
+    assert ran["onnxruntime"]
+    assert ran["openvino"] == (available_backends(("openvino",))["openvino"] == "")
+    assert "## Fastest x86 runtime for this file" in md and f"**{report['fastest']}**" in md
 
 
 def test_auto_ignored_scope_is_measured_and_recorded(lanmsff_tiny_onnx, tmp_path):
