@@ -172,6 +172,13 @@ def build_bench_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also write per-node and per-op-type time tables (ORT profiling, OpenVINO PERF_COUNT) into OUT/profile/",
     )
+    p.add_argument(
+        "--roofline",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="count MACs and time a large INT8 GEMM per CPU runtime (~2 s each): achieved GMAC/s and "
+        "%% of INT8 peak per row (default on)",
+    )
     p.add_argument("--out", default=None, help="report folder (default: <first model folder>/bench)")
     p.add_argument("--no-plots", action="store_true", help="skip PNG plots")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -203,6 +210,7 @@ def bench_main(argv: list[str]) -> int:
         else (),
         repeat=args.repeat,
         profile=args.profile,
+        roofline=args.roofline,
     )
     run = run_bench(cfg, progress=not args.no_progress)
     report = bench_report(

@@ -50,6 +50,9 @@ class BenchConfig:
         seed: Seed of the random feeds and bootstrap.
         profile: Also write per-node / per-op-type time tables for ORT and OpenVINO rows (runtime/profile.py).
         profile_runs: Profiled calls per (model, backend, batch).
+        roofline: Count each ONNX model's multiply-accumulates and, for models with INT8 MACs on
+            ``ort``/``openvino``, time a large INT8 GEMM in the same runtime and thread count first
+            (runtime/roofline.py, ~2 s per runtime): rows get achieved GMAC/s and % of that INT8 peak.
     """
 
     models: tuple[str, ...]
@@ -65,6 +68,7 @@ class BenchConfig:
     seed: int = 0
     profile: bool = False
     profile_runs: int = 20
+    roofline: bool = True
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -89,6 +93,8 @@ class BenchRow:
         timed: ``bench_fn`` (backend hook) or ``infer`` (the harness call).
         backend_info: What the backend ran with.
         error: Why the row could not run ("" when it ran).
+        roofline: `runtime.roofline.roofline_figures` of the row (MACs, achieved GMAC/s, % of the
+            INT8 peak) plus ``peak`` (the `Peak.to_dict()` it was held to, or None); None when not counted.
     """
 
     model: str
@@ -103,6 +109,7 @@ class BenchRow:
     timed: str = "infer"
     backend_info: dict[str, Any] = field(default_factory=dict, hash=False)
     error: str = ""
+    roofline: dict[str, Any] | None = field(default=None, hash=False)
 
 
 @dataclass(frozen=True)
@@ -305,6 +312,7 @@ def run_bench(cfg: BenchConfig, *, progress: bool = False) -> BenchRun:
     if not plan:
         why = "; ".join(f"{k}: {v}" for k, v in sorted(skipped.items())) or "none accepts these files"
         raise ConfigError(f"no available backend runs {[i.label for i in infos]} ({why})")
+    macs, peaks = _roofline_prepass(plan, cfg) if cfg.roofline else ({}, {})
     rows: list[BenchRow] = []
     overhead: list[OverheadResult] = []
     profiles: list[dict[str, Any]] = []
@@ -349,7 +357,16 @@ def run_bench(cfg: BenchConfig, *, progress: bool = False) -> BenchRun:
                         seed=cfg.seed,
                     )
                     rows.append(
-                        _row(info, name, b, rep, stats, timed="bench_fn" if hook else "infer", backend_info=desc)
+                        _row(
+                            info,
+                            name,
+                            b,
+                            rep,
+                            stats,
+                            timed="bench_fn" if hook else "infer",
+                            backend_info=desc,
+                            roofline=_roofline_of(macs.get((info.path, b)), stats, peaks.get(name)),
+                        )
                     )
                     log.info(
                         "%-40s %-8s b=%-3d p50 %.3f ms [%.3f, %.3f] p99 %.3f ms  %.1f img/s",
@@ -412,6 +429,54 @@ def _row(info: Any, backend: str, batch: int, repeat: int, stats: LatencyStats |
         stats,
         **extra,
     )
+
+
+def _roofline_prepass(plan: Sequence[tuple[Any, str]], cfg: BenchConfig) -> tuple[dict, dict]:
+    """MAC counts of every (ONNX model, batch), and the INT8 peak of every CPU runtime that runs a
+    model with INT8 MACs, measured before any row is timed (runtime/roofline.py).
+
+    Returns:
+        ({(path, batch): MacCount or None}, {backend name: Peak or None}). A model whose MACs
+        cannot be counted (not ONNX, dynamic spatial size) or a peak that cannot be measured is
+        logged and left out: the roofline columns are informative, never a failing row.
+    """
+    from runtime.backends.ort import default_threads
+    from runtime.roofline import PEAK_RUNTIMES, count_macs, measure_peak
+
+    macs: dict[tuple[str, int], Any] = {}
+    for info in {info.path: info for info, _ in plan}.values():
+        if not str(info.path).lower().endswith(".onnx"):
+            continue
+        for b in cfg.batches:
+            try:
+                macs[info.path, b] = count_macs(info.path, b)
+            except PipelineError as exc:
+                log.warning("roofline: no MAC count for %s at batch %d: %s", info.label, b, exc)
+                macs[info.path, b] = None
+    peaks: dict[str, Any] = {}
+    threads = default_threads() if cfg.threads in (None, 0) else cfg.threads
+    for info, name in plan:
+        if name in peaks or name not in PEAK_RUNTIMES:
+            continue
+        if not any(m is not None and m.int8_macs for (p, _), m in macs.items() if p == info.path):
+            continue
+        try:
+            peaks[name] = measure_peak(name, threads)
+        except PipelineError as exc:
+            log.warning("roofline: INT8 peak on %s not measured: %s", name, exc)
+            peaks[name] = None
+    return macs, peaks
+
+
+def _roofline_of(count: Any, stats: LatencyStats, peak: Any) -> dict[str, Any] | None:
+    """A row's roofline columns, with the peak it is held to (None without a MAC count)."""
+    from runtime.roofline import roofline_figures
+
+    if count is None or stats.p50_ms <= 0:
+        return None
+    out = roofline_figures(count, stats.p50_ms, peak)
+    out["peak"] = peak.to_dict() if peak is not None and count.int8_macs else None
+    return out
 
 
 def _profile(sink: list[dict[str, Any]], backend: str, path: str, feeds: dict, cfg: BenchConfig) -> None:

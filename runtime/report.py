@@ -51,6 +51,9 @@ class ReportRow:
         is_reference: The reference's own row.
         reasons: Why parity failed.
         error: Why the row could not run.
+        roofline: Bench: MACs at this batch, achieved GMAC/s and % of the INT8 peak of the same
+            runtime and threads (`runtime.roofline.roofline_figures`, without the peak itself,
+            which is in `Report.roofline_peaks`); None when not counted.
     """
 
     model: str
@@ -79,6 +82,7 @@ class ReportRow:
     max_prob_diff: float | None = None
     top1_agreement_ci: tuple[float, float] | None = None
     notes: tuple[str, ...] = ()
+    roofline: dict[str, Any] | None = field(default=None, hash=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -108,6 +112,7 @@ class ReportRow:
             "max_prob_diff": self.max_prob_diff,
             "top1_agreement_ci": list(self.top1_agreement_ci) if self.top1_agreement_ci else None,
             "notes": list(self.notes),
+            "roofline": self.roofline,
         }
 
 
@@ -145,6 +150,8 @@ class Report:
         details: Per parity row: per-class accuracy delta, confusion delta, flipped ids.
         overhead: Harness vs bare ``session.run`` results (bench).
         spread: Run-to-run spread of back-to-back repeats (bench).
+        roofline_peaks: INT8 peaks the rows' roofline figures are held to, one per (runtime,
+            threads): `runtime.roofline.Peak.to_dict()` (bench).
         skipped: Backend -> reason it was not available.
         elapsed_s: Wall time of the run.
         samples_ms: Row key -> raw latency samples (for plots; not written to JSON).
@@ -166,6 +173,7 @@ class Report:
     spread: tuple[dict[str, Any], ...] = ()
     skipped: dict[str, str] = field(default_factory=dict, hash=False)
     elapsed_s: float = 0.0
+    roofline_peaks: tuple[dict[str, Any], ...] = ()
     samples_ms: dict[str, tuple[float, ...]] = field(default_factory=dict, hash=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -183,6 +191,7 @@ class Report:
             "details": list(self.details),
             "overhead": list(self.overhead),
             "spread": list(self.spread),
+            "roofline_peaks": list(self.roofline_peaks),
             "skipped": dict(self.skipped),
             "config": self.config,
             "environment": self.environment,
@@ -329,9 +338,16 @@ def bench_report(
     """
     index = _parity_index(parity)
     rows, samples = [], {}
+    peaks: dict[str, dict[str, Any]] = {}
     for r in run.rows:
         p = index.get((r.sha256, r.backend), {})
         st = r.stats
+        roof = getattr(r, "roofline", None)
+        if roof is not None:
+            roof = dict(roof)
+            peak = roof.pop("peak", None)
+            if peak:
+                peaks.setdefault(peak["key"], peak)
         row = ReportRow(
             model=r.model,
             label=r.label,
@@ -357,6 +373,7 @@ def bench_report(
             device_latency_ms=_lat(st.device) if st is not None else None,
             throughput_ips=st.throughput_ips if st else None,
             error=r.error,
+            roofline=roof,
         )
         if r.repeat > 0:  # repeats feed the spread table, the main table shows the first run
             samples[row_key(row) + f"|r{r.repeat}"] = st.samples_ms if st else ()
@@ -404,6 +421,7 @@ def bench_report(
         spread=spread,
         skipped=dict(run.skipped),
         elapsed_s=run.elapsed_s,
+        roofline_peaks=tuple(peaks[k] for k in sorted(peaks)),
         samples_ms=samples,
     )
 
@@ -609,6 +627,7 @@ def render_markdown(report: Report) -> str:
                     for r in dev
                 ],
             )
+        out += roofline_markdown(report)
         if report.overhead:
             out += ["", "## Harness overhead (call-by-call ABBA interleaving with a bare `session.run` loop)", ""]
             out += md_table(
@@ -659,6 +678,44 @@ def render_markdown(report: Report) -> str:
         out += ["", "Backends not available here: " + "; ".join(f"{k}: {v}" for k, v in sorted(report.skipped.items()))]
     out.append("")
     return "\n".join(out)
+
+
+def roofline_markdown(report: Report) -> list[str]:
+    """The bench report's roofline section (pure): achieved MAC/s per row against the INT8 peak
+    of the same runtime and thread count, and how each peak was measured. Empty without figures."""
+    shown = [r for r in report.rows if r.roofline]
+    if not shown:
+        return []
+    out = ["", "## Roofline: achieved MAC/s vs a large INT8 GEMM in the same runtime", ""]
+    out += md_table(
+        ["model", "backend", "precision", "batch", "GMAC/call (INT8 share)", "GMAC/s", "INT8 GMAC/s", "% of INT8 peak"],
+        [
+            [
+                r.label,
+                r.backend,
+                r.precision,
+                str(r.batch),
+                f"{r.roofline['macs'] / 1e9:.3f} ({100 * r.roofline['int8_macs'] / max(r.roofline['macs'], 1):.0f}%)",
+                _f(r.roofline.get("achieved_gmacs"), ".1f"),
+                _f(r.roofline.get("achieved_int8_gmacs"), ".1f"),
+                _f(r.roofline.get("pct_of_int8_peak"), ".1f"),
+            ]
+            for r in shown
+        ],
+        align="llllrrrr",
+    )
+    out += [
+        "",
+        "GMAC/s = multiply-accumulates of the Conv/MatMul/Gemm nodes at that batch (ONNX shapes) / p50 latency; "
+        "INT8 GMAC/s counts the nodes that run as INT8 (integer ops, or Q/DQ on both inputs). % of INT8 peak "
+        "compares it with a large uint8×int8 GEMM timed in the same runtime and thread count, so it is a lower "
+        "bound of the INT8 kernels' efficiency: float layers, (de)quantization, memory traffic and per-call "
+        "overheads are in the latency too (they dominate a small model at batch 1).",
+    ]
+    if report.roofline_peaks:
+        out += ["", "INT8 peaks (median [min–max] over repeats; the faster of a MatMul and a 1×1-conv form):", ""]
+        out += [f"- {p.get('description') or p.get('key')}" for p in report.roofline_peaks]
+    return out
 
 
 # --------------------------------------------------------------------------------------------

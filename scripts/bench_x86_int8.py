@@ -17,6 +17,12 @@ onnxruntime keeps the dynamic batch. A round times every engine once per batch; 
 ``--manet DIR`` exports a random-init full ``manet`` into DIR (if missing), quantizes its x86 INT8
 file with ``python -m quantize int8 --method ort --target cpu`` and times it (speed only: no
 agreement figures for random weights). The Markdown tables go to stdout and ``--out`` (JSON beside).
+
+Roofline (``--no-roofline`` skips it): each INT8 engine's achieved multiply-accumulates per second
+(MACs of the model at that batch, counted from the ONNX shapes by `runtime.roofline.count_macs`,
+over its p50) against the INT8 peak of the same runtime and thread count (a 1024^3 uint8 x int8
+Q/DQ GEMM, `runtime.roofline.measure_peak`, timed after the rounds). The project's file counts its
+INT8 nodes; the NNCF model is an OpenVINO graph, so its row uses all MACs of the FP32 ONNX.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from runtime.cli import parse_int_list  # noqa: E402
 from runtime.contract import read_contract  # noqa: E402
 from runtime.latency import measure_latency, summarize  # noqa: E402
 from runtime.report import md_table  # noqa: E402
+from runtime.roofline import count_macs, measure_peak  # noqa: E402
 
 ENGINES = (
     ("ort_fp32", "onnxruntime FP32"),
@@ -68,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-limit", type=int, default=0, help="validation images for agreement (0: all)")
     p.add_argument("--ov-dynamic", action="store_true", help="OpenVINO keeps the dynamic batch (no reshape)")
     p.add_argument("--out", type=Path, help="write the Markdown here (and .json beside)")
+    p.add_argument("--no-roofline", action="store_true", help="skip the MAC/s vs INT8-GEMM-peak table")
     return p
 
 
@@ -216,6 +224,57 @@ def render(results: dict, threads, batches, prec: dict, accuracy: dict | None) -
     return lines
 
 
+def roofline(fp32: Path, int8: Path, results: dict, threads, batches) -> dict:
+    """Achieved GMAC/s and % of the same runtime's INT8 GEMM peak per (INT8 engine, threads, batch)."""
+    macs = {b: {"int8": count_macs(int8, b), "fp32": count_macs(fp32, b)} for b in batches}
+    peaks = {(rt, t): measure_peak(rt, t) for t in threads for rt in ("ort", "openvino")}
+    cells: dict = {}
+    for t in threads:
+        for e in INT8:
+            peak = peaks["ort" if e.startswith("ort") else "openvino", t]
+            for b in batches:
+                n = macs[b]["fp32"].total_macs if e == "ov_nncf" else macs[b]["int8"].int8_macs
+                g = [n / (p50 / 1e3) / 1e9 for p50 in results[t][e][b]]  # one figure per repeat
+                cells[e, t, b] = {"gmacs": g, "pct": [100 * x / peak.gmacs for x in g], "peak": peak.key}
+    return {
+        "macs": {b: {k: v.to_dict() for k, v in m.items()} for b, m in macs.items()},
+        "peaks": {p.key: p.to_dict() for p in peaks.values()},
+        "cells": cells,
+    }
+
+
+def render_roofline(roof: dict, threads, batches) -> list[str]:
+    cells = [(t, b) for t in threads for b in batches]
+    head = ["engine", *(f"{t} thr b{b}" for t, b in cells)]
+    rows = []
+    for e in INT8:
+        row = [dict(ENGINES)[e]]
+        for t, b in cells:
+            c = roof["cells"][e, t, b]
+            g, pct = np.asarray(c["gmacs"]), np.asarray(c["pct"])
+            row.append(f"{np.median(g):.0f} GMAC/s, {np.median(pct):.0f}% [{pct.min():.0f}–{pct.max():.0f}]")
+        rows.append(row)
+    m = roof["macs"]
+    lines = [
+        "Roofline: achieved INT8 MAC/s (median over repeats) and % of the INT8 peak of the same runtime and "
+        "thread count, median [min–max] over repeats:",
+        "",
+        *md_table(head, rows),
+        "",
+        "MACs per call: "
+        + ", ".join(
+            f"b{b} {m[b]['int8']['total_macs'] / 1e9:.3f} G ({100 * m[b]['int8']['int8_fraction']:.1f}% INT8 in the project's file)"
+            for b in batches
+        ),
+        "",
+        "INT8 peaks (1024^3 uint8 x int8 Q/DQ GEMM, the faster of MatMul and 1x1-conv forms):",
+        "",
+        *(f"- {p['description']}" for p in roof["peaks"].values()),
+        "",
+    ]
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     threads = parse_int_list(args.threads, "--threads")
@@ -265,11 +324,17 @@ def main(argv: list[str] | None = None) -> int:
         "",
     ]
     lines = head + render(results, threads, batches, prec, accuracy)
+    roof = None
+    if not args.no_roofline:
+        roof = roofline(args.fp32, args.int8, results, threads, batches)
+        lines += render_roofline(roof, threads, batches)
     text = "\n".join(lines)
     print(text)
     if args.out:
         args.out.write_text(text + "\n")
         blob = {"threads": threads, "batches": batches, "p50_ms": results, "accuracy": accuracy, "precision": prec}
+        if roof is not None:
+            blob["roofline"] = {**roof, "cells": {f"{e}|{t}|{b}": c for (e, t, b), c in roof["cells"].items()}}
         args.out.with_suffix(".json").write_text(json.dumps(blob, indent=1, default=str))
     return 0
 
