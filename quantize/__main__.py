@@ -93,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--bias-correction", action="store_true", help="NNCF fast bias correction (off by default)")
     p.add_argument(
+        "--explain",
+        action="store_true",
+        help="rank the nodes whose quantization costs agreement (python -m quantize explain) and put the table and "
+        "plot in the report (one scoring pass per quantized node)",
+    )
+    p.add_argument(
         "--no-runtime-pick",
         action="store_true",
         help="cpu target: do not time the file on each installed x86 runtime (onnxruntime, OpenVINO) to name the fastest",
@@ -199,7 +205,7 @@ def main(argv: Sequence[str]) -> int:
         return _lint(args.model, args.json)
     if args.command == "explain":
         return _explain(args, argv)
-    from quantize.config import CalibrationConfig, Fp16Config, Int8Config
+    from quantize.config import CalibrationConfig, ExplainSettings, Fp16Config, Int8Config
     from quantize.orchestrate import run_fp16, run_int8
     from quantize.runtime_pick import RuntimePickConfig
 
@@ -224,6 +230,7 @@ def main(argv: Sequence[str]) -> int:
             calibration=CalibrationConfig(size=args.calib_size, seed=args.calib_seed, min_size=args.min_calib_size),
             latency=_latency(args),
             runtime_pick=RuntimePickConfig(enabled=not args.no_runtime_pick, threads=args.threads),
+            explain=ExplainSettings(enabled=args.explain),
         )
         with output_lock(Path(args.out).parent, "quantization"):
             result = run_int8(cfg, force=args.force)

@@ -86,6 +86,34 @@ class LatencyConfig:
 
 
 @dataclass(frozen=True)
+class ExplainSettings:
+    """``quantize.int8.explain``: run `quantize.explain` on the new file and put its ranking in the report.
+
+    Off by default: it scores the INT8 file once per quantized node (43 s for the demo's x86 file,
+    133 s for its NNCF file on 2 threads, BENCHMARKS.md).
+
+    Attributes:
+        enabled: Run it.
+        target_agreement: Top-1 agreement with FP32 the recommended float set must reach.
+        limit: Score at most N validation samples (0: all).
+        max_float: Most nodes the recommendation may return to float.
+    """
+
+    enabled: bool = False
+    target_agreement: float = 0.99
+    limit: int = 0
+    max_float: int = 12
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.target_agreement <= 1.0:
+            raise ConfigError(f"explain.target_agreement must be in (0, 1], got {self.target_agreement}")
+        if self.limit < 0 or self.max_float < 1:
+            raise ConfigError(
+                f"explain.limit must be >= 0 and explain.max_float >= 1, got {self.limit}, {self.max_float}"
+            )
+
+
+@dataclass(frozen=True)
 class Int8Config:
     """``python -m quantize int8``.
 
@@ -107,6 +135,8 @@ class Int8Config:
         latency: Latency settings.
         runtime_pick: cpu target: time the file on each installed x86 runtime and name the fastest
             at equal accuracy (`quantize.runtime_pick`).
+        explain: Rank the nodes whose quantization costs agreement (`quantize.explain`) and put
+            the table and plot in the report (off by default).
     """
 
     onnx: Path
@@ -122,6 +152,7 @@ class Int8Config:
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     latency: LatencyConfig = field(default_factory=LatencyConfig)
     runtime_pick: RuntimePickConfig = field(default_factory=RuntimePickConfig)
+    explain: ExplainSettings = field(default_factory=ExplainSettings)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "onnx", Path(self.onnx))

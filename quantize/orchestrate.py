@@ -432,9 +432,14 @@ def run_int8(cfg: Int8Config, *, force: bool = False, progress: Callable[[str], 
         runtime = pick_runtime(cfg.out, val.tensors, ref_val, val.labels, cfg.runtime_pick, progress=say)
         timing["runtime_pick_s"] = time.perf_counter() - t
     manifest, manifest_sha = write_manifest(cfg.out, calib)
-    timing["total_s"] = time.perf_counter() - t_start
     calib_summary = {k: calib.manifest[k] for k in ("source", "size", "seed", "class_counts", "tensor_sha256")}
     calib_summary.update(manifest=str(manifest), manifest_sha256=manifest_sha)
+    explained = None
+    if cfg.explain.enabled:
+        t = time.perf_counter()
+        explained = explain_file(cfg, say)
+        timing["explain_s"] = time.perf_counter() - t
+    timing["total_s"] = time.perf_counter() - t_start
     report = QuantReport(
         precision="int8",
         model=str(cfg.out),
@@ -452,6 +457,7 @@ def run_int8(cfg: Int8Config, *, force: bool = False, progress: Callable[[str], 
         conversion=qinfo,
         timing=timing,
         runtime=runtime,
+        explain=explained,
     )
     paths = write_report(report, cfg.out)
     side = write_sidecar(
@@ -498,6 +504,35 @@ def run_int8(cfg: Int8Config, *, force: bool = False, progress: Callable[[str], 
         },
     )
     return StageResult(cfg.out, side, report, paths, manifest)
+
+
+def explain_file(cfg: Int8Config, say: Callable[[str], None]) -> dict[str, Any]:
+    """`quantize.explain` on the file just written: its folder beside it, a summary for the report."""
+    from quantize.explain import ExplainConfig, explain, render_markdown, write_explain
+
+    e = cfg.explain
+    ecfg = ExplainConfig(
+        fp32=str(cfg.onnx),
+        int8=str(cfg.out),
+        data=cfg.data,
+        target_agreement=e.target_agreement,
+        limit=e.limit,
+        max_float=e.max_float,
+        threads=cfg.latency.threads or None,
+    )
+    say(f"explain: scoring the INT8 file with each quantized node returned to float ({ecfg.out_dir()})")
+    res = explain(ecfg)
+    paths = write_explain(res, ecfg.out_dir(), command="quantize int8 (explain: enabled)")
+    say(f"explain: {res.message}")
+    return {
+        "folder": str(ecfg.out_dir()),
+        "paths": {k: str(v) for k, v in paths.items()},
+        "agreement": res.baseline.agreement,
+        "recommended": list(res.recommended),
+        "reached": res.reached,
+        "message": res.message,
+        "markdown": render_markdown(res, top=10),
+    }
 
 
 # --- FP16 ----------------------------------------------------------------------------------------

@@ -83,6 +83,7 @@ class QuantReport:
     conversion: dict[str, Any] = field(default_factory=dict)
     timing: dict[str, float] = field(default_factory=dict)
     runtime: RuntimePick | None = None  # cpu target: the fastest x86 runtime for the file, measured
+    explain: dict[str, Any] | None = None  # `quantize.orchestrate.explain_file`: the node ranking, when enabled
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -102,6 +103,7 @@ class QuantReport:
             "conversion": self.conversion,
             "timing": self.timing,
             "runtime": self.runtime.to_dict() if self.runtime else None,
+            "explain": {k: v for k, v in self.explain.items() if k != "markdown"} if self.explain else None,
         }
 
     def to_markdown(self) -> str:
@@ -231,9 +233,26 @@ class QuantReport:
             from quantize.runtime_pick import render_markdown
 
             lines += ["", render_markdown(self.runtime).rstrip("\n")]
+        if self.explain:
+            lines += ["", *explain_section(self.explain, Path(self.model).parent)]
         if self.timing:
             lines += ["", "Timing: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.timing.items())]
         return "\n".join(lines) + "\n"
+
+
+def explain_section(explained: dict[str, Any], report_dir: Path) -> list[str]:
+    """The explain ranking as a section of this report: its headings one level down, its plot linked."""
+    lines = ["## Which nodes cost the agreement (quantize explain)", ""]
+    for line in explained["markdown"].splitlines():
+        if line.startswith("# ") or (not line and lines[-1] == ""):
+            continue  # the explain report's own title, and the blank line it leaves
+        lines.append("#" + line if line.startswith("#") else line)
+    png = explained.get("paths", {}).get("png")
+    if png:
+        rel = Path(png).relative_to(report_dir) if Path(png).is_relative_to(report_dir) else Path(png)
+        lines += ["", f"![agreement recovered per node]({rel.as_posix()})"]
+    lines += ["", f"Full ranking: `{explained['folder']}` (explain.md, explain.json)."]
+    return lines
 
 
 def report_paths(out: str | Path) -> tuple[Path, Path]:

@@ -252,9 +252,22 @@ def pick_runtime(
     base_c = next((c for c in out if c.label == base and c.available), None)
     speedup = base_c.geomean_ms / best.geomean_ms if base_c and best.geomean_ms else None
     missing = [c for c in out if not c.available]
+    # Candidates the timing cannot tell apart from the named one: their rounds' p50 ranges overlap
+    # the named one's at every batch.
+    ties = [
+        c.label
+        for c in eligible
+        if c is not best
+        and all(
+            c.p50_range_ms[b][0] <= best.p50_range_ms[b][1] and best.p50_range_ms[b][0] <= c.p50_range_ms[b][1]
+            for b in cfg.batches
+        )
+    ]
     note = f"{best.label} is fastest at equal accuracy"
     if speedup is not None and best.label != base:
         note += f" ({speedup:.2f}x onnxruntime, geometric mean over batch {', '.join(map(str, cfg.batches))})"
+    if ties:
+        note += f"; not separable from {', '.join(ties)} on this machine (their round ranges overlap at every batch)"
     if missing:
         note += "; not measured: " + ", ".join(f"{c.label} ({c.reason})" for c in missing)
     say(f"runtime pick: {note}")

@@ -104,6 +104,25 @@ def test_cpu_target_is_u8s8_and_says_so(lanmsff_tiny_onnx, tmp_path):
     assert "## Fastest x86 runtime for this file" in md and f"**{report['fastest']}**" in md
 
 
+def test_explain_ranking_goes_into_the_report(lanmsff_tiny_onnx, tmp_path):
+    out = tmp_path / "model.int8.onnx"
+    assert _int8(lanmsff_tiny_onnx, out, "--method", "ort", "--ignore", "none", "--explain") == 0
+    rep = json.loads(report_paths(out)[0].read_text())["explain"]
+    folder = tmp_path / "model.int8.explain"
+    assert rep["folder"] == str(folder) and (folder / "explain.json").is_file()
+    ranked = json.loads((folder / "explain.json").read_text())
+    assert rep["agreement"] == ranked["baseline"]["agreement"]
+    assert rep["recommended"] == ranked["recommended"]
+    md = report_paths(out)[1].read_text()
+    assert "## Which nodes cost the agreement (quantize explain)" in md
+    assert "### Nodes ranked by the agreement their return to float recovers" in md
+    # the top-ranked node is named in the report's table
+    assert f"`{ranked['nodes'][0]['name']}`" in md
+    if (folder / "explain.png").is_file():
+        assert "![agreement recovered per node](model.int8.explain/explain.png)" in md
+    assert "explain_s" in read_sidecar(out)["timing"]
+
+
 def test_auto_ignored_scope_is_measured_and_recorded(lanmsff_tiny_onnx, tmp_path):
     out = tmp_path / "model.int8.onnx"
     assert _int8(lanmsff_tiny_onnx, out, "--method", "ort") == 0

@@ -77,6 +77,7 @@ def test_the_faster_runtime_is_named_with_its_speedup(model, data) -> None:
     assert slow.eligible and fast.eligible
     assert all(slow.p50_ms[b] > fast.p50_ms[b] + 2.0 for b in FAST.batches)  # 3 ms sleep per call
     assert pick.speedup_vs_onnxruntime > 1.5  # against the first candidate, the baseline
+    assert "not separable" not in pick.note  # 3 ms apart: the rounds' ranges do not overlap
     assert fast.agreement == 1.0 and fast.accuracy == pytest.approx(0.9)
     for c in pick.candidates:
         assert set(c.p50_ms) == set(FAST.batches)
@@ -129,3 +130,13 @@ def test_no_runnable_candidate_is_a_clear_error(model, data) -> None:
 def test_bad_config_is_refused(kwargs) -> None:
     with pytest.raises(ConfigError, match="runtime_pick"):
         RuntimePickConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"target_agreement": 0.0}, {"target_agreement": 1.5}, {"limit": -1}, {"max_float": 0}]
+)
+def test_bad_explain_settings_are_refused(kwargs) -> None:
+    from quantize.config import ExplainSettings
+
+    with pytest.raises(ConfigError, match="explain"):
+        ExplainSettings(**kwargs)
