@@ -265,7 +265,8 @@ def render_roofline(roof: dict, threads, batches) -> list[str]:
         + ", ".join(
             f"b{b} {m[b]['int8']['total_macs'] / 1e9:.3f} G ({100 * m[b]['int8']['int8_fraction']:.1f}% INT8 in the project's file)"
             for b in batches
-        ),
+        )
+        + "; the NNCF row counts all MACs of the FP32 graph (its INT8 placement is OpenVINO's)",
         "",
         "INT8 peaks (1024^3 uint8 x int8 Q/DQ GEMM, the faster of MatMul and 1x1-conv forms):",
         "",
