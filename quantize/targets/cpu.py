@@ -450,7 +450,12 @@ def _channel_counts(model) -> dict[str, int]:
 
 
 def _prune(model) -> None:
-    """Drop nodes and initializers nothing reads any more (in place)."""
+    """Drop nodes and initializers nothing reads any more (in place).
+
+    The walk goes from the outputs backwards through the node list, so the list is first put in
+    topological order: rewrites append new nodes at the end, after the nodes that read them.
+    """
+    _toposort(model)
     needed = {o.name for o in model.graph.output}
     keep = []
     for n in reversed(list(model.graph.node)):
@@ -732,6 +737,9 @@ def rewrite_for_cpu(
             done[r] = names
     if not done:
         return {}
+    # Shapes recorded for the old graph can be wrong for the new one (relu_before_maxpool gives a
+    # pooled tensor's name to the unpooled Relu output); consumers re-infer them.
+    del work.graph.value_info[:]
     if samples is not None and len(samples):
         name = input_name or model.graph.input[0].name
         x = np.ascontiguousarray(samples, dtype=np.float32)

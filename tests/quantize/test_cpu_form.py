@@ -181,3 +181,24 @@ def test_integer_min_is_exact(tiny, samples):
     # Only the requantization of the Min result is skipped (it read the inputs' scale before): the
     # logits move by far less than one quantization step of the pooled features.
     assert float(np.abs(a - b).max()) < 0.02 * float(np.abs(b).max())
+
+
+@pytest.mark.parametrize("skip", ["relu_before_maxpool", "pwfs_into_head", "all"])
+def test_any_subset_of_rewrites_quantizes_to_a_valid_graph(tiny, samples, skip, monkeypatch):
+    """Regression: without the PWFS fold, the integer Min's new DQ sat after its readers and the
+    pruning walk dropped it ("graph rewrite left a cycle or a dangling input at '/Sub'")."""
+    import functools
+
+    import quantize.targets.cpu as cpu
+
+    keep = () if skip == "all" else tuple(r for r in cpu.CPU_REWRITES if r != skip)
+    monkeypatch.setattr(cpu, "rewrite_for_cpu", functools.partial(cpu.rewrite_for_cpu, rewrites=keep))
+    q, info = quantize_ort(tiny, samples[:32], target="cpu")
+    onnx.checker.check_model(q, full_check=True)
+    assert skip not in info.get("cpu_rewrites", {})
+    if skip in ("pwfs_into_head", "all"):
+        assert info["integer_min"]  # the Mins of the unfolded PWFS still run on integers
+    x = samples[32:48]
+    ref = make_session(tiny, threads=1).run(None, {"input": x})[0]
+    got = make_session(q, threads=1).run(None, {"input": x})[0]
+    assert float(np.mean(got.argmax(1) == ref.argmax(1))) >= 0.75
