@@ -218,6 +218,27 @@ class TensorrtSection:
     compute_capabilities: tuple[str, ...] = ()
 
 
+# CPU runtimes the parity and bench stages can run the ONNX files on (``cpu_backends``). onnxruntime
+# is always one of them: it is the baseline every speed-up and agreement is read against.
+CPU_BACKENDS = ("ort", "openvino")
+# How to get each one when it is missing here (the backend's own reason usually says it too).
+CPU_BACKEND_INSTALL = {"ort": "pip install onnxruntime", "openvino": "pip install '.[openvino]'"}
+
+
+def check_cpu_backends(names: Sequence[str], where: str) -> None:
+    """``cpu_backends`` names: known, listed once, onnxruntime among them; else `ConfigError`."""
+    bad = [n for n in names if n not in CPU_BACKENDS]
+    if bad:
+        raise ConfigError(f"{where}.cpu_backends: unknown CPU runtime(s) {bad}; valid: {list(CPU_BACKENDS)}")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}.cpu_backends: each runtime once, got {list(names)}")
+    if "ort" not in names:
+        raise ConfigError(
+            f"{where}.cpu_backends must include ort (the onnxruntime rows are the baseline), got {list(names)}; "
+            "e.g. [ort, openvino]"
+        )
+
+
 @dataclass(frozen=True)
 class ParitySection:
     """``parity:`` section.
@@ -228,6 +249,8 @@ class ParitySection:
         limit: Score at most this many samples (None: the whole split).
         threads: CPU intra-op threads (None: OMP_NUM_THREADS or 1).
         gate: Exit with code 4 when a parity row fails (the report is written either way).
+        cpu_backends: CPU runtimes every ONNX file runs on: ``ort`` (always) and optionally
+            ``openvino`` (``pip install '.[openvino]'``; missing here -> its rows are skipped with the reason).
     """
 
     split: str = "val"
@@ -235,6 +258,10 @@ class ParitySection:
     limit: int | None = None
     threads: int | None = None
     gate: bool = False
+    cpu_backends: tuple[str, ...] = ("ort",)
+
+    def __post_init__(self) -> None:
+        check_cpu_backends(self.cpu_backends, "parity")
 
 
 @dataclass(frozen=True)
@@ -249,6 +276,7 @@ class BenchSection:
         torch: Include the PyTorch reference (checkpoint.pt) rows.
         overhead_batches: Batches at which harness overhead vs bare ``session.run`` is measured.
         repeat: Back-to-back sweeps (>1 reports run-to-run spread).
+        cpu_backends: CPU runtimes every ONNX file is timed on, as ``parity.cpu_backends``.
     """
 
     batches: tuple[int, ...] = (1, 32)
@@ -260,6 +288,10 @@ class BenchSection:
     torch: bool = True
     overhead_batches: tuple[int, ...] = ()
     repeat: int = 1
+    cpu_backends: tuple[str, ...] = ("ort",)
+
+    def __post_init__(self) -> None:
+        check_cpu_backends(self.cpu_backends, "bench")
 
 
 SOURCE_KINDS = ("checkpoint", "module", "onnx")

@@ -12,8 +12,60 @@ from runtime.report import agreement_text, md_table, verdict_text
 log = logging.getLogger(__name__)
 
 
+def _ran(r: Mapping[str, Any]) -> str:
+    """`` (ran bf16)`` when the runtime chose another float precision than the file's (OpenVINO on a
+    CPU with AVX-512 BF16 / AMX runs FP32 files in bf16; `runtime.report.ran_as` writes it), else ""."""
+    prec = str(r.get("precision") or "")
+    return prec[prec.index(" (ran ") :] if " (ran " in prec else ""
+
+
+def _backend_text(r: Mapping[str, Any]) -> str:
+    """The runtime of a row, with the float precision it chose when that differs: ``openvino (ran bf16)``."""
+    return f"{r.get('backend')}{_ran(r)}"
+
+
 def _row_name(r: Mapping[str, Any]) -> str:
-    return f"{r.get('title', r.get('label'))} [{r.get('backend')}]"
+    return f"{r.get('title', r.get('label'))} [{_backend_text(r)}]"
+
+
+def _precision_note(rows: list[Mapping[str, Any]]) -> list[str]:
+    """A sentence under a table that has rows whose runtime chose a 16-bit float precision (pure)."""
+    ran = sorted({f"`{r.get('backend')}`{_ran(r)}" for r in rows if _ran(r)})
+    if not ran:
+        return []
+    return [
+        "",
+        f"Rows marked *ran bf16* / *ran f16* ({', '.join(ran)}): the runtime chose that float precision itself for "
+        "an FP32 file (OpenVINO does on CPUs with AVX-512 BF16 or AMX), so their latency is not FP32 math and their "
+        "parity is judged with the 16-bit float bounds.",
+    ]
+
+
+def _skipped_lines(skipped: Mapping[str, str], config: Mapping[str, Any]) -> list[str]:
+    """Runtimes not run here: the listed ``cpu_backends`` first, by name, with the reason and the fix (pure)."""
+    if not skipped:
+        return []
+    listed = {
+        name
+        for section in ("parity", "bench")
+        for name in ((config.get(section) or {}).get("cpu_backends") or ())
+        if name in skipped
+    }
+    out = []
+    for name in sorted(listed):
+        out += [
+            "",
+            f"**`{name}` rows skipped** (listed in `cpu_backends`, not usable on this machine): {skipped[name]}.",
+        ]
+    rest = {k: v for k, v in skipped.items() if k not in listed}
+    if rest:
+        out += [
+            "",
+            "Backends not available on this machine: "
+            + "; ".join(f"`{k}`: {v}" for k, v in sorted(rest.items()))
+            + ".",
+        ]
+    return out
 
 
 def _fmt(v: Any, spec: str = ".4f") -> str:
@@ -228,7 +280,7 @@ def render_report(body: Mapping[str, Any]) -> str:
             [
                 r.get("title"),
                 f"`{r.get('file')}`",
-                r.get("backend"),
+                _backend_text(r),
                 r.get("batch"),
                 f"{_fmt(lat.get('p50'), '.3f')} [{_fmt(ci[0], '.3f')}, {_fmt(ci[1], '.3f')}]",
                 _fmt(lat.get("p99"), ".3f"),
@@ -261,6 +313,7 @@ def render_report(body: Mapping[str, Any]) -> str:
         ],
         body_rows,
     )
+    out += _precision_note(rows)
     if body.get("dataset"):
         out += ["", f"Labelled set: {body['dataset']}."]
     out += _measurement_lines(body.get("measurement") or {})
@@ -286,7 +339,7 @@ def render_report(body: Mapping[str, Any]) -> str:
         [
             [
                 _row_name(r),
-                r.get("backend"),
+                _backend_text(r),
                 verdict_text({**r, "bounds": ""}),
                 agreement_text(r.get("top1_agreement"), r.get("top1_agreement_ci")),
                 _fmt(r.get("accuracy_drop_pts"), "+.2f"),
@@ -405,13 +458,6 @@ def render_report(body: Mapping[str, Any]) -> str:
                 for s in stages
             ],
         )
-    skipped = body.get("skipped_backends") or {}
-    if skipped:
-        out += [
-            "",
-            "Backends not available on this machine: "
-            + "; ".join(f"`{k}`: {v}" for k, v in sorted(skipped.items()))
-            + ".",
-        ]
+    out += _skipped_lines(body.get("skipped_backends") or {}, body.get("config") or {})
     out.append("")
     return "\n".join(out)

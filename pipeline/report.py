@@ -43,7 +43,7 @@ _PARITY_COLUMNS = (
     "top1_agreement_ci",
     "notes",
 )
-_BACKEND_ORDER = {"torch": 0, "ort": 1, "ort-cuda": 2, "ort-trt": 3, "trt": 4}
+_BACKEND_ORDER = {"torch": 0, "ort": 1, "openvino": 2, "ort-cuda": 3, "ort-trt": 4, "trt": 5}
 
 
 def _titles(L: Layout, variants: Sequence[Variant]) -> dict[str, tuple[int, str]]:
@@ -284,7 +284,7 @@ def _measurement(
         if info.get("threads") is not None:
             threads.setdefault(d.get("backend"), info.get("threads"))
     for backend in sorted({r.get("backend") for r in bench.get("rows", []) if r.get("backend")}):
-        if backend in ("ort", "torch") and bcfg.get("threads") is not None:
+        if backend in ("ort", "torch", "openvino") and bcfg.get("threads") is not None:
             threads[backend] = bcfg.get("threads")  # bench's explicit setting is what the latency used
     calibration = {
         q["file"]: (q.get("sidecar") or {}).get("calibration")
@@ -365,7 +365,7 @@ def plot_latency_bars(rows: Sequence[Mapping[str, Any]], path: Path) -> Path | N
             vals.append(lat["p50"])
             lo.append(max(0.0, lat["p50"] - ci[0]))
             hi.append(max(0.0, ci[1] - lat["p50"]))
-            prec = r.get("precision")
+            prec = str(r.get("precision") or "").split(" ")[0]  # "fp32 (ran bf16)" -> fp32
             colors.append({"fp32": "#4c72b0", "fp16": "#55a868", "int8": "#c44e52"}.get(prec, "grey"))
         ax.barh(ys, vals, xerr=[lo, hi], color=colors, capsize=3)
         for y, v, up, r in zip(ys, vals, hi, [by[names[i]] for i in ys]):

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import (
+    CPU_BACKEND_INSTALL,
     Stage,
     StageError,
     Variant,
@@ -166,7 +167,7 @@ def build_plan(ctx: Context, stages: Sequence[Stage]) -> tuple[list[Step], dict[
                     "tensorrt": use_trt,
                     **({"data": src.data} if src.data else {}),
                 },
-                ("torch", "onnxruntime", "numpy", "cv2"),
+                ("torch", "onnxruntime", "numpy", "cv2", *_extra_libraries(cfg.parity.cpu_backends)),
                 {"tensorrt": _trt_identity() if use_trt else None},
             )
         )
@@ -182,7 +183,7 @@ def build_plan(ctx: Context, stages: Sequence[Stage]) -> tuple[list[Step], dict[
                 tuple(bench_inputs),
                 (L.bench_dir / "bench.json", L.bench_dir / "bench.md"),
                 {**to_dict(cfg.bench), "tensorrt": use_trt},
-                ("torch", "onnxruntime", "numpy"),
+                ("torch", "onnxruntime", "numpy", *_extra_libraries(cfg.bench.cpu_backends)),
                 {"machine": _machine(), "tensorrt": _trt_identity() if use_trt else None},
             )
         )
@@ -221,6 +222,11 @@ def build_plan(ctx: Context, stages: Sequence[Stage]) -> tuple[list[Step], dict[
             )
         )
     return steps, skipped
+
+
+def _extra_libraries(cpu_backends: Sequence[str]) -> tuple[str, ...]:
+    """Libraries of the extra CPU runtimes whose version goes into the stamp (installing one reruns the stage)."""
+    return tuple(name for name in cpu_backends if name == "openvino")
 
 
 def _trt_identity() -> dict[str, Any] | None:
@@ -415,20 +421,57 @@ def run_tensorrt(ctx: Context, onnx: Path, precision: str) -> dict[str, Any]:
     }
 
 
-def _groups(ctx: Context, use_trt: bool, *, torch_ref: bool) -> list[tuple[list[Path], tuple[str, ...]]]:
-    """(files, backends) groups: the cpu-target INT8 form runs on onnxruntime CPU only."""
+def cpu_backends_here(names: Sequence[str]) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The listed CPU runtimes usable on this machine, and the others -> why not and how to install."""
+    from runtime.backends import available_backends
+
+    reasons = available_backends(tuple(names))
+    skipped = {}
+    for name in names:
+        why = reasons.get(name, "")
+        if why:
+            fix = CPU_BACKEND_INSTALL.get(name, "")
+            skipped[name] = why if (not fix or fix in why) else f"{why}; {fix}"
+            log.warning("%s rows skipped: %s", name, skipped[name])
+    return tuple(n for n in names if n not in skipped), skipped
+
+
+def _groups(
+    ctx: Context, use_trt: bool, *, torch_ref: bool, cpu_backends: Sequence[str] = ("ort",)
+) -> list[tuple[list[Path], tuple[str, ...]]]:
+    """(files, backends) groups. Every ONNX file runs on each CPU runtime in ``cpu_backends`` (the
+    caller keeps only those usable here); the TensorRT-ready files also on ``trt`` when it runs here;
+    the cpu-target INT8 form never on TensorRT (asymmetric UINT8)."""
     L = ctx.layout
     variants = quantize_variants(ctx.cfg.quantize)
-    gpu_backends = ("ort", "trt") if use_trt else ("ort",)
+    cpu = tuple(cpu_backends)
     ready = [L.onnx] + [L.quantized(v) for v in variants if v.tensorrt_ready]
     cpu_only = [L.quantized(v) for v in variants if not v.tensorrt_ready]
     groups: list[tuple[list[Path], tuple[str, ...]]] = []
     if torch_ref:
         groups.append(([L.checkpoint], ("torch",)))
-    groups.append((ready, gpu_backends))
-    if cpu_only:
-        groups.append((cpu_only, ("ort",)))
-    return groups
+    groups.append((ready, cpu + (("trt",) if use_trt else ())))
+    if cpu_only and cpu:
+        groups.append((cpu_only, cpu))
+    return [(files, backends) for files, backends in groups if backends]
+
+
+def parity_jobs(
+    ctx: Context, reference: Path, use_trt: bool, cpu_backends: Sequence[str]
+) -> list[tuple[list[Path], tuple[str, ...]]]:
+    """(candidates, backends) of each parity call: every group without the reference file, plus the
+    reference file itself on the runtimes other than its own (OpenVINO reading ``model.onnx`` when
+    ``model.onnx`` on onnxruntime is the reference)."""
+    ref_backend = "ort" if reference.suffix == ".onnx" else "torch"
+    jobs: list[tuple[list[Path], tuple[str, ...]]] = []
+    for files, backends in _groups(ctx, use_trt, torch_ref=False, cpu_backends=cpu_backends):
+        cands = [f for f in files if f != reference]
+        if cands:
+            jobs.append((cands, backends))
+        others = tuple(b for b in backends if b != ref_backend)
+        if reference in files and others:
+            jobs.append(([reference], others))
+    return jobs
 
 
 def run_parity(ctx: Context, reference: Path, use_trt: bool) -> dict[str, Any]:
@@ -448,11 +491,9 @@ def run_parity(ctx: Context, reference: Path, use_trt: bool) -> dict[str, Any]:
     labelled = load_labelled_set(
         ref.dataset, ref.class_names, split=p.split, limit=p.limit, data=ctx.cfg.model_source.data
     )
+    cpu, not_here = cpu_backends_here(p.cpu_backends)
     runs: list[ParityRun] = []
-    for files, backends in _groups(ctx, use_trt, torch_ref=False):
-        cands = [f for f in files if f != reference]
-        if not cands:
-            continue
+    for cands, backends in parity_jobs(ctx, reference, use_trt, cpu):
         cfg = ParityConfig(
             reference=str(reference),
             candidates=tuple(str(f) for f in cands),
@@ -463,14 +504,18 @@ def run_parity(ctx: Context, reference: Path, use_trt: bool) -> dict[str, Any]:
             limit=p.limit,
         )
         runs.append(_parity(cfg, labelled=labelled, progress=ctx.progress))
-    run = runs[0]
-    if len(runs) > 1:  # one reference row, then every group's candidate rows
-        run = dataclasses.replace(
-            run,
-            rows=run.rows + tuple(r for x in runs[1:] for r in x.rows if not r.is_reference),
-            skipped={k: v for x in runs for k, v in x.skipped.items()},
-            elapsed_s=sum(x.elapsed_s for x in runs),
+    if not runs:
+        raise StageError(
+            f"parity: nothing to compare with the reference {reference.name}: no quantized model and no other "
+            f"runtime (parity.cpu_backends {list(p.cpu_backends)}); add a quantize: method or [ort, openvino]"
         )
+    # One reference row, then every group's candidate rows; the runtimes skipped here with their reasons.
+    run = dataclasses.replace(
+        runs[0],
+        rows=runs[0].rows + tuple(r for x in runs[1:] for r in x.rows if not r.is_reference),
+        skipped={**not_here, **{k: v for x in runs for k, v in x.skipped.items()}},
+        elapsed_s=sum(x.elapsed_s for x in runs),
+    )
     report = parity_report(
         run, command=ctx.command, environment=capture_environment(), config={**to_dict(p), "reference": str(reference)}
     )
@@ -491,8 +536,9 @@ def run_bench(ctx: Context, use_trt: bool) -> dict[str, Any]:
 
     b = ctx.cfg.bench
     torch_ref = b.torch and _torch_available() and ctx.cfg.model_source.has_checkpoint
+    cpu, not_here = cpu_backends_here(b.cpu_backends)
     runs: list[BenchRun] = []
-    for files, backends in _groups(ctx, use_trt, torch_ref=torch_ref):
+    for files, backends in _groups(ctx, use_trt, torch_ref=torch_ref, cpu_backends=cpu):
         cfg = BenchConfig(
             models=tuple(str(f) for f in files),
             batches=b.batches,
@@ -512,7 +558,7 @@ def run_bench(ctx: Context, use_trt: bool) -> dict[str, Any]:
         overhead=tuple(o for x in runs for o in x.overhead),
         spread=spread_of(rows),
         config=dataclasses.replace(runs[0].config, models=tuple(m for x in runs for m in x.config.models)),
-        skipped={k: v for x in runs for k, v in x.skipped.items()},
+        skipped={**not_here, **{k: v for x in runs for k, v in x.skipped.items()}},
         elapsed_s=sum(x.elapsed_s for x in runs),
     )
     report = bench_report(run, command=ctx.command, environment=capture_environment(), config=to_dict(b))

@@ -157,6 +157,9 @@ def test_second_run_reuses_everything(tmp_path: Path, fake_stages: dict[str, int
     [
         ("bench", "seconds", 0.2, ["bench", "report"]),
         ("parity", "limit", 5, ["parity", "report"]),
+        # A second CPU runtime reruns only the stage that lists it (each stage keys its own list).
+        ("bench", "cpu_backends", ["ort", "openvino"], ["bench", "report"]),
+        ("parity", "cpu_backends", ["ort", "openvino"], ["parity", "report"]),
         # int8 arguments change every INT8 file, not FP16; their consumers follow.
         (
             "quantize",
