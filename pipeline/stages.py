@@ -439,18 +439,24 @@ def cpu_backends_here(names: Sequence[str]) -> tuple[tuple[str, ...], dict[str, 
 def _groups(
     ctx: Context, use_trt: bool, *, torch_ref: bool, cpu_backends: Sequence[str] = ("ort",)
 ) -> list[tuple[list[Path], tuple[str, ...]]]:
-    """(files, backends) groups. Every ONNX file runs on each CPU runtime in ``cpu_backends`` (the
-    caller keeps only those usable here); the TensorRT-ready files also on ``trt`` when it runs here;
-    the cpu-target INT8 form never on TensorRT (asymmetric UINT8)."""
+    """(files, backends) groups. The x86 forms (``model.onnx`` and the cpu-target INT8 files) run on
+    each CPU runtime in ``cpu_backends`` (the caller keeps only those usable here); the files made for
+    TensorRT (its INT8 form, FP16) on onnxruntime, the reference CPU runtime, and on ``trt`` when it
+    runs here. The cpu-target INT8 form never runs on TensorRT (asymmetric UINT8), and the TensorRT
+    forms not on OpenVINO: it runs their Q/DQ pairs its own way, and the demo's lost 1.6-2.3 points of
+    agreement there (BENCHMARKS.md) - a combination nobody deploys, reported as a failure."""
     L = ctx.layout
     variants = quantize_variants(ctx.cfg.quantize)
     cpu = tuple(cpu_backends)
-    ready = [L.onnx] + [L.quantized(v) for v in variants if v.tensorrt_ready]
+    trt = ("trt",) if use_trt else ()
+    for_trt = [L.quantized(v) for v in variants if v.tensorrt_ready]
     cpu_only = [L.quantized(v) for v in variants if not v.tensorrt_ready]
     groups: list[tuple[list[Path], tuple[str, ...]]] = []
     if torch_ref:
         groups.append(([L.checkpoint], ("torch",)))
-    groups.append((ready, cpu + (("trt",) if use_trt else ())))
+    groups.append(([L.onnx], cpu + trt))
+    if for_trt:
+        groups.append((for_trt, tuple(b for b in cpu if b == "ort") + trt))
     if cpu_only and cpu:
         groups.append((cpu_only, cpu))
     return [(files, backends) for files, backends in groups if backends]

@@ -608,8 +608,11 @@ def run_parity(
             )
             continue
         judged = info.precision
-        if judged == Precision.FP32 and desc.get("inference_precision") in ("bf16", "f16"):
-            judged = Precision.FP16  # the runtime chose 16-bit float math (OpenVINO's bf16): the FP16 bounds
+        chosen = desc.get("inference_precision")
+        if judged in (Precision.FP32, Precision.FP16) and chosen == "bf16":
+            judged = Precision.BF16  # the runtime chose bfloat16 math (OpenVINO on CPUs that have it)
+        elif judged == Precision.FP32 and chosen == "f16":
+            judged = Precision.FP16
         result = compare_outputs(
             ref_logits,
             logits,

@@ -233,7 +233,8 @@ def ran_as(precision: str, backend_info: Mapping[str, Any] | None) -> str:
     """The file's precision, plus the float precision the runtime chose when it differs
     (OpenVINO picks bf16 on CPUs that have it): ``fp32 (ran bf16)``."""
     chosen = (backend_info or {}).get("inference_precision")
-    return f"{precision} (ran {chosen})" if precision == "fp32" and chosen in ("bf16", "f16") else precision
+    lower = {"fp32": ("bf16", "f16"), "fp16": ("bf16",)}.get(precision, ())
+    return f"{precision} (ran {chosen})" if chosen in lower else precision
 
 
 def parity_report(

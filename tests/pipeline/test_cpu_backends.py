@@ -112,7 +112,7 @@ def test_demo_config_lists_openvino() -> None:
 # --------------------------------------------------------------------------------------------
 # Which files run on which runtime
 # --------------------------------------------------------------------------------------------
-def test_groups_give_every_onnx_file_an_openvino_row_when_listed(tmp_path: Path) -> None:
+def test_groups_give_the_x86_forms_an_openvino_row_when_listed(tmp_path: Path) -> None:
     ctx = _ctx(_config(tmp_path / "run", ["ort", "openvino"]))
     L = ctx.layout
     plain = S._groups(ctx, False, torch_ref=True)
@@ -122,8 +122,8 @@ def test_groups_give_every_onnx_file_an_openvino_row_when_listed(tmp_path: Path)
     assert by_file == {
         "checkpoint.pt": {"torch"},
         "model.onnx": {"ort", "openvino"},
-        "model.fp16.onnx": {"ort", "openvino"},
-        "model.ort.int8.onnx": {"ort", "openvino"},
+        "model.fp16.onnx": {"ort"},  # made for TensorRT: onnxruntime is its CPU reference
+        "model.ort.int8.onnx": {"ort"},
         "model.ort.cpu.int8.onnx": {"ort", "openvino"},
     }
     with_trt = {
@@ -131,7 +131,8 @@ def test_groups_give_every_onnx_file_an_openvino_row_when_listed(tmp_path: Path)
         for files, bs in S._groups(ctx, True, torch_ref=False, cpu_backends=("ort", "openvino"))
         for f in files
     }
-    assert with_trt["model.ort.int8.onnx"] == {"ort", "openvino", "trt"}
+    assert with_trt["model.ort.int8.onnx"] == {"ort", "trt"}
+    assert with_trt["model.onnx"] == {"ort", "openvino", "trt"}
     assert with_trt["model.ort.cpu.int8.onnx"] == {"ort", "openvino"}  # asymmetric UINT8: never TensorRT
     # Parity against model.onnx on onnxruntime: OpenVINO reading model.onnx is a candidate row too.
     jobs = S.parity_jobs(ctx, L.onnx, False, ("ort", "openvino"))

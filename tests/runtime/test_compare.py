@@ -43,9 +43,22 @@ def test_table_matches_the_contract():
     )
     assert TOLERANCES[Precision.INT8] == Tolerance(min_top1_agreement=0.98, max_accuracy_drop_pts=1.0)
     assert TOLERANCES[Precision.INT8].describe() == "agree ≥ 0.98, drop ≤ 1 pt"
-    assert as_precision("FP16") is Precision.FP16
+    # bfloat16 (a runtime's choice): FP16's probability line x8 (8 significant bits to 11), 1% of answers
+    assert TOLERANCES[Precision.BF16] == Tolerance(
+        min_top1_agreement=0.99, max_accuracy_drop_pts=0.5, max_prob_diff=8e-2
+    )
+    assert as_precision("FP16") is Precision.FP16 and as_precision("bf16") is Precision.BF16
     with pytest.raises(ConfigError, match="valid"):
-        as_precision("bf16")
+        as_precision("fp8")
+
+
+def test_bf16_rounding_passes_bf16_bounds_and_fails_fp32_ones():
+    ref, y, ids = _data()
+    # Round the logits to bfloat16 (keep the top 16 bits of each float32): what a bf16 run adds at the end.
+    bits = ref.astype(np.float32).view(np.uint32)
+    rounded = ((bits + 0x8000) & 0xFFFF0000).view(np.float32)
+    assert _cmp(ref, rounded, y, ids, Precision.BF16).passed
+    assert not _cmp(ref, rounded, y, ids, Precision.FP32).passed
 
 
 def test_identical_outputs_pass_every_precision():
