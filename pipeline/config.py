@@ -276,7 +276,9 @@ class BenchSection:
         torch: Include the PyTorch reference (checkpoint.pt) rows.
         overhead_batches: Batches at which harness overhead vs bare ``session.run`` is measured.
         repeat: Back-to-back sweeps (>1 reports run-to-run spread).
-        cpu_backends: CPU runtimes every ONNX file is timed on, as ``parity.cpu_backends``.
+        cpu_backends: CPU runtimes the x86 forms are timed on, as ``parity.cpu_backends``.
+        roofline: Achieved MAC/s of each row against a large INT8 GEMM timed in the same runtime
+            and thread count (``runtime/roofline.py``; about 2.5 s per runtime).
     """
 
     batches: tuple[int, ...] = (1, 32)
@@ -289,6 +291,7 @@ class BenchSection:
     overhead_batches: tuple[int, ...] = ()
     repeat: int = 1
     cpu_backends: tuple[str, ...] = ("ort",)
+    roofline: bool = True
 
     def __post_init__(self) -> None:
         check_cpu_backends(self.cpu_backends, "bench")

@@ -68,6 +68,24 @@ def _skipped_lines(skipped: Mapping[str, str], config: Mapping[str, Any]) -> lis
     return out
 
 
+def _roofline_lines(rows: list[Mapping[str, Any]], bench_md: str) -> list[str]:
+    """How close each INT8 row comes to this CPU's INT8 limit (the bench stage's roofline figures)."""
+    shown = [r for r in rows if (r.get("roofline") or {}).get("pct_of_int8_peak") is not None]
+    if not shown:
+        return []
+    cells = "; ".join(
+        f"{_row_name(r)} b{r.get('batch')}: {_fmt(r['roofline'].get('achieved_int8_gmacs'), '.0f')} GMAC/s, "
+        f"**{_fmt(r['roofline']['pct_of_int8_peak'], '.0f')}%**"
+        for r in shown
+    )
+    return [
+        "",
+        f"INT8 rows against this CPU's INT8 limit (achieved INT8 multiply-accumulates per second / a large INT8 "
+        f"GEMM timed in the same runtime and thread count): {cells}. How each peak was measured: "
+        f"[{bench_md}]({bench_md}), section Roofline.",
+    ]
+
+
 def _fmt(v: Any, spec: str = ".4f") -> str:
     if v is None:
         return "–"
@@ -240,6 +258,10 @@ def render_report(body: Mapping[str, Any]) -> str:
                 f"{_fmt(best.get('throughput_ips'), '.0f')} img/s",
             ]
         )
+    for q in body.get("quantized") or []:
+        pick = (q.get("sidecar") or {}).get("runtime")
+        if pick:
+            summary.append([f"x86 runtime for `{q['file']}`", f"**{pick['fastest']}** ({pick['note']})"])
     trt = body.get("tensorrt") or {}
     if trt.get("engines"):
         built = ", ".join(f"`{Path(e.get('engine', '')).name}`" for e in trt["engines"])
@@ -314,6 +336,7 @@ def render_report(body: Mapping[str, Any]) -> str:
         body_rows,
     )
     out += _precision_note(rows)
+    out += _roofline_lines(rows, body.get("reports", {}).get("bench", ""))
     if body.get("dataset"):
         out += ["", f"Labelled set: {body['dataset']}."]
     out += _measurement_lines(body.get("measurement") or {})

@@ -150,7 +150,16 @@ def build_report(ctx: Context, trt_ok: bool, trt_reason: str) -> dict[str, Any]:
                 "file_size_bytes": p.stat().st_size if p.is_file() else None,
                 "sidecar": {
                     k: side[k]
-                    for k in ("precision", "method", "target", "calibration", "settings", "quantize_s", "lint")
+                    for k in (
+                        "precision",
+                        "method",
+                        "target",
+                        "calibration",
+                        "settings",
+                        "quantize_s",
+                        "lint",
+                        "runtime",
+                    )
                     if k in side
                 },
             }

@@ -556,6 +556,7 @@ def run_bench(ctx: Context, use_trt: bool) -> dict[str, Any]:
             threads=b.threads,
             overhead_batches=b.overhead_batches,
             repeat=b.repeat,
+            roofline=b.roofline,
         )
         runs.append(_bench(cfg, progress=ctx.progress))
     rows = tuple(r for x in runs for r in x.rows)
