@@ -41,7 +41,7 @@ from runtime.compare import Tolerance, compare_outputs, tolerance_for
 from runtime.configs import to_dict
 from runtime.contract import read_contract
 from runtime.errors import ArtifactError
-from runtime.latency import measure_latency, summarize
+from runtime.latency import interleaved_rounds, summarize
 from runtime.qdq_lint import GROUPS, flatten_scope, lint_qdq, resolve_ignore, sensitive_scopes
 
 log = logging.getLogger(__name__)
@@ -79,24 +79,22 @@ def compare_latency(
     for batch in cfg.batches:
         reps = -(-batch // len(inputs))
         x = np.ascontiguousarray(np.concatenate([inputs] * reps)[:batch], dtype=np.float32)
-        samples: dict[str, list[float]] = {k: [] for k in sessions}
-        warm: dict[str, tuple[int, float]] = {}
-        for r in range(cfg.rounds):
-            for key, sess in sessions.items():
-                fn = lambda sess=sess, x=x: sess.run(None, {input_name: x})  # noqa: E731 - a one-line timed call
-                st = measure_latency(
-                    fn,
-                    batch=batch,
-                    warmup_s=cfg.warmup_s if r == 0 else 0.0,
-                    warmup_iterations=3 if r == 0 else 1,
-                    min_iterations=cfg.min_iterations_per_round,
-                    min_seconds=cfg.seconds_per_round,
-                )
-                samples[key].extend(st.samples_ms)
-                if r == 0:
-                    warm[key] = (st.warmup_iterations, st.warmup_s)
+        per_round = interleaved_rounds(
+            {k: (lambda sess=sess, x=x: sess.run(None, {input_name: x})) for k, sess in sessions.items()},
+            batch=batch,
+            rounds=cfg.rounds,
+            seconds_per_round=cfg.seconds_per_round,
+            min_iterations=cfg.min_iterations_per_round,
+            warmup_s=cfg.warmup_s,
+        )
         stats = {
-            k: summarize(v, batch=batch, warmup_iterations=warm[k][0], warmup_s=warm[k][1]) for k, v in samples.items()
+            k: summarize(
+                [ms for st in sts for ms in st.samples_ms],
+                batch=batch,
+                warmup_iterations=sts[0].warmup_iterations,
+                warmup_s=sts[0].warmup_s,
+            )
+            for k, sts in per_round.items()
         }
         row = LatencyRow(batch, stats["reference"], stats["candidate"])
         if progress:

@@ -153,7 +153,7 @@ def pick_runtime(
     """
     from runtime.backends import get_backend
     from runtime.backends.ort import env_threads
-    from runtime.latency import measure_latency
+    from runtime.latency import interleaved_rounds
 
     say = progress or (lambda msg: log.info("%s", msg))
     threads = cfg.threads or env_threads() or 1
@@ -185,7 +185,7 @@ def pick_runtime(
                 "precision": str(be.describe().get("inference_precision") or "fp32 (int8 kernels)"),
             }
             info[label] = entry
-        samples: dict[str, dict[int, list[float]]] = {k: {b: [] for b in cfg.batches} for k in loaded}
+        samples: dict[str, dict[int, list[float]]] = {k: {} for k in loaded}
         say(
             f"runtime pick: timing {', '.join(loaded)} at batch {', '.join(map(str, cfg.batches))}, "
             f"{threads} thread(s), {cfg.rounds} interleaved rounds"
@@ -193,19 +193,10 @@ def pick_runtime(
         for batch in cfg.batches:
             reps = -(-batch // len(inputs))
             x = np.ascontiguousarray(np.concatenate([inputs] * reps)[:batch], dtype=np.float32)
-            for r in range(cfg.rounds):
-                for label, be in loaded.items():
-                    feeds = {be.input_specs[0].name: x}
-                    fn = lambda be=be, feeds=feeds: be.infer(feeds)  # noqa: E731 - the timed call
-                    st = measure_latency(
-                        fn,
-                        batch=batch,
-                        warmup_s=0.3 if r == 0 else 0.0,
-                        warmup_iterations=3 if r == 0 else 1,
-                        min_iterations=5,
-                        min_seconds=cfg.seconds_per_round,
-                    )
-                    samples[label][batch].append(st.p50_ms)
+            fns = {label: (lambda be=be, x=x: be.infer({be.input_specs[0].name: x})) for label, be in loaded.items()}
+            per_round = interleaved_rounds(fns, batch=batch, rounds=cfg.rounds, seconds_per_round=cfg.seconds_per_round)
+            for label, sts in per_round.items():
+                samples[label][batch] = [st.p50_ms for st in sts]
     finally:
         for be in loaded.values():
             be.close()

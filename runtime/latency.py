@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -283,3 +283,37 @@ def measure_latency(
 def cis_overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
     """True when two (low, high) intervals overlap (used to say whether two runs agree)."""
     return a[0] <= b[1] and b[0] <= a[1]
+
+
+def interleaved_rounds(
+    fns: Mapping[str, Callable[[], Any]],
+    *,
+    batch: int,
+    rounds: int,
+    seconds_per_round: float,
+    min_iterations: int = 5,
+    warmup_s: float = 0.3,
+    warmup_iterations: int = 3,
+) -> dict[str, list[LatencyStats]]:
+    """Time several callables in alternating rounds (A, B, C, A, B, C, ...) so all see the same load.
+
+    The first round of each callable starts with ``warmup_s``/``warmup_iterations`` of warm-up,
+    later rounds with one untimed call. Returns key -> one `LatencyStats` per round (pool their
+    ``samples_ms`` for one distribution, or take each round's p50 for a spread across rounds).
+    """
+    if rounds < 1:
+        raise ConfigError(f"rounds must be >= 1, got {rounds}")
+    out: dict[str, list[LatencyStats]] = {k: [] for k in fns}
+    for r in range(rounds):
+        for key, fn in fns.items():
+            out[key].append(
+                measure_latency(
+                    fn,
+                    batch=batch,
+                    warmup_s=warmup_s if r == 0 else 0.0,
+                    warmup_iterations=warmup_iterations if r == 0 else 1,
+                    min_iterations=min_iterations,
+                    min_seconds=seconds_per_round,
+                )
+            )
+    return out

@@ -173,3 +173,19 @@ def test_real_clock_smoke():
         lambda: sum(range(100)), batch=1, warmup_s=0.01, warmup_iterations=2, min_iterations=20, min_seconds=0.01
     )
     assert s.count >= 20 and 0 < s.min_ms <= s.p50_ms <= s.p99_ms <= s.max_ms
+
+
+def test_interleaved_rounds_alternate_the_callables_and_warm_only_the_first_round():
+    from runtime.latency import interleaved_rounds
+
+    calls: list[str] = []
+    fns = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    out = interleaved_rounds(fns, batch=2, rounds=3, seconds_per_round=0.0, min_iterations=2, warmup_s=0.0)
+    assert set(out) == {"a", "b"} and all(len(v) == 3 for v in out.values())
+    # round 1: 3 warm-up + 2 timed per callable; later rounds: 1 warm-up + 2 timed; always a, then b
+    blocks = [("a", 5), ("b", 5)] + [("a", 3), ("b", 3)] * 2
+    want = [k for k, n in blocks for _ in range(n)]
+    assert calls == want
+    assert [st.warmup_iterations for st in out["a"]] == [3, 1, 1] and all(st.count == 2 for st in out["b"])
+    with pytest.raises(ConfigError, match="rounds"):
+        interleaved_rounds(fns, batch=1, rounds=0, seconds_per_round=0.0)
