@@ -135,6 +135,7 @@ ALLOWED_SAVES = {
     "export/exporter.py": "export writes into a private folder and runs the full preflight (a superset of the gate) before its rename",
     "export/adopt.py": "adopt, like export, writes into a private folder and runs the full preflight before its rename",
     "quantize/methods/ort_ptq.py": "a temporary FP32 input for onnxruntime's quantize_static, never an artifact",
+    "runtime/roofline.py": "a temporary INT8 GEMM timed for the roofline peak, never an artifact",
 }
 
 
