@@ -474,7 +474,12 @@ def run_int8(cfg: Int8Config, *, force: bool = False, progress: Callable[[str], 
             "settings": qinfo.get("settings"),
             "runtime": None
             if runtime is None
-            else {"fastest": runtime.fastest, "description": runtime.runtime, "note": runtime.note},
+            else {
+                "fastest": runtime.fastest,
+                "description": runtime.runtime,
+                "note": runtime.note,
+                "fastest_by_batch": {str(b): lab for b, lab in runtime.fastest_by_batch.items()},
+            },
             "lint": {
                 "passed": lint.passed,
                 "errors": len(lint.errors),

@@ -12,7 +12,8 @@ CPU (docs/measured-facts.md), so the ``cpu`` target measures it after quantizing
 3. candidates whose accuracy is not equal to onnxruntime's (agreement more than
    ``max_agreement_loss_pts`` lower, or accuracy more than ``max_accuracy_loss_pts`` lower) are
    not eligible; of the rest, the one with the lowest geometric mean of p50 latency over the
-   batches is named. onnxruntime is always a candidate (it is a core dependency); OpenVINO only
+   batches is named, and the fastest at each batch too when that differs (a camera at batch 1
+   and a batch-32 job can want different runtimes). onnxruntime is always a candidate (it is a core dependency); OpenVINO only
    when ``pip install '.[openvino]'`` installed it, and the result says so when it did not.
 """
 
@@ -108,9 +109,11 @@ class RuntimePick:
     candidates: tuple[Candidate, ...]
     speedup_vs_onnxruntime: float | None
     note: str
+    fastest_by_batch: dict[int, str] = field(default_factory=dict)  # batch -> the eligible label with the lowest p50
 
     def to_dict(self) -> dict[str, Any]:
         body = asdict(self)
+        body["fastest_by_batch"] = {str(k): v for k, v in self.fastest_by_batch.items()}
         for c in body["candidates"]:
             c["p50_ms"] = {str(k): v for k, v in c["p50_ms"].items()}
             c["p50_range_ms"] = {str(k): list(v) for k, v in c["p50_range_ms"].items()}
@@ -243,6 +246,7 @@ def pick_runtime(
     base_c = next((c for c in out if c.label == base and c.available), None)
     speedup = base_c.geomean_ms / best.geomean_ms if base_c and best.geomean_ms else None
     missing = [c for c in out if not c.available]
+    by_batch = {b: min(eligible, key=lambda c: c.p50_ms[b]).label for b in cfg.batches}
     # Candidates the timing cannot tell apart from the named one: their rounds' p50 ranges overlap
     # the named one's at every batch.
     ties = [
@@ -257,12 +261,14 @@ def pick_runtime(
     note = f"{best.label} is fastest at equal accuracy"
     if speedup is not None and best.label != base:
         note += f" ({speedup:.2f}x onnxruntime, geometric mean over batch {', '.join(map(str, cfg.batches))})"
+    if len(set(by_batch.values())) > 1:
+        note += "; but the fastest differs by batch: " + ", ".join(f"batch {b}: {lab}" for b, lab in by_batch.items())
     if ties:
         note += f"; not separable from {', '.join(ties)} on this machine (their round ranges overlap at every batch)"
     if missing:
         note += "; not measured: " + ", ".join(f"{c.label} ({c.reason})" for c in missing)
     say(f"runtime pick: {note}")
-    return RuntimePick(best.label, best.runtime, threads, cfg.batches, tuple(out), speedup, note)
+    return RuntimePick(best.label, best.runtime, threads, cfg.batches, tuple(out), speedup, note, by_batch)
 
 
 def render_markdown(pick: RuntimePick) -> str:

@@ -43,6 +43,20 @@ class _WrongOrt(OrtBackend):
         return {k: np.roll(v, 1, axis=-1) for k, v in super()._infer(feeds).items()}
 
 
+class _SlowAtBatch1(OrtBackend):
+    def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if next(iter(feeds.values())).shape[0] == 1:
+            time.sleep(0.003)
+        return super()._infer(feeds)
+
+
+class _SlowAtBatch4(OrtBackend):
+    def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if next(iter(feeds.values())).shape[0] == 4:
+            time.sleep(0.003)
+        return super()._infer(feeds)
+
+
 class _Missing(OrtBackend):
     @classmethod
     def _probe(cls) -> str | None:
@@ -78,6 +92,7 @@ def test_the_faster_runtime_is_named_with_its_speedup(model, data) -> None:
     assert all(slow.p50_ms[b] > fast.p50_ms[b] + 2.0 for b in FAST.batches)  # 3 ms sleep per call
     assert pick.speedup_vs_onnxruntime > 1.5  # against the first candidate, the baseline
     assert "not separable" not in pick.note  # 3 ms apart: the rounds' ranges do not overlap
+    assert pick.fastest_by_batch == {1: "ort", 4: "ort"} and "differs by batch" not in pick.note
     assert fast.agreement == 1.0 and fast.accuracy == pytest.approx(0.9)
     for c in pick.candidates:
         assert set(c.p50_ms) == set(FAST.batches)
@@ -140,3 +155,12 @@ def test_bad_explain_settings_are_refused(kwargs) -> None:
 
     with pytest.raises(ConfigError, match="explain"):
         ExplainSettings(**kwargs)
+
+
+def test_a_runtime_fastest_only_at_some_batches_is_named_per_batch(model, data) -> None:
+    x, ref, labels = data
+    cands = [("a", _SlowAtBatch1, {}, "slow at batch 1"), ("b", _SlowAtBatch4, {}, "slow at batch 4")]
+    pick = pick_runtime(model, x, ref, labels, FAST, candidates=cands)
+    assert pick.fastest_by_batch == {1: "b", 4: "a"}
+    assert "the fastest differs by batch: batch 1: b, batch 4: a" in pick.note
+    assert pick.to_dict()["fastest_by_batch"] == {"1": "b", "4": "a"}
