@@ -109,7 +109,9 @@ class RuntimePick:
     candidates: tuple[Candidate, ...]
     speedup_vs_onnxruntime: float | None
     note: str
-    fastest_by_batch: dict[int, str] = field(default_factory=dict)  # batch -> the eligible label with the lowest p50
+    fastest_by_batch: dict[int, str] = field(
+        default_factory=dict
+    )  # batch -> label (another only where separably faster)
 
     def to_dict(self) -> dict[str, Any]:
         body = asdict(self)
@@ -246,7 +248,13 @@ def pick_runtime(
     base_c = next((c for c in out if c.label == base and c.available), None)
     speedup = base_c.geomean_ms / best.geomean_ms if base_c and best.geomean_ms else None
     missing = [c for c in out if not c.available]
-    by_batch = {b: min(eligible, key=lambda c: c.p50_ms[b]).label for b in cfg.batches}
+    # Per batch: another candidate only when it is separably faster there (its slowest round beats
+    # the named one's fastest); otherwise the named one.
+    by_batch = {}
+    for b in cfg.batches:
+        quick = min(eligible, key=lambda c: c.p50_ms[b])
+        separable = quick is not best and quick.p50_range_ms[b][1] < best.p50_range_ms[b][0]
+        by_batch[b] = quick.label if separable else best.label
     # Candidates the timing cannot tell apart from the named one: their rounds' p50 ranges overlap
     # the named one's at every batch.
     ties = [
