@@ -16,6 +16,11 @@ numbers from a shared machine hard to read (docs/measured-facts.md, section 6.1)
   ``INFERENCE_PRECISION_HINT`` and says which it chose; ``precision="f32"`` forces FP32
   (``"bf16"``/``"f16"`` ask for those; ``"default"`` leaves OpenVINO's choice).
 
+- the shapes. A model with a dynamic batch is compiled once per batch size it is called with
+  (reshaped to that static batch, up to 8 sizes kept), as a deployment compiles it for the batch it
+  runs: OpenVINO's kernels for a dynamic batch were 6-13 % slower on the project's files (the demo
+  model and MA-Net, BENCHMARKS.md). ``static_batch=False`` keeps the one dynamic compilation.
+
 ``profile=True`` turns on OpenVINO's per-layer counters (``PERF_COUNT``); `profile_records()` then
 returns the last inference's per-layer times (runtime/profile.py makes the tables).
 
@@ -37,7 +42,8 @@ from runtime.errors import ArtifactError, ConfigError, require
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("default", "f32", "bf16", "f16")
-_OPTIONS = ("threads", "precision", "device", "profile")
+_OPTIONS = ("threads", "precision", "device", "profile", "static_batch")
+_MAX_SHAPES = 8  # compiled static-batch models kept per backend
 
 
 def _ov_precision(value: Any) -> str:
@@ -76,8 +82,12 @@ class OpenVinoBackend(Backend):
             raise ConfigError(f"openvino precision must be one of {PRECISIONS}, got {self.precision!r}")
         self.device = str(options.get("device") or "CPU")
         self.profile = bool(options.get("profile", False))
+        self.static_batch = bool(options.get("static_batch", True))
         self.compiled = None
         self.request = None
+        self._core = None
+        self._model = None
+        self._by_batch: dict[int, tuple[Any, Any, list[Any]]] = {}  # batch -> (compiled, request, output ports)
         self.inference_precision = ""
         self._ports: list[Any] = []
 
@@ -113,14 +123,8 @@ class OpenVinoBackend(Backend):
                 f"{self.path}: OpenVINO cannot read the model ({type(exc).__name__}: {first}); "
                 "check the file is a complete ONNX model (re-export or re-quantize it)"
             ) from exc
-        try:
-            self.compiled = core.compile_model(model, self.device, self.config())
-        except Exception as exc:  # noqa: BLE001 - any failure of an optional component reads as 'unavailable', not a crash
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:400]
-            raise ArtifactError(
-                f"{self.path}: OpenVINO cannot compile the model for {self.device} "
-                f"with {self.config()} ({type(exc).__name__}: {first})"
-            ) from exc
+        self._core, self._model = core, model
+        self.compiled = self._compile(model)
         self.request = self.compiled.create_infer_request()
         self.inference_precision = _ov_precision(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
         specs = []
@@ -138,9 +142,43 @@ class OpenVinoBackend(Backend):
             "forced" if self.precision != "default" else "OpenVINO's choice",
         )
 
+    def _compile(self, model) -> Any:
+        try:
+            return self._core.compile_model(model, self.device, self.config())
+        except Exception as exc:  # noqa: BLE001 - any failure of an optional component reads as 'unavailable', not a crash
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:400]
+            raise ArtifactError(
+                f"{self.path}: OpenVINO cannot compile the model for {self.device} "
+                f"with {self.config()} ({type(exc).__name__}: {first})"
+            ) from exc
+
+    def _for_batch(self, batch: int) -> tuple[Any, list[Any]]:
+        """(infer request, output ports) of the model compiled for a static ``batch`` (compiled on first use)."""
+        hit = self._by_batch.get(batch)
+        if hit is None:
+            import openvino as ov
+
+            model = self._model.clone()
+            model.reshape(
+                {
+                    port.get_any_name(): ov.PartialShape([batch, *list(port.get_partial_shape())[1:]])
+                    for port in model.inputs
+                    if port.get_partial_shape().rank.is_static and port.get_partial_shape()[0].is_dynamic
+                }
+            )
+            compiled = self._compile(model)
+            if len(self._by_batch) >= _MAX_SHAPES:
+                self._by_batch.pop(next(iter(self._by_batch)))
+            hit = self._by_batch[batch] = (compiled, compiled.create_infer_request(), list(compiled.outputs))
+        self.request = hit[1]  # profile_records reads the last request used
+        return hit[1], hit[2]
+
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        res = self.request.infer(dict(feeds))
-        return {name: np.asarray(res[port]) for name, port in zip(self._output_names, self._ports)}
+        request, ports = self.request, self._ports
+        if self.static_batch and any(spec.is_dynamic(0) for spec in self._input_specs):
+            request, ports = self._for_batch(int(next(iter(feeds.values())).shape[0]))
+        res = request.infer(dict(feeds))
+        return {name: np.asarray(res[port]) for name, port in zip(self._output_names, ports)}
 
     def profile_records(self) -> list[dict[str, Any]]:
         """Per-layer times of the last inference (needs ``profile=True``): name, type, exec type, status, ms."""
@@ -163,6 +201,8 @@ class OpenVinoBackend(Backend):
     def _close(self) -> None:
         self.request = None
         self.compiled = None
+        self._by_batch.clear()
+        self._model = self._core = None
 
     def describe(self) -> dict[str, Any]:
         import openvino as ov
@@ -174,6 +214,7 @@ class OpenVinoBackend(Backend):
             "threads": self.threads,
             "streams": 1,
             "hint": "LATENCY",
+            "shapes": "compiled per batch size (static)" if self.static_batch else "as read (dynamic batch)",
             "precision_requested": self.precision,
             "inference_precision": self.inference_precision,
             "precision_note": (

@@ -57,6 +57,25 @@ def test_fp32_matches_ort_and_reports_threads_and_precision(models):
 
 
 @needs_ov
+def test_each_batch_size_gets_its_own_static_compilation(models):
+    with (
+        get_backend("openvino")(models["int8"], threads=1, precision="f32") as be,
+        get_backend("openvino")(models["int8"], threads=1, precision="f32", static_batch=False) as dyn,
+    ):
+        assert be.input_specs[0].is_dynamic(0)  # the harness still sees the file's dynamic batch
+        for n in (1, 3, 1):
+            x = _x(n, n)
+            np.testing.assert_allclose(be.infer({"input": x})["logits"], dyn.infer({"input": x})["logits"], atol=1e-5)
+        assert sorted(be._by_batch) == [1, 3] and not dyn._by_batch
+        assert be.describe()["shapes"].startswith("compiled per batch") and dyn.describe()["shapes"].startswith(
+            "as read"
+        )
+        for n in range(2, 12):  # at most 8 compiled shapes are kept
+            be.infer({"input": _x(n)})
+        assert len(be._by_batch) == 8
+
+
+@needs_ov
 def test_default_precision_is_stated(models):
     with get_backend("openvino")(models["fp32"], threads=1) as be:
         info = be.describe()
