@@ -18,7 +18,7 @@ numbers from a shared machine hard to read (docs/measured-facts.md, section 6.1)
 
 - the shapes. A model with a dynamic batch is compiled once per batch size it is called with
   (reshaped to that static batch, up to 8 sizes kept), as a deployment compiles it for the batch it
-  runs: OpenVINO's kernels for a dynamic batch were 6-13 % slower on the project's files (the demo
+  runs: with a dynamic batch the project's INT8 files ran 8-20 % slower on OpenVINO (the demo
   model and MA-Net, BENCHMARKS.md). ``static_batch=False`` keeps the one dynamic compilation.
 
 ``profile=True`` turns on OpenVINO's per-layer counters (``PERF_COUNT``); `profile_records()` then
