@@ -36,8 +36,9 @@ def _precision_note(rows: list[Mapping[str, Any]]) -> list[str]:
     return [
         "",
         f"Rows marked *ran bf16* / *ran f16* ({', '.join(ran)}): the runtime chose that float precision itself for "
-        "an FP32 file (OpenVINO does on CPUs with AVX-512 BF16 or AMX), so their latency is not FP32 math and their "
-        "parity is judged with the 16-bit float bounds.",
+        "a float file (OpenVINO does on CPUs with AVX-512 BF16 or AMX), so their latency is not FP32 math and their "
+        "parity is judged with that precision's bounds (bf16: agreement ≥ 0.99, Δprob ≤ 0.08; f16: the FP16 bounds; "
+        "docs/tolerances.md).",
     ]
 
 

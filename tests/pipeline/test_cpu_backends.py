@@ -222,7 +222,9 @@ def test_render_names_a_runtime_that_ran_bf16() -> None:
     }
     md = render_report({"reports": REPORTS, "rows": [row, dict(row, backend="ort", precision="fp32")]})
     assert "| openvino (ran bf16) |" in md and "| ort |" in md
-    assert "Rows marked *ran bf16*" in md and "AVX-512 BF16 or AMX" in md
+    assert (
+        "Rows marked *ran bf16*" in md and "AVX-512 BF16 or AMX" in md and "bf16: agreement ≥ 0.99, Δprob ≤ 0.08" in md
+    )
     assert "Rows marked" not in render_report(
         {"reports": REPORTS, "rows": [dict(row, backend="ort", precision="fp32")]}
     )
