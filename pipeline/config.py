@@ -71,7 +71,13 @@ STAGE_CODE: dict[Stage, tuple[str, ...]] = {
         "runtime/data",
         "train/backend.py",
     ),
-    Stage.BENCH: ("runtime/bench.py", "runtime/latency.py", "runtime/backends", "train/backend.py"),
+    Stage.BENCH: (
+        "runtime/bench.py",
+        "runtime/latency.py",
+        "runtime/roofline.py",
+        "runtime/backends",
+        "train/backend.py",
+    ),
     Stage.REPORT: ("runtime/report.py", "pipeline/report.py", "pipeline/markdown.py"),
     Stage.DEPLOY: ("export/deploy", "runtime/preprocess.py", "runtime/contract.py"),
 }
