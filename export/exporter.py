@@ -49,6 +49,7 @@ from export.preflight import (
 from runtime.artifacts import library_versions, read_sidecar, sha256_file, sidecar_path, write_sidecar
 from runtime.contract import DeploymentContract
 from runtime.errors import ExportError, PipelineError
+from runtime.latency import tile_batch
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +146,7 @@ def _example_input(meta, batch: int, images: np.ndarray | None):
     import torch
 
     if images is not None and len(images):
-        reps = -(-batch // len(images))
-        x = np.concatenate([images] * reps)[:batch]
+        x = tile_batch(images, batch)
     else:
         rng = np.random.default_rng(0)
         x = rng.random((batch, *meta.preprocess.input_shape), dtype=np.float32)

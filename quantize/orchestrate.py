@@ -41,7 +41,7 @@ from runtime.compare import Tolerance, compare_outputs, tolerance_for
 from runtime.configs import to_dict
 from runtime.contract import read_contract
 from runtime.errors import ArtifactError
-from runtime.latency import interleaved_rounds, summarize
+from runtime.latency import interleaved_rounds, summarize, tile_batch
 from runtime.qdq_lint import GROUPS, flatten_scope, lint_qdq, resolve_ignore, sensitive_scopes
 
 log = logging.getLogger(__name__)
@@ -77,8 +77,7 @@ def compare_latency(
     }
     rows = []
     for batch in cfg.batches:
-        reps = -(-batch // len(inputs))
-        x = np.ascontiguousarray(np.concatenate([inputs] * reps)[:batch], dtype=np.float32)
+        x = tile_batch(inputs, batch)
         per_round = interleaved_rounds(
             {k: (lambda sess=sess, x=x: sess.run(None, {input_name: x})) for k, sess in sessions.items()},
             batch=batch,

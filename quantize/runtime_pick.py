@@ -158,7 +158,7 @@ def pick_runtime(
     """
     from runtime.backends import get_backend
     from runtime.backends.ort import env_threads
-    from runtime.latency import interleaved_rounds
+    from runtime.latency import interleaved_rounds, tile_batch
 
     say = progress or (lambda msg: log.info("%s", msg))
     threads = cfg.threads or env_threads() or 1
@@ -196,8 +196,7 @@ def pick_runtime(
             f"{threads} thread(s), {cfg.rounds} interleaved rounds"
         )
         for batch in cfg.batches:
-            reps = -(-batch // len(inputs))
-            x = np.ascontiguousarray(np.concatenate([inputs] * reps)[:batch], dtype=np.float32)
+            x = tile_batch(inputs, batch)
             fns = {label: (lambda be=be, x=x: be.infer({be.input_specs[0].name: x})) for label, be in loaded.items()}
             per_round = interleaved_rounds(fns, batch=batch, rounds=cfg.rounds, seconds_per_round=cfg.seconds_per_round)
             for label, sts in per_round.items():

@@ -285,6 +285,14 @@ def cis_overlap(a: tuple[float, float], b: tuple[float, float]) -> bool:
     return a[0] <= b[1] and b[0] <= a[1]
 
 
+def tile_batch(samples: np.ndarray, batch: int) -> np.ndarray:
+    """``batch`` samples cycled from ``samples`` (N, ...), as one contiguous float32 array: the fixed
+    input a latency measurement feeds at every call."""
+    if len(samples) < 1 or batch < 1:
+        raise ConfigError(f"need at least one sample and batch >= 1, got {len(samples)} sample(s), batch {batch}")
+    return np.ascontiguousarray(np.resize(samples, (batch, *samples.shape[1:])), dtype=np.float32)
+
+
 def interleaved_rounds(
     fns: Mapping[str, Callable[[], Any]],
     *,

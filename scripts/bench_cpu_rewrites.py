@@ -33,7 +33,7 @@ from runtime.backends.ort import make_session  # noqa: E402 - after sys.path
 from runtime.cli import parse_int_list  # noqa: E402 - after sys.path
 from runtime.contract import read_contract  # noqa: E402 - after sys.path
 from runtime.env import cpu_info  # noqa: E402 - after sys.path
-from runtime.latency import measure_latency  # noqa: E402 - after sys.path
+from runtime.latency import measure_latency, tile_batch  # noqa: E402 - after sys.path
 from runtime.report import md_table  # noqa: E402 - after sys.path
 
 
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, blob in files.items():
         sess = make_session(blob, threads=args.threads)
         for b in batches:
-            x = np.ascontiguousarray(np.resize(val.tensors, (b, *val.tensors.shape[1:])), dtype=np.float32)
+            x = tile_batch(val.tensors, b)
             runners[(label, "onnxruntime", b)] = functools.partial(sess.run, None, {name: x})
     runtimes = ["onnxruntime"]
     if not args.no_openvino:
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                     m = core.read_model(blob)
                     m.reshape([b, *val.tensors.shape[1:]])
                     req = core.compile_model(m, "CPU", props).create_infer_request()
-                    x = np.ascontiguousarray(np.resize(val.tensors, (b, *val.tensors.shape[1:])), dtype=np.float32)
+                    x = tile_batch(val.tensors, b)
                     runners[(label, "openvino", b)] = functools.partial(req.infer, [x])
 
     p50 = {k: [] for k in runners}  # one p50 per repeat

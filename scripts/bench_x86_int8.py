@@ -45,7 +45,7 @@ from runtime.backends.openvino import OpenVinoBackend, _ov_precision  # noqa: E4
 from runtime.backends.ort import make_session  # noqa: E402
 from runtime.cli import parse_int_list  # noqa: E402
 from runtime.contract import read_contract  # noqa: E402
-from runtime.latency import measure_latency, summarize  # noqa: E402
+from runtime.latency import measure_latency, summarize, tile_batch  # noqa: E402
 from runtime.report import md_table  # noqa: E402
 from runtime.roofline import count_macs, measure_peak  # noqa: E402
 
@@ -147,11 +147,6 @@ def predict_top1(engine: str, models: dict, x: np.ndarray, threads: int, batch: 
     return np.concatenate(out).argmax(1)
 
 
-def tile(inputs: np.ndarray, batch: int) -> np.ndarray:
-    reps = -(-batch // len(inputs))
-    return np.ascontiguousarray(np.concatenate([inputs] * reps)[:batch], dtype=np.float32)
-
-
 def time_threads(models: dict, inputs: np.ndarray, threads: int, batches, args, prec: dict) -> dict:
     """p50 per (engine, batch) for each repeat: {engine: {batch: [p50 per repeat]}}."""
     runners: dict[tuple[str, int], object] = {}
@@ -160,12 +155,12 @@ def time_threads(models: dict, inputs: np.ndarray, threads: int, batches, args, 
             sess = make_session(models[engine], threads=threads)
             name = sess.get_inputs()[0].name
             for b in batches:
-                x = tile(inputs, b)
+                x = tile_batch(inputs, b)
                 runners[engine, b] = lambda s=sess, n=name, x=x: s.run(None, {n: x})
         else:
             for b in batches:
                 compiled, prec[engine] = ov_compile(models[engine], threads, None if args.ov_dynamic else b)
-                runners[engine, b] = ov_runner(compiled, tile(inputs, b))
+                runners[engine, b] = ov_runner(compiled, tile_batch(inputs, b))
     p50: dict = {e: {b: [] for b in batches} for e, _ in ENGINES}
     for rep in range(args.repeats):
         samples: dict = {key: [] for key in runners}

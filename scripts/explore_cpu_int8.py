@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from quantize.methods import ort_ptq  # noqa: E402 - imported after sys.path / environment set-up at the top of the file
 from quantize.targets import cpu  # noqa: E402 - imported after sys.path / environment set-up at the top of the file
 from runtime.backends.ort import make_session, predict  # noqa: E402 - imported after sys.path / environment set-up at the top of the file
+from runtime.latency import tile_batch  # noqa: E402 - imported after sys.path / environment set-up at the top of the file
 
 QDQ = {"QuantizeLinear", "DequantizeLinear"}
 LAYOUT = {"Transpose", "ReorderInput", "ReorderOutput"}
@@ -340,8 +341,7 @@ def main(argv=None) -> int:
     print("\nratio = FP32 p50 / variant p50 per round; median [min, max] over rounds; p50 ms = median over rounds")
     for threads in parse_int_list(args.threads, "--threads"):
         for batch in parse_int_list(args.batches, "--batches"):
-            reps = -(-batch // len(val.tensors))
-            x = np.ascontiguousarray(np.concatenate([val.tensors] * reps)[:batch], dtype=np.float32)
+            x = tile_batch(val.tensors, batch)
             clock = time.thread_time if args.clock == "thread" and threads == 1 else time.perf_counter
             p50 = time_interleaved(models, x, threads=threads, rounds=args.rounds, seconds=args.seconds, clock=clock)
             fp = p50["FP32"]

@@ -189,3 +189,15 @@ def test_interleaved_rounds_alternate_the_callables_and_warm_only_the_first_roun
     assert [st.warmup_iterations for st in out["a"]] == [3, 1, 1] and all(st.count == 2 for st in out["b"])
     with pytest.raises(ConfigError, match="rounds"):
         interleaved_rounds(fns, batch=1, rounds=0, seconds_per_round=0.0)
+
+
+def test_tile_batch_cycles_the_samples_into_one_contiguous_float32_batch():
+    from runtime.latency import tile_batch
+
+    s = np.arange(3 * 2, dtype=np.float64).reshape(3, 2)
+    out = tile_batch(s, 7)
+    assert out.dtype == np.float32 and out.flags["C_CONTIGUOUS"] and out.shape == (7, 2)
+    np.testing.assert_array_equal(out, s[[0, 1, 2, 0, 1, 2, 0]].astype(np.float32))
+    np.testing.assert_array_equal(tile_batch(s, 2), s[:2].astype(np.float32))
+    with pytest.raises(ConfigError, match="batch"):
+        tile_batch(s[:0], 1)
