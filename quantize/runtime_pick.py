@@ -122,19 +122,6 @@ class RuntimePick:
         return body
 
 
-def _top1(outputs: np.ndarray) -> np.ndarray:
-    return np.asarray(outputs).reshape(len(outputs), -1).argmax(axis=1)
-
-
-def _predict(backend, inputs: np.ndarray, batch: int = 64) -> np.ndarray:
-    name = backend.input_specs[0].name
-    out = []
-    for i in range(0, len(inputs), batch):
-        res = backend.infer({name: np.ascontiguousarray(inputs[i : i + batch], dtype=np.float32)})
-        out.append(next(iter(res.values())))
-    return np.concatenate(out)
-
-
 def pick_runtime(
     model: str | Path,
     inputs: np.ndarray,
@@ -159,10 +146,11 @@ def pick_runtime(
     from runtime.backends import get_backend
     from runtime.backends.ort import env_threads
     from runtime.latency import interleaved_rounds, tile_batch
+    from runtime.parity import run_logits
 
     say = progress or (lambda msg: log.info("%s", msg))
     threads = cfg.threads or env_threads() or 1
-    ref_top1 = _top1(reference_outputs)
+    ref_top1 = np.asarray(reference_outputs).argmax(axis=1)
     loaded: dict[str, Any] = {}
     info: dict[str, dict[str, Any]] = {}
     try:
@@ -175,7 +163,7 @@ def pick_runtime(
             be = cls(model, threads=threads, **options)
             try:
                 be.load()
-                top1 = _top1(_predict(be, inputs))
+                top1 = run_logits(be, inputs, batch_size=64).argmax(axis=1)
             except Exception as exc:  # noqa: BLE001 - a runtime that cannot run the file is not a candidate
                 be.close()
                 info[label] = {"runtime": desc, "available": False, "reason": f"{type(exc).__name__}: {exc}"[:300]}
