@@ -125,6 +125,17 @@ TOLERANCES: Mapping[Precision, Tolerance] = {
 }
 
 
+def ran_precision(file_precision: str | Precision, chosen: str | None) -> Precision:
+    """The precision a row is judged as: the file's, or the lower float precision the runtime chose
+    for it (``chosen``: OpenVINO's ``inference_precision``, bf16 on CPUs that have it)."""
+    p = as_precision(file_precision)
+    if p in (Precision.FP32, Precision.FP16) and chosen == "bf16":
+        return Precision.BF16
+    if p is Precision.FP32 and chosen == "f16":
+        return Precision.FP16
+    return p
+
+
 def tolerance_for(precision: str | Precision) -> Tolerance:
     """The table's tolerance for ``precision``."""
     return TOLERANCES[as_precision(precision)]

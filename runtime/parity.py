@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from runtime.artifacts import read_json, sha256_file, sidecar_path
-from runtime.compare import ParityResult, Precision, Tolerance, as_precision, compare_outputs
+from runtime.compare import ParityResult, Precision, Tolerance, as_precision, compare_outputs, ran_precision
 from runtime.errors import ArtifactError, ConfigError, DataError, PipelineError
 from runtime.preprocess import PreprocessSpec, preprocess
 
@@ -607,12 +607,7 @@ def run_parity(
                 )
             )
             continue
-        judged = info.precision
-        chosen = desc.get("inference_precision")
-        if judged in (Precision.FP32, Precision.FP16) and chosen == "bf16":
-            judged = Precision.BF16  # the runtime chose bfloat16 math (OpenVINO on CPUs that have it)
-        elif judged == Precision.FP32 and chosen == "f16":
-            judged = Precision.FP16
+        judged = ran_precision(info.precision, desc.get("inference_precision"))
         result = compare_outputs(
             ref_logits,
             logits,

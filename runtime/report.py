@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from runtime.artifacts import atomic_write, atomic_write_json, atomic_write_text, read_json
+from runtime.compare import ran_precision
 from runtime.errors import ArtifactError
 
 log = logging.getLogger(__name__)
@@ -233,8 +234,7 @@ def ran_as(precision: str, backend_info: Mapping[str, Any] | None) -> str:
     """The file's precision, plus the float precision the runtime chose when it differs
     (OpenVINO picks bf16 on CPUs that have it): ``fp32 (ran bf16)``."""
     chosen = (backend_info or {}).get("inference_precision")
-    lower = {"fp32": ("bf16", "f16"), "fp16": ("bf16",)}.get(precision, ())
-    return f"{precision} (ran {chosen})" if chosen in lower else precision
+    return f"{precision} (ran {chosen})" if ran_precision(precision, chosen).value != precision else precision
 
 
 def parity_report(

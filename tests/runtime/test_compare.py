@@ -247,3 +247,13 @@ def test_class_name_count_must_match():
     ref, y, ids = _data(n=20)
     with pytest.raises(DataError, match="class names"):
         compare_outputs(ref, ref, y, precision="fp32", class_names=("a", "b"), sample_ids=ids)
+
+
+def test_ran_precision_is_the_files_or_the_lower_float_the_runtime_chose():
+    from runtime.compare import ran_precision
+
+    assert ran_precision("fp32", "bf16") is Precision.BF16 and ran_precision("fp16", "bf16") is Precision.BF16
+    assert ran_precision("fp32", "f16") is Precision.FP16
+    assert ran_precision("fp32", "f32") is Precision.FP32 and ran_precision("fp32", None) is Precision.FP32
+    assert ran_precision("int8", "bf16") is Precision.INT8  # INT8 kernels; its float parts do not change the judgement
+    assert ran_precision("fp16", "f32") is Precision.FP16
