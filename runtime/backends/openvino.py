@@ -88,6 +88,7 @@ class OpenVinoBackend(Backend):
         self._core = None
         self._model = None
         self._by_batch: dict[int, tuple[Any, Any, list[Any]]] = {}  # batch -> (compiled, request, output ports)
+        self._per_batch = False
         self.inference_precision = ""
         self._ports: list[Any] = []
 
@@ -132,6 +133,8 @@ class OpenVinoBackend(Backend):
             dims = tuple(d.get_length() if d.is_static else None for d in port.get_partial_shape())
             specs.append(TensorSpec(port.get_any_name(), port.get_element_type().to_dtype(), dims))
         self._input_specs = tuple(specs)
+        # Decided once here, not per call: whether calls go to a model compiled for their batch size.
+        self._per_batch = self.static_batch and any(spec.is_dynamic(0) for spec in specs)
         self._ports = list(self.compiled.outputs)
         self._output_names = tuple(p.get_any_name() for p in self._ports)
         log.info(
@@ -175,7 +178,7 @@ class OpenVinoBackend(Backend):
 
     def _infer(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         request, ports = self.request, self._ports
-        if self.static_batch and any(spec.is_dynamic(0) for spec in self._input_specs):
+        if self._per_batch:
             request, ports = self._for_batch(int(next(iter(feeds.values())).shape[0]))
         res = request.infer(dict(feeds))
         return {name: np.asarray(res[port]) for name, port in zip(self._output_names, ports)}
