@@ -54,12 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def quantize_with(model, calib: np.ndarray, rewrites: tuple[str, ...]):
     """The cpu-form INT8 of ``model`` with only ``rewrites`` applied; (model, rewrite info)."""
-    original = cpu.rewrite_for_cpu
-    cpu.rewrite_for_cpu = functools.partial(original, rewrites=rewrites)
-    try:
-        q, info = quantize_ort(model, calib, target="cpu")
-    finally:
-        cpu.rewrite_for_cpu = original
+    q, info = quantize_ort(model, calib, target="cpu", cpu_rewrites=rewrites)
     return q, info.get("cpu_rewrites", {})
 
 

@@ -156,6 +156,7 @@ def quantize_ort(
     nodes_to_exclude: Iterable[str] = (),
     op_types: Sequence[str] | None = None,
     input_name: str | None = None,
+    cpu_rewrites: Sequence[str] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Quantize an ONNX ModelProto with ``onnxruntime.quantization.quantize_static``.
 
@@ -166,6 +167,8 @@ def quantize_ort(
         nodes_to_exclude: Node names kept in float.
         op_types: Override the op types to quantize.
         input_name: Graph input to feed (default: the first).
+        cpu_rewrites: cpu target: which graph rewrites of `quantize.targets.cpu.CPU_REWRITES` to
+            apply first (None: all of them).
 
     Returns:
         (quantized ModelProto, info dict with the settings and the time taken).
@@ -177,7 +180,9 @@ def quantize_ort(
     extra_info: dict[str, Any] = {}
     is_cpu = str(getattr(target, "value", target)) == "cpu"
     if is_cpu:  # the cpu target rewrites the FP32 graph first and keeps its classifier in float
-        model, cpu_info, keep_float = cpu.before_quantization(model, calibration[:16], input_name=input_name)
+        model, cpu_info, keep_float = cpu.before_quantization(
+            model, calibration[:16], input_name=input_name, rewrites=cpu_rewrites
+        )
         extra_info.update(cpu_info)
         exclude += [n for n in keep_float if n not in exclude]
     root = logging.getLogger()

@@ -28,15 +28,17 @@ log = logging.getLogger(__name__)
 
 
 def before_quantization(
-    model, samples: np.ndarray, *, input_name: str | None = None
+    model, samples: np.ndarray, *, input_name: str | None = None, rewrites: Sequence[str] | None = None
 ) -> tuple[Any, dict[str, Any], list[str]]:
     """The cpu form's FP32 preparation on a copy of ``model``: (rewritten copy, info, nodes to keep in float).
 
-    ``samples`` (a few calibration inputs) check that the rewrites leave the FP32 outputs unchanged.
+    ``samples`` (a few calibration inputs) check that the rewrites leave the FP32 outputs unchanged;
+    ``rewrites`` picks which of `CPU_REWRITES` apply (None: all).
     """
     work = model.__class__()
     work.CopyFrom(model)
-    info: dict[str, Any] = {"cpu_rewrites": rewrite_for_cpu(work, samples, input_name=input_name)}
+    chosen = CPU_REWRITES if rewrites is None else tuple(rewrites)
+    info: dict[str, Any] = {"cpu_rewrites": rewrite_for_cpu(work, samples, input_name=input_name, rewrites=chosen)}
     info["unshared_parameters"] = unshare_parameters(work)
     head = classifier_nodes(work)
     info["float_classifier"] = head
