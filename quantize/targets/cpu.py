@@ -169,14 +169,15 @@ def min_in_integers(model) -> list[str]:
 #   into the conv's output quantizer, so the pool runs in float between a DQ and a Q of different
 #   scales. ``Relu`` and ``MaxPool`` commute exactly (max is monotonic), and ``Conv -> Relu ->
 #   MaxPool`` quantizes to QLinearConv (Relu folded into its U8 output range) -> u8 MaxPool with
-#   the same scale, both channels-last.
+#   the same scale, both channels-last. (Written as an onnxscript pattern rule, like the
+#   ReduceMean rewrites: `quantize.targets.cpu_rules`.)
 # - PWFS (0.5·(max + median) over three channel groups, then a spatial mean into the classifier):
 #   0.5·(max + median) = 0.5·(a + b + c - min(a, b, c)) because median = a + b + c - min - max, and
 #   the spatial mean of the linear part is a linear function of the per-channel means, which folds
 #   into the classifier Gemm's weights. What is left per block is ReduceMean(x) and
 #   ReduceMean(Min(Min(a, b), c)): no Max, Add, Sub or Mul, and no requantization of their results.
 #
-# Both rewrites are exact up to float rounding; `rewrite_for_cpu` checks the rewritten FP32 graph
+# Every rewrite is exact up to float rounding; `rewrite_for_cpu` checks the rewritten FP32 graph
 # against the original on the calibration inputs and keeps the original when they differ.
 
 CPU_REWRITES = ("relu_before_maxpool", "pwfs_into_head", "fold_channel_shuffle", "reduce_mean_as_pool_and_conv")
@@ -218,76 +219,6 @@ def _toposort(model) -> None:
         pending = rest
     del model.graph.node[:]
     model.graph.node.extend(ordered)
-
-
-def relu_before_maxpool(model) -> list[str]:
-    """``MaxPool -> Relu`` becomes ``Relu -> MaxPool`` (in place; exact). Returns the MaxPool names moved."""
-    producer, consumers = _graph_maps(model)
-    outputs = {o.name for o in model.graph.output}
-    moved = []
-    for pool in list(model.graph.node):
-        if pool.op_type != "MaxPool" or len([o for o in pool.output if o]) != 1 or pool.output[0] in outputs:
-            continue
-        users = consumers.get(pool.output[0], [])
-        if len(users) != 1 or users[0].op_type != "Relu":
-            continue
-        relu = users[0]
-        src, mid, dst = pool.input[0], pool.output[0], relu.output[0]
-        relu.input[0], relu.output[0] = src, mid
-        pool.input[0], pool.output[0] = mid, dst
-        moved.append(pool.name)
-    if moved:
-        _toposort(model)
-    return moved
-
-
-def reduce_mean_as_pool_and_conv(model) -> list[str]:
-    """Spatial and channel means become ops onnxruntime runs in INT8, channels-last (in place; exact).
-
-    - ``ReduceMean(axes=[2, 3])`` becomes ``GlobalAveragePool`` (+ ``Flatten`` when keepdims=0):
-      quantized as QLinearGlobalAveragePool instead of a DequantizeLinear of the whole feature map
-      and a float reduction.
-    - ``ReduceMean(axes=[1], keepdims=1)`` (MassAtt's channel mean) becomes a 1×1 ``Conv`` with one
-      output channel and weights 1/C: a QLinearConv in the NHWC chain (1/C is exact in symmetric
-      per-channel INT8: 127 × scale).
-
-    Returns the names of the ReduceMean nodes replaced.
-    """
-    import onnx
-    from onnx import helper, numpy_helper
-
-    channels = _channel_counts(model)
-    replaced, nodes, inits = [], [], []
-    for node in model.graph.node:
-        if node.op_type != "ReduceMean" or len(node.input) != 1:  # opset >= 18 takes axes as an input
-            nodes.append(node)
-            continue
-        axes, keep = sorted(_attr(node, "axes") or []), _attr(node, "keepdims", 1)
-        x, y = node.input[0], node.output[0]
-        if axes == [2, 3]:
-            if keep:
-                nodes.append(helper.make_node("GlobalAveragePool", [x], [y], name=f"{node.name}/gap"))
-            else:
-                nodes += [
-                    helper.make_node("GlobalAveragePool", [x], [f"{y}/gap"], name=f"{node.name}/gap"),
-                    helper.make_node("Flatten", [f"{y}/gap"], [y], name=f"{node.name}/flatten", axis=1),
-                ]
-            replaced.append(node.name)
-        elif axes == [1] and keep and channels.get(x):
-            c = channels[x]
-            w = f"{node.name}/mean_weight"
-            inits.append(numpy_helper.from_array(np.full((1, c, 1, 1), 1.0 / c, np.float32), w))
-            nodes.append(helper.make_node("Conv", [x, w], [y], name=f"{node.name}/conv", kernel_shape=[1, 1]))
-            replaced.append(node.name)
-        else:
-            nodes.append(node)
-    if replaced:
-        del model.graph.node[:]
-        model.graph.node.extend(nodes)
-        model.graph.initializer.extend(inits)
-        del model.graph.value_info[:]  # stale shapes; onnxruntime re-infers them
-        onnx.checker.check_model(model)
-    return replaced
 
 
 def _pwfs_source(model, out_name, producer, consumers):
@@ -721,11 +652,13 @@ def rewrite_for_cpu(
     With ``samples``, the rewritten graph is run against the original on them; if any output
     differs by more than ``rtol`` of its range the model is left as it was and {} is returned.
     """
+    from quantize.targets import cpu_rules  # onnxscript: imported only when rewriting
+
     funcs = {
-        "relu_before_maxpool": relu_before_maxpool,
+        "relu_before_maxpool": cpu_rules.relu_before_maxpool,
         "pwfs_into_head": pwfs_into_head,
         "fold_channel_shuffle": fold_channel_shuffle,
-        "reduce_mean_as_pool_and_conv": reduce_mean_as_pool_and_conv,
+        "reduce_mean_as_pool_and_conv": cpu_rules.reduce_mean_as_pool_and_conv,
     }
     unknown = [r for r in rewrites if r not in funcs]
     if unknown:

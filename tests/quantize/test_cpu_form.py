@@ -79,9 +79,9 @@ def test_rewrite_refuses_a_graph_it_would_change(tiny, samples, monkeypatch):
         w.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(w) + 1.0, "fc.bias"))
         return ["fc.bias"]
 
-    monkeypatch.setattr(cpu, "relu_before_maxpool", broken)
+    monkeypatch.setattr(cpu, "pwfs_into_head", broken)
     work = copy.deepcopy(tiny)
-    assert rewrite_for_cpu(work, samples[:4], rewrites=("relu_before_maxpool",)) == {}
+    assert rewrite_for_cpu(work, samples[:4], rewrites=("pwfs_into_head",)) == {}
     assert work == tiny
 
 
