@@ -12,7 +12,9 @@ Settings per target (`quantize.config.Target`):
   those quantizers to INT8 covering the same range (scale × 255/127: one bit less resolution on
   non-negative tensors, which is what TensorRT's symmetric INT8 costs anyway).
 - ``cpu``: preset MIXED: unsigned asymmetric activations, signed symmetric per-channel weights
-  (U8S8), the fast form for x86 onnxruntime.
+  (U8S8), the fast form for x86 onnxruntime. The FP32 graph first gets the cpu target's exact
+  rewrites and keeps its classifier in float (`quantize.targets.cpu.before_quantization`), as with
+  the onnxruntime method.
 
 ``max_drop_pts`` switches to `nncf.quantize_with_accuracy_control`: it quantizes, scores top-1 on
 the validation set, and reverts the layers that cost the most accuracy to float, one by one, until
@@ -187,12 +189,19 @@ def quantize_nncf(
     adv = _advanced_parameters(target, bias_correction)
     input_name = input_name or next(i.name for i in model.graph.input)
     ignored = list(dict.fromkeys(ignored))
+    cpu_info: dict[str, Any] = {}
+    if target == "cpu":  # the cpu target's FP32 rewrites and float classifier, as for quantize_ort
+        from quantize.targets import cpu
+
+        model, cpu_info, keep_float = cpu.before_quantization(model, calibration[:16], input_name=input_name)
+        ignored += [n for n in keep_float if n not in ignored]
     present = {n.op_type for n in model.graph.node}
     float_types = [t for t in TRT_FLOAT_ONLY_TYPES if t in present] if target == "tensorrt" else []
     scope = nncf.IgnoredScope(names=ignored, types=float_types, validate=False) if ignored or float_types else None
     preset = nncf.QuantizationPreset.PERFORMANCE if target == "tensorrt" else nncf.QuantizationPreset.MIXED
     calib_ds = _dataset(calibration, input_name)
     info: dict[str, Any] = {"settings": settings, "ignored_scope": ignored, "float_only_types": float_types}
+    info.update(cpu_info)
     t0 = time.perf_counter()
     try:
         with _quiet_nncf():

@@ -199,3 +199,25 @@ def test_any_subset_of_rewrites_quantizes_to_a_valid_graph(tiny, samples, skip):
     ref = make_session(tiny, threads=1).run(None, {"input": x})[0]
     got = make_session(q, threads=1).run(None, {"input": x})[0]
     assert float(np.mean(got.argmax(1) == ref.argmax(1))) >= 0.75
+
+
+def test_nncf_cpu_target_gets_the_cpu_rewrites_and_float_classifier(tiny, samples):
+    from quantize.methods.nncf_ptq import quantize_nncf
+    from runtime.qdq_lint import quantized_ops
+
+    q, info = quantize_nncf(tiny, samples[:32], target="cpu")
+    assert set(info["cpu_rewrites"]) == {
+        "relu_before_maxpool",
+        "pwfs_into_head",
+        "fold_channel_shuffle",
+        "reduce_mean_as_pool_and_conv",
+    }
+    assert {"/fc/Gemm", "/Concat"} <= set(info["ignored_scope"])
+    status = quantized_ops(q)
+    assert "/fc/Gemm" in status["float"] and len(status["int8"]) >= 30
+    ops = collections.Counter(n.op_type for n in q.graph.node)
+    assert ops["ReduceMean"] == 0 and ops["Transpose"] == 0 and ops["Max"] == 0
+    x = samples[32:48]
+    want = make_session(tiny, threads=1).run(None, {"input": x})[0]
+    got = make_session(q, threads=1).run(None, {"input": x})[0]
+    assert np.corrcoef(want.ravel(), got.ravel())[0, 1] > 0.95
