@@ -18,6 +18,12 @@ onnxruntime keeps the dynamic batch. A round times every engine once per batch; 
 file with ``python -m quantize int8 --method ort --target cpu`` and times it (speed only: no
 agreement figures for random weights). The Markdown tables go to stdout and ``--out`` (JSON beside).
 
+``--nncf-int8 FILE`` adds the project's other x86 file (``--method nncf --target cpu``) on both
+runtimes, and ``--ov-rewritten`` adds ``nncf.quantize`` on OpenVINO's reading of the cpu target's
+rewritten FP32 graph with its classifier in float: the forms issue 17 asked to measure against each
+other. "Project best" is the fastest row among the files ``python -m quantize int8 --target cpu``
+makes; the rewritten-graph NNCF row (not a file the project writes) gets its own ratio line.
+
 Roofline (``--no-roofline`` skips it): each INT8 engine's achieved multiply-accumulates per second
 (MACs of the model at that batch, counted from the ONNX shapes by `runtime.roofline.count_macs`,
 over its p50) against the INT8 peak of the same runtime and thread count (a 1024^3 uint8 x int8
@@ -31,6 +37,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -56,8 +63,14 @@ ENGINES = (
     ("ov_fp32", "OpenVINO FP32 as read (default precision: {prec})"),
     ("ov_nncf", "OpenVINO INT8, nncf.quantize defaults"),
 )
+# Other x86 INT8 forms (issue 17, deliverable 2: "measured, not assumed"), with --nncf-int8 / --ov-rewritten.
+CANDIDATES = (
+    ("ort_nncfcpu", "project nncf x86 INT8 on onnxruntime"),
+    ("ov_nncfcpu", "project nncf x86 INT8 read by OpenVINO"),
+    ("ov_nncf_rw", "OpenVINO INT8, nncf.quantize on the cpu-rewritten FP32 (classifier float)"),
+)
 INT8 = ("ort_int8", "ov_int8", "ov_nncf")
-PROJECT = ("ort_int8", "ov_int8")
+PROJECT = ("ort_int8", "ov_int8", "ort_nncfcpu", "ov_nncfcpu")  # files `python -m quantize int8 --target cpu` makes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,6 +89,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ov-dynamic", action="store_true", help="OpenVINO keeps the dynamic batch (no reshape)")
     p.add_argument("--out", type=Path, help="write the Markdown here (and .json beside)")
     p.add_argument("--no-roofline", action="store_true", help="skip the MAC/s vs INT8-GEMM-peak table")
+    p.add_argument(
+        "--ov-profile",
+        type=int,
+        default=0,
+        metavar="CALLS",
+        help="also print OpenVINO per-layer counters (CALLS profiled calls) per thread count and batch",
+    )
+    p.add_argument("--nncf-int8", type=Path, help="also time the project's --method nncf --target cpu file")
+    p.add_argument(
+        "--ov-rewritten",
+        action="store_true",
+        help="also time nncf.quantize (OpenVINO) on the cpu target's rewritten FP32, classifier in float",
+    )
     return p
 
 
@@ -96,18 +122,38 @@ def prepare_manet(folder: Path) -> tuple[Path, Path]:
     return onnx, int8
 
 
-def nncf_default_int8(fp32: Path, calib: np.ndarray):
-    """``nncf.quantize(ov_model, nncf.Dataset(tensors))`` with every setting left at its default."""
+def nncf_default_int8(fp32, calib: np.ndarray, ignored: list[str] | None = None):
+    """``nncf.quantize(ov_model, nncf.Dataset(tensors))`` with every setting left at its default.
+
+    ``fp32``: a path or an ONNX ModelProto; ``ignored``: node names kept in float (the only change).
+    """
     import nncf
     import openvino as ov
 
-    model = ov.Core().read_model(str(fp32))
+    if isinstance(fp32, (str, Path)):
+        model = ov.Core().read_model(str(fp32))
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "rewritten.onnx"
+            path.write_bytes(fp32.SerializeToString())
+            model = ov.Core().read_model(str(path))
     name = model.inputs[0].get_any_name()
     data = nncf.Dataset([{name: calib[i : i + 1]} for i in range(len(calib))])
-    return nncf.quantize(model, data)
+    kwargs = {"ignored_scope": nncf.IgnoredScope(names=ignored, validate=False)} if ignored else {}
+    return nncf.quantize(model, data, **kwargs)
 
 
-def ov_compile(model_or_path, threads: int, batch: int | None):
+def ov_rewritten_int8(fp32: Path, calib: np.ndarray):
+    """nncf.quantize (OpenVINO) on the cpu target's rewritten FP32 graph, its classifier kept in float."""
+    import onnx
+
+    from quantize.targets.cpu import before_quantization
+
+    model, _, head = before_quantization(onnx.load(str(fp32)), calib[:16])
+    return nncf_default_int8(model, calib, ignored=head)
+
+
+def ov_compile(model_or_path, threads: int, batch: int | None, *, profile: bool = False):
     """Compile with `OpenVinoBackend`'s properties (threads, 1 stream, LATENCY); fixed batch if given."""
     import openvino as ov
 
@@ -117,7 +163,7 @@ def ov_compile(model_or_path, threads: int, batch: int | None):
         shape = model.inputs[0].get_partial_shape()
         shape[0] = batch
         model.reshape({model.inputs[0].get_any_name(): shape})
-    cfg = OpenVinoBackend("unused.onnx", threads=threads).config()
+    cfg = OpenVinoBackend("unused.onnx", threads=threads, profile=profile).config()
     compiled = core.compile_model(model, "CPU", cfg)
     return compiled, _ov_precision(compiled.get_property("INFERENCE_PRECISION_HINT"))
 
@@ -147,10 +193,10 @@ def predict_top1(engine: str, models: dict, x: np.ndarray, threads: int, batch: 
     return np.concatenate(out).argmax(1)
 
 
-def time_threads(models: dict, inputs: np.ndarray, threads: int, batches, args, prec: dict) -> dict:
+def time_threads(models: dict, inputs: np.ndarray, threads: int, batches, args, prec: dict, engines) -> dict:
     """p50 per (engine, batch) for each repeat: {engine: {batch: [p50 per repeat]}}."""
     runners: dict[tuple[str, int], object] = {}
-    for engine, _ in ENGINES:
+    for engine, _ in engines:
         if engine.startswith("ort"):
             sess = make_session(models[engine], threads=threads)
             name = sess.get_inputs()[0].name
@@ -161,12 +207,12 @@ def time_threads(models: dict, inputs: np.ndarray, threads: int, batches, args, 
             for b in batches:
                 compiled, prec[engine] = ov_compile(models[engine], threads, None if args.ov_dynamic else b)
                 runners[engine, b] = ov_runner(compiled, tile_batch(inputs, b))
-    p50: dict = {e: {b: [] for b in batches} for e, _ in ENGINES}
+    p50: dict = {e: {b: [] for b in batches} for e, _ in engines}
     for rep in range(args.repeats):
         samples: dict = {key: [] for key in runners}
         for r in range(args.rounds):
             for b in batches:
-                for engine, _ in ENGINES:
+                for engine, _ in engines:
                     st = measure_latency(
                         runners[engine, b],
                         batch=b,
@@ -179,9 +225,70 @@ def time_threads(models: dict, inputs: np.ndarray, threads: int, batches, args, 
                     samples[engine, b].extend(st.samples_ms)
         for (engine, b), s in samples.items():
             p50[engine][b].append(summarize(s, batch=b, n_boot=10).p50_ms)
-        line = ", ".join(f"{e} b{b} {p50[e][b][-1]:.2f}" for b in batches for e, _ in ENGINES)
+        line = ", ".join(f"{e} b{b} {p50[e][b][-1]:.2f}" for b in batches for e, _ in engines)
         print(f"# {threads} thread(s), repeat {rep + 1}: p50 ms {line}", file=sys.stderr, flush=True)
     return p50
+
+
+def ov_layer_profile(models: dict, engines, inputs: np.ndarray, threads: int, batch: int, calls: int) -> list[str]:
+    """OpenVINO's per-layer counters (PERF_COUNT) for every OpenVINO INT8 row, side by side (Markdown).
+
+    Mean µs per call over ``calls`` profiled calls (after 3 untimed ones), by layer type + kernel,
+    then the layers whose time differs most between the project's file and NNCF's defaults.
+    """
+    per: dict[str, dict[str, tuple[str, float]]] = {}
+    for e, _ in engines:
+        if not e.startswith("ov_") or e == "ov_fp32":
+            continue
+        compiled, _ = ov_compile(models[e], threads, batch, profile=True)
+        req = compiled.create_infer_request()
+        feed = {compiled.inputs[0].get_any_name(): tile_batch(inputs, batch)}
+        for _ in range(3):
+            req.infer(feed)
+        acc: dict[str, list] = {}
+        for _ in range(calls):
+            req.infer(feed)
+            for info in req.get_profiling_info():
+                if str(info.status).endswith("EXECUTED") and not str(info.status).endswith("NOT_EXECUTED"):
+                    kind = f"{info.node_type} ({info.exec_type})"
+                    rec = acc.setdefault(info.node_name, [kind, 0.0])
+                    rec[1] += info.real_time.total_seconds() * 1e6 / calls
+        per[e] = {k: (v[0], v[1]) for k, v in acc.items()}
+    names = list(per)
+    label = dict(engines)
+    kinds = sorted({k for e in names for k, _ in per[e].values()})
+    tot = {e: {k: 0.0 for k in kinds} for e in names}
+    cnt = {e: {k: 0 for k in kinds} for e in names}
+    for e in names:
+        for k, us in per[e].values():
+            tot[e][k] += us
+            cnt[e][k] += 1
+    kinds.sort(key=lambda k: -max(tot[e][k] for e in names))
+    head = ["layer type (kernel)", *(f"{label[e]}: µs (layers)" for e in names)]
+    rows = [[k, *(f"{tot[e][k]:.0f} ({cnt[e][k]})" if cnt[e][k] else "–" for e in names)] for k in kinds]
+    rows.append(["**all executed layers**", *(f"**{sum(tot[e].values()):.0f}**" for e in names)])
+    lines = [
+        f"OpenVINO per-layer counters, {threads} thread(s), batch {batch}, mean over {calls} calls "
+        "(counters add overhead per layer: read shares, not latencies):",
+        "",
+        *md_table(head, rows),
+        "",
+    ]
+    if "ov_int8" in per and "ov_nncf" in per:
+        a, b = per["ov_int8"], per["ov_nncf"]
+        diff = sorted(set(a) | set(b), key=lambda n: -abs(a.get(n, ("", 0.0))[1] - b.get(n, ("", 0.0))[1]))
+        rows = [
+            [
+                n[:70],
+                (a.get(n) or b.get(n))[0],
+                f"{a[n][1]:.0f}" if n in a else "–",
+                f"{b[n][1]:.0f}" if n in b else "–",
+            ]
+            for n in diff[:15]
+        ]
+        lines += ["Layers whose time differs most (same layer names where OpenVINO kept them):", ""]
+        lines += [*md_table(["layer", "type (kernel)", "project file on OpenVINO µs", "NNCF defaults µs"], rows), ""]
+    return lines
 
 
 def mr(values) -> str:
@@ -189,11 +296,11 @@ def mr(values) -> str:
     return f"{np.median(v):.2f}× [{v.min():.2f}–{v.max():.2f}]"
 
 
-def render(results: dict, threads, batches, prec: dict, accuracy: dict | None) -> list[str]:
+def render(results: dict, threads, batches, prec: dict, accuracy: dict | None, engines=ENGINES) -> list[str]:
     cells = [(t, b) for t in threads for b in batches]
     head = ["engine", *(f"{t} thr b{b}" for t, b in cells)]
     lat_rows, sp_rows = [], []
-    for engine, label in ENGINES:
+    for engine, label in engines:
         label = label.format(prec=prec.get("ov_fp32", "?"))
         lat, sp = [label], [label]
         for t, b in cells:
@@ -204,14 +311,21 @@ def render(results: dict, threads, batches, prec: dict, accuracy: dict | None) -
         lat_rows.append(lat)
         sp_rows.append(sp)
     best, ratio = ["project best INT8 (engine)"], ["project best INT8 / OpenVINO NNCF defaults"]
+    present = [e for e in PROJECT if e in dict(engines)]
     for t, b in cells:
-        med = {e: float(np.median(results[t][e][b])) for e in PROJECT}
+        med = {e: float(np.median(results[t][e][b])) for e in present}
         e = min(med, key=med.get)
-        best.append(f"{med[e]:.2f} ms ({'ort' if e == 'ort_int8' else 'openvino'})")
+        best.append(f"{med[e]:.2f} ms ({dict(engines)[e].removeprefix('project ')})")
         ratio.append(mr(np.asarray(results[t]["ov_nncf"][b]) / np.asarray(results[t][e][b])))
+    extra = []
+    if "ov_nncf_rw" in dict(engines):
+        extra = [["OpenVINO NNCF on the rewritten FP32 / NNCF defaults"]]
+        extra[0] += [
+            mr(np.asarray(results[t]["ov_nncf"][b]) / np.asarray(results[t]["ov_nncf_rw"][b])) for t, b in cells
+        ]
     lines = ["p50 ms, median [min–max] over repeats:", "", *md_table(head, lat_rows), ""]
     lines += ["Speed-up over onnxruntime FP32 (per repeat, same thread count and batch), median [min–max]:", ""]
-    lines += [*md_table(head, [*sp_rows, best, ratio]), ""]
+    lines += [*md_table(head, [*sp_rows, best, ratio, *extra]), ""]
     if accuracy:
         rows = [[k, f"{v['agreement'] * 100:.2f} %", f"{v['top1'] * 100:.2f} %"] for k, v in accuracy.items()]
         lines += ["Top-1 agreement with FP32 (onnxruntime) and top-1 accuracy on the validation images:", ""]
@@ -292,19 +406,27 @@ def main(argv: list[str] | None = None) -> int:
         "ov_fp32": args.fp32,
         "ov_nncf": ov_nncf,
     }
+    engines = list(ENGINES)
+    if args.nncf_int8:
+        models["ort_nncfcpu"] = models["ov_nncfcpu"] = args.nncf_int8
+        engines += CANDIDATES[:2]
+    if args.ov_rewritten:
+        models["ov_nncf_rw"] = ov_rewritten_int8(args.fp32, calib.tensors)
+        engines.append(CANDIDATES[2])
+    int8_engines = [e for e, _ in engines if e not in ("ort_fp32", "ov_fp32")]
     accuracy = None
     if not speed_only:
         val = build_validation_set(contract, data=None, limit=args.val_limit)
         ref = predict_top1("ort_fp32", models, val.tensors, max(threads))
         accuracy = {"FP32 (onnxruntime)": {"agreement": 1.0, "top1": float((ref == val.labels).mean())}}
-        for e in INT8:
+        for e in int8_engines:
             top = predict_top1(e, models, val.tensors, max(threads))
-            label = dict(ENGINES)[e]
+            label = dict(engines)[e]
             accuracy[label] = {"agreement": float((top == ref).mean()), "top1": float((top == val.labels).mean())}
         print(f"# accuracy on {len(val)} images: {accuracy}", file=sys.stderr, flush=True)
     inputs = calib.tensors[: max(batches)]
     prec: dict = {}
-    results = {t: time_threads(models, inputs, t, batches, args, prec) for t in threads}
+    results = {t: time_threads(models, inputs, t, batches, args, prec, engines) for t in threads}
     import onnxruntime
     import openvino
 
@@ -319,11 +441,15 @@ def main(argv: list[str] | None = None) -> int:
         f"nncf.quantize defaults on {len(calib)} calibration images.",
         "",
     ]
-    lines = head + render(results, threads, batches, prec, accuracy)
+    lines = head + render(results, threads, batches, prec, accuracy, engines)
     roof = None
     if not args.no_roofline:
         roof = roofline(args.fp32, args.int8, results, threads, batches)
         lines += render_roofline(roof, threads, batches)
+    if args.ov_profile:
+        for t in threads:
+            for b in batches:
+                lines += ov_layer_profile(models, engines, inputs, t, b, args.ov_profile)
     text = "\n".join(lines)
     print(text)
     if args.out:
