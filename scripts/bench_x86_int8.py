@@ -233,27 +233,32 @@ def time_threads(models: dict, inputs: np.ndarray, threads: int, batches, args, 
 def ov_layer_profile(models: dict, engines, inputs: np.ndarray, threads: int, batch: int, calls: int) -> list[str]:
     """OpenVINO's per-layer counters (PERF_COUNT) for every OpenVINO INT8 row, side by side (Markdown).
 
-    Mean µs per call over ``calls`` profiled calls (after 3 untimed ones), by layer type + kernel,
-    then the layers whose time differs most between the project's file and NNCF's defaults.
+    Mean µs per call over ``calls`` profiled calls per engine, taken round-robin across the engines
+    (one call each in turn, after >= 0.5 s and >= 3 untimed calls each) so that all see the same load;
+    by layer type + kernel, then the layers whose time differs most between the project's file and
+    NNCF's defaults.
     """
-    per: dict[str, dict[str, tuple[str, float]]] = {}
+    reqs: dict[str, tuple] = {}
     for e, _ in engines:
         if not e.startswith("ov_") or e == "ov_fp32":
             continue
         compiled, _ = ov_compile(models[e], threads, batch, profile=True)
         req = compiled.create_infer_request()
         feed = {compiled.inputs[0].get_any_name(): tile_batch(inputs, batch)}
-        for _ in range(3):
+        n, t_end = 0, time.perf_counter() + 0.5
+        while n < 3 or time.perf_counter() < t_end:
             req.infer(feed)
-        acc: dict[str, list] = {}
-        for _ in range(calls):
+            n += 1
+        reqs[e] = (req, feed)
+    acc: dict[str, dict[str, list]] = {e: {} for e in reqs}
+    for _ in range(calls):
+        for e, (req, feed) in reqs.items():
             req.infer(feed)
             for info in req.get_profiling_info():
-                if str(info.status).endswith("EXECUTED") and not str(info.status).endswith("NOT_EXECUTED"):
-                    kind = f"{info.node_type} ({info.exec_type})"
-                    rec = acc.setdefault(info.node_name, [kind, 0.0])
+                if str(info.status).rsplit(".", 1)[-1] == "EXECUTED":
+                    rec = acc[e].setdefault(info.node_name, [f"{info.node_type} ({info.exec_type})", 0.0])
                     rec[1] += info.real_time.total_seconds() * 1e6 / calls
-        per[e] = {k: (v[0], v[1]) for k, v in acc.items()}
+    per = {e: {k: (v[0], v[1]) for k, v in recs.items()} for e, recs in acc.items()}
     names = list(per)
     label = dict(engines)
     kinds = sorted({k for e in names for k, _ in per[e].values()})
