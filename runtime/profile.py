@@ -41,7 +41,12 @@ TOP_NODES = 20
 
 
 def ort_records(trace: Iterable[Mapping[str, Any]], runs: int) -> list[dict[str, Any]]:
-    """Pure: onnxruntime profile events -> per-node records (mean ms per call over ``runs``)."""
+    """Pure: onnxruntime profile events -> per-node records (median ms per call over the ``runs`` calls).
+
+    The median, not the mean: one slow call (a page fault, a preempted thread) would otherwise move
+    a node's figure by its whole excess divided by ``runs``. A node with fewer events than ``runs``
+    (it did not run every call) counts the missing calls as zero.
+    """
     acc: dict[str, dict[str, Any]] = {}
     for ev in trace:
         name = str(ev.get("name", ""))
@@ -50,13 +55,19 @@ def ort_records(trace: Iterable[Mapping[str, Any]], runs: int) -> list[dict[str,
         node = name[: -len("_kernel_time")]
         args = ev.get("args") or {}
         rec = acc.setdefault(
-            node, {"name": node, "op_type": args.get("op_name", "?"), "provider": args.get("provider", ""), "us": 0.0}
+            node, {"name": node, "op_type": args.get("op_name", "?"), "provider": args.get("provider", ""), "us": []}
         )
-        rec["us"] += float(ev.get("dur", 0))
+        rec["us"].append(float(ev.get("dur", 0)))
     return [
-        {"name": r["name"], "op_type": r["op_type"], "provider": r["provider"], "ms": r["us"] / 1e3 / runs}
+        {"name": r["name"], "op_type": r["op_type"], "provider": r["provider"], "ms": _median_ms(r["us"], runs)}
         for r in acc.values()
     ]
+
+
+def _median_ms(us: list[float], runs: int) -> float:
+    """Median of per-call microseconds in ms, with calls where the node did not run as zeros."""
+    values = list(us) + [0.0] * max(0, runs - len(us))
+    return float(np.median(values)) / 1e3 if values else 0.0
 
 
 def profile_ort(
@@ -67,7 +78,7 @@ def profile_ort(
     runs: int = 20,
     warmup: int = 3,
 ) -> list[dict[str, Any]]:
-    """Per-node mean ms per call of ``path`` on onnxruntime CPU (``runs`` profiled calls after ``warmup``)."""
+    """Per-node median ms per call of ``path`` on onnxruntime CPU (``runs`` profiled calls after ``warmup``)."""
     from runtime.backends.ort import default_threads, make_session
 
     with tempfile.TemporaryDirectory(prefix="ferdeploy-prof-") as tmp:
@@ -96,7 +107,7 @@ def profile_openvino(
     runs: int = 20,
     warmup: int = 3,
 ) -> tuple[list[dict[str, Any]], str]:
-    """Per-layer mean ms per call on OpenVINO CPU, and the inference precision it ran float layers in."""
+    """Per-layer median ms per call on OpenVINO CPU, and the inference precision it ran float layers in."""
     from runtime.backends.openvino import OpenVinoBackend
 
     acc: dict[str, dict[str, Any]] = {}
@@ -109,19 +120,19 @@ def profile_openvino(
                 if r["status"] != "EXECUTED":
                     continue
                 rec = acc.setdefault(
-                    r["name"], {"name": r["name"], "op_type": r["op_type"], "exec_type": r["exec_type"], "ms": 0.0}
+                    r["name"], {"name": r["name"], "op_type": r["op_type"], "exec_type": r["exec_type"], "us": []}
                 )
-                rec["ms"] += r["ms"]
+                rec["us"].append(r["ms"] * 1e3)
         chosen = be.inference_precision
     for rec in acc.values():
-        rec["ms"] /= runs
+        rec["ms"] = _median_ms(rec.pop("us"), runs)
     return list(acc.values()), chosen
 
 
 def profile_tables(records: list[dict[str, Any]], *, top: int = TOP_NODES) -> dict[str, Any]:
     """Pure: per-node records -> {"total_ms", "nodes": top ``top`` by time, "op_types": all, by time}.
 
-    Every entry carries ``ms`` (mean per call) and ``share`` (percent of the profiled total), so the
+    Every entry carries ``ms`` (median per call) and ``share`` (percent of the profiled total), so the
     op-type shares sum to 100.
     """
     total = float(sum(r["ms"] for r in records))
@@ -176,7 +187,7 @@ def render_profile(p: Mapping[str, Any]) -> str:
     out = [
         f"# Profile: `{Path(p['model']).name}` on {p['backend']}, batch {p['batch']}",
         "",
-        f"{p['source']}; mean of {p['runs']} calls, {p.get('threads') or 'default'} thread(s)"
+        f"{p['source']}; per-node median of {p['runs']} calls, {p.get('threads') or 'default'} thread(s)"
         + (f"; float layers in {p['inference_precision']}" if p.get("inference_precision") else "")
         + f". Profiled total {p['total_ms']:.3f} ms per call over {p['node_count']} nodes "
         "(counters cost time: the latency report is the un-instrumented figure).",

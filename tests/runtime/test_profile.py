@@ -75,3 +75,16 @@ def test_bench_profile_writes_tables(model, tmp_path):
         body = json.loads((tmp_path / "profile" / f"{model.parent.name}.model.openvino.b4.profile.json").read_text())
         assert body["op_types"] and body["inference_precision"]
         assert sum(o["share"] for o in body["op_types"]) == pytest.approx(100.0, abs=0.01)
+
+
+def test_one_slow_call_does_not_move_a_node():
+    from runtime.profile import ort_records
+
+    def ev(name, dur):
+        return {"cat": "Node", "name": f"{name}_kernel_time", "dur": dur, "args": {"op_name": "Conv"}}
+
+    # five calls: "a" takes 10 µs except one 5 ms hiccup; "b" ran in only two of the five calls
+    trace = [ev("a", d) for d in (10, 10, 5000, 10, 12)] + [ev("b", 40), ev("b", 40)]
+    recs = {r["name"]: r["ms"] for r in ort_records(trace, runs=5)}
+    assert recs["a"] == pytest.approx(0.010)
+    assert recs["b"] == 0.0  # the median call did not run it
