@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         metavar="PTS",
-        help="NNCF accuracy control: revert layers to float until the top-1 drop is <= PTS percentage points",
+        help="accuracy control: return layers to float until the top-1 drop is <= PTS percentage points "
+        "(nncf: its accuracy-aware quantization; ort: in the order of `explain`'s ranking)",
     )
     p.add_argument("--calib-size", type=int, default=300, help="calibration samples, class-balanced (default 300)")
     p.add_argument("--calib-seed", type=int, default=0, help="calibration selection seed (default 0)")

@@ -122,7 +122,8 @@ class Int8Config:
         out: The Q/DQ model to write.
         method: nncf or ort.
         target: tensorrt (S8S8) or cpu (U8S8).
-        max_drop_pts: NNCF accuracy control: top-1 drop bound in percentage points (None: off).
+        max_drop_pts: accuracy control: top-1 drop bound in percentage points (None: off). NNCF: its
+            accuracy-aware quantization; onnxruntime: nodes back to float in `quantize.explain`'s ranking.
         data: Another dataset (YAML or ImageFolder) for calibration and validation.
         ignore: ``auto`` (keep sensitive groups in float where it measurably helps), ``none``, or
             tokens: groups (gates, pwfs, heads, stem), ``type:OpType`` or node names.
@@ -171,8 +172,6 @@ class Int8Config:
         if self.max_drop_pts is not None:
             if self.max_drop_pts < 0:
                 raise ConfigError(f"--max-drop must be >= 0 percentage points, got {self.max_drop_pts}")
-            if self.method is not Method.NNCF:
-                raise ConfigError("--max-drop uses NNCF accuracy-controlled quantization; use it with --method nncf")
         if self.onnx.resolve() == self.out.resolve():
             raise ConfigError(f"--out {self.out} would overwrite the input model; pick another path")
         if self.out.suffix != ".onnx":

@@ -424,8 +424,11 @@ def _node_output_sqnr(
 # --------------------------------------------------------------------------------------------
 # the analysis
 # --------------------------------------------------------------------------------------------
-def explain(cfg: ExplainConfig) -> ExplainResult:
+def explain(cfg: ExplainConfig, *, int8_model: Any = None) -> ExplainResult:
     """Rank the INT8 file's quantized nodes by the agreement their return to float recovers.
+
+    ``int8_model``: an INT8 ModelProto not written yet (accuracy control during quantization);
+    ``cfg.int8`` then only names it.
 
     Raises:
         ArtifactError: a missing/unreadable file, a mismatched pair, or an INT8 file without Q/DQ.
@@ -438,8 +441,11 @@ def explain(cfg: ExplainConfig) -> ExplainResult:
     from runtime.qdq_lint import GROUPS, GraphIndex, sensitive_scopes
 
     t0 = time.perf_counter()
-    models = {}
+    in_memory = int8_model is not None
+    models = {"int8": int8_model} if in_memory else {}
     for key, path in (("fp32", cfg.fp32), ("int8", cfg.int8)):
+        if key in models:
+            continue
         if not Path(path).is_file():
             raise ArtifactError(f"--{key} {path}: file not found")
         try:
@@ -447,7 +453,8 @@ def explain(cfg: ExplainConfig) -> ExplainResult:
         except Exception as exc:  # noqa: BLE001 - DecodeError and friends
             raise ArtifactError(f"--{key} {path}: not a readable ONNX model ({type(exc).__name__}: {exc})") from exc
     fp32_model, int8_model = models["fp32"], models["int8"]
-    nodes = check_pair(cfg.fp32, cfg.int8, fp32_model, int8_model)
+    # In memory: the file at cfg.int8 (and its sidecar) may be an older output, so it is not consulted.
+    nodes = check_pair(cfg.fp32, f"{cfg.int8} (not written yet)" if in_memory else cfg.int8, fp32_model, int8_model)
     contract = read_contract(cfg.fp32)
     val = build_validation_set(contract, data=cfg.data, limit=cfg.limit)
     if len(val) == 0:

@@ -40,7 +40,7 @@ from runtime.backends.ort import env_threads, make_session, predict
 from runtime.compare import Tolerance, compare_outputs, tolerance_for
 from runtime.configs import to_dict
 from runtime.contract import read_contract
-from runtime.errors import ArtifactError
+from runtime.errors import ArtifactError, QuantizationError
 from runtime.latency import interleaved_rounds, summarize, tile_batch
 from runtime.qdq_lint import GROUPS, flatten_scope, lint_qdq, resolve_ignore, sensitive_scopes
 
@@ -197,9 +197,64 @@ def _quantizer(cfg: Int8Config, model, calib: np.ndarray, input_name: str):
                 input_name=input_name,
                 bias_correction=cfg.bias_correction,
             )
-        return quantize_ort(model, calib, target=cfg.target.value, nodes_to_exclude=ignored, input_name=input_name)
+        q, info = quantize_ort(model, calib, target=cfg.target.value, nodes_to_exclude=ignored, input_name=input_name)
+        if max_drop_pts is not None:
+            if validation is None:
+                raise QuantizationError("accuracy control (--max-drop) needs a validation set")
+            q, info["accuracy_control"] = ranked_accuracy_control(cfg, model, q, validation, max_drop_pts)
+        return q, info
 
     return run
+
+
+def ranked_accuracy_control(
+    cfg: Int8Config, model, q, validation: tuple[np.ndarray, np.ndarray], max_drop_pts: float
+) -> tuple[Any, dict[str, Any]]:
+    """Accuracy control for the onnxruntime method, driven by `quantize.explain`'s ranking.
+
+    If ``q`` loses more than ``max_drop_pts`` of top-1 accuracy on ``validation``, the quantized
+    nodes are returned to float greedily in the order of the agreement their return recovers
+    (``explain``'s recommendation) until top-1 agreement with FP32 reaches ``1 - max_drop_pts/100``.
+    That agreement bounds the drop: an image can only lose its correct label by changing its top-1
+    class, so the rule is sufficient, and conservative where flips also correct mistakes. The nodes
+    are returned to float in the INT8 graph as it is (`explain.float_variant`), as explain scored
+    them. Returns (model, info) with ``reverted_to_float``, the drop before and whether the bound
+    was reached.
+    """
+    from quantize.explain import ExplainConfig, explain, float_variant
+
+    vx, vy = validation
+    ref = predict(make_session(model), vx).argmax(1)
+    acc_ref = float((ref == vy).mean())
+    drop = 100.0 * (acc_ref - float((predict(make_session(q), vx).argmax(1) == vy).mean()))
+    info: dict[str, Any] = {
+        "max_drop_pts": max_drop_pts,
+        "metric": "top-1 accuracy",
+        "validation_size": int(len(vx)),
+        "how": "explain ranking: nodes back to float until top-1 agreement >= 1 - max_drop/100 (bounds the drop)",
+        "drop_before_pts": round(drop, 4),
+        "reverted_to_float": [],
+        "reached": drop <= max_drop_pts,
+    }
+    if drop <= max_drop_pts:
+        return q, info
+    target = max(1e-9, 1.0 - max_drop_pts / 100.0)
+    log.info(
+        "accuracy control: INT8 drops %.2f pts (bound %.2f): ranking nodes to reach %.2f%% agreement",
+        drop,
+        max_drop_pts,
+        100 * target,
+    )
+    ecfg = ExplainConfig(
+        fp32=str(cfg.onnx), int8=str(cfg.out), data=cfg.data, target_agreement=target, limit=cfg.val_limit
+    )
+    res = explain(ecfg, int8_model=q)
+    info["reached"] = bool(res.reached)
+    info["explain"] = res.message
+    if res.recommended:
+        q, _ = float_variant(q, model, res.recommended)
+        info["reverted_to_float"] = list(res.recommended)
+    return q, info
 
 
 @contextlib.contextmanager

@@ -178,13 +178,22 @@ class QuantReport:
         if self.accuracy_control:
             ac = self.accuracy_control
             rev = ac.get("reverted_to_float", [])
+            ranked = "how" in ac  # the onnxruntime method: explain's ranking (quantize.orchestrate)
             lines += [
                 "",
-                "## Accuracy control (NNCF)",
+                "## Accuracy control (" + ("explain's ranking" if ranked else "NNCF") + ")",
                 "",
                 f"- bound: top-1 drop <= {ac.get('max_drop_pts')} pts on {ac.get('validation_size')} validation samples",
-                f"- layers reverted to float: {len(rev)}",
             ]
+            if ranked:
+                lines += [
+                    f"- drop before: {ac.get('drop_before_pts')} pts; "
+                    + ("bound reached" if ac.get("reached") else "**bound not reached**"),
+                    f"- how: {ac.get('how')}",
+                ]
+                if ac.get("explain"):
+                    lines.append(f"- {ac['explain']}")
+            lines.append(f"- layers reverted to float: {len(rev)}")
             lines += [f"  - `{n}`" for n in rev]
         if self.lint is not None and self.target != "tensorrt":
             lines += [

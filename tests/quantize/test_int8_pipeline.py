@@ -239,7 +239,7 @@ def test_bad_inputs_fail_cleanly(lanmsff_tiny_onnx, tmp_path):
     # Exit codes (docs/errors.md): 1 a bad input file or data, 2 bad usage or config.
     assert _int8(tmp_path / "missing.onnx", tmp_path / "o.onnx") == 1
     assert _int8(lanmsff_tiny_onnx, lanmsff_tiny_onnx) == 2  # would overwrite the input
-    assert _int8(lanmsff_tiny_onnx, tmp_path / "o.onnx", "--method", "ort", "--max-drop", "0.5") == 2
+    assert _int8(lanmsff_tiny_onnx, tmp_path / "o.onnx", "--method", "ort", "--max-drop", "-1") == 2
     assert _int8(lanmsff_tiny_onnx, tmp_path / "o.onnx", "--ignore", "no_such_node") == 2
     assert (
         cli(
