@@ -424,11 +424,15 @@ def _node_output_sqnr(
 # --------------------------------------------------------------------------------------------
 # the analysis
 # --------------------------------------------------------------------------------------------
-def explain(cfg: ExplainConfig, *, int8_model: Any = None) -> ExplainResult:
+def explain(
+    cfg: ExplainConfig, *, int8_model: Any = None, validation: Any = None, reference: np.ndarray | None = None
+) -> ExplainResult:
     """Rank the INT8 file's quantized nodes by the agreement their return to float recovers.
 
-    ``int8_model``: an INT8 ModelProto not written yet (accuracy control during quantization);
-    ``cfg.int8`` then only names it.
+    For accuracy control during quantization (`quantize.orchestrate.ranked_accuracy_control`):
+    ``int8_model`` is an INT8 ModelProto not written yet (``cfg.int8`` then only names it),
+    ``validation`` the validation set already loaded (instead of reading ``cfg.data`` again) and
+    ``reference`` the FP32 outputs on it already computed.
 
     Raises:
         ArtifactError: a missing/unreadable file, a mismatched pair, or an INT8 file without Q/DQ.
@@ -455,13 +459,14 @@ def explain(cfg: ExplainConfig, *, int8_model: Any = None) -> ExplainResult:
     fp32_model, int8_model = models["fp32"], models["int8"]
     # In memory: the file at cfg.int8 (and its sidecar) may be an older output, so it is not consulted.
     nodes = check_pair(cfg.fp32, f"{cfg.int8} (not written yet)" if in_memory else cfg.int8, fp32_model, int8_model)
-    contract = read_contract(cfg.fp32)
-    val = build_validation_set(contract, data=cfg.data, limit=cfg.limit)
+    val = validation
+    if val is None:
+        val = build_validation_set(read_contract(cfg.fp32), data=cfg.data, limit=cfg.limit)
     if len(val) == 0:
         raise DataError(f"{val.source}: no samples to score")
     x = val.tensors.astype(np.float32)
     run = _Runner(x, threads=cfg.threads, batch=cfg.batch)
-    run.ref = run.logits(fp32_model)
+    run.ref = run.logits(fp32_model) if reference is None else np.asarray(reference)
     agree0, sqnr0 = run.score(int8_model)
     baseline = Variant("int8", "int8", (), agree0, sqnr0)
     log.info(

@@ -40,7 +40,7 @@ from runtime.backends.ort import env_threads, make_session, predict
 from runtime.compare import Tolerance, compare_outputs, tolerance_for
 from runtime.configs import to_dict
 from runtime.contract import read_contract
-from runtime.errors import ArtifactError, QuantizationError
+from runtime.errors import ArtifactError
 from runtime.latency import interleaved_rounds, summarize, tile_batch
 from runtime.qdq_lint import GROUPS, flatten_scope, lint_qdq, resolve_ignore, sensitive_scopes
 
@@ -197,40 +197,35 @@ def _quantizer(cfg: Int8Config, model, calib: np.ndarray, input_name: str):
                 input_name=input_name,
                 bias_correction=cfg.bias_correction,
             )
-        q, info = quantize_ort(model, calib, target=cfg.target.value, nodes_to_exclude=ignored, input_name=input_name)
-        if max_drop_pts is not None:
-            if validation is None:
-                raise QuantizationError("accuracy control (--max-drop) needs a validation set")
-            q, info["accuracy_control"] = ranked_accuracy_control(cfg, model, q, validation, max_drop_pts)
-        return q, info
+        # onnxruntime's accuracy control (`ranked_accuracy_control`) runs in run_int8, beside the
+        # validation set and the FP32 outputs it needs.
+        return quantize_ort(model, calib, target=cfg.target.value, nodes_to_exclude=ignored, input_name=input_name)
 
     return run
 
 
 def ranked_accuracy_control(
-    cfg: Int8Config, model, q, validation: tuple[np.ndarray, np.ndarray], max_drop_pts: float
+    cfg: Int8Config, model, q, val, ref_logits: np.ndarray, max_drop_pts: float
 ) -> tuple[Any, dict[str, Any]]:
     """Accuracy control for the onnxruntime method, driven by `quantize.explain`'s ranking.
 
-    If ``q`` loses more than ``max_drop_pts`` of top-1 accuracy on ``validation``, the quantized
-    nodes are returned to float greedily in the order of the agreement their return recovers
-    (``explain``'s recommendation) until top-1 agreement with FP32 reaches ``1 - max_drop_pts/100``.
-    That agreement bounds the drop: an image can only lose its correct label by changing its top-1
-    class, so the rule is sufficient, and conservative where flips also correct mistakes. The nodes
-    are returned to float in the INT8 graph as it is (`explain.float_variant`), as explain scored
-    them. Returns (model, info) with ``reverted_to_float``, the drop before and whether the bound
-    was reached.
+    If ``q`` loses more than ``max_drop_pts`` of top-1 accuracy on ``val`` (the validation set,
+    whose FP32 outputs are ``ref_logits``), the quantized nodes are returned to float greedily in
+    the order of the agreement their return recovers (``explain``'s recommendation) until top-1
+    agreement with FP32 reaches ``1 - max_drop_pts/100``. That agreement bounds the drop: an image
+    can only lose its correct label by changing its top-1 class, so the rule is sufficient, and
+    conservative where flips also correct mistakes. The nodes are returned to float in the INT8
+    graph as it is (`explain.float_variant`), as explain scored them. Returns (model, info) with
+    ``reverted_to_float``, the drop before and whether the bound was reached.
     """
     from quantize.explain import ExplainConfig, explain, float_variant
 
-    vx, vy = validation
-    ref = predict(make_session(model), vx).argmax(1)
-    acc_ref = float((ref == vy).mean())
-    drop = 100.0 * (acc_ref - float((predict(make_session(q), vx).argmax(1) == vy).mean()))
+    acc_ref = float((ref_logits.argmax(1) == val.labels).mean())
+    drop = 100.0 * (acc_ref - float((predict(make_session(q), val.tensors).argmax(1) == val.labels).mean()))
     info: dict[str, Any] = {
         "max_drop_pts": max_drop_pts,
         "metric": "top-1 accuracy",
-        "validation_size": int(len(vx)),
+        "validation_size": len(val),
         "how": "explain ranking: nodes back to float until top-1 agreement >= 1 - max_drop/100 (bounds the drop)",
         "drop_before_pts": round(drop, 4),
         "reverted_to_float": [],
@@ -245,10 +240,8 @@ def ranked_accuracy_control(
         max_drop_pts,
         100 * target,
     )
-    ecfg = ExplainConfig(
-        fp32=str(cfg.onnx), int8=str(cfg.out), data=cfg.data, target_agreement=target, limit=cfg.val_limit
-    )
-    res = explain(ecfg, int8_model=q)
+    ecfg = ExplainConfig(fp32=str(cfg.onnx), int8=str(cfg.out), data=cfg.data, target_agreement=target)
+    res = explain(ecfg, int8_model=q, validation=val, reference=ref_logits)
     info["reached"] = bool(res.reached)
     info["explain"] = res.message
     if res.recommended:
@@ -421,7 +414,10 @@ def run_int8(cfg: Int8Config, *, force: bool = False, progress: Callable[[str], 
         + (f", accuracy control: drop <= {cfg.max_drop_pts} pts" if cfg.max_drop_pts is not None else "")
         + ")"
     )
-    q, qinfo = quantize(ignored, cfg.max_drop_pts, (val.tensors, val.labels))
+    nncf_drop = cfg.max_drop_pts if cfg.method is Method.NNCF else None
+    q, qinfo = quantize(ignored, nncf_drop, (val.tensors, val.labels))
+    if cfg.max_drop_pts is not None and cfg.method is Method.ORT:
+        q, qinfo["accuracy_control"] = ranked_accuracy_control(cfg, model, q, val, ref_val, cfg.max_drop_pts)
     timing["quantize_s"] = time.perf_counter() - t
     quant_meta = {"method": cfg.method.value, "target": cfg.target.value, "form": cfg.form}
     copy_contract(model, q, {KEY_PRECISION: "int8", KEY_QUANTIZATION: json.dumps(quant_meta, sort_keys=True)})
