@@ -114,6 +114,25 @@ def setup_logging(
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
+@contextmanager
+def loggers_held(names: Sequence[str], *, unless: logging.Logger) -> Iterator[None]:
+    """Hold the chatty libraries' loggers ``names`` at WARNING for a block, unless ``unless`` logs DEBUG.
+
+    For library calls that any entry point may reach (the pipeline as well as the command lines),
+    where `setup_logging`'s ``quiet`` does not apply; the caller logs what was done instead.
+    """
+    loggers = [logging.getLogger(n) for n in names]
+    old = [lg.level for lg in loggers]
+    if not unless.isEnabledFor(logging.DEBUG):
+        for lg in loggers:
+            lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, old):
+            lg.setLevel(level)
+
+
 def parse_int_list(text: str | Sequence[int], what: str = "batch sizes", *, minimum: int = 1) -> tuple[int, ...]:
     """The one list-of-integers parser: ``"1,8,32"`` (or a sequence of ints) -> ``(1, 8, 32)``.
 

@@ -37,7 +37,6 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -130,13 +129,8 @@ def nncf_default_int8(fp32, calib: np.ndarray, ignored: list[str] | None = None)
     import nncf
     import openvino as ov
 
-    if isinstance(fp32, (str, Path)):
-        model = ov.Core().read_model(str(fp32))
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "rewritten.onnx"
-            path.write_bytes(fp32.SerializeToString())
-            model = ov.Core().read_model(str(path))
+    core = ov.Core()
+    model = core.read_model(str(fp32)) if isinstance(fp32, (str, Path)) else core.read_model(fp32.SerializeToString())
     name = model.inputs[0].get_any_name()
     data = nncf.Dataset([{name: calib[i : i + 1]} for i in range(len(calib))])
     kwargs = {"ignored_scope": nncf.IgnoredScope(names=ignored, validate=False)} if ignored else {}

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from runtime.backends.ort import make_session, predict
+from runtime.cli import loggers_held
 from runtime.errors import QuantizationError
 
 log = logging.getLogger(__name__)
@@ -53,10 +54,6 @@ def _quiet_nncf():
     per step instead, so NNCF's own bars are switched off here (its `track` has a ``disable`` flag;
     where a future NNCF moves it, its bars simply show again).
     """
-    nncf_log = logging.getLogger("nncf")
-    old = nncf_log.level
-    if not log.isEnabledFor(logging.DEBUG):
-        nncf_log.setLevel(logging.WARNING)
     try:
         from nncf.common.logging import track_progress
     except ImportError:  # pragma: no cover - older/newer NNCF layout
@@ -70,9 +67,9 @@ def _quiet_nncf():
 
         track_progress.track.__init__ = quiet_init
     try:
-        yield
+        with loggers_held(("nncf",), unless=log):
+            yield
     finally:
-        nncf_log.setLevel(old)
         if init is not None:
             track_progress.track.__init__ = init
 

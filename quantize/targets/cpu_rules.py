@@ -15,12 +15,13 @@ the original on calibration inputs.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 
 import numpy as np
 from onnxscript import ir
 from onnxscript.rewriter import MatchResult, RewriteRule, RewriteRuleClassBase, rewrite
+
+from runtime.cli import loggers_held
 
 log = logging.getLogger(__name__)
 
@@ -118,27 +119,12 @@ class ChannelMeanAsConv(_Recording):
         return op.Conv(x, weight, kernel_shape=[1, 1], _name=f"{name}/conv")
 
 
-@contextlib.contextmanager
-def _quiet():
-    """onnxscript and onnx-ir log every pass at INFO; the caller logs what was rewritten instead."""
-    loggers = [logging.getLogger(n) for n in ("onnxscript", "onnx_ir")]
-    old = [lg.level for lg in loggers]
-    if not log.isEnabledFor(logging.DEBUG):
-        for lg in loggers:
-            lg.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, old):
-            lg.setLevel(level)
-
-
 def _apply(model, rules: list[_Recording]) -> list[str]:
     """Run ``rules`` on ``model`` (a ModelProto, rewritten in place); returns the replaced nodes' names."""
     import onnx
 
     inferred = onnx.shape_inference.infer_shapes(model)  # the rules read channel counts and ranks
-    with _quiet():
+    with loggers_held(("onnxscript", "onnx_ir"), unless=log):  # they log every pass at INFO
         out = rewrite(inferred, [r.recording_rule() for r in rules])
     replaced = [name for r in rules for name in r.replaced]
     if replaced:
